@@ -1,0 +1,1 @@
+"""twin-bayes: a probabilistic digital twin for robots."""
