@@ -1,0 +1,40 @@
+"""Recorded trajectories: a validated container and readers for .npz archives and bam JSON servo logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twin_bayes.data.bam import read_bam
+from twin_bayes.data.npz import read_npz, write_npz
+from twin_bayes.data.shared import bam_logs, bam_xl330_dir, log_kp
+from twin_bayes.data.trajectory import DataError, Trajectory
+
+#: Format name -> reader; file extensions map to formats through EXTENSIONS.
+READERS = {"npz": read_npz, "bam": read_bam}
+EXTENSIONS = {".npz": "npz", ".json": "bam"}
+
+
+def read_trajectory(path: str | Path, format: str | None = None) -> Trajectory:
+    """Read a Trajectory; format is "npz" or "bam", else inferred from the extension (.npz, .json)."""
+    if format is None:
+        suffix = Path(path).suffix.lower()
+        if suffix not in EXTENSIONS:
+            raise DataError(f"{path}: unknown trajectory format {suffix or '(no extension)'!r}; expected one of "
+                            f"{sorted(EXTENSIONS)} or format= one of {sorted(READERS)}")
+        format = EXTENSIONS[suffix]
+    if format not in READERS:
+        raise DataError(f"{path}: unknown trajectory format {format!r}; expected one of {sorted(READERS)}")
+    return READERS[format](path)
+
+
+__all__ = [
+    "DataError",
+    "Trajectory",
+    "bam_logs",
+    "bam_xl330_dir",
+    "log_kp",
+    "read_bam",
+    "read_npz",
+    "read_trajectory",
+    "write_npz",
+]

@@ -1,0 +1,188 @@
+"""Robots: an MJCF file, its Brax System, its parameter layout and actuator model."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from brax.io import mjcf
+from mujoco import mjx
+
+from twin_bayes.sim import rollout as _rollout
+from twin_bayes.sim.actuators import ActuatorModel, get_actuator_model
+from twin_bayes.sim.params import ParamLayout, ParamSpec, model_fields
+
+ROBOTS_DIR = Path(__file__).resolve().parent.parent / "robots"
+SHIPPED = {
+    "servo_pendulum": ROBOTS_DIR / "servo_pendulum" / "servo_pendulum.xml",
+    "arm2": ROBOTS_DIR / "arm2" / "arm2.xml",
+    "humanoid": ROBOTS_DIR / "humanoid" / "humanoid.xml",
+    "humanoid_fixed": ROBOTS_DIR / "humanoid" / "humanoid_fixed.xml",
+}
+ACTUATOR_KEY = "twin_bayes.actuator"
+
+
+@dataclass(frozen=True, eq=False)
+class Robot:
+    """A robot twin's simulator: immutable, hashable by identity, safe as a jit static argument.
+
+    `mj_model` and `sys` hold the nominal parameters. `grad_mode` is
+    "reverse" when the model has no constraint rows (plain reverse-mode
+    autodiff through the scan) and "forward" when MJX's constraint solver
+    runs (friction loss, joint limits, contacts): then gradients come from
+    forward-mode sensitivities behind a `custom_vjp`.
+    """
+
+    name: str
+    mjcf_path: Path
+    mj_model: mujoco.MjModel
+    sys: object
+    layout: ParamLayout
+    actuator: ActuatorModel
+    grad_mode: str
+    dtype: jnp.dtype
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return self.layout.names
+
+    @property
+    def specs(self) -> tuple[ParamSpec, ...]:
+        return self.layout.specs
+
+    @property
+    def dt(self) -> float:
+        return float(self.mj_model.opt.timestep)
+
+    @property
+    def nq(self) -> int:
+        return self.mj_model.nq
+
+    @property
+    def nv(self) -> int:
+        return self.mj_model.nv
+
+    @property
+    def nu(self) -> int:
+        return self.mj_model.nu
+
+    def nominal(self) -> dict[str, float]:
+        """{name: nominal value} from the MJCF and the actuator model's defaults."""
+        return dict(zip(self.param_names, self.layout.nominal.tolist()))
+
+    def to_vector(self, theta: Mapping[str, float] | jnp.ndarray) -> jnp.ndarray:
+        """Flat vector (P,) from a {name: value} dict (missing names keep nominal) or a vector."""
+        if not isinstance(theta, Mapping):
+            vec = jnp.asarray(theta, self.dtype)
+            if vec.shape[-1:] != (len(self.param_names),):
+                raise ValueError(f"{self.name}: theta has shape {vec.shape}, expected (..., {len(self.param_names)})")
+            return vec
+        self.check_names(theta)
+        vec = self.layout.nominal.copy()
+        for k, v in theta.items():
+            vec[self.layout.index[k]] = v
+        return jnp.asarray(vec, self.dtype)
+
+    def to_dict(self, theta: jnp.ndarray) -> dict[str, float]:
+        return dict(zip(self.param_names, np.asarray(theta, dtype=np.float64).tolist()))
+
+    def check_names(self, names) -> None:
+        """Raise KeyError naming every unknown parameter, with close matches."""
+        unknown = [n for n in names if n not in self.layout.index]
+        if unknown:
+            hints = {n: difflib.get_close_matches(n, self.param_names, 3) for n in unknown}
+            raise KeyError(f"{self.name} has no parameter(s) {unknown}; close matches: {hints}")
+
+    def rollout(self, theta, q0, qd0, commands) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Simulate commands (T, nu) from measured q0 (nq,), qd0 (nv,): q (T, nq), qd (T, nv)."""
+        commands = jnp.asarray(commands, self.dtype)
+        if commands.ndim != 2 or commands.shape[1] != self.nu:
+            raise ValueError(f"{self.name}: commands must have shape (T, {self.nu}), got {commands.shape}")
+        return rollout_jit(self, self.to_vector(theta), jnp.asarray(q0, self.dtype),
+                           jnp.asarray(qd0, self.dtype), commands)
+
+    def model_with(self, theta) -> mujoco.MjModel:
+        """A native MjModel copy with theta written into the same fields as the Brax System."""
+        m = _copy_model(self.mj_model)
+        for field, value in model_fields(self.layout, self.to_vector(theta)).items():
+            getattr(m, field)[:] = np.asarray(value, dtype=np.float64)
+        return m
+
+
+rollout_jit = jax.jit(_rollout.rollout, static_argnums=0)
+
+
+def _copy_model(m: mujoco.MjModel) -> mujoco.MjModel:
+    import copy
+    return copy.deepcopy(m)
+
+
+def _has_constraint_rows(sys) -> bool:
+    data = mjx.make_data(sys)
+    efc = getattr(data, "efc_J", None)
+    if efc is None:
+        efc = data._impl.efc_J
+    return efc.shape[0] > 0
+
+
+def _custom(m: mujoco.MjModel) -> tuple[str | None, dict[str, float]]:
+    """The MJCF's <custom> declarations: actuator model name and numeric defaults."""
+    text = {mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_TEXT, i): i for i in range(m.ntext)}
+    name = None
+    if ACTUATOR_KEY in text:
+        i = text[ACTUATOR_KEY]
+        adr, size = m.text_adr[i], m.text_size[i]
+        name = bytes(m.text_data[adr: adr + size - 1]).decode()
+    numeric = {}
+    for i in range(m.nnumeric):
+        key = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_NUMERIC, i) or ""
+        if key.startswith("twin_bayes."):
+            numeric[key.removeprefix("twin_bayes.")] = float(m.numeric_data[m.numeric_adr[i]])
+    return name, numeric
+
+
+def load_robot(name_or_path: str | Path, actuator: str | None = None, dtype=jnp.float64) -> Robot:
+    """Load a shipped robot by name or any MJCF file by path.
+
+    The actuator model comes from `actuator`, else the MJCF's
+    `<text name="twin_bayes.actuator" data="..."/>`, else "torque".
+    Robots are cached: the same arguments give the same object (and so
+    share compiled rollouts).
+    """
+    path = SHIPPED.get(str(name_or_path))
+    if path is None:
+        path = Path(name_or_path).expanduser()
+        if path.suffix.lower() != ".xml" or not path.is_file():
+            raise ValueError(f"unknown robot {str(name_or_path)!r}: not a shipped robot "
+                             f"({', '.join(SHIPPED)}) and not an MJCF file")
+    return _load(path.resolve(), actuator, jnp.dtype(dtype))
+
+
+@lru_cache(maxsize=None)
+def _load(path: Path, actuator: str | None, dtype: jnp.dtype) -> Robot:
+    try:
+        base = mujoco.MjModel.from_xml_path(str(path))
+    except ValueError as err:
+        raise ValueError(f"{path}: MJCF does not compile: {err}") from None
+    declared, numeric = _custom(base)
+    model = get_actuator_model(actuator or declared or "torque")
+    if model.needs_state:
+        bad = [a for a in range(base.nu) if base.actuator_trntype[a] != mujoco.mjtTrn.mjTRN_JOINT
+               or base.actuator_gear[a, 0] != 1.0]
+        if bad:
+            raise ValueError(f"{path}: the {model.name} actuator model needs joint motors with gear 1")
+    layout = ParamLayout(base, model, numeric)
+    mj_model = _copy_model(base)
+    for field, value in model_fields(layout, jnp.asarray(layout.nominal)).items():
+        getattr(mj_model, field)[:] = np.asarray(value)
+    sys = mjcf.load_model(mj_model)
+    sys = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, sys)
+    name = next((k for k, v in SHIPPED.items() if v == path), path.stem)
+    grad_mode = "forward" if _has_constraint_rows(sys) else "reverse"
+    return Robot(name, path, mj_model, sys, layout, model, grad_mode, dtype)
