@@ -1,0 +1,46 @@
+"""Posterior diagnostics on plain arrays: ArviZ conversion, convergence, identifiability,
+predictive calibration and HTML reports."""
+
+from twin_bayes.diagnostics.calibration import (
+    OnlineCalibration,
+    band_coverage,
+    crps_ensemble,
+    interval_coverage_of_truth,
+    log_score,
+    quantile_bands,
+)
+from twin_bayes.diagnostics.convert import (
+    load_netcdf,
+    save_netcdf,
+    systematic_resample,
+    to_inference_data,
+)
+from twin_bayes.diagnostics.report import write_report
+from twin_bayes.diagnostics.summary import (
+    confounded_pairs,
+    contraction,
+    correlations,
+    divergences,
+    scalar_draws,
+    summarize,
+)
+
+__all__ = [
+    "OnlineCalibration",
+    "band_coverage",
+    "confounded_pairs",
+    "contraction",
+    "correlations",
+    "crps_ensemble",
+    "divergences",
+    "interval_coverage_of_truth",
+    "load_netcdf",
+    "log_score",
+    "quantile_bands",
+    "save_netcdf",
+    "scalar_draws",
+    "summarize",
+    "systematic_resample",
+    "to_inference_data",
+    "write_report",
+]

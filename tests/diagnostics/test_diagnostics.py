@@ -1,0 +1,298 @@
+"""Tests of twin_bayes.diagnostics on samples with known answers."""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from twin_bayes.diagnostics import (
+    OnlineCalibration,
+    band_coverage,
+    confounded_pairs,
+    contraction,
+    correlations,
+    crps_ensemble,
+    divergences,
+    interval_coverage_of_truth,
+    load_netcdf,
+    log_score,
+    quantile_bands,
+    save_netcdf,
+    summarize,
+    systematic_resample,
+    to_inference_data,
+    write_report,
+)
+
+NAMES = ["body_mass:upper_arm", "dof_damping:elbow", "actuator:kt"]
+
+
+def normal_crps(y, mu, s):
+    z = (y - mu) / s
+    return s * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
+
+
+def idata_gaussian(rng, chains=4, draws=2000, loc=2.0, scale=0.5):
+    samples = {n: rng.normal(loc, scale, size=(chains, draws)) for n in NAMES}
+    prior = {n: rng.normal(loc, 5 * scale, size=4000) for n in NAMES}
+    return to_inference_data(samples, prior=prior)
+
+
+# --- summary -----------------------------------------------------------------
+
+
+def test_summary_of_known_gaussian():
+    idata = idata_gaussian(np.random.default_rng(0))
+    summary = summarize(idata)
+    assert set(summary) == set(NAMES)
+    for s in summary.values():
+        assert s["mean"] == pytest.approx(2.0, abs=0.02)
+        assert s["sd"] == pytest.approx(0.5, rel=0.03)
+        assert s["q05"] == pytest.approx(2.0 - 1.645 * 0.5, abs=0.03)
+        assert s["q50"] == pytest.approx(2.0, abs=0.03)
+        assert s["q95"] == pytest.approx(2.0 + 1.645 * 0.5, abs=0.03)
+        assert s["r_hat"] < 1.01
+        assert s["ess_bulk"] > 4000 and s["ess_tail"] > 4000
+
+
+def test_rhat_flags_chains_stuck_at_different_means():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 500)) + np.array([0.0, 0.0, 3.0, 3.0])[:, None]
+    summary = summarize(to_inference_data({"a:b": x}))
+    assert summary["a:b"]["r_hat"] > 1.1
+
+
+def test_one_chain_gives_nan_rhat_and_finite_ess():
+    x = np.random.default_rng(2).normal(size=(1, 800))
+    s = summarize(to_inference_data({"a:b": x}))["a:b"]
+    assert np.isnan(s["r_hat"])
+    assert np.isfinite(s["ess_bulk"]) and np.isfinite(s["ess_tail"])
+
+
+def test_divergences_counted():
+    rng = np.random.default_rng(3)
+    diverging = np.zeros((2, 100), bool)
+    diverging[0, :7] = True
+    idata = to_inference_data({"a": rng.normal(size=(2, 100))}, sample_stats={"diverging": diverging})
+    assert divergences(idata) == 7
+    assert divergences(to_inference_data({"a": rng.normal(size=(2, 100))})) == 0
+
+
+def test_contraction_zero_for_prior_and_near_one_for_narrow_posterior():
+    rng = np.random.default_rng(4)
+    prior = {"m": rng.normal(size=5000), "c": rng.normal(size=5000)}
+    assert contraction(prior, prior) == {"m": 0.0, "c": 0.0}
+    narrow = {"m": rng.normal(0, 0.02, size=(2, 2000))}
+    assert contraction(prior, narrow)["m"] > 0.99
+
+
+def test_correlations_find_constructed_confounded_pair():
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(2, 2000))
+    post = {
+        "body_mass:load": a,
+        "dof_armature:elbow": -0.5 * a + rng.normal(0, 0.05, size=a.shape),
+        "dof_damping:elbow": rng.normal(size=a.shape),
+    }
+    names, corr = correlations(post)
+    assert names == list(post) and corr.shape == (3, 3)
+    assert np.allclose(np.diag(corr), 1.0)
+    pairs = confounded_pairs(names, corr, threshold=0.8)
+    assert [(p[0], p[1]) for p in pairs] == [("body_mass:load", "dof_armature:elbow")]
+    assert pairs[0][2] < -0.98
+
+
+# --- conversion ----------------------------------------------------------------
+
+
+def test_weights_are_resampled_systematically():
+    rng = np.random.default_rng(6)
+    n = 1000
+    w = rng.random(n) ** 4
+    w /= w.sum()
+    counts = np.bincount(systematic_resample(w, np.random.default_rng(0)), minlength=n)
+    assert np.all(np.abs(counts - n * w) < 1.0 + 1e-9)
+
+    x = np.arange(n, dtype=float)[None]
+    flags = (x % 2 == 0)
+    kwargs = dict(weights=w[None], sample_stats={"diverging": flags}, seed=3)
+    idata = to_inference_data({"p:x": x}, **kwargs)
+    post = np.asarray(idata.posterior["p:x"])[0]
+    assert np.array_equal(np.asarray(idata.sample_stats["diverging"])[0], post % 2 == 0)
+    assert np.mean(post) == pytest.approx(np.sum(w * x[0]), rel=0.01)
+    kish = 1.0 / np.sum(w**2)
+    assert idata.posterior.attrs["weights_ess"] == pytest.approx(kish)
+    assert summarize(idata)["p:x"]["ess_bulk"] <= kish
+    again = to_inference_data({"p:x": x}, **kwargs)
+    assert np.array_equal(np.asarray(again.posterior["p:x"]), np.asarray(idata.posterior["p:x"]))
+
+
+def test_invalid_inputs_rejected():
+    with pytest.raises(ValueError):
+        to_inference_data({"a": np.zeros((2, 10)), "b": np.zeros((2, 11))})
+    with pytest.raises(ValueError):
+        to_inference_data({"a": np.zeros((1, 3))}, weights=np.array([[0.5, 0.6, -0.1]]))
+
+
+def test_netcdf_round_trip_keeps_names(tmp_path: Path):
+    rng = np.random.default_rng(7)
+    names = NAMES + ["geom_friction:robot/foot", "bias:50%"]
+    samples = {n: rng.normal(size=(2, 50)) for n in names}
+    idata = to_inference_data(
+        samples,
+        prior={n: rng.normal(size=80) for n in names},
+        sample_stats={"diverging": rng.random((2, 50)) < 0.1},
+        observed={"y": rng.normal(size=(20, 3))},
+        posterior_predictive={"y": rng.normal(size=(2, 50, 20, 3))},
+        dims={"y": ["time", "channel"]},
+        attrs={"robot_id": "pendulum-1", "posterior_version": 12, "config": {"engine": "smc"}},
+    )
+    path = save_netcdf(idata, tmp_path / "sub" / "posterior.nc")
+    back = load_netcdf(path)
+    assert list(back.posterior.data_vars) == names
+    assert list(back.prior.data_vars) == names
+    for n in names:
+        np.testing.assert_array_equal(back.posterior[n], idata.posterior[n])
+    assert back.sample_stats["diverging"].dtype == bool
+    assert back.posterior_predictive["y"].dims == ("chain", "draw", "time", "channel")
+    assert back.attrs["robot_id"] == "pendulum-1"
+    assert back.attrs["posterior_version"] == 12
+    assert summarize(back) == summarize(idata)
+
+
+# --- calibration ---------------------------------------------------------------
+
+
+def test_coverage_of_calibrated_ensemble_is_nominal():
+    rng = np.random.default_rng(8)
+    samples = rng.normal(size=(2000, 200, 5))
+    observed = rng.normal(size=(200, 5))
+    n = observed.size
+    for level in (0.5, 0.9):
+        tol = 4 * np.sqrt(level * (1 - level) / n) + 0.01
+        assert band_coverage(samples, observed, level) == pytest.approx(level, abs=tol)
+    assert band_coverage(0.3 * samples, observed, 0.9) < 0.5
+
+
+def test_coverage_ignores_missing_observations():
+    rng = np.random.default_rng(9)
+    samples = rng.normal(size=(100, 10, 2))
+    observed = np.zeros((10, 2))
+    observed[3] = np.nan
+    assert band_coverage(samples, observed, 0.5) == 1.0
+
+
+def test_crps_matches_normal_closed_form():
+    rng = np.random.default_rng(10)
+    mu, s = 0.3, 1.7
+    y = np.array([-4.0, -1.0, 0.3, 1.0, 2.5, 6.0])
+    ensemble = rng.normal(mu, s, size=(40000, y.size))
+    np.testing.assert_allclose(crps_ensemble(ensemble, y), normal_crps(y, mu, s), rtol=0.02)
+
+
+def test_crps_is_fair_for_small_ensembles():
+    rng = np.random.default_rng(11)
+    reps, y = 20000, 0.7
+    small = rng.normal(size=(5, reps))
+    score = crps_ensemble(small, np.full(reps, y))
+    assert score.mean() == pytest.approx(normal_crps(y, 0.0, 1.0), rel=0.02)
+
+
+def test_crps_sorting_identity_equals_pair_sum():
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(7, 3)), rng.normal(size=3)
+    pair = np.abs(x[:, None] - x[None]).sum(axis=(0, 1))
+    direct = np.abs(x - y).mean(axis=0) - pair / (2 * 7 * 6)
+    np.testing.assert_allclose(crps_ensemble(x, y), direct)
+
+
+def test_log_score_matches_normal_density():
+    rng = np.random.default_rng(13)
+    y = np.array([-2.0, 0.0, 1.0])
+    ensemble = rng.normal(size=(20000, 3))
+    np.testing.assert_allclose(log_score(ensemble, y), stats.norm.logpdf(y), atol=0.05)
+
+
+def test_interval_coverage_of_truth():
+    lo, hi = np.zeros(4), np.ones(4)
+    assert interval_coverage_of_truth(lo, hi, np.array([0.5, 1.0, 2.0, -1.0])) == 0.5
+    assert interval_coverage_of_truth(0.0, 1.0, np.array([0.5, np.nan])) == 1.0
+
+
+def test_quantile_bands_shape_and_order():
+    samples = np.random.default_rng(14).normal(size=(500, 30, 2))
+    bands = quantile_bands(samples, [0.05, 0.5, 0.95])
+    assert bands.shape == (3, 30, 2)
+    assert np.all(bands[0] <= bands[1]) and np.all(bands[1] <= bands[2])
+
+
+def test_online_calibration_pools_batches():
+    rng = np.random.default_rng(15)
+    batches = [(rng.normal(size=(400, 50, 2)), rng.normal(size=(50, 2))) for _ in range(3)]
+    batches[1][1][0, 0] = np.nan
+    online = OnlineCalibration()
+    assert np.isnan(online.as_dict()["crps"])
+    first = online.update(*batches[0])
+    assert first["n_points"] == 100 and first["n_batches"] == 1
+    for b in batches[1:]:
+        online.update(*b)
+    summary = online.as_dict()
+    samples = np.concatenate([b[0] for b in batches], axis=1)
+    observed = np.concatenate([b[1] for b in batches], axis=0)
+    ok = np.isfinite(observed)
+    assert summary["n_batches"] == 3 and summary["n_points"] == 299
+    assert summary["coverage_50"] == pytest.approx(band_coverage(samples, observed, 0.5))
+    assert summary["coverage_90"] == pytest.approx(band_coverage(samples, observed, 0.9))
+    assert summary["crps"] == pytest.approx(crps_ensemble(samples, observed)[ok].mean())
+    assert summary["log_score"] == pytest.approx(log_score(samples, observed)[ok].mean())
+
+
+# --- report --------------------------------------------------------------------
+
+
+def assert_valid_png(path: Path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 50 and height > 50
+    assert data[-8:-4] == b"IEND"
+
+
+@pytest.mark.parametrize("chains, plot", [(3, "rank.png"), (1, "trace.png")])
+def test_report_writes_html_and_pngs(tmp_path: Path, chains: int, plot: str):
+    rng = np.random.default_rng(16)
+    draws = 300
+    names = NAMES + ["sensor_bias:<q>"]
+    samples = {n: rng.normal(i, 0.1, size=(chains, draws)) for i, n in enumerate(names)}
+    samples["actuator:kt"] = 2 * samples["dof_damping:elbow"] + rng.normal(0, 0.01, (chains, draws))
+    prior = {n: rng.normal(i, 1.0, size=1000) for i, n in enumerate(names)}
+    idata = to_inference_data(samples, prior=prior, attrs={"robot_id": "pendulum<1>"})
+    t = np.linspace(0.0, 1.0, 60)
+    ensemble = np.sin(t)[None, :, None] + rng.normal(0, 0.1, size=(200, 60, 2))
+    qs = [0.05, 0.25, 0.5, 0.75, 0.95]
+    bands = quantile_bands(ensemble, qs)
+    predictive = [{
+        "name": "held-out window",
+        "t": t,
+        "observed": np.sin(t)[:, None] + rng.normal(0, 0.1, size=(60, 2)),
+        "bands": dict(zip(qs, bands)),
+        "channel_names": ["qpos:elbow", "qvel:elbow"],
+    }]
+    index = write_report(idata, tmp_path / "report", title="Pendulum <test>", predictive=predictive,
+                         truth={"body_mass:upper_arm": 0.0})
+    assert index == tmp_path / "report" / "index.html"
+    page = index.read_text(encoding="utf-8")
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert set(images) == {"forest.png", "pairs.png", plot, "predictive_0.png"}
+    for name in images:
+        assert_valid_png(index.parent / name)
+    assert "Pendulum &lt;test&gt;" in page and "sensor_bias:&lt;q&gt;" in page
+    assert "<q>" not in page and "pendulum&lt;1&gt;" in page
+    assert all(n in page for n in NAMES)
+    assert re.search(r"dof_damping:elbow</code> ~ <code>actuator:kt", page)

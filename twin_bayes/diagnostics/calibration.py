@@ -1,0 +1,132 @@
+"""Scoring a predictive ensemble against what the robot then measured.
+
+Shapes: ``samples`` (S, ...) are S ensemble members of a prediction, e.g.
+(S, T, C) for T time steps and C channels; ``observed`` (...) is the measured
+truth, e.g. (T, C). NaN in ``observed`` marks a missing measurement and is left
+out of every average.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import logsumexp
+
+
+def _pair(samples: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(samples, dtype=float)
+    y = np.asarray(observed, dtype=float)
+    if x.shape[1:] != y.shape:
+        raise ValueError(f"samples {x.shape} must be (S, *observed.shape) with observed {y.shape}")
+    if x.shape[0] < 2:
+        raise ValueError("an ensemble needs at least 2 samples")
+    return x, y
+
+
+def quantile_bands(samples: np.ndarray, quantiles: np.ndarray | list[float]) -> np.ndarray:
+    """samples (S, ...) -> quantiles (Q, ...)."""
+    return np.quantile(np.asarray(samples, dtype=float), np.asarray(quantiles, dtype=float), axis=0)
+
+
+def _inside(samples: np.ndarray, observed: np.ndarray, level: float) -> np.ndarray:
+    """Boolean (...) of observed points inside the central ``level`` interval."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    lo, hi = quantile_bands(samples, [(1 - level) / 2, (1 + level) / 2])
+    return (observed >= lo) & (observed <= hi)
+
+
+def band_coverage(samples: np.ndarray, observed: np.ndarray, level: float) -> float:
+    """Fraction of observed points inside the central ``level`` interval of the samples."""
+    x, y = _pair(samples, observed)
+    ok = np.isfinite(y)
+    return float(np.mean(_inside(x, y, level)[ok])) if ok.any() else float("nan")
+
+
+def interval_coverage_of_truth(lo: np.ndarray, hi: np.ndarray, truth: np.ndarray) -> float:
+    """Fraction of ``truth`` values inside [lo, hi] (broadcast), e.g. true parameters
+    inside their 90% credible intervals over many simulated fits."""
+    lo, hi, truth = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (lo, hi, truth)))
+    ok = np.isfinite(truth)
+    inside = (truth >= lo) & (truth <= hi)
+    return float(np.mean(inside[ok])) if ok.any() else float("nan")
+
+
+def crps_ensemble(samples: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Fair (unbiased) ensemble CRPS per point: samples (S, ...), observed (...) -> (...).
+
+    CRPS = mean_i |x_i - y| - sum_{i,j} |x_i - x_j| / (2 S (S - 1)); the pair sum
+    is computed in O(S log S) from the sorted ensemble as
+    sum_{i,j} |x_i - x_j| = 2 sum_k (2k - S - 1) x_(k), k = 1..S. Lower is better.
+    """
+    x, y = _pair(samples, observed)
+    s = x.shape[0]
+    xs = np.sort(x, axis=0)
+    k = np.arange(1, s + 1, dtype=float).reshape((s,) + (1,) * y.ndim)
+    spread = np.sum((2 * k - s - 1) * xs, axis=0) / (s * (s - 1))
+    return np.mean(np.abs(x - y), axis=0) - spread
+
+
+def log_score(samples: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Log predictive density of ``observed`` per point: samples (S, ...), observed (...) -> (...).
+
+    The density is a Gaussian kernel estimate of the ensemble with Silverman's
+    bandwidth per point (floored at 1e-9 times the ensemble's scale). Higher is better.
+    """
+    x, y = _pair(samples, observed)
+    s = x.shape[0]
+    sd = np.std(x, axis=0, ddof=1)
+    q25, q75 = np.quantile(x, [0.25, 0.75], axis=0)
+    robust = np.where(q75 > q25, np.minimum(sd, (q75 - q25) / 1.349), sd)
+    floor = 1e-9 * np.maximum(1.0, np.abs(np.median(x, axis=0)))
+    h = np.maximum(0.9 * robust * s ** (-0.2), floor)
+    z = (y - x) / h
+    return logsumexp(-0.5 * z**2, axis=0) - np.log(s * h * np.sqrt(2 * np.pi))
+
+
+@dataclass
+class OnlineCalibration:
+    """Running calibration of published predictions, updated as their truth arrives.
+
+    ``update(samples (S, ...), observed (...))`` scores one prediction; ``as_dict()``
+    gives coverage of the central ``levels`` bands, mean CRPS and mean log score
+    over every finite observed point so far.
+    """
+
+    levels: tuple[float, ...] = (0.5, 0.9)
+    n_batches: int = 0
+    n_points: int = 0
+    crps_sum: float = 0.0
+    log_score_sum: float = 0.0
+    inside: dict[float, int] = field(default_factory=dict)
+
+    def update(self, samples: np.ndarray, observed: np.ndarray) -> dict[str, float]:
+        """Add one batch; returns that batch's own scores (same keys as ``as_dict``)."""
+        x, y = _pair(samples, observed)
+        ok = np.isfinite(y)
+        batch = OnlineCalibration(self.levels, 1, int(ok.sum()))
+        batch.crps_sum = float(np.sum(crps_ensemble(x, y)[ok]))
+        batch.log_score_sum = float(np.sum(log_score(x, y)[ok]))
+        batch.inside = {lv: int(np.sum(_inside(x, y, lv)[ok])) for lv in self.levels}
+        self.n_batches += 1
+        self.n_points += batch.n_points
+        self.crps_sum += batch.crps_sum
+        self.log_score_sum += batch.log_score_sum
+        for lv, n in batch.inside.items():
+            self.inside[lv] = self.inside.get(lv, 0) + n
+        return batch.as_dict()
+
+    def as_dict(self) -> dict[str, float]:
+        """{n_batches, n_points, coverage_50, coverage_90, ..., crps, log_score}; NaN before any point."""
+        n = self.n_points
+
+        def mean(total: float) -> float:
+            return total / n if n else float("nan")
+
+        out: dict[str, float] = {"n_batches": self.n_batches, "n_points": n}
+        for lv in self.levels:
+            out[f"coverage_{round(100 * lv)}"] = mean(self.inside.get(lv, 0))
+        out["crps"] = mean(self.crps_sum)
+        out["log_score"] = mean(self.log_score_sum)
+        return out
