@@ -3,7 +3,7 @@
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
-export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
+export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/twin-bayes/jax
 
 .PHONY: demo test install bench
 install: $(STAMP)

@@ -159,12 +159,12 @@ def model_fields(layout: ParamLayout, theta: jnp.ndarray) -> dict[str, jnp.ndarr
     """
     dt = theta.dtype
     f = {k: jnp.asarray(v, dt) for k, v in layout.base.items()}
+    ones = jnp.ones(len(f["body_mass"]), dt)
     pos, ids = layout.of_kind("body_mass")
-    ratio = jnp.ones(len(f["body_mass"]), dt).at[ids].set(theta[pos] / f["body_mass"][ids])
+    mass_ratio = ones.at[ids].set(theta[pos] / f["body_mass"][ids])
+    f["body_mass"] = f["body_mass"].at[ids].set(theta[pos])
     pos, ids = layout.of_kind("body_inertia_scale")
-    ratio = ratio.at[ids].multiply(theta[pos])
-    f["body_inertia"] = f["body_inertia"] * ratio[:, None]
-    f["body_mass"] = f["body_mass"].at[layout.of_kind("body_mass")[1]].set(theta[layout.of_kind("body_mass")[0]])
+    f["body_inertia"] = f["body_inertia"] * (mass_ratio * ones.at[ids].set(theta[pos]))[:, None]
     for axis, kind in enumerate(("body_com_x", "body_com_y", "body_com_z")):
         pos, ids = layout.of_kind(kind)
         f["body_ipos"] = f["body_ipos"].at[ids, axis].add(theta[pos])

@@ -1,6 +1,7 @@
 """Robots: an MJCF file, its Brax System, its parameter layout and actuator model."""
 from __future__ import annotations
 
+import copy
 import difflib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -119,16 +120,11 @@ rollout_jit = jax.jit(_rollout.rollout, static_argnums=0)
 
 
 def _copy_model(m: mujoco.MjModel) -> mujoco.MjModel:
-    import copy
     return copy.deepcopy(m)
 
 
 def _has_constraint_rows(sys) -> bool:
-    data = mjx.make_data(sys)
-    efc = getattr(data, "efc_J", None)
-    if efc is None:
-        efc = data._impl.efc_J
-    return efc.shape[0] > 0
+    return mjx.make_data(sys)._impl.efc_J.shape[0] > 0
 
 
 def _custom(m: mujoco.MjModel) -> tuple[str | None, dict[str, float]]:

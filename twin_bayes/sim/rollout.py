@@ -10,11 +10,14 @@ model timestep (one `mj_step`).
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from brax.mjx import pipeline
+from jax.custom_derivatives import SymbolicZero
 
 from twin_bayes.sim.params import model_fields
 
@@ -44,8 +47,10 @@ def delay_commands(commands: Array, latency_s: Array, dt: float) -> Array:
     return (1.0 - frac) * now + frac * before
 
 
-def _simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array) -> tuple[Array, Array]:
-    """Open-loop rollout from a measured state under already-delayed commands (T, nu)."""
+def _simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array,
+              history: int) -> tuple[Array, Array]:
+    """Open-loop rollout from a measured state; commands (history + T, nu) are delayed here."""
+    commands = delay_commands(commands, robot.layout.latency(theta), robot.dt)[history:]
     sys = system(robot, theta)
     bias = robot.layout.sensor_bias(theta)
     act = robot.layout.actuator_params(theta)
@@ -62,85 +67,99 @@ def _simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array
     return q, qd
 
 
-def _forward_sensitivities(f, theta: Array, q0: Array, qd0: Array, commands: Array):
-    """f(theta, q0, qd0, commands) with a VJP built from forward-mode sensitivities.
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _forward_sensitivities(h, x: Array, held):
+    """h(x, held) whose derivative in x comes from an explicit forward-mode Jacobian.
 
     MJX's constraint solver is a `while_loop`, which reverse mode cannot pass.
-    Forward mode can: the Jacobian of the outputs in (theta, q0, qd0) is built
-    column by column with `jax.linearize` (cost ~ P + nq + nv tangent passes,
-    small here) and contracted with the output cotangent. Commands are closed
-    over, so differentiating with respect to them raises instead of silently
-    returning zero.
+    Forward mode can: the Jacobian of the outputs in x (n,) is built with
+    `jax.jacfwd`, n tangent passes batched with one primal pass (n is small:
+    the free parameters and, if asked, the start state). The JVP `jac @ dx`
+    is linear in dx, so JAX transposes it for reverse mode (`grad`, `vjp`).
+    `held` (fixed parameters, start state, commands) must not carry
+    tangents: differentiating through it raises instead of returning zero.
     """
-    sizes = (theta.shape[0], q0.shape[0], qd0.shape[0])
-
-    def h(x):
-        a, b, c = jnp.split(x, (sizes[0], sizes[0] + sizes[1]))
-        return f(a, b, c, commands)
-
-    @jax.custom_vjp
-    def g(x):
-        return h(x)
-
-    def g_fwd(x):
-        out, lin = jax.linearize(h, x)
-        jac = jax.vmap(lin, out_axes=-1)(jnp.eye(x.shape[0], dtype=x.dtype))
-        return out, jac
-
-    def g_bwd(jac, ct):
-        grads = jax.tree.map(lambda j, c: jnp.tensordot(c, j, axes=c.ndim), jac, ct)
-        return (sum(jax.tree.leaves(grads)),)
-
-    g.defvjp(g_fwd, g_bwd)
-    return g(jnp.concatenate([theta, q0, qd0]))
+    return h(x, held)
 
 
-def simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array) -> tuple[Array, Array]:
-    """Rollout (T, nq), (T, nv) from measured q0 (nq,), qd0 (nv,) under delayed commands (T, nu).
+def _forward_sensitivities_jvp(h, primals, tangents):
+    x, held = primals
+    dx, dheld = tangents
+    if not all(isinstance(t, SymbolicZero) for t in jax.tree.leaves(dheld)):
+        raise TypeError("this robot's rollouts (constraint solver inside) are differentiable in the "
+                        "free parameters and start state only, not in commands or held parameters")
+    jac, out = jax.jacfwd(lambda y: (h(y, held), h(y, held)), has_aux=True)(x)
+    if isinstance(dx, SymbolicZero):
+        return out, jax.tree.map(jnp.zeros_like, out)
+    return out, jax.tree.map(lambda j: j @ dx, jac)
 
-    Differentiable in theta, q0 and qd0 for every robot: reverse mode where
-    the model has no constraint rows, forward-mode sensitivities otherwise.
+
+_forward_sensitivities.defjvp(_forward_sensitivities_jvp, symbolic_zeros=True)
+
+
+def simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array, history: int = 0,
+             free: tuple[int, ...] | None = None, state_grad: bool = True) -> tuple[Array, Array]:
+    """Rollout (T, nq), (T, nv) from measured q0 (nq,), qd0 (nv,).
+
+    `commands` (history + T, nu) are the raw commands: the first `history`
+    rows are those sent before the start (so that command latency can reach
+    back), the last T act one step each.
+
+    Differentiable for every robot: reverse mode where the model has no
+    constraint rows, forward-mode sensitivities otherwise. For the latter,
+    `free` (static indices into theta) limits the sensitivities to the
+    parameters being estimated and `state_grad=False` leaves out the start
+    state: what is left out is held fixed (zero gradient). Commands cannot
+    be differentiated there (a TypeError says so).
     """
-    if robot.grad_mode == "forward":
-        return _forward_sensitivities(lambda *a: _simulate(robot, *a), theta, q0, qd0, commands)
-    return _simulate(robot, theta, q0, qd0, commands)
+    if robot.grad_mode == "reverse":
+        return _simulate(robot, theta, q0, qd0, commands, history)
+    idx = np.arange(theta.shape[0]) if free is None else np.asarray(free)
+    n, nq = len(idx), q0.shape[0]
+
+    def h(x, held):
+        base, q_start, qd_start, u = held
+        th = base.at[idx].set(x[:n])
+        if state_grad:
+            q_start, qd_start = x[n:n + nq], x[n + nq:]
+        return _simulate(robot, th, q_start, qd_start, u, history)
+
+    x = jnp.concatenate([theta[idx], q0, qd0]) if state_grad else theta[idx]
+    held = jax.lax.stop_gradient((theta, q0, qd0)) + (commands,)
+    return _forward_sensitivities(h, x, held)
 
 
 def rollout(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array) -> tuple[Array, Array]:
-    """Rollout under raw commands (T, nu): latency applied, then `simulate`."""
-    u = delay_commands(commands, robot.layout.latency(theta), robot.dt)
-    return simulate(robot, theta, q0, qd0, u)
+    """Rollout under commands (T, nu) with no earlier commands (the first is held before t = 0)."""
+    return simulate(robot, theta, q0, qd0, commands)
 
 
-def segment(q_obs: Array, qd_obs: Array, commands: Array, steps: int):
+def segment(q_obs: Array, qd_obs: Array, commands: Array, steps: int, history: int = 0):
     """Cut a window into S = (T − 1) // steps multiple-shooting segments.
 
     Segment k starts from observed state k·steps, applies commands
     k·steps … k·steps + steps − 1 and predicts observations k·steps + 1 …
-    (k + 1)·steps. Returns (q0 (S, nq), qd0 (S, nv), commands (S, L, nu),
+    (k + 1)·steps. Each segment's commands carry the `history` rows sent
+    before its start (the window's first command where the window has none).
+    Returns (q0 (S, nq), qd0 (S, nv), commands (S, history + L, nu),
     q_target (S, L, nq), qd_target (S, L, nv)).
     """
     n = (q_obs.shape[0] - 1) // steps
     if n < 1:
         raise ValueError(f"window of {q_obs.shape[0]} samples is shorter than one segment of {steps} steps")
     starts = jnp.arange(n) * steps
-
-    def cut(x, offset):
-        return x[offset: offset + n * steps].reshape((n, steps) + x.shape[1:])
-
-    return (q_obs[starts], qd_obs[starts], cut(commands, 0), cut(q_obs, 1), cut(qd_obs, 1))
+    rows = starts[:, None] + jnp.arange(-history, steps)[None, :]
+    targets = starts[:, None] + jnp.arange(1, steps + 1)[None, :]
+    return q_obs[starts], qd_obs[starts], commands[jnp.clip(rows, 0)], q_obs[targets], qd_obs[targets]
 
 
-def shoot(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array) -> tuple[Array, Array]:
+def shoot(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array, history: int = 0,
+          free: tuple[int, ...] | None = None, state_grad: bool = False) -> tuple[Array, Array]:
     """Multiple shooting: S segments from their start states in one vectorised call.
 
-    q0 (S, nq), qd0 (S, nv), commands (S, L, nu) already delayed (see
-    `window_segments`); returns q (S, L, nq), qd (S, L, nv).
+    q0 (S, nq), qd0 (S, nv), commands (S, history + L, nu) from `segment`;
+    returns q (S, L, nq), qd (S, L, nv). `free` and `state_grad` as in
+    `simulate`.
     """
-    return jax.vmap(lambda a, b, c: simulate(robot, theta, a, b, c))(q0, qd0, commands)
-
-
-def window_segments(robot: Robot, theta: Array, q_obs: Array, qd_obs: Array, commands: Array, steps: int):
-    """`segment` after delaying the window's commands (T, nu) by theta's latency."""
-    u = delay_commands(commands, robot.layout.latency(theta), robot.dt)
-    return segment(q_obs, qd_obs, u, steps)
+    sim = lambda a, b, c: simulate(robot, theta, a, b, c, history, free, state_grad)  # noqa: E731
+    return jax.vmap(sim)(q0, qd0, commands)

@@ -1,0 +1,136 @@
+"""The Brax twin against truth: native MuJoCo, physical direction, finite differences."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from twin_bayes.sim import checks, load_robot, rollout, segment, shoot
+from twin_bayes.sim.robot import rollout_jit
+
+
+@pytest.mark.parametrize("name", ["arm2", "servo_pendulum", "humanoid_fixed", "humanoid"])
+def test_agrees_with_native_mujoco(name):
+    robot = load_robot(name)
+    fig = checks.agreement(robot)
+    assert fig["max_abs_err"] < fig["tolerance_rad"], fig
+    assert min(v for k, v in fig.items() if k.startswith("motion_range_")) > 0.05  # the check moved the robot
+
+
+def test_humanoid_check_has_contacts():
+    import mujoco
+    robot = load_robot("humanoid")
+    q0, qd0 = checks.start_state(robot)
+    d = mujoco.MjData(robot.mj_model)
+    d.qpos[:] = q0
+    mujoco.mj_forward(robot.mj_model, d)
+    assert d.ncon >= 2
+
+
+def test_parameter_names_and_vectors_round_trip():
+    robot = load_robot("arm2")
+    assert robot.mjcf_path.name == "arm2.xml"
+    for name in ("body_mass:upper_arm", "dof_damping:elbow", "dof_armature:shoulder",
+                 "dof_frictionloss:elbow", "actuator_gain:elbow", "body_com_x:forearm",
+                 "body_inertia_scale:forearm", "latency_s", "sensor_bias:shoulder"):
+        assert name in robot.param_names
+    theta = robot.nominal()
+    assert theta["body_mass:upper_arm"] == pytest.approx(1.0)
+    theta["dof_damping:elbow"] = 0.7
+    assert robot.to_dict(robot.to_vector(theta)) == pytest.approx(theta)
+    with pytest.raises(KeyError, match="body_mass:uper_arm"):
+        robot.to_vector({"body_mass:uper_arm": 1.0})
+    servo = load_robot("servo_pendulum")
+    for kind in ("servo_kt", "servo_R", "servo_armature", "servo_friction_coulomb", "servo_friction_viscous"):
+        assert f"{kind}:servo" in servo.param_names
+    # the servo's friction and armature live in its own parameters, not twice
+    assert "dof_damping:servo" not in servo.param_names
+
+
+def test_body_mass_scales_inertia_and_writes_native_model():
+    robot = load_robot("arm2")
+    m = robot.model_with({"body_mass:forearm": 1.2, "body_inertia_scale:upper_arm": 2.0})
+    b_fore, b_up = robot.mj_model.body("forearm").id, robot.mj_model.body("upper_arm").id
+    assert m.body_mass[b_fore] == pytest.approx(1.2)
+    np.testing.assert_allclose(m.body_inertia[b_fore], robot.mj_model.body_inertia[b_fore] * 2.0)
+    np.testing.assert_allclose(m.body_inertia[b_up], robot.mj_model.body_inertia[b_up] * 2.0)
+    assert m.body_mass[b_up] == pytest.approx(robot.mj_model.body_mass[b_up])
+
+
+def test_unknown_robot_and_bad_shapes():
+    with pytest.raises(ValueError, match="unknown robot"):
+        load_robot("no_such_robot")
+    robot = load_robot("arm2")
+    with pytest.raises(ValueError, match="commands must have shape"):
+        robot.rollout(robot.nominal(), np.zeros(2), np.zeros(2), np.zeros((10, 3)))
+
+
+@pytest.mark.parametrize("name", ["arm2", "servo_pendulum"])
+def test_physical_directions(name):
+    for check, fig in checks.directions(load_robot(name)).items():
+        assert fig["ok"], (check, fig)
+
+
+@pytest.mark.parametrize("name", ["arm2", "servo_pendulum"])
+def test_gradients_match_finite_differences(name):
+    robot = load_robot(name)
+    grads = checks.gradient_check(robot)
+    kinds = {robot.specs[robot.layout.index[n]].kind for n in grads}
+    assert len(kinds) >= 9  # every parameter kind the robot has (settings excepted)
+    for param, g in grads.items():
+        if abs(g["fd"]) < 1e-6 and abs(g["ad"]) < 1e-6:
+            continue  # no effect in a planar motion (e.g. body_com_y)
+        assert g["rel_err"] < 1e-3, (param, g)
+
+
+def test_humanoid_gradients_finite_and_close():
+    robot = load_robot("humanoid")
+    names = ["body_mass:torso", "dof_damping:right_knee", "dof_armature:left_hip_y",
+             "geom_friction:right_foot", "actuator_gain:left_knee"]
+    grads = checks.gradient_check(robot, names=names, steps=40, rel_step=1e-5)
+    for param, g in grads.items():
+        assert np.isfinite(g["ad"]), (param, g)
+        assert g["rel_err"] < 0.05 or abs(g["ad"] - g["fd"]) < 1e-6, (param, g)
+
+
+def test_commands_are_not_silently_differentiated_through_the_solver():
+    robot = load_robot("arm2")  # friction loss: constraint solver, forward sensitivities
+    theta = robot.to_vector(robot.nominal())
+    f = lambda u: rollout(robot, theta, jnp.zeros(2), jnp.zeros(2), u)[0].sum()  # noqa: E731
+    with pytest.raises(TypeError, match="not in commands"):
+        jax.grad(f)(jnp.ones((5, 2)))
+
+
+def test_new_parameters_or_data_never_recompile():
+    robot = load_robot("servo_pendulum")
+    rng = np.random.default_rng(0)
+    robot.rollout(robot.nominal(), np.zeros(1), np.zeros(1), rng.normal(size=(50, 1)))
+    before = rollout_jit._cache_size()
+    for seed in range(3):
+        theta = checks.perturbed(robot, seed)
+        robot.rollout(theta, rng.normal(size=1), rng.normal(size=1), rng.normal(size=(50, 1)))
+    assert rollout_jit._cache_size() == before
+
+
+def test_multiple_shooting_segments_match_single_rollouts():
+    robot = load_robot("arm2")
+    theta = robot.to_vector(checks.perturbed(robot, 0))
+    q0, qd0 = checks.start_state(robot)
+    u = checks.random_commands(robot, 101, 0)
+    q, qd = robot.rollout(theta, q0, qd0, u)
+    q_obs = np.vstack([q0, q]), np.vstack([qd0, qd])
+    # the truth's own states as observations: every segment reproduces them exactly
+    q_start, qd_start, u_seg, q_tgt, qd_tgt = segment(*q_obs, np.vstack([u, u[-1:]]), steps=20, history=3)
+    assert u_seg.shape == (5, 23, 2) and q_tgt.shape == (5, 20, 2)
+    qs, qds = shoot(robot, theta, q_start, qd_start, u_seg, history=3)
+    np.testing.assert_allclose(qs, q_tgt, atol=1e-9)
+    np.testing.assert_allclose(qds, qd_tgt, atol=1e-7)
+
+
+def test_batch_of_particles_shares_one_compiled_rollout():
+    robot = load_robot("servo_pendulum")
+    thetas = jnp.stack([robot.to_vector(checks.perturbed(robot, s)) for s in range(4)])
+    u = jnp.asarray(checks.random_commands(robot, 30, 0))
+    batched = jax.jit(jax.vmap(lambda th: rollout(robot, th, jnp.zeros(1), jnp.zeros(1), u)[0]))
+    qb = batched(thetas)
+    for i in range(4):
+        np.testing.assert_allclose(qb[i], robot.rollout(thetas[i], np.zeros(1), np.zeros(1), u)[0], atol=1e-12)

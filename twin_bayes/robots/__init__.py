@@ -1,0 +1,1 @@
+"""Shipped robot descriptions (MJCF) and twin configs (TOML)."""
