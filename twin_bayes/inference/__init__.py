@@ -1,0 +1,6 @@
+"""The online posterior: streaming SMC, batch NUTS/SVI/SMC, update gate, predictive."""
+from twin_bayes.inference.posterior import Particles, Posterior
+from twin_bayes.inference.predictive import Bands
+from twin_bayes.inference.twin import Twin, UpdateReport
+
+__all__ = ["Bands", "Particles", "Posterior", "Twin", "UpdateReport"]

@@ -112,6 +112,7 @@ def simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array,
     state: what is left out is held fixed (zero gradient). Commands cannot
     be differentiated there (a TypeError says so).
     """
+    theta, q0, qd0, commands = (jnp.asarray(a) for a in (theta, q0, qd0, commands))
     if robot.grad_mode == "reverse":
         return _simulate(robot, theta, q0, qd0, commands, history)
     idx = np.arange(theta.shape[0]) if free is None else np.asarray(free)
@@ -162,4 +163,4 @@ def shoot(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array, hi
     `simulate`.
     """
     sim = lambda a, b, c: simulate(robot, theta, a, b, c, history, free, state_grad)  # noqa: E731
-    return jax.vmap(sim)(q0, qd0, commands)
+    return jax.vmap(sim)(jnp.asarray(q0), jnp.asarray(qd0), jnp.asarray(commands))

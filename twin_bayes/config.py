@@ -1,0 +1,184 @@
+"""Twin configuration: one TOML file per twin, validated on load.
+
+Errors name the offending key and say why (`ConfigError`). See the README for
+a full example; shipped configs live next to each robot in
+`twin_bayes/robots/<robot>/*.toml`.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from twin_bayes.sim import Robot, load_robot
+
+
+class ConfigError(ValueError):
+    """A twin config that cannot be used: names the file, the key and the reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriorSpec(_Strict):
+    """Prior of one estimated parameter.
+
+    lognormal: median `loc` (default: nominal), `scale` = sd of log (positive quantities).
+    normal: mean `loc` (default: nominal), sd `scale`.
+    truncnormal: normal restricted to [low, high] (physics bounds).
+    uniform: on [low, high].
+    `healthy` is the band a maintenance alert watches; `drift` is the sd of a
+    random walk per window in unconstrained units (0: the quantity does not wear).
+    """
+
+    dist: Literal["lognormal", "normal", "truncnormal", "uniform"] = "lognormal"
+    loc: float | None = None
+    scale: float = Field(0.3, gt=0)
+    low: float | None = None
+    high: float | None = None
+    healthy: tuple[float, float] | None = None
+    drift: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.dist in ("truncnormal", "uniform"):
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError(f"{self.dist} needs low < high")
+        if self.dist == "lognormal" and self.loc is not None and self.loc <= 0:
+            raise ValueError("lognormal needs a positive loc (the median)")
+        return self
+
+
+class RobotSection(_Strict):
+    name: str
+    actuator: str | None = None
+
+
+class ObservationSection(_Strict):
+    """Observed channels and the noise model (Student-t with learned per-channel scales)."""
+
+    channels: tuple[Literal["q", "qd"], ...] = ("q", "qd")
+    noise: Literal["student_t", "normal"] = "student_t"
+    df: float = Field(4.0, gt=0)
+    noise_scale: dict[Literal["q", "qd"], float] = {"q": 0.01, "qd": 0.1}
+    noise_prior_scale: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _scales(self):
+        missing = [c for c in self.channels if c not in self.noise_scale]
+        if missing:
+            raise ValueError(f"noise_scale needs a value for channel(s) {missing}")
+        if any(v <= 0 for v in self.noise_scale.values()):
+            raise ValueError("noise_scale values must be positive")
+        return self
+
+
+class InferenceSection(_Strict):
+    """Inference settings. Windows are `window_s` long and cut into segments of `segment_steps`."""
+
+    engine: Literal["smc", "nuts", "svi"] = "smc"
+    particles: int = Field(32, ge=4)
+    window_s: float = Field(1.0, gt=0)
+    segment_steps: int = Field(25, ge=1)
+    update_every_s: float = Field(1.0, gt=0)
+    float64: bool = True
+    mcmc_steps: int = Field(1, ge=1)
+    target_ess: float = Field(0.5, gt=0, lt=1)
+    max_stages: int = Field(30, ge=1)
+    max_latency_s: float = Field(0.02, ge=0)
+    min_ess: float = Field(0.1, gt=0, le=1)
+    max_divergent: float = Field(0.25, ge=0, le=1)
+    drift_sigma: float = Field(4.0, gt=0)
+    drift_windows: int = Field(2, ge=1)
+    forgetting: float = Field(3.0, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _dtype(self):
+        if not self.float64:
+            raise ValueError("float64 = false is not available: MJX rollouts under float32 lose the "
+                             "gradient accuracy identification needs (see README, 'Precision')")
+        return self
+
+
+class TwinConfig(_Strict):
+    name: str
+    robot: RobotSection
+    parameters: dict[str, PriorSpec]
+    settings: dict[str, float] = {}
+    observation: ObservationSection = ObservationSection()
+    inference: InferenceSection = InferenceSection()
+    source: Path | None = None
+
+    def load_robot(self) -> Robot:
+        name = self.robot.name
+        if self.source is not None and name.endswith(".xml") and not Path(name).is_absolute():
+            name = str((self.source.parent / name).resolve())
+        return load_robot(name, actuator=self.robot.actuator)
+
+
+def _where(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def parse_config(data: dict, source: Path | None = None) -> TwinConfig:
+    """Validate a config dict against the schema and against its robot's parameter names."""
+    where = str(source) if source else "<config>"
+    try:
+        cfg = TwinConfig.model_validate({**data, "source": source})
+    except ValidationError as err:
+        raise ConfigError(f"{where}: {_where(err)}") from None
+    try:
+        robot = cfg.load_robot()
+    except ValueError as err:
+        raise ConfigError(f"{where}: robot.name: {err}") from None
+    for section in ("parameters", "settings"):
+        names = list(getattr(cfg, section))
+        try:
+            robot.check_names(names)
+        except KeyError as err:
+            raise ConfigError(f"{where}: {section}: {err.args[0]}") from None
+    if not cfg.parameters:
+        raise ConfigError(f"{where}: parameters: name at least one parameter to estimate")
+    both = set(cfg.parameters) & set(cfg.settings)
+    if both:
+        raise ConfigError(f"{where}: {sorted(both)} are both estimated (parameters) and fixed (settings)")
+    for name, spec in cfg.parameters.items():
+        nominal = robot.nominal()[name]
+        positive = robot.specs[robot.layout.index[name]].positive
+        if spec.dist == "lognormal" and spec.loc is None and nominal <= 0:
+            raise ConfigError(f"{where}: parameters.{name}: nominal value {nominal} is not positive; "
+                              "give loc (the median) or use a normal/truncnormal prior")
+        if spec.dist == "normal" and positive:
+            raise ConfigError(f"{where}: parameters.{name}: a positive quantity needs lognormal, "
+                              "truncnormal (low >= 0) or uniform, not normal")
+    return cfg
+
+
+def load_config(path: str | Path) -> TwinConfig:
+    """Read and validate a twin config TOML file (a shipped name like 'arm2' also works)."""
+    path = resolve_config_path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return parse_config(data, source=path)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file():
+        return p.resolve()
+    robots = Path(__file__).resolve().parent / "robots"
+    shipped = sorted(robots.glob(f"*/{p.stem}.toml"))
+    if shipped:
+        return shipped[0]
+    names = sorted(x.stem for x in robots.glob("*/*.toml"))
+    raise ConfigError(f"{path}: no such config file, nor a shipped config ({', '.join(names)})")

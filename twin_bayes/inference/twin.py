@@ -1,0 +1,239 @@
+"""`Twin`: the online posterior of one robot, its update gate, drift handling and predictions."""
+from __future__ import annotations
+
+import time
+from collections import deque
+from functools import partial
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from twin_bayes.config import TwinConfig, load_config
+from twin_bayes.inference import batch
+from twin_bayes.inference.posterior import Particles, Posterior
+from twin_bayes.inference.predictive import Bands, bands
+from twin_bayes.inference.smc import gaussian_prior, particle_log_liks, tempered_update
+from twin_bayes.models import TwinModel, Window
+
+# Step size of the one-step HMC move, in units where the mass matrix whitens the cloud.
+INITIAL_STEP = 0.5
+# Move steps per tempering stage for the first window, which starts from the prior
+# and is by far the most informative.
+FIRST_WINDOW_MCMC_STEPS = 5
+
+
+@partial(jax.jit, static_argnums=0)
+def constrain_all(model: TwinModel, z):
+    """Physical values (N, D) of unconstrained particles z (N, D)."""
+    return jax.vmap(model.constrain)(z)
+
+
+@dataclass
+class UpdateReport:
+    """What one update did: accepted or not (and why), diagnostics, drift, what changed."""
+
+    accepted: bool
+    reason: str
+    version: int
+    engine: str
+    stages: int = 0
+    beta: float = 0.0
+    acceptance: float = float("nan")
+    divergent: float = 0.0
+    ess: float = 0.0
+    surprise: float = float("nan")
+    drift: bool = False
+    widened: bool = False
+    latency_s: float = 0.0
+    changed: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Surprise:
+    """Running baseline of per-observation predictive surprise (negative log predictive density)."""
+
+    history: deque = field(default_factory=lambda: deque(maxlen=20))
+    run: int = 0
+
+    def score(self, value: float, sigma: float) -> bool:
+        """Record value; True when it is sigma robust-sds above the baseline."""
+        base = np.asarray(self.history)
+        high = False
+        if len(base) >= 3:
+            med = np.median(base)
+            mad = 1.4826 * np.median(np.abs(base - med)) + 0.05 * abs(med) + 1e-6
+            high = value > med + sigma * mad
+        self.run = self.run + 1 if high else 0
+        if not high:
+            self.history.append(value)
+        return high
+
+
+class Twin:
+    """The Bayesian twin of one robot: `update(window)`, `posterior`, `predict(...)`.
+
+    Streaming uses SMC (see `twin_bayes.inference.smc`); `fit(windows, engine)`
+    refits over many windows with NUTS, SVI or SMC from the prior.
+    """
+
+    def __init__(self, cfg: TwinConfig, model: TwinModel | None = None):
+        self.cfg = cfg
+        self.model = model or TwinModel(cfg)
+        inf = cfg.inference
+        self.key = jax.random.PRNGKey(inf.seed)
+        self.key, sub = jax.random.split(self.key)
+        n = inf.particles
+        self._particles = Particles(self.model.sample_prior(sub, n), jnp.full(n, -jnp.log(n)))
+        self._exact_prior = True
+        self._step = INITIAL_STEP
+        self._surprise = _Surprise()
+        self._warm: batch.WarmStart | None = None
+        self.pending: deque[Window] = deque(maxlen=8)
+        self.last_batch: batch.BatchResult | None = None
+        drift = [cfg.parameters[n].drift for n in self.model.param_names] + [0.0] * len(self.model.noise_names)
+        self._drift = jnp.asarray(drift)
+        self.posterior = self._posterior(self._particles, version=0)
+
+    @classmethod
+    def from_config(cls, config: str | Path | TwinConfig) -> "Twin":
+        return cls(config if isinstance(config, TwinConfig) else load_config(config))
+
+    # --- posterior --------------------------------------------------------------------
+    def _posterior(self, p: Particles, version: int, stale=False, reason="") -> Posterior:
+        values = np.asarray(constrain_all(self.model, p.z))
+        return Posterior(self.model.names, p, values, version, stale, reason)
+
+    def _next_key(self):
+        self.key, sub = jax.random.split(self.key)
+        return sub
+
+    def window(self, q, qd, ctrl, settings=None) -> Window:
+        return self.model.window(q, qd, ctrl, settings)
+
+    # --- streaming update -------------------------------------------------------------
+    def update(self, window: Window | dict, settings=None) -> UpdateReport:
+        """Bring one telemetry window into the posterior.
+
+        `window` is a `Window` or a dict with q (T, nq), qd (T, nv), ctrl (T, nu).
+        Bad input raises `WindowError` before anything changes. A new posterior
+        is accepted only if it is finite, reached the full likelihood (β = 1),
+        has few divergent moves and enough effective samples; otherwise the
+        previous one stays, flagged stale with the reason, and the window is
+        kept in `pending` for `retry()`.
+        """
+        if not isinstance(window, Window):
+            window = self.window(window["q"], window["qd"], window["ctrl"], settings or window.get("settings"))
+        start = time.perf_counter()
+        windows = jax.tree.map(lambda x: x[None], window)
+        old = self.posterior
+        particles = self._particles
+        # Predictive surprise of the new data under the current posterior, per observation.
+        ll = particle_log_liks(self.model, particles.z, windows)
+        n_obs = float(jnp.sum(window.mask)) * sum(
+            {"q": self.model.robot.nq, "qd": self.model.robot.nv}[c] for c in self.model.channels)
+        surprise = -float(jax.scipy.special.logsumexp(particles.log_weights + ll)) / n_obs
+        inf = self.cfg.inference
+        high = self._surprise.score(surprise, inf.drift_sigma) if np.isfinite(surprise) else False
+        drift = high and self._surprise.run >= inf.drift_windows
+        if drift:
+            particles = self._widen(particles, inf.forgetting)
+            self._surprise = _Surprise()
+        if float(jnp.max(self._drift)) > 0:
+            jitter = jax.random.normal(self._next_key(), particles.z.shape) * self._drift
+            particles = Particles(particles.z + jitter, particles.log_weights)
+        exact = self._exact_prior and not drift
+        g = gaussian_prior(particles, self._drift, exact)
+        steps = max(inf.mcmc_steps, FIRST_WINDOW_MCMC_STEPS) if exact else inf.mcmc_steps
+        new, stages, beta, step = tempered_update(self.model, self._next_key(), particles, windows, g,
+                                                  self._step, inf.max_stages, steps)
+        acc = float(np.mean([s.acceptance for s in stages]))
+        div = float(np.mean([s.divergent for s in stages]))
+        report = UpdateReport(False, "", old.version, "smc", len(stages), beta, acc, div,
+                              float(stages[-1].ess) if stages else 0.0, surprise, drift, drift)
+        report.reason = self._gate(new, beta, div, report.ess)
+        if report.reason:
+            self.pending.append(window)
+            self.posterior = self._posterior(self._particles, old.version, stale=True, reason=report.reason)
+        else:
+            self._accept(new)
+            report.accepted, report.version = True, self.posterior.version
+            self._step = step
+        report.changed = _changes(old, self.posterior)
+        report.latency_s = time.perf_counter() - start
+        return report
+
+    def _gate(self, p: Particles, beta: float, divergent: float, ess: float) -> str:
+        inf = self.cfg.inference
+        n = p.z.shape[0]
+        if not (bool(jnp.all(jnp.isfinite(p.z))) and bool(jnp.all(jnp.isfinite(p.log_weights)))):
+            return "non-finite particles or weights"
+        if beta < 1.0:
+            return f"tempering stopped at beta={beta:.3g} after {inf.max_stages} stages (window too informative)"
+        if divergent > inf.max_divergent:
+            return f"divergent moves {divergent:.0%} > {inf.max_divergent:.0%}"
+        if ess < inf.min_ess * n:
+            return f"effective sample size {ess:.1f} < {inf.min_ess * n:.1f}"
+        return ""
+
+    def _accept(self, p: Particles):
+        self._particles = p
+        self._exact_prior = False
+        self.posterior = self._posterior(p, self.posterior.version + 1)
+
+    def _widen(self, p: Particles, factor: float) -> Particles:
+        """Forgetting: spread the particles about their weighted mean by `factor`."""
+        w = jnp.exp(p.log_weights)
+        mean = w @ p.z
+        return Particles(mean + factor * (p.z - mean), p.log_weights)
+
+    def retry(self) -> list[UpdateReport]:
+        """Apply the windows that earlier updates rejected, oldest first (each once more)."""
+        windows, self.pending = list(self.pending), deque(maxlen=self.pending.maxlen)
+        return [self.update(w) for w in windows]
+
+    # --- batch fit --------------------------------------------------------------------
+    def fit(self, windows: list[Window], engine: str | None = None, **kwargs) -> batch.BatchResult:
+        """Refit on many windows at once (engine: smc | nuts | svi); the result becomes the posterior."""
+        engine = engine or self.cfg.inference.engine
+        stacked = jax.tree.map(lambda *x: jnp.stack(x), *windows)
+        key = self._next_key()
+        if engine == "nuts":
+            res = batch.fit_nuts(self.model, key, stacked, warm=self._warm, **kwargs)
+            self._warm = res.warm
+        elif engine == "svi":
+            res = batch.fit_svi(self.model, key, stacked, **kwargs)
+        elif engine == "smc":
+            res = batch.fit_smc(self.model, key, stacked, kwargs.pop("particles", self.cfg.inference.particles), **kwargs)
+        else:
+            raise ValueError(f"unknown engine {engine!r}: smc, nuts or svi")
+        self.last_batch = res
+        self._accept(res.particles)
+        return res
+
+    # --- prediction -------------------------------------------------------------------
+    def predict(self, q0, qd0, commands, quantiles=(0.05, 0.5, 0.95), settings=None,
+                draws_per_particle: int = 8) -> Bands:
+        """Predictive bands of q and qd under commands (T, nu) from the measured state (q0, qd0)."""
+        r = self.model.robot
+        commands = np.asarray(commands, dtype=np.float64)
+        if commands.ndim != 2 or commands.shape[1] != r.nu or not np.isfinite(commands).all():
+            raise ValueError(f"commands must be finite with shape (T, {r.nu}), got {commands.shape}")
+        q0, qd0 = np.asarray(q0, np.float64), np.asarray(qd0, np.float64)
+        if q0.shape != (r.nq,) or qd0.shape != (r.nv,) or not (np.isfinite(q0).all() and np.isfinite(qd0).all()):
+            raise ValueError(f"q0, qd0 must be finite with shapes ({r.nq},), ({r.nv},)")
+        idx = self.posterior.resample(np.random.default_rng(self.posterior.version))
+        z = self._particles.z[idx]
+        return bands(self.model, self._next_key(), z, q0, qd0, commands,
+                     self.model.settings_vector(settings), quantiles, draws_per_particle)
+
+
+def _changes(old: Posterior, new: Posterior) -> dict[str, dict[str, float]]:
+    a, b = old.summary(), new.summary()
+    return {n: {"mean_before": a[n]["mean"], "mean_after": b[n]["mean"], "sd_before": a[n]["sd"],
+                "sd_after": b[n]["sd"]} for n in new.names}
