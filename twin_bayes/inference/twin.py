@@ -130,9 +130,10 @@ class Twin:
         if not isinstance(window, Window):
             window = self.window(window["q"], window["qd"], window["ctrl"], settings or window.get("settings"))
         start = time.perf_counter()
-        windows = jax.tree.map(lambda x: x[None], window)
         old = self.posterior
         particles = self._particles
+        window = self.model.with_state_jacobian(window, self._reference())
+        windows = jax.tree.map(lambda x: x[None], window)
         # Predictive surprise of the new data under the current posterior, per observation.
         ll = particle_log_liks(self.model, particles.z, windows)
         n_obs = float(jnp.sum(window.mask)) * sum(
@@ -168,6 +169,10 @@ class Twin:
         report.latency_s = time.perf_counter() - start
         return report
 
+    def _reference(self) -> jnp.ndarray:
+        """Weighted mean of the particles (D,): where start-state sensitivities are linearised."""
+        return jnp.exp(self._particles.log_weights) @ self._particles.z
+
     def _gate(self, p: Particles, beta: float, divergent: float, ess: float) -> str:
         inf = self.cfg.inference
         n = p.z.shape[0]
@@ -201,7 +206,8 @@ class Twin:
     def fit(self, windows: list[Window], engine: str | None = None, **kwargs) -> batch.BatchResult:
         """Refit on many windows at once (engine: smc | nuts | svi); the result becomes the posterior."""
         engine = engine or self.cfg.inference.engine
-        stacked = jax.tree.map(lambda *x: jnp.stack(x), *windows)
+        z_ref = self._reference()
+        stacked = jax.tree.map(lambda *x: jnp.stack(x), *[self.model.with_state_jacobian(w, z_ref) for w in windows])
         key = self._next_key()
         if engine == "nuts":
             res = batch.fit_nuts(self.model, key, stacked, warm=self._warm, **kwargs)

@@ -9,6 +9,7 @@ built from the same pieces for NumPyro's NUTS and SVI.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -20,7 +21,7 @@ from numpyro.distributions.transforms import biject_to
 
 from twin_bayes.config import PriorSpec, TwinConfig
 from twin_bayes.sim import Robot, segment, shoot
-from twin_bayes.sim.rollout import rollout
+from twin_bayes.sim.rollout import rollout, simulate
 
 
 class WindowError(ValueError):
@@ -32,7 +33,11 @@ class Window(NamedTuple):
 
     q (T, nq) rad, qd (T, nv) rad/s, ctrl (T, nu) commands (row k acts during step k),
     mask (T,) 1.0 for real samples, 0.0 for padding; settings (K,) per-recording
-    actuator settings (e.g. firmware gain, supply voltage) in `TwinModel.setting_names` order.
+    actuator settings (e.g. firmware gain, supply voltage) in `TwinModel.setting_names` order;
+    state_jac (S, L·C, nq + nv): sensitivity of each segment's predicted
+    observations to its start state, at a reference parameter value
+    (`TwinModel.with_state_jacobian`), used to account for the noise of the
+    measured start states.
     """
 
     q: jnp.ndarray
@@ -40,6 +45,12 @@ class Window(NamedTuple):
     ctrl: jnp.ndarray
     mask: jnp.ndarray
     settings: jnp.ndarray
+    state_jac: jnp.ndarray
+
+
+@partial(jax.jit, static_argnums=0)
+def state_jacobian_jit(model: "TwinModel", z, w: Window):
+    return model.state_jacobian(z, w)
 
 
 def prior_distribution(spec: PriorSpec, nominal: float) -> dist.Distribution:
@@ -119,26 +130,69 @@ class TwinModel:
         return {c: values[len(self.free_idx) + i] for i, c in enumerate(self.channels)}
 
     # --- likelihood -----------------------------------------------------------------------
-    def _obs_logpdf(self, pred, obs, scale):
-        if self.df is None:
-            return dist.Normal(pred, scale).log_prob(obs)
-        return dist.StudentT(self.df, pred, scale).log_prob(obs)
+    def _segments(self, w: Window):
+        return segment(w.q, w.qd, w.ctrl, self.segment_steps, self.history)
+
+    def _observed(self, q, qd):
+        """Stack the observed channels: (..., L, C) with C = nq and/or nv columns."""
+        parts = {"q": q, "qd": qd}
+        return jnp.concatenate([parts[c] for c in self.channels], axis=-1)
+
+    def state_jacobian(self, z: jnp.ndarray, w: Window) -> jnp.ndarray:
+        """d(observed segment predictions)/d(start state): (S, L·C, nq + nv), at parameters z."""
+        r = self.robot
+        theta = self.theta(self.constrain(z), w.settings)
+        q0, qd0, u, _, _ = self._segments(w)
+
+        def out(x0, useg):
+            q, qd = simulate(r, theta, x0[: r.nq], x0[r.nq:], useg, self.history, free=(), state_grad=True)
+            return self._observed(q, qd).reshape(-1)
+
+        return jax.vmap(jax.jacfwd(out))(jnp.concatenate([q0, qd0], axis=-1), u)
+
+    def with_state_jacobian(self, w: Window, z_ref: jnp.ndarray) -> Window:
+        return w._replace(state_jac=jax.lax.stop_gradient(state_jacobian_jit(self, z_ref, w)))
 
     def log_lik(self, z: jnp.ndarray, w: Window) -> jnp.ndarray:
-        """Multiple-shooting log-likelihood of window w: segments from their observed start states."""
+        """Multiple-shooting log-likelihood of window w.
+
+        Each segment is simulated from its measured start state. That state is
+        noisy too (same sensor noise as the observations), so each segment's
+        observations y (L·C,) are jointly Student-t (or normal) with scale
+        D + J Σ0 Jᵀ: D the per-sample noise, Σ0 the start-state noise and J
+        the start-state sensitivity in `w.state_jac` (linearised at a
+        reference value, Woodbury identities, so the cost stays O(L·C)).
+        """
+        r = self.robot
         values = self.constrain(z)
         theta = self.theta(values, w.settings)
-        L = self.segment_steps
-        q0, qd0, u, q_tgt, qd_tgt = segment(w.q, w.qd, w.ctrl, L, self.history)
-        q, qd = shoot(self.robot, theta, q0, qd0, u, self.history, free=self.free_idx, state_grad=False)
-        n = q.shape[0]
-        mask = w.mask[1: 1 + n * L].reshape(n, L)
+        q0, qd0, u, q_tgt, qd_tgt = self._segments(w)
+        q, qd = shoot(r, theta, q0, qd0, u, self.history, free=self.free_idx, state_grad=False)
+        n, L = q.shape[0], self.segment_steps
         noise = self.noise(values)
-        total = 0.0
-        for c, pred, obs in (("q", q, q_tgt), ("qd", qd, qd_tgt)):
-            if c in self.channels:
-                total = total + jnp.sum(mask * self._obs_logpdf(pred, obs, noise[c]).sum(-1))
-        return total
+        var_col = jnp.concatenate([jnp.full(r.nq if c == "q" else r.nv, noise[c] ** 2) for c in self.channels])
+        mask = jnp.repeat(w.mask[1: 1 + n * L].reshape(n, L)[..., None], var_col.shape[0], axis=-1).reshape(n, -1)
+        resid = (self._observed(q_tgt, qd_tgt) - self._observed(q, qd)).reshape(n, -1) * mask
+        d = jnp.where(mask > 0, jnp.tile(var_col, L)[None, :], 1.0)                       # (S, L·C)
+        start_var = jnp.concatenate([jnp.full(r.nq, noise["q"] ** 2 if "q" in noise else 1e-12),
+                                     jnp.full(r.nv, noise["qd"] ** 2 if "qd" in noise else 1e-12)])
+        jac = w.state_jac * mask[..., None]                                              # (S, L·C, r)
+        jd = jac / d[..., None]
+        a = jnp.diag(1.0 / start_var)[None] + jnp.einsum("spi,spj->sij", jac, jd)         # (S, r, r)
+        b = jnp.einsum("spi,sp->si", jd, resid)
+        chol = jnp.linalg.cholesky(a)
+        y = jax.scipy.linalg.solve_triangular(chol, b[..., None], lower=True)[..., 0]
+        delta = jnp.sum(resid ** 2 / d, -1) - jnp.sum(y ** 2, -1)
+        logdet = (jnp.sum(jnp.log(d), -1) + jnp.sum(jnp.log(start_var))
+                  + 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1))
+        p = jnp.sum(mask, -1)
+        if self.df is None:
+            ll = -0.5 * (delta + logdet + p * jnp.log(2 * jnp.pi))
+        else:
+            nu = self.df
+            ll = (jax.scipy.special.gammaln((nu + p) / 2) - jax.scipy.special.gammaln(nu / 2)
+                  - 0.5 * p * jnp.log(nu * jnp.pi) - 0.5 * logdet - 0.5 * (nu + p) * jnp.log1p(delta / nu))
+        return jnp.sum(jnp.where(p > 0, ll, 0.0))
 
     def log_density(self, z: jnp.ndarray, w: Window) -> jnp.ndarray:
         return self.log_prior(z) + self.log_lik(z, w)
@@ -188,8 +242,11 @@ class TwinModel:
         pad = T - n
         padded = {k: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for k, a in out.items()}
         mask = np.concatenate([np.ones(n), np.zeros(pad)])
+        n_seg = (T - 1) // self.segment_steps
+        c = sum(r.nq if ch == "q" else r.nv for ch in self.channels)
+        jac = jnp.zeros((n_seg, self.segment_steps * c, r.nq + r.nv))
         return Window(jnp.asarray(padded["q"]), jnp.asarray(padded["qd"]), jnp.asarray(padded["ctrl"]),
-                      jnp.asarray(mask), jnp.asarray(self.settings_vector(settings)))
+                      jnp.asarray(mask), jnp.asarray(self.settings_vector(settings)), jac)
 
     def settings_vector(self, settings: dict[str, float] | None) -> np.ndarray:
         """Settings (K,) from a recording's settings: keys are kinds ('servo_kp') or full names."""
