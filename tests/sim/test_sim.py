@@ -134,3 +134,16 @@ def test_batch_of_particles_shares_one_compiled_rollout():
     qb = batched(thetas)
     for i in range(4):
         np.testing.assert_allclose(qb[i], robot.rollout(thetas[i], np.zeros(1), np.zeros(1), u)[0], atol=1e-12)
+
+
+def test_joint_friction_loss_gradients_on_an_mjcf_path(tmp_path):
+    """dof_frictionloss (MuJoCo's friction constraint, forward sensitivities) on a user MJCF file."""
+    src = load_robot("arm2").mjcf_path.read_text()
+    path = tmp_path / "arm2_friction.xml"
+    path.write_text(src.replace('armature="0.01"', 'armature="0.01" frictionloss="0.05"')
+                    .replace('armature="0.005"', 'armature="0.005" frictionloss="0.03"'))
+    robot = load_robot(path)
+    assert robot.mjcf_path == path.resolve() and robot.grad_mode == "forward"
+    names = ["dof_frictionloss:shoulder", "dof_frictionloss:elbow", "body_mass:forearm"]
+    for param, g in checks.gradient_check(robot, names=names, steps=60).items():
+        assert g["rel_err"] < 1e-3, (param, g)

@@ -77,9 +77,8 @@ def fit_smc(model: TwinModel, key, windows: Window, particles: int, max_stages=2
     """Tempered SMC from the prior to the posterior of all windows at once."""
     k1, k2 = jax.random.split(key)
     z0 = model.sample_prior(k1, particles)
-    p0 = Particles(z0, jnp.full(particles, -jnp.log(particles)))
     d = model.dim
     g = GaussianPrior(jnp.zeros(d), jnp.eye(d), jnp.asarray(True))
-    p, stages, beta, _ = tempered_update(model, k2, p0, windows, g, 0.5, max_stages, num_mcmc_steps)
+    p, stages, beta, _ = tempered_update(model, k2, z0, windows, g, 0.5, max_stages, num_mcmc_steps)
     evals = len(stages) * particles * (2 + 2 * num_mcmc_steps)
     return BatchResult(p, None, None, None, evals, {"engine": "smc", "stages": len(stages), "beta": beta})

@@ -1,14 +1,16 @@
 """Streaming SMC: one window at a time, BlackJAX adaptive tempering with gradient-based moves.
 
-For a new window the particles are reweighted by its likelihood in tempered
-stages (BlackJAX `adaptive_tempered_smc`: each stage picks the largest
-temperature step that keeps the target ESS, resamples, and moves every
-particle with a one-step HMC kernel (MALA with a mass matrix from the particle
-cloud) on the tempered target). The prior of a window is the posterior of the
-windows before it: the true prior for the first window, afterwards a Gaussian
-fitted to the particle cloud in unconstrained space (widened by any random-walk
-drift). That Gaussian is used only inside the move kernel; the particles
-themselves carry the previous posterior exactly into the reweighting.
+The prior of a window is the posterior of the windows before it: the config's
+prior for the first window, afterwards a Gaussian fitted to the particle cloud
+in unconstrained space (widened by random-walk drift or forgetting), i.e. an
+assumed-density filter with SMC inside each window. Each window starts from
+fresh draws of that prior, so the cloud never impoverishes across windows.
+They are reweighted by the window's likelihood in tempered stages: the first
+step needs no move (the draws are exact for it); where the window is too
+informative for one step, BlackJAX `adaptive_tempered_smc` stages follow, each
+picking the largest temperature step that keeps the target ESS, resampling,
+and moving every particle with a one-step HMC kernel (MALA with a dense mass
+matrix from the particle cloud) on the tempered target.
 """
 from __future__ import annotations
 
@@ -96,25 +98,50 @@ def particle_log_liks(model: TwinModel, z, windows: Window):
     return jax.vmap(lambda zi: batch_log_lik(model, zi, windows))(z)
 
 
-def tempered_update(model: TwinModel, key, particles: Particles, windows: Window, g: GaussianPrior,
-                    step_size: float, max_stages: int, num_mcmc_steps: int = 1):
-    """Temper the windows' likelihood (B windows stacked) into the particles: stages until β = 1 or max_stages.
+def first_temperature(ll: np.ndarray, target_ess: float) -> float:
+    """Largest δ in (0, 1] whose weights exp(δ·ll) keep an ESS of at least target_ess·N."""
+    ll = np.asarray(ll, dtype=np.float64)
+    ll = np.where(np.isfinite(ll), ll, -np.inf)
 
-    Particles are resampled to equal weight first (BlackJAX's tempered state
-    starts uniform). Before each stage the mass matrix is set to the
-    particles' variance and the step size follows the last acceptance rate.
+    def frac(delta):
+        w = np.exp(delta * (ll - ll.max()))
+        return (w.sum() ** 2 / (w ** 2).sum()) / len(ll) if w.sum() > 0 else 0.0
+
+    if frac(1.0) >= target_ess:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if frac(mid) >= target_ess else (lo, mid)
+    return max(lo, 1e-12)
+
+
+def tempered_update(model: TwinModel, key, z0: jnp.ndarray, windows: Window, g: GaussianPrior,
+                    step_size: float, max_stages: int, num_mcmc_steps: int = 1):
+    """Temper the windows' likelihood (B windows stacked) into particles z0 (N, D) drawn from the prior g.
+
+    The first temperature step needs no move: z0 are exact draws from the
+    stage-0 target, so they are only reweighted. When that step cannot reach
+    β = 1 with the target ESS, BlackJAX adaptive tempering stages follow
+    (resample, move, reweight). Before each of them the (dense) inverse mass
+    matrix is set to the particles' covariance, so moves follow the
+    correlations between parameters the data cannot tell apart, and the step
+    size follows the last acceptance rate.
     Returns (Particles, [StageInfo per stage as floats], reached β, step size).
     """
-    n = particles.z.shape[0]
-    key, sub = jax.random.split(key)
-    idx = resampling.systematic(sub, jnp.exp(particles.log_weights), n)
-    state = blackjax.smc.tempered.init(particles.z[idx])
-    state = state._replace(tempering_param=jnp.asarray(0.0))
-    stages = []
-    beta = 0.0
+    target = model.cfg.inference.target_ess
+    ll = np.asarray(particle_log_liks(model, z0, windows))
+    delta = first_temperature(ll, target)
+    log_w = np.where(np.isfinite(ll), delta * ll, -np.inf)
+    log_w = log_w - np.logaddexp.reduce(log_w)
+    w = np.exp(log_w)
+    stages = [StageInfo(delta, float("nan"), 0.0, float(np.logaddexp.reduce(delta * ll) - np.log(len(ll))),
+                        float(1.0 / np.sum(w ** 2)))]
+    state = blackjax.smc.tempered.init(z0)._replace(weights=jnp.asarray(w), tempering_param=jnp.asarray(delta))
+    beta = delta
     while beta < 1.0 and len(stages) < max_stages:
         key, sub = jax.random.split(key)
-        inverse_mass = jnp.var(state.particles, axis=0) + 1e-12
+        inverse_mass = jnp.cov(state.particles.T, aweights=state.weights) + 1e-10 * jnp.eye(state.particles.shape[1])
         state, info = smc_stage(model, num_mcmc_steps, sub, state, windows, g, jnp.asarray(step_size), inverse_mass)
         info = StageInfo(*(float(x) for x in info))
         stages.append(info)

@@ -145,15 +145,18 @@ class Twin:
         if drift:
             particles = self._widen(particles, inf.forgetting)
             self._surprise = _Surprise()
-        if float(jnp.max(self._drift)) > 0:
-            jitter = jax.random.normal(self._next_key(), particles.z.shape) * self._drift
-            particles = Particles(particles.z + jitter, particles.log_weights)
         exact = self._exact_prior and not drift
         g = gaussian_prior(particles, self._drift, exact)
+        n = particles.z.shape[0]
+        if exact:   # the config's prior: its own draws (the particles of a fresh twin)
+            z0 = particles.z
+        else:       # the Gaussian summary of the posterior so far: fresh draws
+            z0 = g.mean + jax.random.normal(self._next_key(), (n, g.mean.shape[0])) @ g.chol.T
         steps = max(inf.mcmc_steps, FIRST_WINDOW_MCMC_STEPS) if exact else inf.mcmc_steps
-        new, stages, beta, step = tempered_update(self.model, self._next_key(), particles, windows, g,
+        new, stages, beta, step = tempered_update(self.model, self._next_key(), z0, windows, g,
                                                   self._step, inf.max_stages, steps)
-        acc = float(np.mean([s.acceptance for s in stages]))
+        moved = [s.acceptance for s in stages if np.isfinite(s.acceptance)]
+        acc = float(np.mean(moved)) if moved else float("nan")
         div = float(np.mean([s.divergent for s in stages]))
         report = UpdateReport(False, "", old.version, "smc", len(stages), beta, acc, div,
                               float(stages[-1].ess) if stages else 0.0, surprise, drift, drift)
@@ -186,10 +189,18 @@ class Twin:
             return f"effective sample size {ess:.1f} < {inf.min_ess * n:.1f}"
         return ""
 
-    def _accept(self, p: Particles):
+    @property
+    def particles(self) -> Particles:
+        return self._particles
+
+    def restore(self, p: Particles, version: int) -> None:
+        """Replace the posterior by saved particles (e.g. from a checkpoint) at `version`."""
         self._particles = p
         self._exact_prior = False
-        self.posterior = self._posterior(p, self.posterior.version + 1)
+        self.posterior = self._posterior(p, version)
+
+    def _accept(self, p: Particles):
+        self.restore(p, self.posterior.version + 1)
 
     def _widen(self, p: Particles, factor: float) -> Particles:
         """Forgetting: spread the particles about their weighted mean by `factor`."""

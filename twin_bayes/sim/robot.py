@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -177,7 +178,9 @@ def _load(path: Path, actuator: str | None, dtype: jnp.dtype) -> Robot:
     mj_model = _copy_model(base)
     for field, value in model_fields(layout, jnp.asarray(layout.nominal)).items():
         getattr(mj_model, field)[:] = np.asarray(value)
-    sys = mjcf.load_model(mj_model)
+    with warnings.catch_warnings():  # Brax asks users to prefer MJX: its MJX pipeline is what we use
+        warnings.filterwarnings("ignore", message="Brax System, piplines and environments")
+        sys = mjcf.load_model(mj_model)
     sys = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, sys)
     name = next((k for k, v in SHIPPED.items() if v == path), path.stem)
     grad_mode = "forward" if _has_constraint_rows(sys) else "reverse"

@@ -1,0 +1,192 @@
+"""Posterior calibration: do the 90 % credible intervals cover the true parameters 90 % of the time?
+
+For each seed the hidden truth is drawn from the twin's own prior
+(`TwinModel.priors` of the estimated parameters; sensor noise stays at the
+emulator's, which is the config's nominal noise scale), the emulated robot
+(native MuJoCo, Gaussian sensor noise, random-sine excitation with the same
+seed) records `--seconds` of telemetry, and the twin brings it in window by
+window with `Twin.update` (the config's streaming SMC) or, with
+`--method fit`, in one `Twin.fit(windows, engine=...)`. Coverage is whether
+truth lies in [q05, q95] of the final posterior; per parameter and overall
+(all parameters of all seeds pooled), with the binomial standard error and a
+Wilson 95 % interval. When the truth is drawn from the prior that the twin
+uses, a calibrated posterior covers 90 % on average (target band 85-95 %).
+The PIT (posterior probability below the truth) is recorded too: calibrated
+means uniform on [0, 1]; mass near 0 and 1 means over-confident.
+
+One `TwinModel` is compiled once and shared: each seed gets
+`Twin(cfg with seed, model=model)`, so the jitted kernels are reused.
+
+    .venv/bin/python benchmarks/calibration.py                # 20 seeds, 3 s each
+    .venv/bin/python benchmarks/calibration.py --seeds 10 --seconds 4
+    .venv/bin/python benchmarks/calibration.py --quick        # 2 seeds, smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from update import CompileMeter, command, machine, setup_jax, windows_of  # noqa: E402
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    den = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / den
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return c - h, c + h
+
+
+def coverage_stats(hits: list[bool]) -> dict:
+    n, k = len(hits), int(sum(hits))
+    p = k / n if n else float("nan")
+    lo, hi = wilson(k, n)
+    return {"covered": k, "n": n, "coverage": p, "se": math.sqrt(p * (1 - p) / n) if n else float("nan"),
+            "wilson95": [lo, hi]}
+
+
+def draw_truth(jax, model, seed: int) -> dict[str, float]:
+    """One draw from the prior of the estimated parameters (constrained, physical units)."""
+    keys = jax.random.split(jax.random.PRNGKey(1_000_003 * (seed + 1)), len(model.param_names))
+    return {n: float(model.priors[i].sample(keys[i])) for i, n in enumerate(model.param_names)}
+
+
+def pit(values: np.ndarray, weights: np.ndarray, x: float) -> float:
+    """Posterior probability below x (ties half)."""
+    return float(weights @ ((values < x) + 0.5 * (values == x)))
+
+
+def run_seed(cfg, model, seed: int, seconds: float, method: str, engine: str, meter) -> dict:
+    import jax
+    from twin_bayes.inference import Twin
+    from twin_bayes.sim.emulator import emulate
+
+    truth = draw_truth(jax, model, seed)
+    noise = {"q": 0.002, "qd": 0.02}
+    traj = emulate(model.robot, truth, seconds, seed=seed, noise=noise)
+    T = model.window_samples
+    n_win = (len(traj.t) - 1) // (T - 1)
+    twin = Twin(cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"seed": seed})}), model=model)
+    t0 = time.perf_counter()
+    meter.take()
+    reports = []
+    if method == "update":
+        for q, qd, u in windows_of(traj, T, n_win):
+            rep = twin.update(twin.window(q, qd, u))
+            reports.append({"accepted": rep.accepted, "reason": rep.reason, "stages": rep.stages,
+                            "ess": rep.ess, "acceptance": rep.acceptance, "latency_s": rep.latency_s})
+    else:
+        res = twin.fit([twin.window(*w) for w in windows_of(traj, T, n_win)], engine=engine)
+        reports.append({"accepted": True, "info": {k: (float(v) if np.isscalar(v) and not isinstance(v, str) else v)
+                                                   for k, v in res.info.items()}})
+    wall = time.perf_counter() - t0
+    comp = meter.take()
+    post = twin.posterior
+    summ = post.summary()
+    truth_all = dict(truth) | {"noise:q": noise["q"], "noise:qd": noise["qd"]}
+    per = {}
+    for i, name in enumerate(post.names):
+        s, x = summ[name], truth_all[name]
+        per[name] = {"truth": x, "q05": s["q05"], "q50": s["q50"], "q95": s["q95"], "mean": s["mean"], "sd": s["sd"],
+                     "covered": bool(s["q05"] <= x <= s["q95"]), "pit": pit(post.values[:, i], post.weights, x),
+                     "rel_err_median": abs(s["q50"] - x) / abs(x), "z": (s["mean"] - x) / s["sd"] if s["sd"] > 0 else None}
+    return {"seed": seed, "seconds": seconds, "windows": n_win, "wall_s": wall, "compile": comp,
+            "all_accepted": all(r["accepted"] for r in reports), "updates": reports,
+            "posterior_ess": post.ess, "particles": len(post),
+            "unique_particles": int(len(np.unique(np.asarray(post.particles.z), axis=0))), "params": per}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="arm2")
+    ap.add_argument("--seeds", type=int, default=20, help="number of seeds (truths)")
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--seconds", type=float, default=3.0, help="emulated telemetry per seed (whole windows used)")
+    ap.add_argument("--particles", type=int, default=None, help="override inference.particles")
+    ap.add_argument("--method", choices=["update", "fit"], default="update",
+                    help="stream window by window (Twin.update) or one batch refit (Twin.fit)")
+    ap.add_argument("--engine", choices=["smc", "nuts", "svi"], default="smc", help="engine of --method fit")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 seeds")
+    ap.add_argument("--out", default=str(REPO / "benchmarks/results/calibration.json"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds = 2
+
+    load_start = list(os.getloadavg())
+    jax, cache = setup_jax()
+    meter = CompileMeter()
+    from twin_bayes.config import load_config
+    from twin_bayes.models import TwinModel
+
+    cfg = load_config(args.config)
+    if args.particles:
+        cfg = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"particles": args.particles})})
+    model = TwinModel(cfg)
+    rows = []
+    t_all = time.perf_counter()
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        r = run_seed(cfg, model, seed, args.seconds, args.method, args.engine, meter)
+        rows.append(r)
+        cov = " ".join("Y" if p["covered"] else "." for n, p in r["params"].items() if n in model.param_names)
+        print(f"seed {seed:3d}: {r['wall_s']:7.1f} s (compile {r['compile']['total_s']:6.1f} s)  covered [{cov}]  "
+              f"{'all accepted' if r['all_accepted'] else 'SOME UPDATES REJECTED'}", flush=True)
+    total = time.perf_counter() - t_all
+
+    names = model.param_names
+    per_param = {n: coverage_stats([r["params"][n]["covered"] for r in rows]) for n in model.names}
+    for n in model.names:
+        pits = np.array([r["params"][n]["pit"] for r in rows])
+        per_param[n]["pit_tails"] = float(np.mean((pits < 0.05) | (pits > 0.95)))
+        per_param[n]["median_rel_err"] = float(np.median([r["params"][n]["rel_err_median"] for r in rows]))
+        per_param[n]["median_ci90_rel_width"] = float(np.median(
+            [(r["params"][n]["q95"] - r["params"][n]["q05"]) / r["params"][n]["truth"] for r in rows]))
+        per_param[n]["estimated"] = n in names
+    overall = coverage_stats([r["params"][n]["covered"] for r in rows for n in names])
+    steady = [r["wall_s"] for r in rows if r["compile"]["total_s"] < 1.0]
+    out = {
+        "benchmark": "calibration",
+        "command": command(),
+        "machine": machine(cache) | {"load_average_at_start": load_start},
+        "config": cfg.name,
+        "settings": {"seeds": args.seeds, "first_seed": args.first_seed, "seconds": args.seconds,
+                     "method": args.method, "engine": args.engine if args.method == "fit" else cfg.inference.engine,
+                     "particles": cfg.inference.particles, "window_s": cfg.inference.window_s,
+                     "interval": "posterior q05..q95 (90 % credible)", "truth": "drawn from TwinModel.priors",
+                     "emulator_noise": {"q": 0.002, "qd": 0.02}, "quick": args.quick},
+        "overall_coverage_6_params": overall,
+        "per_parameter": per_param,
+        "target": {"nominal": 0.9, "band": [0.85, 0.95]},
+        "timing": {"total_s": total, "median_seed_wall_s_without_compile": float(np.median(steady)) if steady else None,
+                   "first_seed_wall_s": rows[0]["wall_s"], "first_seed_compile": rows[0]["compile"]},
+        "seeds": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+
+    print(f"\n{'parameter':<24} {'coverage':>9} {'± se':>6} {'Wilson 95%':>15} {'PIT tails':>9} "
+          f"{'med rel err':>11} {'med CI/truth':>12}")
+    for n in model.names:
+        s = per_param[n]
+        tag = "" if s["estimated"] else "  (noise, not in overall)"
+        print(f"{n:<24} {s['coverage']:>9.2f} {s['se']:>6.2f} [{s['wilson95'][0]:.2f}, {s['wilson95'][1]:.2f}]"
+              f"{s['pit_tails']:>10.2f} {s['median_rel_err']:>11.4f} {s['median_ci90_rel_width']:>12.4f}{tag}")
+    print(f"{'overall (6 parameters)':<24} {overall['coverage']:>9.2f} {overall['se']:>6.2f} "
+          f"[{overall['wilson95'][0]:.2f}, {overall['wilson95'][1]:.2f}]   target 0.90 (0.85-0.95)")
+    print(f"{len(rows)} seeds, {args.seconds} s each, {total:.0f} s in all. JSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Batch refits with NumPyro NUTS and SVI over a few windows (kept small: CI has 2 cores)."""
+import arviz as az
+import numpy as np
+import pytest
+
+from twin_bayes.inference import Twin
+
+N_WINDOWS = 2
+
+
+@pytest.fixture(scope="module")
+def windows(model, stream_windows):
+    return [model.window(w["q"], w["qd"], w["ctrl"]) for w in stream_windows[:N_WINDOWS]]
+
+
+def _near_truth(post, truth, rel):
+    s = post.summary()
+    for name, true in truth.items():
+        assert abs(s[name]["mean"] - true) < rel * true, (name, s[name], true)
+    return s
+
+
+@pytest.fixture(scope="module")
+def nuts(small_cfg, model, windows):
+    twin = Twin(small_cfg, model)
+    res = twin.fit(windows, engine="nuts", num_warmup=40, num_samples=40, num_chains=2)
+    return twin, res
+
+
+def test_nuts_posterior_is_finite_and_near_truth(nuts, truth, emulator_noise):
+    twin, res = nuts
+    post = twin.posterior
+    assert post.version == 1 and not post.stale
+    assert res.info["engine"] == "nuts" and twin.last_batch is res
+    assert len(post) == 2 * 40 and np.allclose(post.weights, 1 / 80)
+    assert np.all(np.isfinite(post.values))
+    _near_truth(post, truth, rel=0.15)
+    for c, sigma in emulator_noise.items():
+        assert 0.5 * sigma < post.summary()[f"noise:{c}"]["mean"] < 2 * sigma
+
+
+def test_nuts_reports_chains_for_rhat(nuts):
+    twin, res = nuts
+    d = twin.model.dim
+    assert res.chains.shape == (2, 40, d) and np.all(np.isfinite(res.chains))
+    assert res.divergent.shape == (2, 40) and res.divergent.dtype == bool
+    assert res.divergent.mean() <= 0.25
+    rhat = az.rhat(az.convert_to_dataset({"z": res.chains}))["z"].values
+    print("NUTS R-hat per unconstrained dimension:", np.round(rhat, 3).tolist())
+    assert rhat.shape == (d,) and np.all(np.isfinite(rhat))
+    # the warm start for the next refit: one position per chain, a step size and a diagonal mass
+    assert res.warm.z.shape == (2, d) and res.warm.step_size > 0 and res.warm.inverse_mass.shape == (d,)
+    assert res.evaluations > 0
+
+
+def test_svi_posterior_is_finite_and_near_truth(small_cfg, model, windows, truth):
+    twin = Twin(small_cfg, model)
+    res = twin.fit(windows, engine="svi", steps=400, num_draws=200)
+    post = twin.posterior
+    assert res.info["engine"] == "svi" and np.isfinite(res.info["final_loss"])
+    assert res.chains is None and post.version == 1 and len(post) == 200
+    assert np.all(np.isfinite(post.values))
+    s = _near_truth(post, truth, rel=0.2)
+    assert all(s[n]["sd"] > 0 for n in truth)
+
+
+def test_unknown_engine_is_refused(small_cfg, model, windows):
+    twin = Twin(small_cfg, model)
+    with pytest.raises(ValueError, match="unknown engine"):
+        twin.fit(windows, engine="gibbs")
+    assert twin.posterior.version == 0

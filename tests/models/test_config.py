@@ -1,0 +1,266 @@
+"""Twin configs: every shipped config loads; bad configs fail with a ConfigError that names the key.
+
+Bad configs are written as TOML files under tmp_path and read with `load_config`,
+the way a user's file would be. No JIT compilation here (robots load, nothing rolls out).
+"""
+import copy
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from twin_bayes.config import ConfigError, load_config, resolve_config_path
+from twin_bayes.models import TwinModel
+
+ROBOTS = Path(__file__).resolve().parents[2] / "twin_bayes" / "robots"
+SHIPPED = sorted(p.stem for p in ROBOTS.glob("*/*.toml"))
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_value(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def dump_toml(data: dict) -> str:
+    """A minimal TOML writer for twin configs (top-level scalars, then one table per section)."""
+    lines = [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for section, body in data.items():
+        if isinstance(body, dict):
+            lines.append(f"\n[{section}]")
+            lines += [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in body.items()]
+    return "\n".join(lines) + "\n"
+
+
+def arm2_data() -> dict:
+    return tomllib.loads(resolve_config_path("arm2").read_text())
+
+
+def write(tmp_path: Path, data: dict, name: str = "twin.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(dump_toml(data))
+    return path
+
+
+def test_dump_round_trips_shipped_config(tmp_path):
+    data = arm2_data()
+    assert tomllib.loads(dump_toml(data)) == data
+    cfg = load_config(write(tmp_path, data))
+    assert cfg == load_config("arm2").model_copy(update={"source": cfg.source})
+
+
+def test_shipped_config_names_are_known():
+    assert {"arm2", "servo_pendulum", "humanoid", "humanoid_fixed", "xl330"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_loads_and_builds_a_model(name):
+    cfg = load_config(name)
+    assert cfg.name == name
+    assert cfg.source is not None and cfg.source.name == f"{name}.toml"
+    assert cfg.parameters, "a twin estimates at least one parameter"
+    robot = cfg.load_robot()
+    for key in cfg.parameters:
+        assert key in robot.param_names
+    model = TwinModel(cfg, robot)
+    assert model.names == tuple(cfg.parameters) + tuple(f"noise:{c}" for c in cfg.observation.channels)
+    assert model.window_samples - 1 >= model.segment_steps
+    # the same config loads by path too
+    assert load_config(cfg.source) == cfg
+
+
+def test_unknown_shipped_name_lists_the_shipped_configs():
+    with pytest.raises(ConfigError, match="no_such_twin") as err:
+        load_config("no_such_twin")
+    assert "arm2" in str(err.value)
+
+
+def test_relative_mjcf_path_resolves_next_to_the_config(tmp_path):
+    (tmp_path / "my_arm.xml").write_text((ROBOTS / "arm2" / "arm2.xml").read_text())
+    data = arm2_data()
+    data["robot"]["name"] = "my_arm.xml"
+    cfg = load_config(write(tmp_path, data))
+    assert cfg.load_robot().mjcf_path == (tmp_path / "my_arm.xml").resolve()
+
+
+def test_not_toml_is_a_config_error(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text('name = "arm2"\n[robot\nname = "arm2"\n')
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+
+
+# --- parameters naming things the robot does not have --------------------------------------
+
+def test_typo_in_a_body_name_names_the_key_and_suggests_the_right_one(tmp_path):
+    data = arm2_data()
+    data["parameters"]["body_mass:upper_amr"] = {"dist": "lognormal", "scale": 0.3}
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, data))
+    msg = str(err.value)
+    assert str(tmp_path / "twin.toml") in msg
+    assert "parameters" in msg and "body_mass:upper_amr" in msg
+    assert "body_mass:upper_arm" in msg  # the close match
+
+
+def test_body_that_does_not_exist_names_the_key_with_hints(tmp_path):
+    """A body that is nowhere near an existing name still gets hints: the parameters of that kind.
+
+    Fails today: difflib finds no close match for 'body_mass:no_such_link' and the
+    message says `close matches: {'body_mass:no_such_link': []}`.
+    """
+    data = arm2_data()
+    data["parameters"]["body_mass:no_such_link"] = {"dist": "lognormal", "scale": 0.3}
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, data))
+    msg = str(err.value)
+    assert "parameters" in msg and "body_mass:no_such_link" in msg
+    assert "body_mass:upper_arm" in msg or "body_mass:forearm" in msg, msg
+
+
+def test_unknown_setting_name_is_a_config_error(tmp_path):
+    data = arm2_data()
+    data["settings"] = {"dof_damping:wrist": 0.1}
+    with pytest.raises(ConfigError, match=r"settings.*dof_damping:wrist"):
+        load_config(write(tmp_path, data))
+
+
+def test_unknown_robot_names_robot_name(tmp_path):
+    data = arm2_data()
+    data["robot"]["name"] = "arm3"
+    with pytest.raises(ConfigError, match=r"robot\.name.*arm3"):
+        load_config(write(tmp_path, data))
+
+
+def test_parameter_both_estimated_and_fixed(tmp_path):
+    data = arm2_data()
+    data["settings"] = {"body_mass:upper_arm": 1.0}
+    with pytest.raises(ConfigError, match=r"body_mass:upper_arm.*both estimated"):
+        load_config(write(tmp_path, data))
+
+
+def test_no_parameters_to_estimate(tmp_path):
+    data = arm2_data()
+    data["parameters"] = {}
+    with pytest.raises(ConfigError, match="parameters"):
+        load_config(write(tmp_path, data))
+
+
+# --- schema errors: each names its key --------------------------------------------------------
+
+def _set(path: str, value):
+    def edit(d):
+        *head, last = path.split("/")
+        for k in head:
+            d = d.setdefault(k, {})
+        d[last] = value
+    return edit
+
+
+BAD = {
+    # unknown keys
+    "typo_top_level": (_set("infrence/particles", 16), r"infrence: Extra inputs are not permitted"),
+    "typo_in_inference": (_set("inference/particle", 16), r"inference\.particle: Extra inputs are not permitted"),
+    "typo_in_prior": (_set("parameters/body_mass:forearm", {"dist": "lognormal", "sacle": 0.3}),
+                      r"parameters\.body_mass:forearm\.sacle: Extra inputs"),
+    "typo_in_observation": (_set("observation/noise_scales", {"q": 0.01}), r"observation\.noise_scales"),
+    "unknown_channel": (_set("observation/channels", ["q", "qdd"]), r"observation\.channels"),
+    # bad prior bounds and scales
+    "truncnormal_low_above_high": (
+        _set("parameters/body_mass:upper_arm", {"dist": "truncnormal", "low": 2.0, "high": 1.0}),
+        r"parameters\.body_mass:upper_arm.*low < high"),
+    "truncnormal_no_bounds": (
+        _set("parameters/body_mass:upper_arm", {"dist": "truncnormal", "scale": 0.3}),
+        r"parameters\.body_mass:upper_arm.*low < high"),
+    "uniform_equal_bounds": (
+        _set("parameters/dof_damping:elbow", {"dist": "uniform", "low": 0.1, "high": 0.1}),
+        r"parameters\.dof_damping:elbow.*low < high"),
+    "negative_prior_scale": (
+        _set("parameters/body_mass:upper_arm", {"dist": "lognormal", "scale": -0.3}),
+        r"parameters\.body_mass:upper_arm\.scale: Input should be greater than 0"),
+    "lognormal_negative_median": (
+        _set("parameters/body_mass:upper_arm", {"dist": "lognormal", "loc": -1.0}),
+        r"parameters\.body_mass:upper_arm.*positive loc"),
+    "unknown_dist": (_set("parameters/body_mass:upper_arm", {"dist": "gamma"}),
+                     r"parameters\.body_mass:upper_arm\.dist"),
+    "normal_on_positive_quantity": (
+        _set("parameters/body_mass:upper_arm", {"dist": "normal", "scale": 0.3}),
+        r"parameters\.body_mass:upper_arm: a positive quantity needs"),
+    "negative_drift": (_set("parameters/dof_damping:elbow", {"drift": -0.1}),
+                       r"parameters\.dof_damping:elbow\.drift"),
+    # noise
+    "negative_noise_scale": (_set("observation/noise_scale", {"q": -0.002, "qd": 0.02}),
+                             r"observation.*noise_scale values must be positive"),
+    "zero_noise_scale": (_set("observation/noise_scale", {"q": 0.002, "qd": 0.0}),
+                         r"observation.*noise_scale values must be positive"),
+    "missing_noise_scale": (_set("observation/noise_scale", {"q": 0.002}),
+                            r"observation.*noise_scale needs a value for channel.*qd"),
+    "negative_noise_prior_scale": (_set("observation/noise_prior_scale", -1.0),
+                                   r"observation\.noise_prior_scale"),
+    "zero_df": (_set("observation/df", 0.0), r"observation\.df"),
+    # inference
+    "too_few_particles": (_set("inference/particles", 2), r"inference\.particles"),
+    "non_integer_particles": (_set("inference/particles", "many"), r"inference\.particles"),
+    "zero_window": (_set("inference/window_s", 0.0), r"inference\.window_s"),
+    "unknown_engine": (_set("inference/engine", "mh"), r"inference\.engine"),
+    "target_ess_one": (_set("inference/target_ess", 1.0), r"inference\.target_ess"),
+    "float32": (_set("inference/float64", False), r"inference.*float64 = false"),
+    "zero_max_stages": (_set("inference/max_stages", 0), r"inference\.max_stages"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_names_the_key(tmp_path, case):
+    edit, pattern = BAD[case]
+    data = copy.deepcopy(arm2_data())
+    edit(data)
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert msg.startswith(str(path)), msg
+    assert re.search(pattern, msg), msg
+
+
+@pytest.mark.parametrize("dist", ["truncnormal", "uniform"])
+def test_bounded_prior_on_positive_quantity_must_not_reach_below_zero(tmp_path, dist):
+    """A mass prior with support below zero lets particles hold negative masses.
+
+    Fails today: `parse_config` rejects `normal` on positive quantities and its own
+    message says "truncnormal (low >= 0)", but never checks `low` for truncnormal/uniform.
+    """
+    data = arm2_data()
+    data["parameters"]["body_mass:upper_arm"] = {"dist": dist, "loc": 1.0, "scale": 0.3, "low": -1.0, "high": 3.0}
+    with pytest.raises(ConfigError, match=r"parameters\.body_mass:upper_arm"):
+        load_config(write(tmp_path, data))
+
+
+@pytest.mark.parametrize("window_s, segment_steps", [(0.01, 25), (0.5, 600)])
+def test_window_shorter_than_one_segment_is_a_config_error(tmp_path, window_s, segment_steps):
+    """arm2 steps 2 ms: 0.01 s holds 5 steps (< 25); 0.5 s holds 250 (< 600).
+
+    Fails today: `parse_config` accepts it and only `TwinModel(cfg)` notices, with a
+    plain ValueError, after the config has been reported as valid.
+    """
+    data = arm2_data()
+    data["inference"]["window_s"] = window_s
+    data["inference"]["segment_steps"] = segment_steps
+    with pytest.raises(ConfigError, match=r"inference\.(window_s|segment_steps)"):
+        load_config(write(tmp_path, data))
+
+
+def test_window_shorter_than_one_segment_never_builds_a_model(tmp_path):
+    """Whatever layer catches it, a twin with no complete segment per window is never built."""
+    data = arm2_data()
+    data["inference"]["window_s"] = 0.01
+    with pytest.raises(ValueError, match="window_s"):  # ConfigError is a ValueError
+        TwinModel(load_config(write(tmp_path, data)))

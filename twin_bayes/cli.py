@@ -1,0 +1,268 @@
+"""`twin-bayes` command line: demo | check-sim | fit | evaluate | report."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+
+
+def _enable_cache() -> None:
+    import os
+
+    import jax
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "twin-bayes" / "jax"))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _print(obj, as_json: bool, table=None) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2, default=float))
+    elif table is not None:
+        from rich.console import Console
+        Console().print(table)
+    else:
+        print(json.dumps(obj, indent=2, default=float))
+
+
+def _param_table(title, rows, columns):
+    from rich.table import Table
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, justify="right" if c != "parameter" else "left")
+    for r in rows:
+        t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
+    return t
+
+
+# --- check-sim ---------------------------------------------------------------------------
+def cmd_check_sim(args) -> int:
+    from twin_bayes.sim import checks, load_robot
+    robot = load_robot(args.robot)
+    out = {"robot": robot.name, "grad_mode": robot.grad_mode, "agreement": checks.agreement(robot),
+           "directions": checks.directions(robot)}
+    if not args.no_gradients:
+        if robot.name.startswith("humanoid"):
+            names = [n for n in robot.param_names if n.split(":")[0] in
+                     ("body_mass", "dof_damping", "dof_armature", "geom_friction")][:6]
+            grads = checks.gradient_check(robot, names=names, steps=40, rel_step=1e-5)
+        else:
+            grads = checks.gradient_check(robot)
+        out["gradients"] = {"max_rel_err": max(g["rel_err"] for g in grads.values()
+                                               if abs(g["fd"]) > 1e-6 or abs(g["ad"]) > 1e-6), "per_parameter": grads}
+    ok = out["agreement"]["ok"] and all(d["ok"] for d in out["directions"].values())
+    out["ok"] = ok
+    if args.json:
+        _print(out, True)
+    else:
+        a = out["agreement"]
+        print(f"{robot.name}: max |q_brax - q_mujoco| = {a['max_abs_err']:.2e} rad over {a['horizon_s']} s "
+              f"(tolerance {a['tolerance_rad']:.0e}) -> {'ok' if a['ok'] else 'FAIL'}")
+        for k, d in out["directions"].items():
+            print(f"  {k}: {'ok' if d['ok'] else 'FAIL'}  {({x: round(y, 4) for x, y in d.items() if x != 'ok'})}")
+        if "gradients" in out:
+            print(f"  gradients vs central differences: max relative error {out['gradients']['max_rel_err']:.1e}")
+    return 0 if ok else 1
+
+
+# --- data to windows ----------------------------------------------------------------------
+def _windows(twin, traj):
+    """Cut a trajectory into the twin's fixed windows (overlapping by one sample)."""
+    from twin_bayes.models import WindowError
+    T = twin.model.window_samples
+    out = []
+    for start in range(0, len(traj.t) - 1, T - 1):
+        stop = min(start + T, len(traj.t))
+        if stop - start < twin.model.segment_steps + 1:
+            break
+        try:
+            out.append(twin.window(traj.q[start:stop], traj.qd[start:stop], traj.ctrl[start:stop], traj.settings))
+        except WindowError as err:
+            raise WindowError(f"{traj.source} rows {start}..{stop}: {err}") from None
+    return out
+
+
+def _read(paths):
+    from twin_bayes.data import read_trajectory
+    return [read_trajectory(p) for p in paths]
+
+
+# --- fit -------------------------------------------------------------------------------------
+def cmd_fit(args) -> int:
+    from twin_bayes import Twin
+    from twin_bayes.config import load_config
+    from twin_bayes.diagnostics import divergences, load_netcdf, summarize
+    from twin_bayes.inference.store import NETCDF, save_posterior
+    cfg = load_config(args.config)
+    twin = Twin(cfg)
+    trajs = _read(args.data)
+    windows = [w for tr in trajs for w in _windows(twin, tr)]
+    start = time.perf_counter()
+    engine = args.engine or cfg.inference.engine
+    kwargs = {}
+    if engine == "nuts":
+        kwargs = {"num_warmup": args.warmup, "num_samples": args.samples}
+    if engine == "smc" and args.stream:
+        reports = [twin.update(w).as_dict() for w in windows]
+        info = {"engine": "smc-stream", "windows": len(reports), "accepted": sum(r["accepted"] for r in reports)}
+        evaluations = None
+    else:
+        res = twin.fit(windows, engine=engine, **kwargs)
+        info, evaluations = res.info, res.evaluations
+    wall = time.perf_counter() - start
+    out = Path(args.out)
+    save_posterior(twin, out)
+    idata = load_netcdf(out / NETCDF)
+    stats = summarize(idata)
+    summary = {"config": str(cfg.source), "engine": engine, "data": [str(p) for p in args.data],
+               "windows": len(windows), "wall_time_s": wall, "evaluations": evaluations,
+               "divergences": divergences(idata), "info": info,
+               "parameters": {n: {k: stats[n][k] for k in ("mean", "sd", "q05", "q95", "r_hat", "ess_bulk")}
+                              for n in twin.model.names}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    rows = [(n, v["mean"], v["sd"], v["q05"], v["q95"], v["r_hat"], v["ess_bulk"]) for n, v in summary["parameters"].items()]
+    _print(summary, args.json, _param_table(f"posterior ({engine}, {wall:.1f} s, {len(windows)} windows) -> {out}",
+                                            rows, ["parameter", "mean", "sd", "5%", "95%", "r_hat", "ess"]))
+    return 0
+
+
+# --- evaluate ------------------------------------------------------------------------------
+def evaluate_trajectory(twin, traj, draws_per_particle: int = 8) -> dict:
+    """Predict a whole recording from its first state under its commands; score against it."""
+    from twin_bayes.diagnostics import band_coverage, crps_ensemble
+    b = twin.predict(traj.q[0], traj.qd[0], traj.ctrl[:-1], quantiles=(0.05, 0.25, 0.5, 0.75, 0.95),
+                     settings=traj.settings, draws_per_particle=draws_per_particle)
+    obs = traj.q[1:]
+    return {"file": traj.source, "samples": int(len(obs)),
+            "mae_q": float(np.mean(np.abs(b.mean_q - obs))),
+            "coverage50": band_coverage(b.samples_q, obs, 0.5),
+            "coverage90": band_coverage(b.samples_q, obs, 0.9),
+            "crps_q": float(np.mean(crps_ensemble(b.samples_q, obs)))}
+
+
+def cmd_evaluate(args) -> int:
+    from twin_bayes import Twin
+    from twin_bayes.config import load_config
+    from twin_bayes.inference.store import load_posterior
+    twin = load_posterior(Twin(load_config(args.config)), args.posterior)
+    per_file = [evaluate_trajectory(twin, tr) for tr in _read(args.data)]
+    overall = {k: float(np.mean([f[k] for f in per_file])) for k in ("mae_q", "coverage50", "coverage90", "crps_q")}
+    out = {"posterior": str(args.posterior), "files": per_file, "overall": overall}
+    rows = [(Path(f["file"]).name, f["mae_q"], f["coverage50"], f["coverage90"], f["crps_q"]) for f in per_file]
+    rows.append(("overall", *overall.values()))
+    _print(out, args.json, _param_table("held-out prediction", rows,
+                                        ["parameter", "MAE q (rad)", "cov 50%", "cov 90%", "CRPS"]))
+    return 0
+
+
+# --- report -------------------------------------------------------------------------------
+def cmd_report(args) -> int:
+    from twin_bayes.diagnostics import load_netcdf, write_report
+    from twin_bayes.inference.store import NETCDF
+    idata = load_netcdf(Path(args.posterior) / NETCDF)
+    path = write_report(idata, args.out, title=f"twin-bayes posterior: {args.posterior}")
+    print(path)
+    return 0
+
+
+# --- demo ------------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    """Simulator check, then a twin that identifies an emulated arm with hidden parameters."""
+    from twin_bayes import Twin
+    from twin_bayes.config import load_config
+    from twin_bayes.diagnostics import to_inference_data, write_report
+    from twin_bayes.sim import checks
+    from twin_bayes.sim.emulator import emulate
+    cfg = load_config("arm2")
+    twin = Twin(cfg)
+    robot = twin.model.robot
+    print("1/3  simulator: Brax (MJX pipeline) against native MuJoCo on arm2 ...", flush=True)
+    a = checks.agreement(robot, seeds=(0,))
+    print(f"     max |q_brax - q_mujoco| over {a['horizon_s']} s: {a['max_abs_err']:.1e} rad "
+          f"({'ok' if a['ok'] else 'FAIL'}, tolerance {a['tolerance_rad']:.0e})")
+    rng = np.random.default_rng(args.seed)
+    truth = robot.nominal()
+    for n in twin.model.param_names:
+        truth[n] = truth[n] * float(np.exp(rng.normal(0, 0.2)))
+    print(f"2/3  emulated robot: native MuJoCo with hidden parameters, sensor noise; {args.seconds:.0f} s of "
+          f"{1 / robot.dt:.0f} Hz telemetry streamed to the twin in {cfg.inference.window_s:.0f} s windows ...", flush=True)
+    traj = emulate(robot, truth, args.seconds, seed=args.seed)
+    for i, w in enumerate(_windows(twin, traj)):
+        rep = twin.update(w)
+        s = twin.posterior.summary()
+        first = twin.model.param_names[0]
+        print(f"     window {i + 1}: {'accepted' if rep.accepted else 'rejected: ' + rep.reason}, "
+              f"{rep.stages} stage(s), {rep.latency_s:.2f} s; {first} = {s[first]['mean']:.4f} "
+              f"± {s[first]['sd']:.4f} (truth {truth[first]:.4f})", flush=True)
+    s = twin.posterior.summary()
+    rows, covered = [], 0
+    for n in twin.model.param_names:
+        ok = s[n]["q05"] <= truth[n] <= s[n]["q95"]
+        covered += ok
+        rows.append((n, truth[n], s[n]["mean"], s[n]["q05"], s[n]["q95"], "yes" if ok else "no"))
+    print("3/3  posterior against the hidden truth:")
+    _print({}, False, _param_table(f"{covered}/{len(rows)} truths inside the 90% interval", rows,
+                                   ["parameter", "truth", "mean", "5%", "95%", "covered"]))
+    post = twin.posterior
+    idx = post.resample(np.random.default_rng(0), 400)
+    samples = {n: post.values[None, idx, i] for i, n in enumerate(post.names)}
+    held = emulate(robot, truth, 2.0, seed=args.seed + 1)
+    b = twin.predict(held.q[0], held.qd[0], held.ctrl[:-1], quantiles=(0.05, 0.5, 0.95))
+    bands = {q: b.q[i] for i, q in enumerate(b.quantiles)}
+    out = write_report(to_inference_data(samples), args.out, title="twin-bayes demo: arm2", truth=truth,
+                       predictive=[{"name": "held-out 2 s", "t": held.t[1:], "observed": held.q[1:],
+                                    "bands": bands, "channel_names": ["shoulder", "elbow"]}])
+    print(f"     report: {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="twin-bayes", description="A probabilistic digital twin for robots.")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="simulator check, then identify an emulated arm with hidden parameters")
+    d.add_argument("--seconds", type=float, default=5.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="out/demo")
+    c = sub.add_parser("check-sim", help="Brax twin against native MuJoCo, physics directions, gradients")
+    c.add_argument("--robot", required=True)
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--no-gradients", action="store_true")
+    f = sub.add_parser("fit", help="posterior from recorded data")
+    f.add_argument("--config", required=True)
+    f.add_argument("--data", nargs="+", required=True)
+    f.add_argument("--out", required=True)
+    f.add_argument("--engine", choices=("smc", "nuts", "svi"))
+    f.add_argument("--stream", action="store_true", help="smc: feed windows one by one (online) instead of all at once")
+    f.add_argument("--warmup", type=int, default=300)
+    f.add_argument("--samples", type=int, default=300)
+    f.add_argument("--json", action="store_true")
+    e = sub.add_parser("evaluate", help="predict recordings from their first state; MAE, band coverage, CRPS")
+    e.add_argument("--config", required=True)
+    e.add_argument("--posterior", required=True)
+    e.add_argument("--data", nargs="+", required=True)
+    e.add_argument("--json", action="store_true")
+    r = sub.add_parser("report", help="HTML report of a fitted posterior")
+    r.add_argument("--posterior", required=True)
+    r.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    _enable_cache()
+    commands = {"demo": cmd_demo, "check-sim": cmd_check_sim, "fit": cmd_fit, "evaluate": cmd_evaluate,
+                "report": cmd_report}
+    from twin_bayes.config import ConfigError
+    from twin_bayes.data import DataError
+    from twin_bayes.models import WindowError
+    try:
+        return commands[args.command](args)
+    except (ConfigError, DataError, WindowError, ValueError, FileNotFoundError) as err:
+        print(f"twin-bayes {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
