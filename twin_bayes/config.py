@@ -159,6 +159,13 @@ def parse_config(data: dict, source: Path | None = None) -> TwinConfig:
         if spec.dist == "normal" and positive:
             raise ConfigError(f"{where}: parameters.{name}: a positive quantity needs lognormal, "
                               "truncnormal (low >= 0) or uniform, not normal")
+        if spec.dist in ("truncnormal", "uniform") and positive and spec.low < 0:
+            raise ConfigError(f"{where}: parameters.{name}: a positive quantity needs low >= 0, got {spec.low}")
+    steps = cfg.inference.window_s / robot.dt
+    if steps < cfg.inference.segment_steps:
+        raise ConfigError(f"{where}: inference.window_s: {cfg.inference.window_s} s holds {steps:.0f} steps of "
+                          f"{robot.dt} s, fewer than one segment (inference.segment_steps = "
+                          f"{cfg.inference.segment_steps})")
     return cfg
 
 

@@ -164,7 +164,7 @@ def snapshot(twin: Twin) -> dict:
     """Everything about a twin's posterior that bad input must leave alone."""
     p = twin.posterior
     return {"posterior": p, "version": p.version, "stale": p.stale, "reason": p.reason,
-            "z": np.array(twin._particles.z), "log_weights": np.array(twin._particles.log_weights),
+            "z": np.array(twin.particles.z), "log_weights": np.array(twin.particles.log_weights),
             "post_z": np.array(p.particles.z), "values": p.values.copy(), "pending": len(twin.pending)}
 
 

@@ -66,11 +66,7 @@ def test_window_error_message_names_the_problem(good, helpers):
 
 
 def test_missing_channel_is_a_window_error(good, helpers):
-    """A telemetry dict without 'ctrl' is bad input like any other.
-
-    Fails today: `Twin.update` indexes `window["ctrl"]` and raises a bare KeyError,
-    which a caller catching WindowError (bad frames must never crash the service) misses.
-    """
+    """A telemetry dict without 'ctrl' is bad input like any other."""
     twin, w = good
     before = helpers.snapshot(twin)
     with pytest.raises(WindowError):
@@ -79,13 +75,7 @@ def test_missing_channel_is_a_window_error(good, helpers):
 
 
 def test_hand_built_window_with_nan_is_rejected_before_inference(small_cfg, model, stream_windows, helpers):
-    """`update` also takes a ready-made `Window`; a NaN in one must not reach the particles either.
-
-    Fails today: a `Window` skips validation, a full SMC stage runs on NaN likelihoods,
-    the gate then marks the posterior stale ("non-finite particles or weights") and
-    the NaN window sits in `pending`, to be retried for ever. (A hand-built Window of
-    another length is not validated either and compiles a new set of kernels.)
-    """
+    """`update` also takes a ready-made `Window`; a NaN in one must not reach the particles either."""
     twin = Twin(small_cfg, model)  # a fresh twin: the streamed one must not be touched
     w = stream_windows[0]
     good = twin.window(w["q"], w["qd"], w["ctrl"])

@@ -23,6 +23,11 @@ def test_every_window_is_accepted_and_versions_count_up(stream):
 
 def test_posterior_means_move_towards_truth(stream, truth):
     prior, post = stream.summaries[0], stream.summaries[-1]
+    print(f"{'parameter':24s} {'truth':>9s} {'prior mean':>10s} {'post q05':>9s} {'mean':>9s} {'q95':>9s} {'z':>5s}")
+    for name, s in post.items():
+        true = truth.get(name, float("nan"))
+        print(f"{name:24s} {true:9.4g} {prior[name]['mean']:10.4g} {s['q05']:9.4g} {s['mean']:9.4g} {s['q95']:9.4g} "
+              f"{(s['mean'] - true) / s['sd']:+5.1f}")
     for name, true in truth.items():
         before = abs(prior[name]["mean"] - true) / true
         after = abs(post[name]["mean"] - true) / true

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoMultivariateNormal
+from numpyro.infer.initialization import init_to_median
 from numpyro.optim import Adam
 
 from twin_bayes.inference.posterior import Particles
@@ -61,8 +62,9 @@ def fit_nuts(model: TwinModel, key, windows: Window, num_warmup=300, num_samples
 
 
 def fit_svi(model: TwinModel, key, windows: Window, steps=1500, lr=0.01, num_draws=400) -> BatchResult:
-    """SVI with a full-rank Gaussian guide in unconstrained space; draws become equal-weight particles."""
-    guide = AutoMultivariateNormal(model.numpyro_model)
+    """SVI with a full-rank Gaussian guide in unconstrained space, started at the prior medians;
+    its draws become equal-weight particles."""
+    guide = AutoMultivariateNormal(model.numpyro_model, init_loc_fn=init_to_median)
     svi = SVI(model.numpyro_model, guide, Adam(lr), Trace_ELBO())
     k1, k2 = jax.random.split(key)
     result = svi.run(k1, steps, windows, progress_bar=False)

@@ -16,7 +16,7 @@ from twin_bayes.inference import batch
 from twin_bayes.inference.posterior import Particles, Posterior
 from twin_bayes.inference.predictive import Bands, bands
 from twin_bayes.inference.smc import gaussian_prior, particle_log_liks, tempered_update
-from twin_bayes.models import TwinModel, Window
+from twin_bayes.models import TwinModel, Window, WindowError
 
 # Step size of the one-step HMC move, in units where the mass matrix whitens the cloud.
 INITIAL_STEP = 0.5
@@ -127,7 +127,12 @@ class Twin:
         previous one stays, flagged stale with the reason, and the window is
         kept in `pending` for `retry()`.
         """
-        if not isinstance(window, Window):
+        if isinstance(window, Window):
+            self.model.check_window(window)
+        else:
+            missing = [k for k in ("q", "qd", "ctrl") if k not in window]
+            if missing:
+                raise WindowError(f"telemetry is missing {missing}")
             window = self.window(window["q"], window["qd"], window["ctrl"], settings or window.get("settings"))
         start = time.perf_counter()
         old = self.posterior

@@ -248,6 +248,21 @@ class TwinModel:
         return Window(jnp.asarray(padded["q"]), jnp.asarray(padded["qd"]), jnp.asarray(padded["ctrl"]),
                       jnp.asarray(mask), jnp.asarray(self.settings_vector(settings)), jac)
 
+    def check_window(self, w: Window) -> None:
+        """Raise WindowError unless a ready-made Window has this twin's shapes and finite values."""
+        r, T = self.robot, self.window_samples
+        expect = {"q": (T, r.nq), "qd": (T, r.nv), "ctrl": (T, r.nu), "mask": (T,),
+                  "settings": (len(self.setting_names),)}
+        for name, shape in expect.items():
+            a = np.asarray(getattr(w, name))
+            if a.shape != shape:
+                raise WindowError(f"{name}: expected shape {shape}, got {a.shape}")
+            if not np.isfinite(a).all():
+                raise WindowError(f"{name}: non-finite values")
+        if np.asarray(w.mask).sum() < self.segment_steps + 1:
+            raise WindowError(f"window has {int(np.asarray(w.mask).sum())} samples; "
+                              f"at least {self.segment_steps + 1} needed (one segment)")
+
     def settings_vector(self, settings: dict[str, float] | None) -> np.ndarray:
         """Settings (K,) from a recording's settings: keys are kinds ('servo_kp') or full names."""
         vec = self.default_settings.copy()

@@ -112,7 +112,7 @@ def _swing(robot: Robot, theta, q0, qd0, u):
 
 
 def directions(robot: Robot) -> dict[str, dict]:
-    """Physical direction checks on arm2 (mass, damping, friction) and servo_pendulum (kt).
+    """Physical direction checks on arm2 (mass, damping) and servo_pendulum (kt, Coulomb friction).
 
     Each entry records the two compared figures and whether the ordering holds.
     """
@@ -134,14 +134,6 @@ def directions(robot: Robot) -> dict[str, dict]:
             speed[d] = float(np.abs(qd[-100:]).mean())
         out["more_damping_decays_faster"] = {"speed_low": speed[0.05], "speed_high": speed[0.5],
                                              "ok": speed[0.5] < speed[0.05]}
-        stop = {}
-        for fl in (0.05, 0.5):
-            th = {"dof_frictionloss:shoulder": fl, "dof_frictionloss:elbow": fl}
-            qd = _swing(robot, th, hang, kick, np.zeros((1500, 2)))[1]
-            moving = np.nonzero(np.abs(qd).max(axis=1) > 0.05)[0]
-            stop[fl] = float((moving[-1] + 1) * robot.dt) if len(moving) else 0.0
-        out["more_friction_stops_sooner"] = {"stop_s_low": stop[0.05], "stop_s_high": stop[0.5],
-                                             "ok": stop[0.5] < stop[0.05]}
     if robot.name == "servo_pendulum":
         step = np.full((60, 1), 0.5)
         reach = {}
@@ -150,4 +142,12 @@ def directions(robot: Robot) -> dict[str, dict]:
             reach[kt] = float((np.argmax(q >= 0.9 * q.max()) + 1) * robot.dt)
         out["larger_kt_tracks_step_faster"] = {"t90_low_kt": reach[0.4], "t90_high_kt": reach[0.8],
                                                "ok": reach[0.8] < reach[0.4]}
+        stop = {}
+        for fc in (0.02, 0.2):   # servo unpowered (kp = 0): a kicked pendulum swings down to rest
+            th = {"servo_kp:servo": 0.0, "servo_friction_coulomb:servo": fc}
+            qd = _swing(robot, th, np.array([0.5]), np.array([3.0]), np.zeros((600, 1)))[1]
+            moving = np.nonzero(np.abs(qd[:, 0]) > 0.05)[0]
+            stop[fc] = float((moving[-1] + 1) * robot.dt) if len(moving) else 0.0
+        out["more_friction_stops_sooner"] = {"stop_s_low": stop[0.02], "stop_s_high": stop[0.2],
+                                             "ok": stop[0.2] < stop[0.02]}
     return out

@@ -98,8 +98,11 @@ class Robot:
         """Raise KeyError naming every unknown parameter, with close matches."""
         unknown = [n for n in names if n not in self.layout.index]
         if unknown:
-            hints = {n: difflib.get_close_matches(n, self.param_names, 3) for n in unknown}
-            raise KeyError(f"{self.name} has no parameter(s) {unknown}; close matches: {hints}")
+            def hint(n):  # close names, else every parameter of the same kind
+                close = difflib.get_close_matches(n, self.param_names, 3)
+                return close or [p for p in self.param_names if p.split(":")[0] == n.split(":")[0]]
+            hints = {n: hint(n) for n in unknown}
+            raise KeyError(f"{self.name} has no parameter(s) {unknown}; did you mean: {hints}")
 
     def rollout(self, theta, q0, qd0, commands) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Simulate commands (T, nu) from measured q0 (nq,), qd0 (nv,): q (T, nq), qd (T, nv)."""
