@@ -1,7 +1,9 @@
-"""`twin-bayes` command line: demo | check-sim | fit | evaluate | report."""
+"""`twin-bayes` command line: demo | check-sim | fit | evaluate | report, plus the commands of
+the modules in `COMMAND_MODULES` (each has `register(subparsers) -> {name: handler}`)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -10,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 EXIT_BAD_INPUT = 2
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _enable_cache() -> None:
@@ -250,10 +253,12 @@ def main(argv=None) -> int:
     r = sub.add_parser("report", help="HTML report of a fitted posterior")
     r.add_argument("--posterior", required=True)
     r.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    _enable_cache()
     commands = {"demo": cmd_demo, "check-sim": cmd_check_sim, "fit": cmd_fit, "evaluate": cmd_evaluate,
                 "report": cmd_report}
+    for module in COMMAND_MODULES:
+        commands.update(importlib.import_module(module).register(sub))
+    args = p.parse_args(argv)
+    _enable_cache()
     from twin_bayes.config import ConfigError
     from twin_bayes.data import DataError
     from twin_bayes.models import WindowError
