@@ -17,5 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/twin-bayes demo
 
+# The long checks (marked slow) run with `make test PYTEST_MARK=slow`, everything with PYTEST_MARK=.
+PYTEST_MARK ?= not slow
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -m "$(PYTEST_MARK)" $(PYTEST_ARGS)

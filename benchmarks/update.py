@@ -1,17 +1,16 @@
-"""Streaming update latency: `Twin.update` per window for a shipped twin (default arm2, SMC).
+"""Streaming update latency: `Twin.update` per window for a shipped twin (default arm2).
 
 An emulated robot (native MuJoCo, hidden true parameters, Gaussian sensor
 noise) records `--warmup + --windows` windows of telemetry at the config's
 rate (arm2: 1 s windows of 500 Hz samples). Each window goes through
-`Twin.update` in order, with the config's defaults (engine SMC, 32
-particles, one HMC move per tempering stage after the first window).
+`Twin.update` in order, with the config's defaults (32 particles, Laplace
+importance sampling; tempered SMC where its weights degenerate).
 
 Figures, per particle count:
 
-* cold windows: the first update (starts from the prior: five HMC moves per
-  stage; compiles the state Jacobian, the particle log-likelihood and the
-  SMC stage) and the second (compiles the one-move SMC stage), with the
-  seconds JAX spent tracing, lowering and compiling inside each
+* cold windows: the first update (starts from the prior; compiles the state
+  Jacobian, the Newton step and the importance draws) and the second, with
+  the seconds JAX spent tracing, lowering and compiling inside each
   (`jax.monitoring` events) and the persistent-cache hits/misses, so that
   compile time is reported apart from steady state;
 * steady state: windows after the warm-up: median / p90 latency, stages per
@@ -161,11 +160,12 @@ def run_particles(cfg, model, n: int, data, warmup: int, seed: int, meter: Compi
         rep = twin.update(w)
         wall = time.perf_counter() - t0
         comp = meter.take()
-        rows.append({"window": i, "latency_s": wall, "report_latency_s": rep.latency_s, "stages": rep.stages,
+        rows.append({"window": i, "latency_s": wall, "report_latency_s": rep.latency_s, "engine": rep.engine,
+                     "stages": rep.stages,
                      "beta": rep.beta, "accepted": rep.accepted, "reason": rep.reason, "ess": rep.ess,
                      "acceptance": rep.acceptance, "divergent": rep.divergent, "surprise": rep.surprise,
                      "drift": rep.drift, "compile": comp})
-        print(f"  N={n:3d} window {i:2d}: {wall:8.3f} s  stages {rep.stages:2d}  ess {rep.ess:5.1f}  "
+        print(f"  N={n:3d} window {i:2d}: {wall:8.3f} s  {rep.engine} stages {rep.stages:2d}  ess {rep.ess:5.1f}  "
               f"acc {rep.acceptance:4.2f}  compile {comp['total_s']:7.2f} s  "
               f"{'ok' if rep.accepted else 'REJECTED: ' + rep.reason}", flush=True)
     steady = [r for r in rows[warmup:]]
@@ -211,8 +211,7 @@ def main(argv=None):
     ap.add_argument("--config", default="arm2", help="twin config (shipped name or TOML path)")
     ap.add_argument("--particles", type=int, nargs="+", default=[32], help="particle counts to measure")
     ap.add_argument("--windows", type=int, default=20, help="timed (steady-state) windows after the warm-up")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed windows first (both compile: the first "
-                    "window's 5-move stage and the later 1-move stage)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed windows first (the first compiles)")
     ap.add_argument("--seed", type=int, default=0, help="emulator seed (excitation and noise) and twin seed")
     ap.add_argument("--truth", choices=["nominal", "prior"], default="nominal",
                     help="hidden true parameters: the robot's nominal values or one draw from the prior")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 EXIT_BAD_INPUT = 2
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("twin_bayes.service.commands", "twin_bayes.service.robot_commands", "twin_bayes.policy.commands")
 
 
 def _enable_cache() -> None:
@@ -174,63 +174,34 @@ def cmd_report(args) -> int:
     return 0
 
 
-# --- demo ------------------------------------------------------------------------------------
+# --- demo ---------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
-    """Simulator check, then a twin that identifies an emulated arm with hidden parameters."""
-    from twin_bayes import Twin
-    from twin_bayes.config import load_config
-    from twin_bayes.diagnostics import to_inference_data, write_report
-    from twin_bayes.sim import checks
-    from twin_bayes.sim.emulator import emulate
-    cfg = load_config("arm2")
-    twin = Twin(cfg)
-    robot = twin.model.robot
-    print("1/3  simulator: Brax (MJX pipeline) against native MuJoCo on arm2 ...", flush=True)
-    a = checks.agreement(robot, seeds=(0,))
-    print(f"     max |q_brax - q_mujoco| over {a['horizon_s']} s: {a['max_abs_err']:.1e} rad "
-          f"({'ok' if a['ok'] else 'FAIL'}, tolerance {a['tolerance_rad']:.0e})")
-    rng = np.random.default_rng(args.seed)
-    truth = robot.nominal()
-    for n in twin.model.param_names:
-        truth[n] = truth[n] * float(np.exp(rng.normal(0, 0.2)))
-    print(f"2/3  emulated robot: native MuJoCo with hidden parameters, sensor noise; {args.seconds:.0f} s of "
-          f"{1 / robot.dt:.0f} Hz telemetry streamed to the twin in {cfg.inference.window_s:.0f} s windows ...", flush=True)
-    traj = emulate(robot, truth, args.seconds, seed=args.seed)
-    for i, w in enumerate(_windows(twin, traj)):
-        rep = twin.update(w)
-        s = twin.posterior.summary()
-        first = twin.model.param_names[0]
-        print(f"     window {i + 1}: {'accepted' if rep.accepted else 'rejected: ' + rep.reason}, "
-              f"{rep.stages} stage(s), {rep.latency_s:.2f} s; {first} = {s[first]['mean']:.4f} "
-              f"± {s[first]['sd']:.4f} (truth {truth[first]:.4f})", flush=True)
-    s = twin.posterior.summary()
-    rows, covered = [], 0
-    for n in twin.model.param_names:
-        ok = s[n]["q05"] <= truth[n] <= s[n]["q95"]
-        covered += ok
-        rows.append((n, truth[n], s[n]["mean"], s[n]["q05"], s[n]["q95"], "yes" if ok else "no"))
-    print("3/3  posterior against the hidden truth:")
+    """Emulated robot with hidden truth -> twin service -> live view -> posterior against the truth."""
+    from twin_bayes.service.demo import run_demo
+    try:
+        res = run_demo(args.config, args.seconds, args.seed, args.out)
+    except KeyboardInterrupt:
+        return 130
+    except RuntimeError as e:
+        print(f"twin-bayes demo: {e}", file=sys.stderr)
+        return 1
+    rows = [(n, res.truth[n], s["mean"], s["q05"], s["q95"], "yes" if s["q05"] <= res.truth[n] <= s["q95"] else "no")
+            for n, s in res.summary.items() if n in res.truth]
+    covered = sum(r[-1] == "yes" for r in rows)
+    print(f"     posterior after {res.windows} window(s) against the hidden truth:")
     _print({}, False, _param_table(f"{covered}/{len(rows)} truths inside the 90% interval", rows,
                                    ["parameter", "truth", "mean", "5%", "95%", "covered"]))
-    post = twin.posterior
-    idx = post.resample(np.random.default_rng(0), 400)
-    samples = {n: post.values[None, idx, i] for i, n in enumerate(post.names)}
-    held = emulate(robot, truth, 2.0, seed=args.seed + 1)
-    b = twin.predict(held.q[0], held.qd[0], held.ctrl[:-1], quantiles=(0.05, 0.5, 0.95))
-    bands = {q: b.q[i] for i, q in enumerate(b.quantiles)}
-    out = write_report(to_inference_data(samples), args.out, title="twin-bayes demo: arm2", truth=truth,
-                       predictive=[{"name": "held-out 2 s", "t": held.t[1:], "observed": held.q[1:],
-                                    "bands": bands, "channel_names": ["shoulder", "elbow"]}])
-    print(f"     report: {out}")
+    print(f"     report: {res.report}")
     return 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="twin-bayes", description="A probabilistic digital twin for robots.")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="simulator check, then identify an emulated arm with hidden parameters")
-    d.add_argument("--seconds", type=float, default=5.0)
-    d.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("demo", help="emulated robot -> twin service -> live view -> posterior against the hidden truth")
+    d.add_argument("--config", default="arm2", help="twin config (shipped name or file)")
+    d.add_argument("--seconds", type=float, default=5.0, help="robot time to stream (rounded to whole windows)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the hidden truth, excitation and noise")
     d.add_argument("--out", default="out/demo")
     c = sub.add_parser("check-sim", help="Brax twin against native MuJoCo, physics directions, gradients")
     c.add_argument("--robot", required=True)

@@ -85,6 +85,7 @@ class InferenceSection(_Strict):
     segment_steps: int = Field(25, ge=1)
     update_every_s: float = Field(1.0, gt=0)
     float64: bool = True
+    laplace: bool = True
     mcmc_steps: int = Field(1, ge=1)
     target_ess: float = Field(0.5, gt=0, lt=1)
     max_stages: int = Field(30, ge=1)
@@ -93,7 +94,6 @@ class InferenceSection(_Strict):
     max_divergent: float = Field(0.25, ge=0, le=1)
     drift_sigma: float = Field(4.0, gt=0)
     drift_windows: int = Field(2, ge=1)
-    forgetting: float = Field(3.0, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")

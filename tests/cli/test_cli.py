@@ -1,5 +1,6 @@
-"""The command line end to end: check-sim, fit, evaluate, report, and clear errors on bad input."""
+"""The command line end to end: check-sim, fit, evaluate, report, demo, and clear errors on bad input."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from twin_bayes.cli import main
-from twin_bayes.config import load_config
+from twin_bayes.config import load_config, resolve_config_path
 from twin_bayes.data import write_npz
 from twin_bayes.sim.emulator import emulate
 
@@ -82,3 +83,31 @@ def test_bad_input_exits_2_naming_the_file(recorded, capsys, tmp_path):
     bad_cfg.write_text(SMALL.replace("body_mass:forearm", "body_mass:no_such_link"))
     assert main(["fit", "--config", str(bad_cfg), "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "body_mass:no_such_link" in capsys.readouterr().err
+
+
+def test_demo_emulated_robot_through_the_service_to_the_report(tmp_path):
+    """`twin-bayes demo`, one window on the inference tests' small arm2 config (0.5 s windows, 32
+    particles; a fresh process compiles the same kernels, so the persistent cache serves both):
+    robot subprocess -> service -> live view -> truth vs posterior and the report; temp files gone."""
+    text = resolve_config_path("arm2").read_text().replace("window_s = 1.0", "window_s = 0.5\nmcmc_steps = 5")
+    cfg = tmp_path / "arm2_demo.toml"
+    cfg.write_text(text)
+    (tmp_path / "tmp").mkdir()
+    run = subprocess.run([sys.executable, "-m", "twin_bayes.cli", "demo", "--config", str(cfg), "--seconds", "0.5",
+                          "--seed", "3", "--out", str(tmp_path / "r")], capture_output=True, text=True,
+                         env={**os.environ, "TMPDIR": str(tmp_path / "tmp"), "COLUMNS": "200"}, timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert "(ok, tolerance" in out
+    robot = json.loads(out.split("robot done: ", 1)[1].splitlines()[0])
+    assert robot["chunks"] == robot["acked"] == 6 and robot["rejected"] == 0   # 5 chunks fill the window, 1 closes it
+    assert "posterior after 1 window(s)" in out
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+    rows = {c[0]: c[1:] for c in cells}   # truth, mean, 5%, 95%, covered
+    assert set(rows) == set(load_config(cfg).parameters)
+    for truth, mean, lo, hi, covered in rows.values():
+        assert float(lo) <= float(mean) <= float(hi) and float(truth) > 0 and covered in ("yes", "no")
+    yes = sum(r[-1] == "yes" for r in rows.values())
+    assert f"{yes}/{len(rows)} truths inside the 90% interval" in out
+    assert (tmp_path / "r" / "index.html").stat().st_size > 0
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -21,6 +21,7 @@ from twin_bayes.data import (
     read_trajectory,
     write_npz,
 )
+from twin_bayes.sim.actuators import SERVO_TORQUE_OFF
 
 
 def make_traj(T: int = 20, source: str = "mem") -> Trajectory:
@@ -294,7 +295,9 @@ def test_real_logs_plausible(real_logs):
         assert traj.meta["motor"] == "xl330"
         assert traj.meta["trajectory"] in {"sin_sin", "lift_and_drop", "up_and_down", "sin_time_square"}
         assert 1000 <= len(traj) <= 1500 and traj.q.shape == (len(traj), 1)
-        assert np.abs(traj.q).max() < np.pi and np.abs(traj.ctrl).max() < np.pi
+        goals = traj.ctrl[traj.ctrl != SERVO_TORQUE_OFF]    # torque_enable = false -> SERVO_TORQUE_OFF
+        assert np.abs(traj.q).max() < np.pi and np.abs(goals).max() < np.pi
+        assert (len(goals) < len(traj)) == (traj.meta["trajectory"] == "lift_and_drop")
         assert np.abs(traj.qd).max() < 20.0
 
 
@@ -304,3 +307,15 @@ def test_real_logs_per_kp(real_logs):
     for kp in (100, 200, 400):
         assert {read_bam(p).meta["trajectory"] for p in bam_logs(kp=kp)} == {
             "sin_sin", "lift_and_drop", "up_and_down", "sin_time_square"}
+
+
+def test_bam_torque_off_becomes_servo_torque_off_command(tmp_path):
+    log = bam_log()
+    for k, entry in enumerate(log["entries"]):
+        entry["torque_enable"] = k < 6
+    traj = read_bam(write_json(tmp_path / "drop.json", log))
+    assert traj.ctrl[:6, 0].tolist() == [0.1] * 6 and (traj.ctrl[6:, 0] == SERVO_TORQUE_OFF).all()
+    log["entries"][3]["torque_enable"] = 1
+    path = write_json(tmp_path / "bad.json", log)
+    with raises_naming(path, "entry 3 'torque_enable' is not a boolean"):
+        read_bam(path)

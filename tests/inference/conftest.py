@@ -6,11 +6,9 @@ machine. So one small config and ONE `TwinModel` serve the whole session;
 tests that need a fresh posterior build a new `Twin(cfg, model)` around it.
 
 The small config is the shipped arm2 config with 0.5 s windows (251 samples,
-10 segments) and 32 particles (the shipped count: with 16 the SMC cloud
-collapses over a few windows and its 90% intervals miss the truth by many
-sds, see the test report). `mcmc_steps = 5` equals the move count the twin
-uses on the first window (`FIRST_WINDOW_MCMC_STEPS`), so the first and the
-later windows share one compiled `smc_stage` instead of compiling two.
+10 segments) and 32 particles (the shipped count). `mcmc_steps = 5` is the
+move count of the tempered-SMC twins here (`laplace = false`, and the gate
+tests that force tempering).
 
 The data are emulated by native MuJoCo (`twin_bayes.sim.emulator.emulate`)
 under a hidden truth inside the prior, with the emulator's default sensor
@@ -28,7 +26,7 @@ import pytest
 
 from twin_bayes.config import load_config, resolve_config_path
 from twin_bayes.inference import Twin, UpdateReport
-from twin_bayes.inference import smc
+from twin_bayes.inference import laplace, smc
 from twin_bayes.inference import twin as twin_module
 from twin_bayes.models import TwinModel, twin_model
 from twin_bayes.sim.emulator import emulate
@@ -81,6 +79,8 @@ def write_arm2_config(directory: Path, name: str, **inference) -> Path:
 def cache_sizes() -> dict[str, int]:
     """Compiled-executable counts of every jitted kernel an update or predict goes through."""
     return {
+        "newton_step": laplace.newton_step._cache_size(),
+        "importance_draws": laplace.importance_draws._cache_size(),
         "smc_stage": smc.smc_stage._cache_size(),
         "particle_log_liks": smc.particle_log_liks._cache_size(),
         "state_jacobian_jit": twin_model.state_jacobian_jit._cache_size(),

@@ -44,15 +44,28 @@ def test_prediction_follows_the_robot(twin, held_out):
     assert err < 0.02 and err < 0.5 * still, (err, still)
 
 
-def test_ninety_percent_band_covers_held_out_data(twin, held_out):
+@pytest.fixture(scope="module")
+def coverage(twin, held_out):
+    """Share of held-out samples inside the 90 % band, predicting from measured start states."""
     covered_q, covered_qd = [], []
     for s in range(0, len(held_out.q) - HORIZON - 1, STRIDE):
         b = twin.predict(held_out.q[s], held_out.qd[s], held_out.ctrl[s:s + HORIZON])
         y, yd = held_out.q[s + 1:s + 1 + HORIZON], held_out.qd[s + 1:s + 1 + HORIZON]
         covered_q.append((b.q[0] <= y) & (y <= b.q[2]))
         covered_qd.append((b.qd[0] <= yd) & (yd <= b.qd[2]))
-    cov_q, cov_qd = float(np.mean(covered_q)), float(np.mean(covered_qd))
+    cov = {"q": float(np.mean(covered_q)), "qd": float(np.mean(covered_qd))}
     print(f"90% band coverage of held-out data over {len(covered_q)} starts x {HORIZON} steps: "
-          f"q {cov_q:.3f}, qd {cov_qd:.3f}")
-    assert 0.7 <= cov_q <= 1.0, cov_q
-    assert 0.7 <= cov_qd <= 1.0, cov_qd
+          f"q {cov['q']:.3f}, qd {cov['qd']:.3f}")
+    return cov
+
+
+def test_band_accounts_for_the_noise_of_the_measured_start_state(coverage):
+    """Predictions start from a *measured* state, as noisy as any other sample.
+
+    Rolling every particle out from (q0, qd0) exactly and adding observation noise only at
+    the outputs leaves the start state's own sensor noise, carried through the dynamics,
+    out of the band: 0.87 (q) / 0.83 (qd) here. Each rollout starts from the measured state
+    plus a draw of that noise, so the 90 % band covers about 90 %.
+    """
+    assert 0.88 <= coverage["q"] <= 0.99, coverage
+    assert 0.88 <= coverage["qd"] <= 0.99, coverage

@@ -1,4 +1,4 @@
-"""Streaming SMC on emulated arm2 telemetry: every window accepted, the posterior closes in on
+"""Streaming updates on emulated arm2 telemetry: every window accepted, the posterior closes in on
 the hidden truth, and new windows (a shorter, padded one included) never recompile."""
 import numpy as np
 
@@ -9,16 +9,14 @@ def test_every_window_is_accepted_and_versions_count_up(stream):
     for i, r in enumerate(stream.reports):
         assert r.accepted, (i, r.reason)
         assert r.reason == ""
-        assert r.engine == "smc"
-        assert r.beta == 1.0 and r.stages >= 1
+        assert r.engine == "laplace-is"   # near-Gaussian windows: no tempering needed
+        assert r.beta == 1.0 and r.stages == 1
         assert r.divergent <= stream.twin.cfg.inference.max_divergent
         assert r.ess >= stream.twin.cfg.inference.min_ess * stream.twin.cfg.inference.particles
         assert np.isfinite(r.surprise)
         assert set(r.changed) == set(stream.twin.model.names)
     assert stream.versions == list(range(len(stream.reports) + 1))
     assert not stream.twin.posterior.stale and not stream.twin.pending
-    # the first window, from the prior, is the informative one: it takes the most tempering stages
-    assert stream.reports[0].stages == max(r.stages for r in stream.reports)
 
 
 def test_posterior_means_move_towards_truth(stream, truth):
@@ -72,5 +70,5 @@ def test_summary_quantiles_are_ordered_and_finite(stream):
 
 def test_new_windows_do_not_recompile(stream):
     """After the first update, four more windows (the last one shorter, padded) compiled nothing."""
-    assert stream.caches_after_first["smc_stage"] >= 1
+    assert stream.caches_after_first["newton_step"] >= 1 and stream.caches_after_first["importance_draws"] >= 1
     assert stream.caches_after_all == stream.caches_after_first

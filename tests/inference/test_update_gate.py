@@ -15,8 +15,10 @@ from twin_bayes.inference import Twin
 def strict_cfgs(config_dir, helpers):
     small = dict(particles=32, window_s=0.5, mcmc_steps=5)
     return {
-        # the first window, from the prior, needs ~16 tempering stages: one is not enough
-        "one_stage": load_config(helpers.write_arm2_config(config_dir, "arm2_one_stage", **small, max_stages=1)),
+        # tempered SMC (no Laplace proposal): the first window, from the prior, needs ~16
+        # tempering stages; one is not enough
+        "one_stage": load_config(helpers.write_arm2_config(config_dir, "arm2_one_stage", **small, max_stages=1,
+                                                           laplace=False)),
         # an ESS of all N particles is never reached after adaptive tempering
         "full_ess": load_config(helpers.write_arm2_config(config_dir, "arm2_full_ess", **small, min_ess=1.0)),
     }

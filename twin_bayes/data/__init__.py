@@ -1,4 +1,4 @@
-"""Recorded trajectories: a validated container and readers for .npz archives and bam JSON servo logs."""
+"""Recorded trajectories: a validated container and readers for .npz archives, bam JSON servo logs and ROS 2 bags."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ from pathlib import Path
 
 from twin_bayes.data.bam import read_bam
 from twin_bayes.data.npz import read_npz, write_npz
+from twin_bayes.data.rosbag import read_rosbag
 from twin_bayes.data.shared import bam_logs, bam_xl330_dir, log_kp
 from twin_bayes.data.trajectory import DataError, Trajectory
 
 #: Format name -> reader; file extensions map to formats through EXTENSIONS.
-READERS = {"npz": read_npz, "bam": read_bam}
-EXTENSIONS = {".npz": "npz", ".json": "bam"}
+READERS = {"npz": read_npz, "bam": read_bam, "rosbag2": read_rosbag}
+EXTENSIONS = {".npz": "npz", ".json": "bam", ".mcap": "rosbag2", ".db3": "rosbag2"}
 
 
 def read_trajectory(path: str | Path, format: str | None = None) -> Trajectory:
-    """Read a Trajectory; format is "npz" or "bam", else inferred from the extension (.npz, .json)."""
+    """Read a Trajectory; format is "npz", "bam" or "rosbag2", else inferred from the extension
+    (.npz, .json, .mcap/.db3; a rosbag2 folder needs format="rosbag2")."""
     if format is None:
         suffix = Path(path).suffix.lower()
         if suffix not in EXTENSIONS:
@@ -35,6 +37,7 @@ __all__ = [
     "log_kp",
     "read_bam",
     "read_npz",
+    "read_rosbag",
     "read_trajectory",
     "write_npz",
 ]

@@ -3,7 +3,9 @@
 A log is one JSON object: ``kp`` (firmware P gain), ``vin`` (supply, V), ``mass`` (kg), ``length`` (m),
 ``dt`` (nominal control period, s), optional descriptors such as ``motor`` and ``trajectory``, and
 ``entries``: a list of samples, each with ``timestamp`` (s), ``position`` (rad), ``speed`` (rad/s) and
-``goal_position`` (rad, the command sent). Other entry fields (load, input_volts, temp, ...) are ignored.
+``goal_position`` (rad, the command sent), optional ``torque_enable`` (false: the servo's motor is
+disconnected; the command becomes ``SERVO_TORQUE_OFF``). Other entry fields (load, input_volts, temp,
+...) are ignored.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from twin_bayes.data.trajectory import DataError, Trajectory
+from twin_bayes.sim.actuators import SERVO_TORQUE_OFF
 
 #: Top-level key -> settings name.
 SETTINGS_KEYS = {"kp": "servo_kp", "vin": "servo_vin", "mass": "mass", "length": "length", "dt": "dt"}
@@ -49,6 +52,7 @@ def read_bam(path: str | Path) -> Trajectory:
         raise DataError(f"{source}: 'entries' must be a non-empty list")
 
     columns = np.empty((len(entries), len(ENTRY_KEYS)), dtype=np.float64)
+    torque_on = np.ones(len(entries), dtype=bool)
     for row, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise DataError(f"{source}: entry {row} is not an object")
@@ -58,6 +62,10 @@ def read_bam(path: str | Path) -> Trajectory:
             if not _number(entry[key]):
                 raise DataError(f"{source}: entry {row} {key!r} is not a number: {entry[key]!r}")
             columns[row, col] = entry[key]
+        enabled = entry.get("torque_enable", True)
+        if not isinstance(enabled, bool):
+            raise DataError(f"{source}: entry {row} 'torque_enable' is not a boolean: {enabled!r}")
+        torque_on[row] = enabled
 
     settings: dict[str, float] = {}
     meta: dict[str, str] = {}
@@ -75,7 +83,7 @@ def read_bam(path: str | Path) -> Trajectory:
         t=columns[:, 0],
         q=columns[:, 1:2],
         qd=columns[:, 2:3],
-        ctrl=columns[:, 3:4],
+        ctrl=np.where(torque_on, columns[:, 3], SERVO_TORQUE_OFF)[:, None],
         settings=settings,
         source=source,
         meta=meta,

@@ -11,17 +11,24 @@ from numpyro.infer.autoguide import AutoMultivariateNormal
 from numpyro.infer.initialization import init_to_median
 from numpyro.optim import Adam
 
-from twin_bayes.inference.posterior import Particles
+from twin_bayes.inference.posterior import Particles, moments
 from twin_bayes.inference.smc import GaussianPrior, batch_log_lik, tempered_update
 from twin_bayes.models import TwinModel, Window
 
 
 class WarmStart(NamedTuple):
-    """What a NUTS refit reuses from the previous one: position (C, D), step size, inverse mass (D,)."""
+    """Where a NUTS refit starts: positions (C, D), step size (None: NumPyro finds one), dense inverse mass (D, D)."""
 
     z: jnp.ndarray
-    step_size: float
+    step_size: float | None
     inverse_mass: jnp.ndarray
+
+
+def warm_from_particles(p: Particles, key, num_chains: int) -> WarmStart:
+    """A warm start from a posterior's particles: chains at weighted draws, inverse mass their covariance."""
+    mean, cov = moments(p)
+    idx = jax.random.choice(key, p.z.shape[0], (num_chains,), p=jnp.exp(p.log_weights))
+    return WarmStart(p.z[idx], None, cov + 1e-12 * jnp.eye(cov.shape[0]))
 
 
 class BatchResult(NamedTuple):
@@ -34,27 +41,36 @@ class BatchResult(NamedTuple):
 
 
 def fit_nuts(model: TwinModel, key, windows: Window, num_warmup=300, num_samples=300, num_chains=2,
-             warm: WarmStart | None = None, init_z: jnp.ndarray | None = None) -> BatchResult:
-    """NUTS over all windows (B stacked); warm-started from `warm` when given."""
+             warm: WarmStart | None = None) -> BatchResult:
+    """NUTS (dense mass matrix) over all windows (B stacked), from `warm` or else the prior medians.
+
+    A warm start gives the chains' positions, the inverse mass matrix (kept:
+    the posterior's covariance keeps trajectories short however the parameters
+    correlate, and warm-up only tunes the step size) and the step size warm-up
+    starts from. Without one, warm-up adapts a dense mass matrix from scratch.
+    """
     def potential(z):
         return -(model.log_prior(z) + batch_log_lik(model, z, windows))
 
     kwargs = {}
     if warm is not None:
-        kwargs = {"step_size": warm.step_size, "inverse_mass_matrix": warm.inverse_mass}
+        kwargs = {"inverse_mass_matrix": warm.inverse_mass}
+        if warm.step_size is not None:
+            kwargs["step_size"] = warm.step_size
         init_z = warm.z
-    if init_z is None:
+    else:
         init_z = jnp.median(model.sample_prior(jax.random.PRNGKey(0), 2001), axis=0)
     init_z = jnp.broadcast_to(init_z, (num_chains, model.dim))
-    kernel = NUTS(potential_fn=potential, target_accept_prob=0.85, max_tree_depth=6, **kwargs)
+    kernel = NUTS(potential_fn=potential, target_accept_prob=0.85, max_tree_depth=6, dense_mass=True,
+                  adapt_mass_matrix=warm is None, **kwargs)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method="vectorized", progress_bar=False)
     mcmc.run(key, init_params=init_z, extra_fields=("diverging", "num_steps"))
     z = mcmc.get_samples(group_by_chain=True)
     extra = mcmc.get_extra_fields(group_by_chain=True)
     state = mcmc.last_state
-    warm_next = WarmStart(z[:, -1], float(jnp.mean(state.adapt_state.step_size)),
-                          jnp.mean(jnp.atleast_2d(state.adapt_state.inverse_mass_matrix), axis=0))
+    inverse_mass = jnp.asarray(state.adapt_state.inverse_mass_matrix).reshape(-1, model.dim, model.dim)
+    warm_next = WarmStart(z[:, -1], float(jnp.mean(state.adapt_state.step_size)), jnp.mean(inverse_mass, axis=0))
     flat = z.reshape(-1, model.dim)
     evals = int(np.sum(np.asarray(extra["num_steps"]))) * (num_warmup + num_samples) // max(num_samples, 1)
     return BatchResult(Particles(flat, jnp.full(flat.shape[0], -jnp.log(flat.shape[0]))), np.asarray(z),

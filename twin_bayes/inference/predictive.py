@@ -14,7 +14,7 @@ from twin_bayes.models import TwinModel
 class Bands(NamedTuple):
     """Predictive quantile bands: q (Q, T, nq) rad, qd (Q, T, nv) rad/s for `quantiles` (Q,).
 
-    `mean_q`, `mean_qd` are the noise-free predictions averaged over particles;
+    `mean_q`, `mean_qd` are the noise-free predictions averaged over particles and start-state draws;
     `samples_q` (S, T, nq) are the predictive draws (noise included) behind the bands.
     """
 
@@ -29,21 +29,27 @@ class Bands(NamedTuple):
 
 @partial(jax.jit, static_argnums=(0, 1))
 def predictive_samples(model: TwinModel, draws_per_particle: int, key, z, q0, qd0, commands, settings):
-    """Noise-free rollouts (M, T, ·) of particles z (M, D) and noisy draws (M·K, T, ·)."""
-    q, qd = jax.vmap(lambda zi: model.predict_clean(zi, q0, qd0, commands, settings))(z)
-    values = jax.vmap(model.constrain)(z)
-    out = []
-    for c, clean in (("q", q), ("qd", qd)):
-        if c in model.channels:
-            scale = values[:, model.names.index(f"noise:{c}")]
-        else:
-            scale = jnp.zeros(z.shape[0])
-        key, sub = jax.random.split(key)
-        shape = (draws_per_particle,) + clean.shape
-        eps = (jax.random.t(sub, model.df, shape) if model.df is not None else jax.random.normal(sub, shape))
-        noisy = clean[None] + scale[None, :, None, None] * eps
-        out.append(noisy.reshape((-1,) + clean.shape[1:]))
-    return q, qd, out[0], out[1]
+    """Rollouts of particles z (M, D), K = draws_per_particle each: noise-free (M·K, T, ·) and noisy (M·K, T, ·).
+
+    The measured start state (q0 (nq,), qd0 (nv,)) carries the same sensor noise
+    as every other sample, so each rollout starts from it plus a draw of that
+    noise at the particle's noise scale; observation noise (Student-t or
+    normal, as in the likelihood) is added to each predicted sample.
+    """
+    zk = jnp.repeat(z, draws_per_particle, axis=0)
+    values = jax.vmap(model.constrain)(zk)
+    keys = jax.random.split(key, 4)
+    start, scale = {"q": q0, "qd": qd0}, {}
+    for i, c in enumerate(("q", "qd")):
+        scale[c] = values[:, model.names.index(f"noise:{c}")] if c in model.channels else jnp.zeros(zk.shape[0])
+        start[c] = start[c] + scale[c][:, None] * jax.random.normal(keys[i], (zk.shape[0],) + start[c].shape)
+    q, qd = jax.vmap(lambda zi, a, b: model.predict_clean(zi, a, b, commands, settings))(zk, start["q"], start["qd"])
+    noisy = []
+    for i, (c, clean) in enumerate((("q", q), ("qd", qd))):
+        eps = (jax.random.t(keys[2 + i], model.df, clean.shape) if model.df is not None
+               else jax.random.normal(keys[2 + i], clean.shape))
+        noisy.append(clean + scale[c][:, None, None] * eps)
+    return q, qd, noisy[0], noisy[1]
 
 
 def bands(model: TwinModel, key, z, q0, qd0, commands, settings, quantiles=(0.05, 0.5, 0.95),

@@ -15,14 +15,12 @@ from twin_bayes.config import TwinConfig, load_config
 from twin_bayes.inference import batch
 from twin_bayes.inference.posterior import Particles, Posterior
 from twin_bayes.inference.predictive import Bands, bands
-from twin_bayes.inference.smc import gaussian_prior, particle_log_liks, tempered_update
+from twin_bayes.inference.laplace import best_start, find_mode, importance_update
+from twin_bayes.inference.smc import GaussianPrior, gaussian_prior, tempered_update
 from twin_bayes.models import TwinModel, Window, WindowError
 
 # Step size of the one-step HMC move, in units where the mass matrix whitens the cloud.
 INITIAL_STEP = 0.5
-# Move steps per tempering stage for the first window, which starts from the prior
-# and is by far the most informative.
-FIRST_WINDOW_MCMC_STEPS = 5
 
 
 @partial(jax.jit, static_argnums=0)
@@ -78,8 +76,11 @@ class _Surprise:
 class Twin:
     """The Bayesian twin of one robot: `update(window)`, `posterior`, `predict(...)`.
 
-    Streaming uses SMC (see `twin_bayes.inference.smc`); `fit(windows, engine)`
-    refits over many windows with NUTS, SVI or SMC from the prior.
+    Streaming is an assumed-density filter: each window's prior is a Gaussian of
+    the posterior so far, its posterior weighted particles from Laplace
+    importance sampling (`inference.laplace`) or tempered SMC
+    (`inference.smc`). `fit(windows, engine)` refits over many windows with
+    NUTS, SVI or SMC from the prior.
     """
 
     def __init__(self, cfg: TwinConfig, model: TwinModel | None = None):
@@ -93,6 +94,7 @@ class Twin:
         self._exact_prior = True
         self._step = INITIAL_STEP
         self._surprise = _Surprise()
+        self._gauss: GaussianPrior | None = None
         self._warm: batch.WarmStart | None = None
         self.pending: deque[Window] = deque(maxlen=8)
         self.last_batch: batch.BatchResult | None = None
@@ -121,11 +123,15 @@ class Twin:
         """Bring one telemetry window into the posterior.
 
         `window` is a `Window` or a dict with q (T, nq), qd (T, nv), ctrl (T, nu).
-        Bad input raises `WindowError` before anything changes. A new posterior
-        is accepted only if it is finite, reached the full likelihood (β = 1),
-        has few divergent moves and enough effective samples; otherwise the
-        previous one stays, flagged stale with the reason, and the window is
-        kept in `pending` for `retry()`.
+        Bad input raises `WindowError` before anything changes. The window's
+        posterior is found by Laplace importance sampling (`inference.laplace`);
+        where the importance weights degenerate (a far from Gaussian posterior)
+        or the config sets `laplace = false`, tempered SMC from draws of the
+        window's prior takes over (the Laplace step still gives the surprise
+        and the start-state linearisation). A new posterior is accepted only if it is
+        finite, reached the full likelihood (β = 1), has few divergent moves and
+        enough effective samples; otherwise the previous one stays, flagged
+        stale with the reason, and the window is kept in `pending` for `retry()`.
         """
         if isinstance(window, Window):
             self.model.check_window(window)
@@ -135,50 +141,79 @@ class Twin:
                 raise WindowError(f"telemetry is missing {missing}")
             window = self.window(window["q"], window["qd"], window["ctrl"], settings or window.get("settings"))
         start = time.perf_counter()
-        old = self.posterior
-        particles = self._particles
-        window = self.model.with_state_jacobian(window, self._reference())
-        windows = jax.tree.map(lambda x: x[None], window)
-        # Predictive surprise of the new data under the current posterior, per observation.
-        ll = particle_log_liks(self.model, particles.z, windows)
+        old, inf, n = self.posterior, self.cfg.inference, self.cfg.inference.particles
+        g = self._window_prior()
+        new, lap, windows, ess, log_evidence = self._laplace_update(window, g, self._reference())
+        # Predictive surprise of the new data under the posterior so far, per observation.
         n_obs = float(jnp.sum(window.mask)) * sum(
             {"q": self.model.robot.nq, "qd": self.model.robot.nv}[c] for c in self.model.channels)
-        surprise = -float(jax.scipy.special.logsumexp(particles.log_weights + ll)) / n_obs
-        inf = self.cfg.inference
+        surprise = -log_evidence / n_obs
         high = self._surprise.score(surprise, inf.drift_sigma) if np.isfinite(surprise) else False
         drift = high and self._surprise.run >= inf.drift_windows
-        if drift:
-            particles = self._widen(particles, inf.forgetting)
+        if drift:   # a change point: the old evidence no longer describes the robot; forget it
+            g = g._replace(exact=jnp.asarray(True))
+            new, lap, windows, ess, _ = self._laplace_update(window, g, lap.mean)
             self._surprise = _Surprise()
-        exact = self._exact_prior and not drift
-        g = gaussian_prior(particles, self._drift, exact)
-        n = particles.z.shape[0]
-        if exact:   # the config's prior: its own draws (the particles of a fresh twin)
-            z0 = particles.z
-        else:       # the Gaussian summary of the posterior so far: fresh draws
-            z0 = g.mean + jax.random.normal(self._next_key(), (n, g.mean.shape[0])) @ g.chol.T
-        steps = max(inf.mcmc_steps, FIRST_WINDOW_MCMC_STEPS) if exact else inf.mcmc_steps
-        new, stages, beta, step = tempered_update(self.model, self._next_key(), z0, windows, g,
-                                                  self._step, inf.max_stages, steps)
-        moved = [s.acceptance for s in stages if np.isfinite(s.acceptance)]
-        acc = float(np.mean(moved)) if moved else float("nan")
-        div = float(np.mean([s.divergent for s in stages]))
-        report = UpdateReport(False, "", old.version, "smc", len(stages), beta, acc, div,
-                              float(stages[-1].ess) if stages else 0.0, surprise, drift, drift)
-        report.reason = self._gate(new, beta, div, report.ess)
+        report = UpdateReport(False, "", old.version, "laplace-is", 1, 1.0, float("nan"), 0.0, ess, surprise,
+                              drift, drift)
+        gauss = GaussianPrior(lap.mean, lap.chol, jnp.asarray(False))
+        if not (inf.laplace and ess >= inf.target_ess * n):   # temper from draws of the window prior
+            z0 = (self.model.sample_prior(self._next_key(), n) if bool(g.exact)
+                  else g.mean + jax.random.normal(self._next_key(), (n, g.mean.shape[0])) @ g.chol.T)
+            new, stages, beta, step = tempered_update(self.model, self._next_key(), z0, windows, g,
+                                                      self._step, inf.max_stages, inf.mcmc_steps)
+            moved = [s.acceptance for s in stages if np.isfinite(s.acceptance)]
+            report.engine, report.stages, report.beta = "smc", len(stages), beta
+            report.acceptance = float(np.mean(moved)) if moved else float("nan")
+            report.divergent = float(np.mean([s.divergent for s in stages]))
+            report.ess = float(stages[-1].ess)
+            self._step = step
+            gauss = gaussian_prior(new, jnp.zeros_like(self._drift), False)
+        report.reason = self._gate(new, report.beta, report.divergent, report.ess)
         if report.reason:
             self.pending.append(window)
             self.posterior = self._posterior(self._particles, old.version, stale=True, reason=report.reason)
         else:
             self._accept(new)
+            self._gauss = gauss
             report.accepted, report.version = True, self.posterior.version
-            self._step = step
         report.changed = _changes(old, self.posterior)
         report.latency_s = time.perf_counter() - start
         return report
 
+    def _laplace_update(self, window: Window, g: GaussianPrior, z_start):
+        """Mode, curvature and importance draws of one window's posterior under prior g.
+
+        Start-state sensitivities are linearised at z_start, then once more at the mode.
+        Returns (Particles, Laplace, stacked windows (1, ...), ESS, log evidence).
+        """
+        windows = self._stacked(window, z_start)
+        if bool(g.exact):   # the config's prior is wide: start Newton from its best draw
+            z_start = best_start(self.model, self._particles.z, windows, g)
+        lap = find_mode(self.model, z_start, windows, g)
+        windows = self._stacked(window, lap.mean)
+        lap = find_mode(self.model, lap.mean, windows, g)
+        new, ess, log_evidence = importance_update(self.model, self._next_key(), lap, windows, g,
+                                                   self.cfg.inference.particles)
+        return new, lap, windows, ess, log_evidence
+
+    def _stacked(self, window: Window, z_lin) -> Window:
+        """The window with start-state sensitivities at z_lin, as a batch of one (1, ...)."""
+        return jax.tree.map(lambda x: x[None], self.model.with_state_jacobian(window, z_lin))
+
+    def _window_prior(self) -> GaussianPrior:
+        """The prior of the next window: the config's own for a fresh twin, else the Gaussian
+        of the posterior so far (Laplace at the last mode, or the particles' moments after a
+        restore or a tempered update), widened by each parameter's random-walk drift."""
+        if self._exact_prior:
+            return gaussian_prior(self._particles, self._drift, True)
+        if self._gauss is None:
+            return gaussian_prior(self._particles, self._drift, False)
+        cov = self._gauss.chol @ self._gauss.chol.T + jnp.diag(self._drift ** 2)
+        return GaussianPrior(self._gauss.mean, jnp.linalg.cholesky(cov), jnp.asarray(False))
+
     def _reference(self) -> jnp.ndarray:
-        """Weighted mean of the particles (D,): where start-state sensitivities are linearised."""
+        """Weighted mean of the particles (D,): where start-state sensitivities are first linearised."""
         return jnp.exp(self._particles.log_weights) @ self._particles.z
 
     def _gate(self, p: Particles, beta: float, divergent: float, ess: float) -> str:
@@ -202,16 +237,11 @@ class Twin:
         """Replace the posterior by saved particles (e.g. from a checkpoint) at `version`."""
         self._particles = p
         self._exact_prior = False
+        self._gauss = None
         self.posterior = self._posterior(p, version)
 
     def _accept(self, p: Particles):
         self.restore(p, self.posterior.version + 1)
-
-    def _widen(self, p: Particles, factor: float) -> Particles:
-        """Forgetting: spread the particles about their weighted mean by `factor`."""
-        w = jnp.exp(p.log_weights)
-        mean = w @ p.z
-        return Particles(mean + factor * (p.z - mean), p.log_weights)
 
     def retry(self) -> list[UpdateReport]:
         """Apply the windows that earlier updates rejected, oldest first (each once more)."""
@@ -226,7 +256,11 @@ class Twin:
         stacked = jax.tree.map(lambda *x: jnp.stack(x), *[self.model.with_state_jacobian(w, z_ref) for w in windows])
         key = self._next_key()
         if engine == "nuts":
-            res = batch.fit_nuts(self.model, key, stacked, warm=self._warm, **kwargs)
+            warm = self._warm
+            if warm is None and not self._exact_prior:   # warm start from the posterior so far
+                key, sub = jax.random.split(key)
+                warm = batch.warm_from_particles(self._particles, sub, kwargs.get("num_chains", 2))
+            res = batch.fit_nuts(self.model, key, stacked, warm=warm, **kwargs)
             self._warm = res.warm
         elif engine == "svi":
             res = batch.fit_svi(self.model, key, stacked, **kwargs)
@@ -240,8 +274,12 @@ class Twin:
 
     # --- prediction -------------------------------------------------------------------
     def predict(self, q0, qd0, commands, quantiles=(0.05, 0.5, 0.95), settings=None,
-                draws_per_particle: int = 8) -> Bands:
-        """Predictive bands of q and qd under commands (T, nu) from the measured state (q0, qd0)."""
+                draws_per_particle: int = 8, key=None) -> Bands:
+        """Predictive bands of q and qd under commands (T, nu) from the measured state (q0, qd0).
+
+        `key`: PRNG key of the predictive draws; None takes the twin's next key (then
+        predictions and updates share one key stream).
+        """
         r = self.model.robot
         commands = np.asarray(commands, dtype=np.float64)
         if commands.ndim != 2 or commands.shape[1] != r.nu or not np.isfinite(commands).all():
@@ -251,7 +289,8 @@ class Twin:
             raise ValueError(f"q0, qd0 must be finite with shapes ({r.nq},), ({r.nv},)")
         idx = self.posterior.resample(np.random.default_rng(self.posterior.version))
         z = self._particles.z[idx]
-        return bands(self.model, self._next_key(), z, q0, qd0, commands,
+        key = self._next_key() if key is None else key
+        return bands(self.model, key, z, q0, qd0, commands,
                      self.model.settings_vector(settings), quantiles, draws_per_particle)
 
 

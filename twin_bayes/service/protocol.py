@@ -137,7 +137,11 @@ def _require(key: str, ok: bool, what: str) -> None:
 
 def _check_body(msg_type: str, seq: int, body: dict[str, Any], limits: Limits) -> None:
     _check_json(body, 0, limits, "body")
-    if msg_type == "ack":
+    if msg_type == "telemetry" and "settings" in body:
+        st = body["settings"]
+        _require("settings", isinstance(st, dict) and all(
+            type(v) in (int, float) for v in st.values()), "a map of names to numbers")
+    elif msg_type == "ack":
         _require("status", body.get("status") in ("stored", "duplicate"),
                  "'stored' or 'duplicate'")
     elif msg_type == "resend":
@@ -350,10 +354,16 @@ def topic(msg_type: str, robot_id: str) -> bytes:
 
 
 def telemetry(robot_id: str, seq: int, t: np.ndarray, q: np.ndarray, qd: np.ndarray,
-              ctrl: np.ndarray, **channels: np.ndarray) -> list[bytes]:
-    """Telemetry chunk number `seq`: t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu), extras (n, ...)."""
+              ctrl: np.ndarray, settings: Mapping[str, float] | None = None,
+              **channels: np.ndarray) -> list[bytes]:
+    """Telemetry chunk number `seq`: t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu), extras (n, ...).
+
+    `settings`: known constants of the recording the chunk belongs to (e.g. servo_kp, servo_vin),
+    sent in the body when given.
+    """
+    body = {"settings": {k: float(v) for k, v in settings.items()}} if settings else {}
     return encode("telemetry", robot_id, seq,
-                  {"t": np.asarray(t, dtype=np.float64), "q": q, "qd": qd, "ctrl": ctrl, **channels})
+                  {"t": np.asarray(t, dtype=np.float64), "q": q, "qd": qd, "ctrl": ctrl, **channels}, **body)
 
 
 def ack(robot_id: str, seq: int, duplicate: bool = False) -> list[bytes]:

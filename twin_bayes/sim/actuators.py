@@ -19,6 +19,10 @@ Array = jnp.ndarray
 # Dynamixel firmware: duty = g * kp * (goal - q), with g in 1/(rad * kp unit):
 # 4096 encoder ticks per turn, P gain scaled by 1/256 and duty by 1/885.
 DYNAMIXEL_DUTY_PER_RAD_PER_KP = (4096.0 / (2.0 * jnp.pi)) / (256.0 * 885.0)
+# A servo goal at or above this (rad) means "torque off": the driver disconnects the motor, which
+# then gives no torque at all (no back-EMF braking either); friction still acts. Recordings mark
+# such steps this way (e.g. the bam logs' torque_enable = false, see twin_bayes.data.bam).
+SERVO_TORQUE_OFF = 1.0e3
 
 
 def direct_torque(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Array:
@@ -38,11 +42,48 @@ def dc_servo(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Arr
     duty = clip(g · kp · (goal − q), −1, 1); V = vin · duty;
     τ = kt · (V − kt · ω) / R  [N·m], with kt (N·m/A), R (Ω), vin (V).
     Rotor armature, Coulomb and viscous friction act through the joint
-    (`dof_terms`), not here.
+    (`dof_terms`), not here. τ = 0 while the command is `SERVO_TORQUE_OFF`.
     """
     duty = jnp.clip(DYNAMIXEL_DUTY_PER_RAD_PER_KP * p["servo_kp"] * (command - q), -1.0, 1.0)
     volts = p["servo_vin"] * duty
-    return p["servo_kt"] * (volts - p["servo_kt"] * qd) / p["servo_R"]
+    tau = p["servo_kt"] * (volts - p["servo_kt"] * qd) / p["servo_R"]
+    return jnp.where(command >= SERVO_TORQUE_OFF, 0.0, tau)
+
+
+# Friction inside the actuator torque uses a smooth sign, tanh(ω / ε) with ε in rad/s: the model then
+# has no constraint rows (MJX runs no solver, gradients are plain reverse mode) and stays
+# differentiable. It is explicit in MuJoCo's Euler step, stable while f/ε · dt / I < 2 (for the XL330
+# rig dt = 5 ms, I ≥ 0.0049 kg·m²: f up to 0.39 N·m).
+FRICTION_SIGN_VELOCITY = 0.2
+
+
+def _sign(qd: Array) -> Array:
+    return jnp.tanh(qd / FRICTION_SIGN_VELOCITY)
+
+
+def _stribeck(qd: Array, p: Mapping[str, Array]) -> Array:
+    """Stribeck friction magnitude f_s · exp(−(ω/ω_s)²) (N·m): extra friction at low speed."""
+    return p["servo_friction_stribeck"] * jnp.exp(-((qd / p["servo_stribeck_velocity"]) ** 2))
+
+
+def dc_servo_coulomb(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Array:
+    """`dc_servo` with its Coulomb friction in the torque: τ − f_c · tanh(ω/ε)  [N·m]."""
+    return dc_servo(command, q, qd, p) - p["servo_friction_coulomb"] * _sign(qd)
+
+
+def dc_servo_stribeck(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Array:
+    """`dc_servo_coulomb` plus a Stribeck term: τ − (f_c + f_s · exp(−(ω/ω_s)²)) · tanh(ω/ε)  [N·m]."""
+    friction = p["servo_friction_coulomb"] + _stribeck(qd, p)
+    return dc_servo(command, q, qd, p) - friction * _sign(qd)
+
+
+def dc_servo_load(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Array:
+    """`dc_servo_stribeck` plus gearbox friction proportional to the motor torque it transmits:
+    τ − (f_c + f_s · exp(−(ω/ω_s)²) + μ · |τ|) · tanh(ω/ε)  [N·m], μ dimensionless.
+    """
+    tau = dc_servo(command, q, qd, p)
+    friction = p["servo_friction_coulomb"] + _stribeck(qd, p) + p["servo_friction_load"] * jnp.abs(tau)
+    return tau - friction * _sign(qd)
 
 
 @dataclass(frozen=True)
@@ -72,6 +113,48 @@ class ActuatorModel:
         return self.torque is not direct_torque
 
 
+_DC_SERVO = ActuatorModel(
+    "dc_servo",
+    dc_servo,
+    defaults={
+        "servo_kt": 0.6,
+        "servo_R": 2.0,
+        "servo_armature": 0.005,
+        "servo_friction_coulomb": 0.05,
+        "servo_friction_viscous": 0.02,
+        "servo_kp": 400.0,
+        "servo_vin": 7.4,
+    },
+    units={
+        "servo_kt": "N·m/A",
+        "servo_R": "Ω",
+        "servo_armature": "kg·m²",
+        "servo_friction_coulomb": "N·m",
+        "servo_friction_viscous": "N·m·s/rad",
+        "servo_kp": "firmware units",
+        "servo_vin": "V",
+    },
+    dof_terms={
+        "servo_armature": "dof_armature",
+        "servo_friction_coulomb": "dof_frictionloss",
+        "servo_friction_viscous": "dof_damping",
+    },
+    settings=("servo_kp", "servo_vin"),
+)
+_STRIBECK = {"servo_friction_stribeck": (0.02, "N·m"), "servo_stribeck_velocity": (0.5, "rad/s")}
+_LOAD = {"servo_friction_load": (0.05, "1")}
+
+
+def _smooth_friction_servo(name: str, torque, extra: Mapping[str, tuple[float, str]]) -> ActuatorModel:
+    """The dc_servo class with all friction but the viscous part in its torque (no MuJoCo friction
+    loss, so no constraint rows) and extra friction kinds {kind: (default, unit)}."""
+    return ActuatorModel(name, torque,
+                         defaults={**_DC_SERVO.defaults, **{k: v for k, (v, _) in extra.items()}},
+                         units={**_DC_SERVO.units, **{k: u for k, (_, u) in extra.items()}},
+                         dof_terms={k: v for k, v in _DC_SERVO.dof_terms.items() if v != "dof_frictionloss"},
+                         settings=_DC_SERVO.settings)
+
+
 ACTUATOR_MODELS: dict[str, ActuatorModel] = {
     "torque": ActuatorModel("torque", direct_torque),
     "pd": ActuatorModel(
@@ -80,34 +163,10 @@ ACTUATOR_MODELS: dict[str, ActuatorModel] = {
         defaults={"pd_kp": 50.0, "pd_kd": 1.0, "pd_torque_limit": 10.0},
         units={"pd_kp": "N·m/rad", "pd_kd": "N·m·s/rad", "pd_torque_limit": "N·m"},
     ),
-    "dc_servo": ActuatorModel(
-        "dc_servo",
-        dc_servo,
-        defaults={
-            "servo_kt": 0.6,
-            "servo_R": 2.0,
-            "servo_armature": 0.005,
-            "servo_friction_coulomb": 0.05,
-            "servo_friction_viscous": 0.02,
-            "servo_kp": 400.0,
-            "servo_vin": 7.4,
-        },
-        units={
-            "servo_kt": "N·m/A",
-            "servo_R": "Ω",
-            "servo_armature": "kg·m²",
-            "servo_friction_coulomb": "N·m",
-            "servo_friction_viscous": "N·m·s/rad",
-            "servo_kp": "firmware units",
-            "servo_vin": "V",
-        },
-        dof_terms={
-            "servo_armature": "dof_armature",
-            "servo_friction_coulomb": "dof_frictionloss",
-            "servo_friction_viscous": "dof_damping",
-        },
-        settings=("servo_kp", "servo_vin"),
-    ),
+    "dc_servo": _DC_SERVO,
+    "dc_servo_coulomb": _smooth_friction_servo("dc_servo_coulomb", dc_servo_coulomb, {}),
+    "dc_servo_stribeck": _smooth_friction_servo("dc_servo_stribeck", dc_servo_stribeck, _STRIBECK),
+    "dc_servo_load": _smooth_friction_servo("dc_servo_load", dc_servo_load, {**_STRIBECK, **_LOAD}),
 }
 
 

@@ -12,14 +12,15 @@ from twin_bayes.sim.native import native_rollout
 from twin_bayes.sim.robot import Robot
 
 
-def excitation(robot: Robot, steps: int, seed: int, amplitude: float | None = None) -> np.ndarray:
-    """Commands (steps, nu) that excite the dynamics: a sum of random sines per actuator.
+def excitation(robot: Robot, steps: int, seed: int, amplitude: float | None = None,
+               start: int = 0) -> np.ndarray:
+    """Commands (steps, nu) for steps start..start+steps that excite the dynamics: random sines per actuator.
 
     Torque robots get torques (N·m, around the gravity-holding level set by
     `amplitude`); servo robots get goal positions (rad).
     """
     rng = np.random.default_rng(seed)
-    t = np.arange(steps) * robot.dt
+    t = (start + np.arange(steps)) * robot.dt
     amp = amplitude if amplitude is not None else (0.8 if robot.actuator.needs_state else 2.0)
     u = np.zeros((steps, robot.nu))
     for a in range(robot.nu):

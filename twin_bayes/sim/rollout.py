@@ -115,7 +115,7 @@ def simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array,
     theta, q0, qd0, commands = (jnp.asarray(a) for a in (theta, q0, qd0, commands))
     if robot.grad_mode == "reverse":
         return _simulate(robot, theta, q0, qd0, commands, history)
-    idx = np.arange(theta.shape[0]) if free is None else np.asarray(free)
+    idx = np.arange(theta.shape[0]) if free is None else np.asarray(free, dtype=np.int64)
     n, nq = len(idx), q0.shape[0]
 
     def h(x, held):

@@ -1,0 +1,195 @@
+"""The real XL330 servo pendulum: fit friction model classes on the kp = 100/200 logs, score them on kp = 400.
+
+Reproduces the study of README "A real robot: the XL330 servo":
+
+    .venv/bin/python experiments/xl330_real.py                      # all classes; ~30-45 min per class on a busy 2-core machine, mostly XLA compiles
+    .venv/bin/python experiments/xl330_real.py --configs xl330 --engine svi --steps 400
+
+Per model class (config): fit on the eight kp = 100 and kp = 200 logs (wall time, simulator
+evaluations), then the published evaluation on the four kp = 400 logs: each log simulated whole from
+its first entry's position and speed under its recorded goals, no resets; MAE of the posterior-mean
+prediction, coverage of the 50 % / 90 % predictive bands, CRPS, and the held-out log predictive
+density of the multiple-shooting likelihood (the class comparison). Writes
+`experiments/results/xl330_real.json` and PNG plots next to it. Logs are read from
+`../shared/data/bam_xl330` (see `twin_bayes.data.shared`); nothing from there is written here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from twin_bayes import Twin
+from twin_bayes.cli import _windows, evaluate_trajectory
+from twin_bayes.config import load_config
+from twin_bayes.data import read_trajectory
+from twin_bayes.data.shared import bam_logs
+from twin_bayes.diagnostics import confounded_pairs, contraction, correlations
+from twin_bayes.inference.smc import particle_log_liks
+from twin_bayes.inference.store import save_posterior
+from twin_bayes.sim.actuators import SERVO_TORQUE_OFF
+
+CLASSES = ("xl330_coulomb", "xl330_stribeck", "xl330_load")
+FIT_KP, TEST_KP = (100, 200), 400
+# The published identification (Rhoban bam) on the four kp = 400 logs, and its optimiser budget.
+PUBLISHED = {"coulomb_viscous_mae": 0.0631, "richest_mae": 0.0266, "cmaes_trials": 100_000,
+             "s_per_trial": 0.08}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def fit_class(config: str, fit_logs, engine: str, fit_kwargs: dict) -> tuple[Twin, dict]:
+    """Fit one model class on the fit logs; returns the twin and wall time / evaluations."""
+    twin = Twin(load_config(config))
+    windows = [w for tr in fit_logs for w in _windows(twin, tr)]
+    start = time.perf_counter()
+    res = twin.fit(windows, engine=engine, **fit_kwargs)
+    return twin, {"engine": engine, "windows": len(windows), "wall_time_s": time.perf_counter() - start,
+                  "simulator_evaluations": res.evaluations,
+                  "simulated_steps": res.evaluations * len(windows) * (twin.model.window_samples - 1),
+                  "info": {k: v for k, v in res.info.items() if isinstance(v, (int, float, str))}}
+
+
+def held_out_log_density(twin: Twin, logs) -> float:
+    """log p(held-out windows | fit data) per observation, under the multiple-shooting likelihood.
+
+    Each test window is scored on its own (log mean over particles of its likelihood), so the
+    figure is the posterior predictive density of that window given the fit logs, whatever
+    came before it in the same log.
+    """
+    p = twin.particles
+    z_ref = jnp.exp(p.log_weights) @ p.z
+    total, n_obs = 0.0, 0
+    for tr in logs:
+        for w in _windows(twin, tr):
+            w = twin.model.with_state_jacobian(w, z_ref)
+            ll = particle_log_liks(twin.model, p.z, jax.tree.map(lambda x: x[None], w))
+            total += float(jax.scipy.special.logsumexp(p.log_weights + ll))
+            n_obs += int(np.sum(np.asarray(w.mask)) - 1) * len(twin.model.channels)
+    return total / n_obs
+
+
+def parameter_table(twin: Twin) -> dict:
+    """Posterior mean, 90 % interval, contraction against the prior; strongly correlated pairs."""
+    post = twin.posterior
+    prior_z = twin.model.sample_prior(jax.random.PRNGKey(1), 4000)
+    prior = np.asarray(jax.vmap(twin.model.constrain)(prior_z))
+    idx = post.resample(np.random.default_rng(0), 4000)
+    draws = {n: post.values[idx, i] for i, n in enumerate(post.names)}
+    shrink = contraction({n: prior[:, i] for i, n in enumerate(post.names)}, draws)
+    names, corr = correlations(draws)
+    summary = post.summary()
+    table = {n: {"mean": summary[n]["mean"], "q05": summary[n]["q05"], "q95": summary[n]["q95"],
+                 "contraction": shrink[n]} for n in post.names}
+    return {"parameters": table, "confounded_pairs": confounded_pairs(names, corr, 0.8)}, prior, draws
+
+
+def plot_predictions(config: str, twin: Twin, logs, out: Path) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(logs), 1, figsize=(10, 2.4 * len(logs)), squeeze=False)
+    for ax, tr in zip(axes[:, 0], logs):
+        b = twin.predict(tr.q[0], tr.qd[0], tr.ctrl[:-1], quantiles=(0.05, 0.25, 0.75, 0.95),
+                         settings=tr.settings, key=jax.random.PRNGKey(0))
+        t = tr.t[1:] - tr.t[0]
+        ax.fill_between(t, b.q[0, :, 0], b.q[3, :, 0], color="C0", alpha=0.2, label="90 % band")
+        ax.fill_between(t, b.q[1, :, 0], b.q[2, :, 0], color="C0", alpha=0.35, label="50 % band")
+        ax.plot(t, b.mean_q[:, 0], "C0", lw=1, label="posterior mean")
+        ax.plot(t, tr.q[1:, 0], "k", lw=0.8, label="measured")
+        goal = np.where(tr.ctrl[:-1, 0] >= SERVO_TORQUE_OFF, np.nan, tr.ctrl[:-1, 0])   # gap: torque off
+        ax.plot(t, goal, "C3--", lw=0.6, label="goal")
+        ax.set_title(f"{config}: {Path(tr.source).name} (kp = {tr.settings['servo_kp']:.0f})", fontsize=9)
+        ax.set_ylabel("q (rad)")
+    axes[0, 0].legend(fontsize=7, ncol=5)
+    axes[-1, 0].set_xlabel("t (s)")
+    fig.tight_layout()
+    path = out / f"xl330_real_{config}_predictions.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
+def plot_posteriors(config: str, names, prior: np.ndarray, draws: dict, out: Path) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cols = 4
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.2 * rows), squeeze=False)
+    for ax, (i, n) in zip(axes.ravel(), enumerate(names)):
+        lo, hi = np.quantile(np.concatenate([prior[:, i], draws[n]]), [0.005, 0.995])
+        bins = np.linspace(lo, hi, 50)
+        ax.hist(prior[:, i], bins, density=True, color="0.7", label="prior")
+        ax.hist(draws[n], bins, density=True, color="C0", alpha=0.8, label="posterior")
+        ax.set_title(n, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    path = out / f"xl330_real_{config}_posterior.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
+def study(config: str, fit_logs, test_logs, engine: str, fit_kwargs: dict, out: Path) -> dict:
+    twin, fit = fit_class(config, fit_logs, engine, fit_kwargs)
+    per_log = [evaluate_trajectory(twin, tr) for tr in test_logs]
+    for row in per_log:
+        row["file"] = Path(row["file"]).name
+    held_out = {k: float(np.mean([r[k] for r in per_log])) for k in ("mae_q", "coverage50", "coverage90", "crps_q")}
+    held_out["log_density_per_obs"] = held_out_log_density(twin, test_logs)
+    save_posterior(twin, out / f"xl330_real_{config}_fit")    # for `twin-bayes evaluate --posterior`
+    params, prior, draws = parameter_table(twin)
+    plots = [plot_predictions(config, twin, test_logs, out),
+             plot_posteriors(config, twin.model.names, prior, draws, out)]
+    return {"fit": fit, "held_out": held_out, "per_log": per_log, **params, "plots": plots}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", default=list(CLASSES))
+    ap.add_argument("--engine", default="svi", choices=("svi", "nuts", "smc"))
+    ap.add_argument("--steps", type=int, default=800, help="SVI optimisation steps")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    fit_paths = [p for kp in FIT_KP for p in bam_logs(kp=kp)]
+    test_paths = bam_logs(kp=TEST_KP)
+    if not fit_paths or not test_paths:
+        print("no XL330 logs found (../shared/data/bam_xl330 or $TWIN_BAYES_DATA/bam_xl330)", file=sys.stderr)
+        return 2
+    fit_logs = [read_trajectory(p) for p in fit_paths]
+    test_logs = [read_trajectory(p) for p in test_paths]
+    fit_kwargs = {"steps": args.steps} if args.engine == "svi" else {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = " ".join([".venv/bin/python", "experiments/xl330_real.py", *(argv or sys.argv[1:])])
+    for config in args.configs:
+        result = study(config, fit_logs, test_logs, args.engine, fit_kwargs, args.out)
+        result["command"] = command
+        (args.out / f"xl330_real_{config}.json").write_text(json.dumps(result, indent=2, default=float))
+        h = result["held_out"]
+        print(f"{config:16s} MAE {h['mae_q']:.4f} rad  cov50 {h['coverage50']:.2f}  cov90 {h['coverage90']:.2f}  "
+              f"log density {h['log_density_per_obs']:.3f}/obs  fit {result['fit']['wall_time_s']:.0f} s", flush=True)
+    # The table gathers every class studied so far (classes may run as separate processes).
+    classes = {p.stem.removeprefix("xl330_real_"): json.loads(p.read_text())
+               for p in sorted(args.out.glob("xl330_real_*.json"))}
+    report = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "jax": jax.__version__},
+              "fit_logs": [p.name for p in fit_paths], "test_logs": [p.name for p in test_paths],
+              "published": PUBLISHED, "classes": classes}
+    path = args.out / "xl330_real.json"
+    path.write_text(json.dumps(report, indent=2, default=float))
+    print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

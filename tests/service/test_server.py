@@ -1,0 +1,441 @@
+"""The twin service in a thread (and, for kill -9, as a subprocess) on real loopback sockets
+and a real SQLite file.
+
+Every service here runs on the session's one TwinModel (`service_model`: arm2 with the
+inference tests' small settings), so its kernels compile once. Chunks are 50
+samples, so chunks 0-4 and 5-9 make the two windows; 10-11 wait for more data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from twin_bayes.service import auth, checkpoint, protocol
+from twin_bayes.service.client import ServiceError, Subscriber, TwinClient, TwinTimeout
+from twin_bayes.service.server import ServiceSettings, TwinService
+from twin_bayes.service.store import TelemetryStore
+from twin_bayes.service.windows import cut_windows
+from twin_bayes.service.worker import WorkerSettings
+from twin_bayes.sim.emulator import emulate
+
+RID = "arm-1"
+CHUNK = 50
+N_CHUNKS = 12
+WINDOWS = 2          # chunks 0-4 and 5-9
+
+
+@pytest.fixture(scope="module")
+def model(service_model):
+    return service_model
+
+
+@pytest.fixture(scope="module")
+def cfg(model):
+    return model.cfg
+
+
+@pytest.fixture(scope="module")
+def chunks(model):
+    """12 telemetry chunks of 50 samples from native MuJoCo at the nominal parameters."""
+    traj = emulate(model.robot, {}, (N_CHUNKS * CHUNK - 1) * model.robot.dt, seed=3)
+    return [protocol.telemetry(RID, k, *(getattr(traj, f)[k * CHUNK:(k + 1) * CHUNK] for f in ("t", "q", "qd", "ctrl")))
+            for k in range(N_CHUNKS)]
+
+
+def start(cfg, model, tmp_path, name="svc", **kw) -> TwinService:
+    worker = kw.pop("worker", WorkerSettings(checkpoints=tmp_path / f"{name}-ckpt"))
+    settings = ServiceSettings({RID: cfg}, tmp_path / f"{name}.db", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*",
+                               "tcp://127.0.0.1:*", worker=worker, **kw)
+    return TwinService(settings, {RID: model}).start()
+
+
+class Robot:
+    """A DEALER on the ingest socket: `send(frames)` then `replies(k)` decoded."""
+
+    def __init__(self, endpoint: str, curve: auth.CurveKeys | None = None):
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.linger = 0
+        if curve is not None:
+            curve.apply_client(self.sock)
+        self.sock.connect(endpoint)
+
+    def send(self, frames, flags: int = 0) -> None:
+        self.sock.send_multipart(frames, flags)
+
+    def replies(self, k: int, timeout_s: float = 10.0) -> list[protocol.Message]:
+        out = []
+        while len(out) < k and self.sock.poll(int(timeout_s * 1000)):
+            out.append(protocol.decode(self.sock.recv_multipart()))
+        return out
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+def wait_for(client: TwinClient, ok, timeout_s: float = 900.0) -> dict:
+    """Poll health until ok(health); the timeout only bounds a hang (compiles take minutes)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        h = client.health()
+        if ok(h):
+            return h
+        time.sleep(0.2)
+    raise AssertionError(f"health never satisfied the condition: {h}")
+
+
+def bad_messages(good: list[bytes], rng: random.Random) -> list[list[bytes]]:
+    """One of each kind the issue lists, built from a valid chunk."""
+    header = protocol.msgpack.unpackb(good[0])
+
+    def with_header(**change):
+        h = {**header, **change}
+        return [protocol.msgpack.packb(h), *good[1:]]
+    q_nan = np.frombuffer(good[2], "<f8").copy()
+    q_nan[3] = np.nan
+    q_inf = q_nan.copy()
+    q_inf[3] = np.inf
+    fields = header["fields"]
+    return [
+        [good[0][: len(good[0]) // 2], *good[1:]],                                  # truncated header
+        with_header(type="launch"),                                                   # unknown type
+        with_header(v=2),                                                             # other version
+        with_header(fields=[{**fields[0], "dtype": "|O"}, *fields[1:]]),              # disallowed dtype
+        with_header(fields=[{**fields[0], "dtype": ">f8"}, *fields[1:]]),             # big-endian
+        with_header(fields=[{**fields[0], "shape": [CHUNK + 1]}, *fields[1:]]),       # shape vs buffer
+        [good[0], good[1], q_nan.tobytes(), *good[3:]],                               # NaN
+        [good[0], good[1], q_inf.tobytes(), *good[3:]],                               # Inf
+        with_header(fields=[{**fields[0], "shape": [1 << 30]}, *fields[1:]]),         # declared huge
+        [with_header(fields=[{**fields[0], "shape": [(17 << 20) // 8]}, *fields[1:]])[0],
+         bytes(17 << 20), *good[2:]],                                                 # oversized frame
+        [good[0]] + [b"x"] * 40,                                                      # too many frames
+        [b""],                                                                        # empty frame
+    ]
+
+
+def test_windows_are_whole_consecutive_chunks():
+    dt, t0 = 0.01, 0.0
+
+    def chunk(seq, n, start):
+        t = start + dt * np.arange(n)
+        return protocol.decode(protocol.telemetry("r", seq, t, np.zeros((n, 1)), np.zeros((n, 1)), np.zeros((n, 1))))
+    sizes = [4, 4, 2, 5, 3, 3]              # windows of at most 10 samples, at least 3
+    chunks, start = [], t0
+    for seq, n in enumerate(sizes):
+        chunks.append(chunk(seq, n, start))
+        start += n * dt
+    cuts = cut_windows(chunks, -1, max_n=10, min_n=3, dt=dt)
+    assert [(c.last_seq, len(c.t), c.usable) for c in cuts] == [(2, 10, True), (4, 8, True)]
+    assert cut_windows(chunks[3:], 2, 10, 3, dt)[0].last_seq == 4             # resume after chunk 2
+    assert cut_windows([chunks[0], chunks[2]], -1, 10, 3, dt) == []            # chunk 1 missing: wait
+    jump = [chunks[0], chunk(1, 2, 5.0), chunk(2, 9, 5.02)]                   # time jumps after chunk 0
+    assert [(c.last_seq, len(c.t), c.usable) for c in cut_windows(jump, -1, 10, 3, dt)] == [(0, 4, True), (1, 2, False)]
+
+
+def test_cli_keys_and_bad_serve_input(tmp_path, capsys):
+    from twin_bayes.cli import main
+    assert main(["keys", "--dir", str(tmp_path), "server", RID]) == 0
+    assert sorted(p.name for p in tmp_path.rglob("*.key*")) == ["arm-1.key", "arm-1.key", "arm-1.key_secret",
+                                                                "server.key", "server.key_secret"]
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.rglob("*.key*")} == {"0o600"}
+    assert main(["serve", "--config", "no-such-twin"]) == 2
+    assert "no-such-twin" in capsys.readouterr().err
+    assert main(["serve", "--config", "bad id!=arm2"]) == 2
+
+
+def test_fuzz_rejects_everything_and_keeps_serving(cfg, model, chunks, tmp_path):
+    rng = random.Random(0)
+    svc = start(cfg, model, tmp_path)
+    robot = Robot(svc.endpoints["ingest"])
+    try:
+        crafted = bad_messages(chunks[0], rng)
+        randoms = [[rng.randbytes(rng.randrange(0, 200)) for _ in range(rng.randrange(1, 4))] for _ in range(10_000)]
+        sent = 0
+        for batch in range(0, len(randoms), 500):
+            for frames in randoms[batch:batch + 500]:
+                robot.send(frames)
+            got = robot.replies(500)
+            assert len(got) == 500 and all(m.type == "error" for m in got)
+            sent += 500
+        for frames in crafted:
+            robot.send(frames)
+        got = robot.replies(len(crafted))
+        assert [m.type for m in got] == ["error"] * len(crafted)
+        codes = [m.extra["code"] for m in got]
+        assert codes[:10] == ["bad_header", "unknown_type", "version", "bad_dtype", "bad_dtype",
+                              "shape_mismatch", "non_finite", "non_finite", "too_large", "too_large"]
+        robot.send(chunks[0])
+        assert [(m.type, m.seq, m.extra["status"]) for m in robot.replies(1)] == [("ack", 0, "stored")]
+        with TwinClient(svc.endpoints["query"]) as client:
+            m = client.metrics()
+            assert m["rejected_total"] == sent + len(crafted)
+            assert m["chunks_stored"] == 1
+            assert client.health()["status"] == "ok"
+        assert [c.seq for c in svc.store.get_chunks(RID)] == [0]
+    finally:
+        robot.close()
+        svc.stop()
+
+
+def test_chunks_for_other_robots_or_shapes_are_rejected(cfg, model, chunks, tmp_path):
+    svc = start(cfg, model, tmp_path)
+    robot = Robot(svc.endpoints["ingest"])
+    try:
+        t, q, qd, ctrl = (protocol.decode(chunks[0]).arrays[k] for k in ("t", "q", "qd", "ctrl"))
+        robot.send(protocol.telemetry("arm-9", 0, t, q, qd, ctrl))
+        robot.send(protocol.telemetry(RID, 0, t, q[:, :1], qd, ctrl))
+        robot.send(protocol.telemetry(RID, 0, t * 2, q, qd, ctrl))
+        robot.send(protocol.query(RID, 0, "health"))
+        robot.send(chunks[0])
+        robot.send(protocol.telemetry(RID, 0, t, q + 1.0, qd, ctrl))   # same seq, other contents
+        codes = [m.extra.get("code", m.type) for m in robot.replies(6)]
+        assert codes == ["unknown_robot", "shape_mismatch", "bad_rate", "wrong_socket", "ack", "conflict"]
+    finally:
+        robot.close()
+        svc.stop()
+
+
+def test_write_failure_means_no_ack_then_recovery(cfg, model, chunks, tmp_path):
+    svc = start(cfg, model, tmp_path)
+    robot = Robot(svc.endpoints["ingest"])
+    client = TwinClient(svc.endpoints["query"])
+    try:
+        robot.send(chunks[0])
+        assert robot.replies(1)[0].type == "ack"
+        svc.store.set_max_bytes(svc.store.info()["bytes"])   # the disk is full
+        robot.send(chunks[1])
+        (reply,) = robot.replies(1)
+        assert reply.type == "error" and reply.extra["code"] == "store_failed" and reply.seq == 1
+        h = client.health()
+        assert h["status"] == "degraded" and any(p.startswith("store:") for p in h["problems"])
+        svc.store.set_max_bytes(None)                         # space again: the robot resends
+        robot.send(chunks[1])
+        assert [(m.type, m.seq) for m in robot.replies(1)] == [("ack", 1)]
+        assert client.health()["status"] == "ok"
+        assert [c.seq for c in svc.store.get_chunks(RID)] == [0, 1]
+    finally:
+        client.close()
+        robot.close()
+        svc.stop()
+
+
+def test_gap_asks_for_resend_and_silence_is_reported(cfg, model, chunks, tmp_path):
+    svc = start(cfg, model, tmp_path, silent_after_s=0.3)
+    robot = Robot(svc.endpoints["ingest"])
+    try:
+        robot.send(chunks[0])
+        robot.send(chunks[3])
+        got = robot.replies(3)
+        assert [(m.type, m.seq) for m in got] == [("ack", 0), ("ack", 3), ("resend", 1)]
+        assert got[2].extra["seqs"] == [1, 2]
+        time.sleep(0.5)
+        with TwinClient(svc.endpoints["query"]) as client:
+            h = client.health()
+        assert h["robots"][RID]["silent"] and h["status"] == "degraded"
+    finally:
+        robot.close()
+        svc.stop()
+
+
+def test_slow_subscriber_never_blocks_and_resyncs(cfg, model, chunks, tmp_path):
+    """A subscriber that stops reading while the service publishes health 500 times a second."""
+    svc = start(cfg, model, tmp_path, health_every_s=0.002, sndhwm=20, sndbuf=4096)
+    client = TwinClient(svc.endpoints["query"])
+    sub = Subscriber(svc.endpoints["pub"], client=client, rcvhwm=20, rcvbuf=4096)
+    robot = Robot(svc.endpoints["ingest"])
+    try:
+        first = sub.recv(5.0)
+        assert first and not sub.dropped
+        seq_before = svc.pub_seq
+        for k in range(4):                     # ingest goes on while the subscriber sleeps
+            robot.send(chunks[k])
+            assert robot.replies(1)[0].type == "ack"
+            time.sleep(0.5)
+        assert svc.pub_seq > seq_before + 200  # and so does publishing
+        events = []
+        while len(events) < 200:
+            events += sub.recv(5.0)
+        assert sub.dropped > 0 and sub.resyncs >= 2
+        snaps = [e for e in events if e.resync]
+        assert [e.topic for e in snaps[:1]] == [f"snapshot/{RID}/"] and snaps[0].message.extra["op"] == "posterior"
+        assert snaps[0].message.extra["pub_seq"] > seq_before
+        seqs = [e.message.seq for e in events if not e.resync]
+        assert all(a < b for a, b in zip(seqs, seqs[1:]))
+    finally:
+        robot.close()
+        sub.close()
+        client.close()
+        svc.stop()
+
+
+def test_curve_unknown_key_cannot_connect_and_keys_write_only_their_robot(cfg, model, chunks, tmp_path):
+    keys = tmp_path / "keys"
+    for name in ("server", RID, "arm-2"):
+        auth.generate(keys, name)
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in keys.rglob("*.key*"))
+    stranger = tmp_path / "stranger"
+    auth.generate(stranger, "arm-1")
+    (stranger / "server.key").write_text((keys / "server.key").read_text())
+    svc = start(cfg, model, tmp_path, curve_keys=keys)
+    own = Robot(svc.endpoints["ingest"], auth.load(keys, RID))
+    other = Robot(svc.endpoints["ingest"], auth.load(keys, "arm-2"))
+    unknown = Robot(svc.endpoints["ingest"], auth.load(stranger, RID))  # right name, key not allowed
+    try:
+        own.send(chunks[0])
+        assert [(m.type, m.seq) for m in own.replies(1)] == [("ack", 0)]
+        other.send(chunks[1])                               # arm-2's key writing arm-1
+        (reply,) = other.replies(1)
+        assert reply.type == "error" and reply.extra["code"] == "forbidden"
+        try:                                                # refused in the handshake: no peer
+            unknown.send(chunks[1], zmq.NOBLOCK)           # to queue for (zmq.Again) or no answer
+        except zmq.Again:
+            pass
+        assert unknown.replies(1, timeout_s=1.0) == []
+        with pytest.raises(TwinTimeout):
+            TwinClient(svc.endpoints["query"], timeout_s=0.5, retries=0, curve=auth.load(stranger, RID)).health()
+        with TwinClient(svc.endpoints["query"], curve=auth.load(keys, "arm-2")) as client:
+            assert client.metrics()["rejected"] == {"forbidden": 1}
+        assert [c.seq for c in svc.store.get_chunks(RID)] == [0]
+    finally:
+        for r in (own, other, unknown):
+            r.close()
+        svc.stop()
+
+
+def test_duplicates_shuffled_give_the_same_posterior_and_the_service_publishes(cfg, model, chunks, tmp_path):
+    """Single pass vs. every chunk three times in shuffled order: stored once, identical posterior.
+    Also: prediction scored by the next window, maintenance alert, queries."""
+    results = {}
+    for name, order in (("once", list(range(N_CHUNKS))), ("shuffled", random.Random(1).sample(list(range(N_CHUNKS)) * 3, 3 * N_CHUNKS))):
+        retain = 3 if name == "once" else None     # keep the 3 newest chunks once all before are applied
+        svc = start(cfg, model, tmp_path, name=name,
+                    worker=WorkerSettings(checkpoints=tmp_path / f"{name}-ckpt", retain_chunks=retain))
+        robot = Robot(svc.endpoints["ingest"])
+        client = TwinClient(svc.endpoints["query"], timeout_s=600, retries=0)
+        sub = Subscriber(svc.endpoints["pub"], ["posterior/", "prediction/", "alert/"])
+        try:
+            for k in order:
+                robot.send(chunks[k])
+            acks = [m for m in robot.replies(len(order) + N_CHUNKS, timeout_s=2.0) if m.type == "ack"]
+            assert sorted(m.seq for m in acks) == sorted(order)
+            assert sum(m.extra["status"] == "stored" for m in acks) == N_CHUNKS
+            h = wait_for(client, lambda h: h["robots"][RID]["windows"] == WINDOWS
+                         and h["robots"][RID]["calibration"]["n_batches"] == 1)
+            kept = list(range(N_CHUNKS - retain, N_CHUNKS)) if retain else list(range(N_CHUNKS))
+            deadline = time.monotonic() + 30
+            while [c.seq for c in svc.store.get_chunks(RID)] != kept and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert [c.seq for c in svc.store.get_chunks(RID)] == kept
+            snap = client.snapshot(RID)
+            results[name] = (snap.arrays["values"].copy(), snap.arrays["weights"].copy(), snap.extra["version"])
+            r = h["robots"][RID]
+            assert r["posterior_version"] == WINDOWS and r["applied_seq"] == 9 and r["rejected_windows"] == 0
+            assert 0.0 <= r["calibration"]["coverage_90"] <= 1.0
+            assert len(svc.store.scores(RID)) == 1
+            assert [a["parameter"] for a in h["alerts"]] == ["dof_damping:shoulder"]
+            assert h["alerts"][0]["p_outside"] > 0.9 and len(h["alerts"][0]["trend"]) >= 1
+            kinds = []
+            while len(kinds) < 5 and (ev := sub.recv(5.0)):
+                kinds += [e.topic.split("/")[0] for e in ev]
+            assert {"posterior", "prediction", "alert"} <= set(kinds)
+        finally:
+            sub.close()
+            robot.close()
+        if name == "once":
+            pred = client.predict(RID, np.zeros(2), np.zeros(2), np.zeros((25, 2)), quantiles=(0.05, 0.5, 0.95))
+            assert pred.arrays["q"].shape == (3, 25, 2) and pred.extra["posterior_version"] == WINDOWS
+            assert np.all(pred.arrays["q"][0] <= pred.arrays["q"][2])
+            with pytest.raises(ServiceError, match="bad_query"):
+                client.predict(RID, np.zeros(3), np.zeros(2), np.zeros((25, 2)))
+            with pytest.raises(ServiceError, match="unknown_robot"):
+                client.snapshot("arm-9")
+        client.close()
+        svc.stop()
+    once, shuffled = results["once"], results["shuffled"]
+    np.testing.assert_array_equal(once[0], shuffled[0])
+    np.testing.assert_array_equal(once[1], shuffled[1])
+    assert once[2] == shuffled[2] == WINDOWS
+    assert os.path.exists(tmp_path / "once-ckpt")
+
+
+class Served:
+    """A `twin-bayes serve` subprocess on ephemeral loopback ports, on the files start(name=...) uses."""
+
+    def __init__(self, tmp: Path, config: Path, name: str):
+        cmd = [sys.executable, "-m", "twin_bayes.cli", "serve", "--config", f"{RID}={config}",
+               "--store", str(tmp / f"{name}.db"), "--checkpoints", str(tmp / f"{name}-ckpt"),
+               "--ingest", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*", "--query", "tcp://127.0.0.1:*"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                self.endpoints = json.loads(line)
+                break
+        else:
+            raise AssertionError(f"serve exited with {self.proc.wait()}")
+
+
+def acked(ingest: str, chunks, stop_after: int | None = None) -> list[int]:
+    """Send chunks one by one, each awaiting its ack; returns the acked seqs."""
+    robot = Robot(ingest)
+    out = []
+    try:
+        for frames in chunks:
+            robot.send(frames)
+            out += [m.seq for m in robot.replies(1, timeout_s=30) if m.type == "ack"]
+            if stop_after is not None and len(out) >= stop_after:
+                break
+    finally:
+        robot.close()
+    return out
+
+
+def test_kill_9_loses_no_acked_chunk_and_applies_nothing_twice(cfg, model, chunks, tmp_path):
+    """`twin-bayes serve` killed with SIGKILL at a random point while streaming; restarted (in this
+    process, to reuse the compiled kernels); stopped, its newest checkpoint corrupted, restarted."""
+    rng = random.Random(int.from_bytes(os.urandom(2), "little"))
+    served = Served(tmp_path, cfg.source, "served")
+    got = acked(served.endpoints["ingest"], chunks, stop_after=rng.randrange(1, N_CHUNKS + 1))
+    time.sleep(rng.uniform(0.0, 1.0))
+    served.proc.send_signal(signal.SIGKILL)
+    served.proc.wait()
+    with TelemetryStore(tmp_path / "served.db") as store:
+        stored = {c.seq for c in store.get_chunks(RID)}
+    assert set(got) <= stored, (got, stored)
+
+    # restarted: the robot resends everything it has; both windows applied exactly once
+    svc = start(cfg, model, tmp_path, name="served")
+    try:
+        assert sorted(acked(svc.endpoints["ingest"], chunks)) == list(range(N_CHUNKS))
+        with TwinClient(svc.endpoints["query"], timeout_s=30) as client:
+            r = wait_for(client, lambda h: h["robots"][RID]["windows"] >= WINDOWS)["robots"][RID]
+        assert (r["windows"], r["posterior_version"], r["applied_seq"]) == (WINDOWS, WINDOWS, 9)
+        assert svc.store.latest_posterior_version(RID).version == WINDOWS
+    finally:
+        svc.stop()
+    ckpt = tmp_path / "served-ckpt"
+    assert checkpoint.load_latest(ckpt).meta["robots"][RID]["windows"] == WINDOWS
+
+    # newest checkpoint corrupted: the previous one is used and window 2 is applied again, once
+    (_, previous), (_, newest) = checkpoint.checkpoints(ckpt)[-2:]
+    assert checkpoint.read(previous)[1]["robots"][RID]["windows"] == WINDOWS - 1
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    svc = start(cfg, model, tmp_path, name="served")
+    try:
+        resumed = svc.worker.checkpoint_status
+        assert Path(resumed["path"]) == previous and [Path(p) for p, _ in resumed["skipped"]] == [newest]
+        with TwinClient(svc.endpoints["query"], timeout_s=30) as client:
+            r = wait_for(client, lambda h: h["robots"][RID]["windows"] >= WINDOWS)["robots"][RID]
+        assert (r["windows"], r["posterior_version"], r["applied_seq"]) == (WINDOWS, WINDOWS, 9)
+    finally:
+        svc.stop()

@@ -1,0 +1,61 @@
+"""The tracking tasks of the sim-to-real experiments, for the shipped robots."""
+from __future__ import annotations
+
+import numpy as np
+
+from twin_bayes.policy.controller import Task, make_task
+from twin_bayes.sim.robot import Robot
+
+
+def _swing(t: np.ndarray, centre, amplitude, freq_hz):
+    """q = centre + amplitude·(1 − cos 2πft)/2 per joint (starts at rest) and its derivative."""
+    w = 2 * np.pi * np.asarray(freq_hz)
+    q = np.asarray(centre) + np.asarray(amplitude) * (1 - np.cos(w * t[:, None])) / 2
+    qd = np.asarray(amplitude) * w * np.sin(w * t[:, None]) / 2
+    return q, qd
+
+
+def arm2_task(robot: Robot, seconds: float = 1.0, knots: int = 11, scale: float = 1.0) -> Task:
+    """Arm2 lifts and lowers its (payload-carrying) forearm: shoulder −0.3→0.3 rad, elbow 0.2→1.0 rad
+    (swing amplitudes × `scale`).
+
+    Torque commands (N·m); gains bounded by 30 N·m/rad and 3 N·m·s/rad (a
+    compliant arm), error scaled by 0.05 rad, effort weight 1e-4 per (N·m)².
+    """
+    t = np.arange(1, int(round(seconds / robot.dt)) + 1) * robot.dt
+    q, qd = _swing(t, [-0.3, 0.2], [0.6 * scale, 0.8 * scale], [1.0 / seconds, 1.0 / seconds])
+    return make_task(q, qd, q0=[-0.3, 0.2], knots=knots, kp_max=30.0, kd_max=3.0, q_scale=0.05, effort=1e-4)
+
+
+def servo_task(robot: Robot, seconds: float = 1.5, knots: int = 16, amplitude: float = 2.0,
+               freq_hz: float = 1.0) -> Task:
+    """The servo pendulum swings 0→`amplitude` rad and back at `freq_hz`, near the servo's torque limit.
+
+    Commands are goal positions (rad); the outer loop's gains are bounded by
+    2 rad/rad and 0.2 rad/(rad/s); error scaled by 0.05 rad.
+    """
+    t = np.arange(1, int(round(seconds / robot.dt)) + 1) * robot.dt
+    q, qd = _swing(t, [0.0], [amplitude], [freq_hz])
+    return make_task(q, qd, q0=[0.0], knots=knots, kp_max=2.0, kd_max=0.2, q_scale=0.05)
+
+
+# Hidden truths of the experiments' real robots. arm2 carries an unknown payload
+# (forearm mass above the nominal 0.6 kg) with joint damping and armature off nominal.
+ARM2_TRUTHS = [
+    {"body_mass:upper_arm": 1.1, "body_mass:forearm": 0.78, "dof_damping:shoulder": 0.07,
+     "dof_damping:elbow": 0.04, "dof_armature:shoulder": 0.012, "dof_armature:elbow": 0.006},
+    {"body_mass:upper_arm": 0.9, "body_mass:forearm": 0.9, "dof_damping:shoulder": 0.04,
+     "dof_damping:elbow": 0.02, "dof_armature:shoulder": 0.008, "dof_armature:elbow": 0.004},
+    {"body_mass:upper_arm": 1.2, "body_mass:forearm": 1.0, "dof_damping:shoulder": 0.09,
+     "dof_damping:elbow": 0.05, "dof_armature:shoulder": 0.014, "dof_armature:elbow": 0.007},
+]
+# The servo pendulum's motor constants and friction (nominal kt 0.6 N·m/A, R 2 Ω,
+# armature 0.005 kg·m², Coulomb 0.05 N·m, viscous 0.02 N·m·s/rad).
+SERVO_TRUTHS = [
+    {"servo_kt:servo": 0.5, "servo_R:servo": 2.4, "servo_armature:servo": 0.006,
+     "servo_friction_coulomb:servo": 0.08, "servo_friction_viscous:servo": 0.03},
+    {"servo_kt:servo": 0.7, "servo_R:servo": 1.7, "servo_armature:servo": 0.004,
+     "servo_friction_coulomb:servo": 0.03, "servo_friction_viscous:servo": 0.015},
+    {"servo_kt:servo": 0.45, "servo_R:servo": 2.2, "servo_armature:servo": 0.007,
+     "servo_friction_coulomb:servo": 0.1, "servo_friction_viscous:servo": 0.04},
+]

@@ -1,0 +1,146 @@
+"""`twin-bayes demo`: the whole loop on loopback, ending with the posterior against the hidden truth.
+
+    emulated robot (`twin-bayes emulate` subprocess: native MuJoCo, hidden truth, real time)
+        -> TwinService (this process: ingest, inference, PUB, queries; a temporary SQLite store)
+        -> live view (`service.watch`) until the last window is applied
+        -> snapshot and a held-out prediction by query -> HTML report (`diagnostics.write_report`)
+
+The simulator check (Brax against native MuJoCo) runs while the first window's update compiles.
+Sockets are ephemeral loopback ports; the store and checkpoints live in a temporary folder that
+is removed at the end, Ctrl-C included.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from twin_bayes.config import load_config
+from twin_bayes.models import TwinModel
+from twin_bayes.service.client import Subscriber, TwinClient
+from twin_bayes.service.emulate import draw_truth, write_truth
+from twin_bayes.service.server import ServiceSettings, TwinService
+from twin_bayes.service.watch import watch
+from twin_bayes.service.worker import WorkerSettings
+
+ANY_PORT = "tcp://127.0.0.1:*"
+CHUNK_S = 0.1          # telemetry chunk length (s), as `twin-bayes emulate` sends by default
+HELD_OUT_S = 1.0       # length of the held-out prediction in the report (s)
+REPORT_DRAWS = 400     # posterior draws (resampled by weight) shown in the report
+
+
+@dataclass
+class DemoResult:
+    """truth: the hidden parameters; summary: the service's final posterior summary
+    ({name: {mean, sd, q05, q95, ...}}); windows: windows applied; report: the HTML file."""
+
+    truth: dict[str, float]
+    summary: dict[str, dict[str, float]]
+    windows: int
+    report: Path
+
+
+def stream_plan(model: TwinModel, seconds: float) -> tuple[int, int, int]:
+    """(windows, chunk_samples, chunks): `seconds` rounded to whole windows of whole chunks, plus
+    one chunk more when a window does not end on a chunk boundary (a window is cut only once
+    the next chunk would overflow it)."""
+    chunk = max(1, round(CHUNK_S / model.robot.dt))
+    windows = max(1, round(seconds / model.cfg.inference.window_s))
+    per_window = model.window_samples // chunk
+    return windows, chunk, windows * per_window + int(model.window_samples % chunk != 0)
+
+
+def _check_simulator(model: TwinModel) -> None:
+    from twin_bayes.sim import checks
+    robot = model.robot
+    print(f"2/4  simulator: Brax (MJX pipeline) against native MuJoCo on {robot.name} ...", flush=True)
+    a = checks.agreement(robot, seeds=(0,))
+    print(f"     max |q_brax - q_mujoco| over {a['horizon_s']} s: {a['max_abs_err']:.1e} rad "
+          f"({'ok' if a['ok'] else 'FAIL'}, tolerance {a['tolerance_rad']:.0e})", flush=True)
+
+
+def _start_robot(model: TwinModel, truth_file: Path, endpoint: str, robot_id: str, seed: int,
+                 chunk: int, chunks: int) -> subprocess.Popen:
+    """`twin-bayes emulate` in its own session (Ctrl-C reaches the demo only; it stops the robot)."""
+    cmd = [sys.executable, "-m", "twin_bayes.cli", "emulate", "--robot", model.robot.name,
+           "--config", str(model.cfg.source), "--truth", str(truth_file), "--robot-id", robot_id,
+           "--seconds", repr(chunks * chunk * model.robot.dt), "--seed", str(seed),
+           "--endpoint", endpoint, "--chunk-samples", str(chunk)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _report(model: TwinModel, client: TwinClient, snap, robot_id: str, truth: dict[str, float], seed: int,
+            out: Path) -> Path:
+    """Posterior draws from the service's snapshot and its prediction of fresh held-out telemetry."""
+    from twin_bayes.diagnostics import to_inference_data, write_report
+    from twin_bayes.sim.emulator import emulate
+    values, weights = snap.arrays["values"], snap.arrays["weights"]
+    idx = np.random.default_rng(seed).choice(len(weights), REPORT_DRAWS, p=weights / weights.sum())
+    samples = {n: values[None, idx, i] for i, n in enumerate(snap.extra["names"])}
+    held = emulate(model.robot, truth, HELD_OUT_S, seed=seed + 1)
+    pred = client.predict(robot_id, held.q[0], held.qd[0], held.ctrl[:-1], quantiles=(0.05, 0.5, 0.95))
+    bands = {q: pred.arrays["q"][i] for i, q in enumerate(pred.extra["quantiles"])}
+    return write_report(to_inference_data(samples), out, title=f"twin-bayes demo: {model.robot.name}",
+                        truth=truth, predictive=[{"name": f"held-out {HELD_OUT_S:g} s", "t": held.t[1:],
+                                                  "observed": held.q[1:], "bands": bands}])
+
+
+def run_demo(config: str = "arm2", seconds: float = 5.0, seed: int = 0, out: str | Path = "out/demo",
+             robot_id: str = "demo-robot") -> DemoResult:
+    """Run the loop (see the module docstring); raises RuntimeError if the robot fails."""
+    model = TwinModel(load_config(config))
+    truth = draw_truth(model.cfg, model.robot, seed)
+    windows, chunk, chunks = stream_plan(model, seconds)
+    with tempfile.TemporaryDirectory(prefix="twin-bayes-demo-") as tmp:
+        tmp = Path(tmp)
+        write_truth(tmp / "truth.toml", truth)
+        settings = ServiceSettings({robot_id: model.cfg}, tmp / "telemetry.db", ANY_PORT, ANY_PORT, ANY_PORT,
+                                   worker=WorkerSettings(checkpoints=tmp / "checkpoints"))
+        service = TwinService(settings, {robot_id: model}).start()
+        robot = client = sub = None
+        try:
+            ep = service.endpoints
+            client = TwinClient(ep["query"], timeout_s=600.0, retries=0)
+            sub = Subscriber(ep["pub"], ("",), client)
+            robot = _start_robot(model, tmp / "truth.toml", ep["ingest"], robot_id, seed, chunk, chunks)
+            print(f"1/4  twin service on loopback ({ep['ingest']} ingest, {ep['pub']} PUB, {ep['query']} query); "
+                  f"emulated robot (`twin-bayes emulate`, pid {robot.pid}: native MuJoCo, hidden truth drawn from "
+                  f"the prior) streams {chunks * chunk * model.robot.dt:.1f} s at {1 / model.robot.dt:.0f} Hz in "
+                  f"real time: {windows} window(s) of {model.cfg.inference.window_s:g} s. The first update "
+                  "compiles (minutes on a cold cache) while:", flush=True)
+            _check_simulator(model)
+            print("3/4  live view until the last window is applied:", flush=True)
+            applied = service.worker.robots[robot_id]
+
+            def finished() -> bool:
+                failed = robot.poll() not in (None, 0)
+                return failed or bool(service.worker.error) or (robot.poll() == 0 and applied.windows >= windows)
+
+            watch(sub, out=sys.stdout, until=finished)
+            robot_out, robot_err = robot.communicate()
+            if robot.returncode != 0:
+                raise RuntimeError(f"emulated robot failed: {robot_err.strip()[-2000:]}")
+            if service.worker.error:
+                raise RuntimeError(f"service: {service.worker.error}")
+            print(f"     robot done: {robot_out.strip()}", flush=True)
+            print("4/4  posterior snapshot and a held-out prediction by query; HTML report ...", flush=True)
+            snap = client.snapshot(robot_id)
+            report = _report(model, client, snap, robot_id, truth, seed, Path(out))
+            return DemoResult(truth, dict(snap.extra["summary"]), applied.windows, report)
+        except KeyboardInterrupt:
+            print("\ninterrupted: stopping the robot, then the service (after the window in progress)",
+                  file=sys.stderr, flush=True)
+            raise
+        finally:
+            if robot is not None and robot.poll() is None:
+                robot.terminate()
+                robot.communicate()
+            for closable in (sub, client):
+                if closable is not None:
+                    closable.close()
+            service.stop()
