@@ -102,7 +102,8 @@ def test_demo_emulated_robot_through_the_service_to_the_report(tmp_path):
     robot = json.loads(out.split("robot done: ", 1)[1].splitlines()[0])
     assert robot["chunks"] == robot["acked"] == 6 and robot["rejected"] == 0   # 5 chunks fill the window, 1 closes it
     assert "posterior after 1 window(s)" in out
-    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+    table = out.split("truths inside the 90% interval", 1)[1]   # after the live view's tables
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines() if line.startswith("│")]
     rows = {c[0]: c[1:] for c in cells}   # truth, mean, 5%, 95%, covered
     assert set(rows) == set(load_config(cfg).parameters)
     for truth, mean, lo, hi, covered in rows.values():

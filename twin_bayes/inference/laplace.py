@@ -4,8 +4,9 @@ The target is log g(z) + Σ_b log p(window_b | z) in unconstrained space (D,),
 with g the window's prior (`smc.GaussianPrior`; the config's own prior when
 `g.exact`). Newton steps use the Hessian (exact by forward over reverse mode
 through the simulator; central differences of the exact gradient where MJX's
-constraint solver allows only forward sensitivities), damped Levenberg–Marquardt style on its eigenvalues so
-that steps stay uphill far from the mode. At the mode, N(mode, H⁻¹) is the
+constraint solver allows only forward sensitivities), damped
+Levenberg–Marquardt style on its eigenvalues so that steps stay uphill far
+from the mode. At the mode, N(mode, H⁻¹) is the
 Laplace approximation; draws from it (widened by `PROPOSAL_SCALE`) weighted by
 target / proposal are exact importance samples of the window posterior, and
 the mean of the unnormalised weights estimates the evidence p(window | past).
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from twin_bayes.inference.posterior import Particles, ess
-from twin_bayes.inference.smc import GaussianPrior, _log_prior, batch_log_lik
+from twin_bayes.inference.smc import GaussianPrior, window_log_prior, batch_log_lik
 from twin_bayes.models import TwinModel, Window
 
 # Proposal sd relative to the Laplace sd: heavier than the target, so weights stay bounded.
@@ -40,7 +41,7 @@ class Laplace(NamedTuple):
 
 
 def log_target(model: TwinModel, g: GaussianPrior, windows: Window, z):
-    return _log_prior(model, g, z) + batch_log_lik(model, z, windows)
+    return window_log_prior(model, g, z) + batch_log_lik(model, z, windows)
 
 
 # Relative step of the central differences of the gradient that give the Hessian where

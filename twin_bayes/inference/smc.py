@@ -60,7 +60,8 @@ def _gauss_logpdf(g: GaussianPrior, z):
     return -0.5 * y @ y - jnp.sum(jnp.log(jnp.diag(g.chol)))
 
 
-def _log_prior(model: TwinModel, g: GaussianPrior, z):
+def window_log_prior(model: TwinModel, g: GaussianPrior, z):
+    """log g(z) of unconstrained z (D,): the config's prior where `g.exact`, else the Gaussian."""
     return jnp.where(g.exact, model.log_prior(z), _gauss_logpdf(g, z))
 
 
@@ -70,7 +71,7 @@ def smc_stage(model: TwinModel, num_mcmc_steps: int, key, state, windows: Window
     """One adaptive tempering stage over all particles; windows carry a leading batch axis (B, ...)."""
     target_ess = model.cfg.inference.target_ess
     kernel = blackjax.adaptive_tempered_smc(
-        partial(_log_prior, model, g),
+        partial(window_log_prior, model, g),
         partial(batch_log_lik, model, windows=windows),
         blackjax.hmc.build_kernel(),
         blackjax.hmc.init,

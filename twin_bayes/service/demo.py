@@ -14,6 +14,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ ANY_PORT = "tcp://127.0.0.1:*"
 CHUNK_S = 0.1          # telemetry chunk length (s), as `twin-bayes emulate` sends by default
 HELD_OUT_S = 1.0       # length of the held-out prediction in the report (s)
 REPORT_DRAWS = 400     # posterior draws (resampled by weight) shown in the report
+SILENT_AFTER_S = 600.0  # the robot stops once its stream is sent; health should not call that a fault
 
 
 @dataclass
@@ -100,6 +102,7 @@ def run_demo(config: str = "arm2", seconds: float = 5.0, seed: int = 0, out: str
         tmp = Path(tmp)
         write_truth(tmp / "truth.toml", truth)
         settings = ServiceSettings({robot_id: model.cfg}, tmp / "telemetry.db", ANY_PORT, ANY_PORT, ANY_PORT,
+                                   silent_after_s=SILENT_AFTER_S,
                                    worker=WorkerSettings(checkpoints=tmp / "checkpoints"))
         service = TwinService(settings, {robot_id: model}).start()
         robot = client = sub = None
@@ -116,12 +119,19 @@ def run_demo(config: str = "arm2", seconds: float = 5.0, seed: int = 0, out: str
             _check_simulator(model)
             print("3/4  live view until the last window is applied:", flush=True)
             applied = service.worker.robots[robot_id]
+            done_at: list[float] = []
 
             def finished() -> bool:
-                failed = robot.poll() not in (None, 0)
-                return failed or bool(service.worker.error) or (robot.poll() == 0 and applied.windows >= windows)
+                """The robot failed, the service failed, or all windows are applied and one more
+                health message has had time to reach the view."""
+                if robot.poll() not in (None, 0) or service.worker.error:
+                    return True
+                if robot.poll() == 0 and applied.windows >= windows and not done_at:
+                    done_at.append(time.monotonic())
+                return bool(done_at) and time.monotonic() - done_at[0] > settings.health_every_s + 0.3
 
             watch(sub, out=sys.stdout, until=finished)
+            print(flush=True)   # the view's last line has no newline
             robot_out, robot_err = robot.communicate()
             if robot.returncode != 0:
                 raise RuntimeError(f"emulated robot failed: {robot_err.strip()[-2000:]}")

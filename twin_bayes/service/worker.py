@@ -135,9 +135,10 @@ class Worker:
     def _run(self) -> None:
         """Round-robin over robots with work: one window each per turn, so none starves."""
         ready: set[str | None] = set()
+        retaining = bool(self.settings.retain_chunks or self.settings.retain_versions)
         while True:
-            try:
-                ready.add(self.inbox.get(block=not ready))
+            try:  # with retention, wake up idle too: retention postponed by its interval is then due
+                ready.add(self.inbox.get(block=not ready, timeout=RETENTION_EVERY_S if retaining else None))
                 while True:
                     ready.add(self.inbox.get_nowait())
             except queue.Empty:
@@ -155,7 +156,7 @@ class Worker:
                     ready.discard(rid)
                 if self._stopping.is_set():
                     return
-            if self.settings.retain_chunks or self.settings.retain_versions:
+            if retaining:
                 self._retention()
 
     # --- checkpoints --------------------------------------------------------------------
