@@ -5,12 +5,9 @@
 
 Writes experiments/results/policy_arm2[_quick].json and .png.
 """
-import argparse
 import json
-import logging
 from pathlib import Path
 
-from twin_bayes.cli import _enable_cache
 from twin_bayes.policy import experiment
 from twin_bayes.policy.controller import initial_policy
 from twin_bayes.policy.optimize import Settings
@@ -21,12 +18,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None) -> dict:
-    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    args.add_argument("--quick", action="store_true")
-    quick = args.parse_args(argv).quick
-    _enable_cache()
-    logging.basicConfig(format="%(asctime)s %(message)s")
-    logging.getLogger("twin_bayes").setLevel(logging.INFO)
+    quick = experiment.script_args(__doc__.splitlines()[0], argv)
     task = arm2_task(load_robot("arm2"))
     truths, seeds = (ARM2_TRUTHS[1:2], [1]) if quick else (ARM2_TRUTHS, [1, 2])
     result = experiment.run_compare("arm2", task, initial_policy(task), truths, seeds,

@@ -5,12 +5,9 @@
 
 Writes experiments/results/policy_servo[_quick].json and .png.
 """
-import argparse
 import json
-import logging
 from pathlib import Path
 
-from twin_bayes.cli import _enable_cache
 from twin_bayes.policy import experiment
 from twin_bayes.policy.controller import initial_policy
 from twin_bayes.policy.optimize import Settings
@@ -21,12 +18,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None) -> dict:
-    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    args.add_argument("--quick", action="store_true")
-    quick = args.parse_args(argv).quick
-    _enable_cache()
-    logging.basicConfig(format="%(asctime)s %(message)s")
-    logging.getLogger("twin_bayes").setLevel(logging.INFO)
+    quick = experiment.script_args(__doc__.splitlines()[0], argv)
     task = servo_task(load_robot("servo_pendulum"))
     truths, seeds = (SERVO_TRUTHS[2:3], [1]) if quick else (SERVO_TRUTHS, [1])
     result = experiment.run_compare("servo_pendulum", task, initial_policy(task, task.q_ref), truths, seeds,

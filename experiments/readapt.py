@@ -7,12 +7,9 @@ Each episode is one 1 s run of the tracking task on the real (native MuJoCo)
 arm; its closed-loop telemetry is one twin window. Writes
 experiments/results/readapt[_quick].json and .png.
 """
-import argparse
 import json
-import logging
 from pathlib import Path
 
-from twin_bayes.cli import _enable_cache
 from twin_bayes.config import load_config
 from twin_bayes.inference import Twin
 from twin_bayes.policy import experiment
@@ -25,12 +22,7 @@ SETTINGS = Settings(learning_rate=0.2, clip=5.0)
 
 
 def main(argv=None) -> dict:
-    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    args.add_argument("--quick", action="store_true")
-    quick = args.parse_args(argv).quick
-    _enable_cache()
-    logging.basicConfig(format="%(asctime)s %(message)s")
-    logging.getLogger("twin_bayes").setLevel(logging.INFO)
+    quick = experiment.script_args(__doc__.splitlines()[0], argv)
     twin = Twin.from_config(load_config("arm2"))
     robot = twin.model.robot
     task = arm2_task(robot)

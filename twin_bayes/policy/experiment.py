@@ -8,6 +8,7 @@ posterior (resampled particles).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -26,6 +27,18 @@ from twin_bayes.policy.optimize import Settings, optimize
 from twin_bayes.sim.emulator import emulate
 
 log = logging.getLogger(__name__)
+
+
+def script_args(description: str, argv=None) -> bool:
+    """The experiment scripts' command line (`--quick`), compilation cache and progress logging; returns quick."""
+    from twin_bayes.cli import _enable_cache
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help="the short version")
+    quick = ap.parse_args(argv).quick
+    _enable_cache()
+    logging.basicConfig(format="%(asctime)s %(message)s")
+    logging.getLogger("twin_bayes").setLevel(logging.INFO)
+    return quick
 
 
 def nominal_thetas(model: TwinModel) -> jnp.ndarray:
