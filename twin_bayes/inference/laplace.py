@@ -32,11 +32,10 @@ DAMPINGS = (0.0, 0.01, 0.1, 1.0, 10.0)
 
 
 class Laplace(NamedTuple):
-    """mean (D,) the mode, chol (D, D) Cholesky of the covariance H⁻¹, log_target at the mode, Newton iterations."""
+    """mean (D,) the mode, chol (D, D) Cholesky of the covariance H⁻¹, Newton iterations taken."""
 
     mean: jnp.ndarray
     chol: jnp.ndarray
-    log_target: float
     iterations: int
 
 
@@ -116,7 +115,7 @@ def find_mode(model: TwinModel, z0, windows: Window, g: GaussianPrior, max_iter:
         damping = float(np.clip(damping * (DAMPINGS[best] if best else 0.01), 1e-9, 1e6))
     cov = jnp.linalg.inv(curv)
     chol = jnp.linalg.cholesky(0.5 * (cov + cov.T))
-    return Laplace(z, chol, float(value), it)
+    return Laplace(z, chol, it)
 
 
 @partial(jax.jit, static_argnums=0)

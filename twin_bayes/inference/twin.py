@@ -43,6 +43,7 @@ class UpdateReport:
     divergent: float = 0.0
     ess: float = 0.0
     surprise: float = float("nan")
+    newton_steps: int = 0
     drift: bool = False
     widened: bool = False
     latency_s: float = 0.0
@@ -156,6 +157,7 @@ class Twin:
             self._surprise = _Surprise()
         report = UpdateReport(False, "", old.version, "laplace-is", 1, 1.0, float("nan"), 0.0, ess, surprise,
                               drift, drift)
+        report.newton_steps = lap.iterations
         gauss = GaussianPrior(lap.mean, lap.chol, jnp.asarray(False))
         if not (inf.laplace and ess >= inf.target_ess * n):   # temper from draws of the window prior
             z0 = (self.model.sample_prior(self._next_key(), n) if bool(g.exact)
