@@ -155,9 +155,8 @@ class Twin:
             g = g._replace(exact=jnp.asarray(True))
             new, lap, windows, ess, _ = self._laplace_update(window, g, lap.mean)
             self._surprise = _Surprise()
-        report = UpdateReport(False, "", old.version, "laplace-is", 1, 1.0, float("nan"), 0.0, ess, surprise,
-                              drift, drift)
-        report.newton_steps = lap.iterations
+        report = UpdateReport(False, "", old.version, "laplace-is", stages=1, beta=1.0, ess=ess, surprise=surprise,
+                              newton_steps=lap.iterations, drift=drift, widened=drift)
         gauss = GaussianPrior(lap.mean, lap.chol, jnp.asarray(False))
         if not (inf.laplace and ess >= inf.target_ess * n):   # temper from draws of the window prior
             z0 = (self.model.sample_prior(self._next_key(), n) if bool(g.exact)
