@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from calibration import draw_truth  # noqa: E402
-from update import command, machine, setup_jax, windows_of  # noqa: E402
+from common import command, machine  # noqa: E402
+from update import setup_jax, windows_of  # noqa: E402
 
 
 def compare(stream, nuts, chains) -> dict:
@@ -87,7 +88,7 @@ def main(argv=None):
                      "agree": worst < 3.5, "parameters": per})
         print(f"seed {seed}: stream {t_stream:.1f} s, NUTS {t_nuts:.1f} s, max |Δmean| {worst:.2f} se, "
               f"sd ratios {[round(p['sd_ratio'], 2) for p in per.values()]}", flush=True)
-    out = {"benchmark": "agreement", "command": command(), "machine": machine(cache), "config": cfg.name,
+    out = {"benchmark": "agreement", "command": command(), "machine": machine(compilation_cache_dir=cache), "config": cfg.name,
            "settings": vars(args), "agree_all_seeds": all(r["agree"] for r in rows),
            "median_sd_ratio": float(np.median([p["sd_ratio"] for r in rows for p in r["parameters"].values()])),
            "seeds": rows}

@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from update import CompileMeter, command, machine, setup_jax, windows_of  # noqa: E402
+from common import command, machine  # noqa: E402
+from update import CompileMeter, setup_jax, windows_of  # noqa: E402
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -159,7 +160,7 @@ def main(argv=None):
     out = {
         "benchmark": "calibration",
         "command": command(),
-        "machine": machine(cache) | {"load_average_at_start": load_start},
+        "machine": machine(compilation_cache_dir=cache, load_average_at_start=load_start),
         "config": cfg.name,
         "settings": {"seeds": args.seeds, "first_seed": args.first_seed, "seconds": args.seconds,
                      "method": args.method, "engine": args.engine if args.method == "fit" else cfg.inference.engine,

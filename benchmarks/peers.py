@@ -59,7 +59,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from calibration import coverage_stats, draw_truth  # noqa: E402
-from update import CompileMeter, command, machine, setup_jax, windows_of  # noqa: E402
+from common import command, machine  # noqa: E402
+from update import CompileMeter, setup_jax  # noqa: E402
 
 NOISE = {"q": 0.002, "qd": 0.02}
 CASES = {
@@ -335,7 +336,7 @@ def main(argv=None):
     out = {
         "benchmark": "peers",
         "command": command(),
-        "machine": machine(cache) | {"load_average_at_start": load_start},
+        "machine": machine(compilation_cache_dir=cache, load_average_at_start=load_start),
         "config": cfg.name,
         "settings": {"seeds": args.seeds, "first_seed": args.first_seed, "cases": args.cases,
                      "sysid_variants": args.sysid_variants, "sysid_segment_steps": args.sysid_segment_steps,

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 import zmq
 
 import twin_bayes  # noqa: F401  (float64)
+from common import command, machine
 from twin_bayes.service import protocol
 from twin_bayes.service.emulate import EmulatedRobot
 from twin_bayes.service.robot_link import RobotLink
@@ -103,9 +102,8 @@ def main() -> None:
         a.seconds, a.chunks, a.repeats = 0.2, 40, 1
     load_before = os.getloadavg()[0]
     out = {
-        "command": " ".join([".venv/bin/python", *sys.argv]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "zmq": zmq.zmq_version()},
+        "command": command(),
+        "machine": machine(libzmq=zmq.zmq_version()),
         "emulator": {name: emulator(name, a.seconds, a.repeats) for name in a.robots},
         "link": {str(n): link(a.chunks, n, a.repeats) for n in (10, 50)},
         "loadavg_1min": [load_before, os.getloadavg()[0]],

@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -38,9 +36,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from common import REPO, command, machine
 
 from twin_bayes.config import load_config  # noqa: E402
 from twin_bayes.service import protocol  # noqa: E402
@@ -184,11 +180,10 @@ def main(argv=None) -> int:
             server.wait(timeout=600)
     r = np.asarray(rss)
     out = {
-        "benchmark": "service", "command": " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv]),
+        "benchmark": "service", "command": command(),
         "note": (f"short run of {args.seconds:.0f} s (the default is 600 s)" if args.seconds < 600
                  else "full 10-minute run"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": machine(),
         "setup": {"robots": ROBOTS, "config": "arm2 (1 s windows, 500 Hz, 32 particles)", "chunk_samples": CHUNK,
                   "in_flight": IN_FLIGHT, "store": "SQLite WAL, synchronous=FULL"},
         "loadavg_1min": {"start": load_start, "end": os.getloadavg()[0]},

@@ -45,7 +45,6 @@ import copy
 import importlib
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -56,7 +55,9 @@ import time
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, git_state, machine  # noqa: E402
+
 BATCHES = (64, 1024)
 # Forward rollouts per tangent direction of a forward-sensitivity gradient, to plan its horizon
 # (measured on CPU: about 9-14).
@@ -397,40 +398,6 @@ def bench_robot(name: str, args, batches) -> dict:
     return r
 
 
-def machine() -> dict:
-    jax = _setup_jax()
-    import brax
-    import jaxlib
-    import mujoco
-    dev = jax.devices()[0]
-    return {
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "mujoco": mujoco.__version__,
-        "brax": brax.__version__,
-        "device": f"{dev.platform}:{dev.device_kind}",
-        "x64": bool(jax.config.jax_enable_x64),
-        "compilation_cache": "disabled in the measuring processes (compile times are real)",
-        "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
-        "git": _git(),
-    }
-
-
-def _git() -> dict:
-    """The checkout measured: commit and whether twin_bayes/sim differs from it."""
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-    return {"commit": git("rev-parse", "HEAD"), "sim_modified": bool(git("status", "--porcelain", "twin_bayes/sim"))}
-
-
 def _fmt(x):
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
@@ -505,7 +472,9 @@ def main(argv=None) -> int:
     if Path(exe).absolute().is_relative_to(REPO):
         exe = os.path.relpath(exe)
     command = shlex.join([exe, os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else list(argv)))
-    out = {"machine": machine(), "command": command,
+    _setup_jax()
+    out = {"machine": machine(compilation_cache="disabled in the measuring processes (compile times are real)",
+                              git=git_state("twin_bayes/sim")), "command": command,
            "settings": {"steps": args.steps, "repeats": args.repeats, "batches": batches,
                         "max_case_s": args.max_case_s, "idle_s": args.idle_s, "chunk": args.chunk,
                         "seed": args.seed, "quick": args.quick},

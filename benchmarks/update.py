@@ -33,19 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from common import REPO, command, machine
 
 
 def setup_jax():
@@ -94,41 +88,6 @@ class CompileMeter:
         out["total_s"] = out["trace_s"] + out["lower_s"] + out["compile_s"] + out["cache_load_s"]
         self.reset()
         return out
-
-
-def machine(cache_dir: str | None = None) -> dict:
-    import jax
-    import jaxlib
-    import mujoco
-    import numpyro
-    import blackjax
-    dev = jax.devices()[0]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "twin_bayes"], cwd=REPO, capture_output=True,
-                               text=True, timeout=10).stdout.strip() != ""
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "mujoco": mujoco.__version__,
-        "numpyro": numpyro.__version__, "blackjax": blackjax.__version__,
-        "device": f"{dev.platform}:{dev.device_kind}",
-        "x64": bool(jax.config.jax_enable_x64),
-        "compilation_cache_dir": cache_dir,
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
-        "git_commit": commit, "twin_bayes_modified_vs_commit": dirty,
-        "load_average_1_5_15_min": list(os.getloadavg()),
-        "note": "load average > cpu_count means other processes shared the CPU: timings are inflated",
-    }
-
-
-def command() -> str:
-    return " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
 
 
 def with_particles(cfg, n: int):
@@ -256,7 +215,7 @@ def main(argv=None):
     out = {
         "benchmark": "update",
         "command": command(),
-        "machine": machine(cache) | {"load_average_at_start": load_start},
+        "machine": machine(compilation_cache_dir=cache, load_average_at_start=load_start),
         "config": cfg.name,
         "settings": {"engine": cfg.inference.engine, "window_s": cfg.inference.window_s,
                      "window_samples": T, "dt": model.robot.dt, "segment_steps": cfg.inference.segment_steps,
