@@ -1,4 +1,4 @@
-"""`twin-bayes` command line: demo | check-sim | fit | evaluate | report, plus the commands of
+"""`twin-bayes` command line: demo | check-sim | fit | fit-fleet | evaluate | report, plus the commands of
 the modules in `COMMAND_MODULES` (each has `register(subparsers) -> {name: handler}`)."""
 from __future__ import annotations
 
@@ -135,6 +135,42 @@ def cmd_fit(args) -> int:
     return 0
 
 
+# --- fit-fleet -------------------------------------------------------------------------------
+def cmd_fit_fleet(args) -> int:
+    """NUTS over a fleet of robots of one design: per-robot posteriors around a population ([fleet] section)."""
+    import jax
+
+    from twin_bayes import Twin
+    from twin_bayes.config import load_config
+    from twin_bayes.inference.fleet import check_robot_ids, fit_fleet, save_fleet
+    from twin_bayes.models import FleetModel, TwinModel
+    cfg = load_config(args.config)
+    short = [r[0] for r in args.robot if len(r) < 2]
+    if short:
+        raise ValueError(f"--robot {short[0]}: give the robot id, then its data file(s)")
+    ids = [r[0] for r in args.robot]
+    check_robot_ids(ids)
+    fleet = FleetModel(TwinModel(cfg), len(ids))
+    twin = Twin(cfg, fleet.model)
+    windows = [[w for tr in _read(r[1:]) for w in _windows(twin, tr)] for r in args.robot]
+    empty = [i for i, ws in zip(ids, windows) if not ws]
+    if empty:
+        raise ValueError(f"--robot {empty[0]}: no window of at least {fleet.model.segment_steps + 1} samples "
+                         "in its data")
+    start = time.perf_counter()
+    fit = fit_fleet(fleet, jax.random.PRNGKey(cfg.inference.seed), ids, windows, args.warmup, args.samples, args.chains)
+    head = {"config": str(cfg.source), "engine": "nuts-fleet", "hierarchical": list(fleet.hierarchical),
+            "data": {r[0]: r[1:] for r in args.robot}, "wall_time_s": time.perf_counter() - start}
+    summary = save_fleet(fit, args.out, head)
+    cols = ("mean", "sd", "q05", "q95", "r_hat")
+    rows = [(n, "population", *(v[k] for k in cols)) for n, v in summary["population"].items()]
+    rows += [(n, robot, *(v[k] for k in cols)) for robot, s in summary["robots"].items() for n, v in s.items()]
+    _print(summary, args.json, _param_table(f"fleet posterior ({len(ids)} robots, {head['wall_time_s']:.1f} s) "
+                                            f"-> {args.out}", rows, ["parameter", "robot", "mean", "sd", "5%",
+                                                                     "95%", "r_hat"]))
+    return 0
+
+
 # --- evaluate ------------------------------------------------------------------------------
 def evaluate_trajectory(twin, traj, draws_per_particle: int = 8) -> dict:
     """Predict a whole recording from its first state under its commands; score against it."""
@@ -216,6 +252,15 @@ def main(argv=None) -> int:
     f.add_argument("--warmup", type=int, default=300)
     f.add_argument("--samples", type=int, default=300)
     f.add_argument("--json", action="store_true")
+    ff = sub.add_parser("fit-fleet", help="hierarchical posterior of a fleet of robots of one design (NUTS)")
+    ff.add_argument("--config", required=True, help="twin config with a [fleet] section")
+    ff.add_argument("--robot", nargs="+", action="append", required=True, metavar=("ID", "FILE"),
+                    help="a robot id and its recordings; repeat for each robot")
+    ff.add_argument("--out", required=True)
+    ff.add_argument("--warmup", type=int, default=300)
+    ff.add_argument("--samples", type=int, default=300)
+    ff.add_argument("--chains", type=int, default=2)
+    ff.add_argument("--json", action="store_true")
     e = sub.add_parser("evaluate", help="predict recordings from their first state; MAE, band coverage, CRPS")
     e.add_argument("--config", required=True)
     e.add_argument("--posterior", required=True)
@@ -224,8 +269,8 @@ def main(argv=None) -> int:
     r = sub.add_parser("report", help="HTML report of a fitted posterior")
     r.add_argument("--posterior", required=True)
     r.add_argument("--out", required=True)
-    commands = {"demo": cmd_demo, "check-sim": cmd_check_sim, "fit": cmd_fit, "evaluate": cmd_evaluate,
-                "report": cmd_report}
+    commands = {"demo": cmd_demo, "check-sim": cmd_check_sim, "fit": cmd_fit, "fit-fleet": cmd_fit_fleet,
+                "evaluate": cmd_evaluate, "report": cmd_report}
     for module in COMMAND_MODULES:
         commands.update(importlib.import_module(module).register(sub))
     args = p.parse_args(argv)

@@ -104,6 +104,21 @@ class InferenceSection(_Strict):
         return self
 
 
+class FleetSection(_Strict):
+    """Hierarchical priors for a fleet of robots of this design (`twin_bayes.models.fleet`).
+
+    `hierarchical`: estimated parameters that differ from robot to robot around a
+    population location (which keeps the parameter's own prior); `spread_scale`:
+    scale of the half-normal prior on each population spread, in the parameter's
+    unconstrained units (for a lognormal prior the sd of log(value) across robots:
+    0.1 ≈ robots differ by about 10 %). Other parameters and the noise scales are
+    shared by the fleet.
+    """
+
+    hierarchical: tuple[str, ...] = Field(min_length=1)
+    spread_scale: float = Field(0.1, gt=0)
+
+
 class TwinConfig(_Strict):
     name: str
     robot: RobotSection
@@ -111,6 +126,7 @@ class TwinConfig(_Strict):
     settings: dict[str, float] = {}
     observation: ObservationSection = ObservationSection()
     inference: InferenceSection = InferenceSection()
+    fleet: FleetSection | None = None
     source: Path | None = None
 
     def load_robot(self) -> Robot:
@@ -161,12 +177,25 @@ def parse_config(data: dict, source: Path | None = None) -> TwinConfig:
                               "truncnormal (low >= 0) or uniform, not normal")
         if spec.dist in ("truncnormal", "uniform") and positive and spec.low < 0:
             raise ConfigError(f"{where}: parameters.{name}: a positive quantity needs low >= 0, got {spec.low}")
+    if cfg.fleet is not None:
+        _check_fleet(cfg.fleet, list(cfg.parameters), where)
     steps = cfg.inference.window_s / robot.dt
     if steps < cfg.inference.segment_steps:
         raise ConfigError(f"{where}: inference.window_s: {cfg.inference.window_s} s holds {steps:.0f} steps of "
                           f"{robot.dt} s, fewer than one segment (inference.segment_steps = "
                           f"{cfg.inference.segment_steps})")
     return cfg
+
+
+def _check_fleet(fleet: FleetSection, estimated: list[str], where: str) -> None:
+    """Hierarchical names must be estimated parameters, each named once."""
+    unknown = [n for n in fleet.hierarchical if n not in estimated]
+    if unknown:
+        raise ConfigError(f"{where}: fleet.hierarchical: {unknown} are not estimated parameters "
+                          f"(the [parameters] section estimates {estimated})")
+    repeated = sorted({n for n in fleet.hierarchical if fleet.hierarchical.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{where}: fleet.hierarchical: {repeated} named more than once")
 
 
 def load_config(path: str | Path) -> TwinConfig:

@@ -1,20 +1,36 @@
-"""The real XL330 servo pendulum (../shared/data/bam_xl330): friction model classes and a short fit.
+"""The real XL330 servo pendulum (../shared/data/bam_xl330): friction model classes, whole-log fits, model error.
 
-Skipped where the logs are absent. The full study is `experiments/xl330_real.py`.
+Skipped where the logs are absent (the model-error estimate on synthetic paths runs everywhere).
+The full study is `experiments/xl330_real.py`.
 """
 
+import jax
 import numpy as np
 import pytest
 
 from twin_bayes import Twin
-from twin_bayes.cli import _windows, evaluate_trajectory
+from twin_bayes.cli import evaluate_trajectory
 from twin_bayes.config import load_config
 from twin_bayes.data import read_trajectory
 from twin_bayes.data.shared import bam_logs
+from twin_bayes.inference import whole_log
+from twin_bayes.inference.discrepancy import ar1_paths, fit_model_error
 from twin_bayes.sim.actuators import SERVO_TORQUE_OFF
 from twin_bayes.sim.native import native_rollout
 
-pytestmark = pytest.mark.skipif(not bam_logs(kp=400), reason="XL330 logs (../shared/data/bam_xl330) absent")
+needs_logs = pytest.mark.skipif(not bam_logs(kp=400), reason="XL330 logs (../shared/data/bam_xl330) absent")
+
+
+def test_model_error_estimate_recovers_sd_time_constant_and_gain_exponent():
+    dt, tau, sd, beta = 0.005, 1.5, 0.05, 0.6
+    kp = np.array([100.0, 200.0])
+    paths = [np.asarray(ar1_paths(jax.random.PRNGKey(i), np.array([sd * (k / 100.0) ** beta]),
+                               float(np.exp(-dt / tau)), (200, 1200, 1))) for i, k in enumerate(kp)]
+    settings = np.repeat(np.stack([kp, np.full(2, 7.4)], 1), 200, axis=0)
+    me = fit_model_error(np.concatenate(paths), np.ones((400, 1200)), settings, dt)
+    assert me.scale([100.0, 7.4])[0] == pytest.approx(sd, rel=0.1)
+    assert me.time_const_s == pytest.approx(tau, rel=0.2)
+    assert me.gain[0] == pytest.approx(beta, abs=0.1) and me.gain[1] == 0.0   # vin did not vary
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +40,7 @@ def logs():
     return fit, test
 
 
+@needs_logs
 def test_richest_friction_class_matches_native_mujoco_and_opposes_motion(logs):
     _, test = logs
     robot = load_config("xl330_load").load_robot()
@@ -46,17 +63,35 @@ def test_richest_friction_class_matches_native_mujoco_and_opposes_motion(logs):
     assert float(robot.actuator.torque(*off, act)[0]) < 0.0             # friction alone
 
 
-@pytest.mark.slow   # an SVI compile through 200-step shooting segments: minutes on 2 cores
-def test_short_fit_on_real_log_predicts_held_out_gain_better_than_the_prior(logs):
+@needs_logs
+def test_short_whole_log_fit_beats_the_prior_on_a_held_out_log_and_its_bands_widen_with_model_error(logs):
     fit, test = logs
-    cfg = load_config("xl330_coulomb")
-    twin = Twin(cfg)
-    windows = _windows(twin, fit)[:3]
-    short = test.window(0, 401)                     # its first 2 s
+    twin = Twin(load_config("xl330_coulomb"))
+    rec = whole_log.stack(twin.model, [fit.window(0, 401)])       # the first 2 s of one kp = 100 log
+    short = test.window(0, 401)
     before = evaluate_trajectory(twin, short, draws_per_particle=2)
-    twin.fit(windows, engine="svi", steps=150, num_draws=32)
+    res = whole_log.fit(twin.model, rec, adam_steps=40, newton_steps=1)
+    twin.restore(whole_log.particles(res, jax.random.PRNGKey(0), 16), 1)
     after = evaluate_trajectory(twin, short, draws_per_particle=2)
-    assert after["mae_q"] < before["mae_q"]
+    assert after["mae_q"] < 0.85 * before["mae_q"]
+    assert res.temper > 10.0                                       # open-loop residuals are autocorrelated
+    twin.model_error = fit_model_error(res.residuals, rec.mask, rec.settings, twin.model.robot.dt)
+    banded = evaluate_trajectory(twin, short, draws_per_particle=2)
+    assert banded["coverage90"] > after["coverage90"]
+    assert 0.0 < twin.model_error.sd[0] < 0.5 and twin.model_error.time_const_s > 0.0
+
+
+@needs_logs
+@pytest.mark.slow   # the study's fit on all eight fit logs: minutes on 2 cores
+def test_whole_log_fit_beats_the_published_coulomb_viscous_mae_with_calibrated_bands():
+    twin = Twin(load_config("xl330_coulomb"))
+    fit_logs = [read_trajectory(p) for kp in (100, 200) for p in bam_logs(kp=kp)]
+    rec = whole_log.stack(twin.model, fit_logs)
+    res = whole_log.fit(twin.model, rec)
+    twin.restore(whole_log.particles(res, jax.random.PRNGKey(0), 32), 1)
+    twin.model_error = fit_model_error(res.residuals, rec.mask, rec.settings, twin.model.robot.dt)
+    scores = [evaluate_trajectory(twin, read_trajectory(p)) for p in bam_logs(kp=400)]
+    assert np.mean([s["mae_q"] for s in scores]) < 0.0631
+    assert 0.85 <= np.mean([s["coverage90"] for s in scores]) <= 0.97
     summary = twin.posterior.summary()
     assert 0.1 <= summary["servo_kt:servo"]["mean"] <= 3.0 and 0.5 <= summary["servo_R:servo"]["mean"] <= 5.0
-    assert np.isfinite(after["coverage90"]) and 0.0 <= after["coverage90"] <= 1.0

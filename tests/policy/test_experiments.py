@@ -2,9 +2,9 @@
 
 The real robot is native MuJoCo under a hidden truth the twin and the policy
 optimiser never see; the twin is fitted on one window of emulated telemetry.
-The full runs are `experiments/policy_arm2.py`, `policy_servo.py`, `readapt.py`. The servo
-pendulum's policy gradients are checked in test_gradients.py; its twin update compiles for too
-long on a 2-core CI machine for a short servo experiment here.
+The full runs are `experiments/policy_arm2.py`, `policy_servo.py`, `readapt.py`. The servo's
+real robot is the shipped MJCF (friction loss in MuJoCo's solver), its twin the smooth-friction
+`servo_twin_config`.
 """
 import json
 
@@ -17,21 +17,22 @@ from twin_bayes.models import TwinModel
 from twin_bayes.policy import experiment
 from twin_bayes.policy.controller import initial_policy
 from twin_bayes.policy.optimize import Settings, optimize
-from twin_bayes.policy.tasks import ARM2_TRUTHS, arm2_task
+from twin_bayes.policy.tasks import ARM2_TRUTHS, SERVO_TRUTHS, arm2_task, servo_task, servo_twin_config
+from twin_bayes.sim import load_robot
 
 SHORT = {"particles": 32, "window_s": 0.5, "mcmc_steps": 5}  # the inference tests' small arm2 twin
 ARM2_SETTINGS = Settings(learning_rate=0.2, clip=5.0)
+SERVO_SETTINGS = Settings(learning_rate=0.05, clip=5.0)
 
 
-def small(name: str):
-    cfg = load_config(name)
+def small(cfg):
     cfg = cfg.model_copy(update={"inference": cfg.inference.model_copy(update=SHORT)})
     return cfg, TwinModel(cfg)
 
 
 @pytest.fixture(scope="module")
 def arm2():
-    cfg, model = small("arm2")
+    cfg, model = small(load_config("arm2"))
     task = arm2_task(model.robot, seconds=0.3, knots=5, scale=0.3)
     return cfg, model, task
 
@@ -42,6 +43,16 @@ def arm2_result(arm2):
     return experiment.compare(lambda: Twin(cfg, model), task, initial_policy(task), ARM2_TRUTHS[2:3], [1],
                               fit_windows=1, train_particles=4, nominal_steps=150, adapt_steps=20,
                               settings=ARM2_SETTINGS, real_seeds=2)
+
+
+@pytest.fixture(scope="module")
+def servo_result():
+    """The hidden servo with the weakest motor and most friction; a swing of 0.3 s (0 → 1.3 rad)."""
+    cfg, model = small(servo_twin_config())
+    task = servo_task(model.robot, seconds=0.3, knots=5)
+    return experiment.compare(lambda: Twin(cfg, model), task, initial_policy(task, task.q_ref), SERVO_TRUTHS[2:3],
+                              [1], fit_windows=1, train_particles=4, nominal_steps=100, adapt_steps=20,
+                              settings=SERVO_SETTINGS, real_seeds=2, real_robot=load_robot("servo_pendulum"))
 
 
 def check_result(result):
@@ -64,6 +75,16 @@ def test_arm2_posterior_policy_beats_nominal_on_the_real_arm(arm2_result):
     # the nominal optimiser expected far less than the real arm with its payload gives
     assert scores["nominal"]["expected_by_its_optimiser"] < scores["nominal"]["real_mean"]
 
+
+def test_servo_posterior_policy_beats_nominal_on_the_real_servo(servo_result):
+    scores = check_result(servo_result)
+    print({k: (v["real_mean"], v["predicted_q05"], v["predicted_q95"]) for k, v in scores.items()})
+    assert scores["posterior"]["real_mean"] < 0.5 * min(scores["nominal"]["real_mean"],
+                                                        scores["uniform_dr"]["real_mean"])
+    # the smooth-friction twin predicts the posterior policy's cost on the real servo to within 20 %
+    post = scores["posterior"]
+    assert abs(post["real_mean"] - post["predicted_mean"]) < 0.2 * post["real_mean"]
+    assert scores["nominal"]["expected_by_its_optimiser"] < scores["nominal"]["real_mean"]
 
 def test_readaptation_recovers_after_the_payload_grows(arm2):
     cfg, model, task = arm2

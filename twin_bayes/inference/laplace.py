@@ -2,11 +2,11 @@
 
 The target is log g(z) + Σ_b log p(window_b | z) in unconstrained space (D,),
 with g the window's prior (`smc.GaussianPrior`; the config's own prior when
-`g.exact`). Newton steps use the Hessian (exact by forward over reverse mode
-through the simulator; central differences of the exact gradient where MJX's
-constraint solver allows only forward sensitivities), damped
-Levenberg–Marquardt style on its eigenvalues so that steps stay uphill far
-from the mode. At the mode, N(mode, H⁻¹) is the
+`g.exact`). Newton steps use the exact gradient and the Gauss–Newton
+curvature (`value_grad_curvature`: one forward-mode pass through the
+simulator, which every robot supports), damped Levenberg–Marquardt style on
+its eigenvalues so that steps stay uphill far from the mode. At the mode,
+N(mode, H⁻¹) is the
 Laplace approximation; draws from it (widened by `PROPOSAL_SCALE`) weighted by
 target / proposal are exact importance samples of the window posterior, and
 the mean of the unnormalised weights estimates the evidence p(window | past).
@@ -71,16 +71,42 @@ def value_grad_hessian(f, z, exact: bool):
     return value, grad, 0.5 * (hess + hess.T)
 
 
+def value_grad_curvature(model: TwinModel, g: GaussianPrior, windows: Window, z):
+    """log target at z (D,), its gradient (D,) and its Gauss–Newton Hessian (D, D).
+
+    One forward-mode pass (D tangents) through the simulator gives the
+    segment predictions and their Jacobian in z. The target with the
+    predictions linearised at z has the same value and gradient at z, and its
+    Hessian, cheap because no simulator is inside, is exact in the prior, the
+    noise scales and the likelihood's dependence on the predictions. It leaves
+    out only the simulator's own second derivatives weighted by the residuals,
+    small near a mode that fits; the importance weights correct what is left.
+    """
+    def predict(x):
+        return jax.vmap(model.segment_predictions, in_axes=(None, 0))(x, windows)
+
+    pred, tangent = jax.linearize(predict, z)
+    jac = jax.vmap(tangent, out_axes=-1)(jnp.eye(z.shape[0]))     # each leaf (..., D)
+
+    def linearised(x):
+        q, qd = jax.tree.map(lambda p, j: p + j @ (x - z), pred, jac)
+        ll = jax.vmap(model.segment_log_lik, in_axes=(None, 0, 0, 0))(x, q, qd, windows)
+        return window_log_prior(model, g, x) + jnp.sum(ll)
+
+    value, grad = jax.value_and_grad(linearised)(z)
+    return value, grad, jax.hessian(linearised)(z)
+
+
 @partial(jax.jit, static_argnums=0)
 def newton_step(model: TwinModel, z, damping, windows: Window, g: GaussianPrior):
     """Damped Newton steps from z (D,): (value at z, trial points (K, D), their values (K,), curvature (D, D)).
 
-    The curvature is −∇² log target with eigenvalues reflected to positive
+    The curvature is the Gauss–Newton −∇² log target with eigenvalues reflected to positive
     (|λ|, floored), so every trial step is an ascent direction; trial k adds
     `damping` × DAMPINGS[k] × the largest eigenvalue to the curvature.
     """
     f = partial(log_target, model, g, windows)
-    value, grad, hess = value_grad_hessian(f, z, exact=model.robot.grad_mode == "reverse")
+    value, grad, hess = value_grad_curvature(model, g, windows, z)
     lam, vec = jnp.linalg.eigh(-hess)
     lam = jnp.maximum(jnp.abs(lam), 1e-8 * jnp.max(jnp.abs(lam)) + 1e-12)
     damp = damping * jnp.asarray(DAMPINGS)[:, None] * jnp.max(lam)

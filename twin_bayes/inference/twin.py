@@ -14,6 +14,7 @@ import numpy as np
 from twin_bayes.config import TwinConfig, load_config
 from twin_bayes.inference import batch
 from twin_bayes.inference.posterior import Particles, Posterior
+from twin_bayes.inference.discrepancy import ModelError, add_model_error
 from twin_bayes.inference.predictive import Bands, bands
 from twin_bayes.inference.laplace import best_start, find_mode, importance_update
 from twin_bayes.inference.smc import GaussianPrior, gaussian_prior, tempered_update
@@ -99,6 +100,7 @@ class Twin:
         self._warm: batch.WarmStart | None = None
         self.pending: deque[Window] = deque(maxlen=8)
         self.last_batch: batch.BatchResult | None = None
+        self.model_error: ModelError | None = None     # added to predictions where set (inference.discrepancy)
         drift = [cfg.parameters[n].drift for n in self.model.param_names] + [0.0] * len(self.model.noise_names)
         self._drift = jnp.asarray(drift)
         self.posterior = self._posterior(self._particles, version=0)
@@ -291,8 +293,11 @@ class Twin:
         idx = self.posterior.resample(np.random.default_rng(self.posterior.version))
         z = self._particles.z[idx]
         key = self._next_key() if key is None else key
-        return bands(self.model, key, z, q0, qd0, commands,
-                     self.model.settings_vector(settings), quantiles, draws_per_particle)
+        settings = self.model.settings_vector(settings)
+        b = bands(self.model, key, z, q0, qd0, commands, settings, quantiles, draws_per_particle)
+        if self.model_error is None:
+            return b
+        return add_model_error(b, self.model_error, jax.random.fold_in(key, 1), settings, r.dt)
 
 
 def _changes(old: Posterior, new: Posterior) -> dict[str, dict[str, float]]:

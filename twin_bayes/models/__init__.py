@@ -1,4 +1,5 @@
-"""NumPyro models of twins: priors, multiple-shooting likelihood, noise."""
+"""NumPyro models of twins: priors, multiple-shooting likelihood, noise, hierarchical fleets."""
+from twin_bayes.models.fleet import FleetModel
 from twin_bayes.models.twin_model import TwinModel, Window, WindowError, prior_distribution
 
-__all__ = ["TwinModel", "Window", "WindowError", "prior_distribution"]
+__all__ = ["FleetModel", "TwinModel", "Window", "WindowError", "prior_distribution"]

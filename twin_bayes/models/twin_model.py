@@ -153,8 +153,19 @@ class TwinModel:
     def with_state_jacobian(self, w: Window, z_ref: jnp.ndarray) -> Window:
         return w._replace(state_jac=jax.lax.stop_gradient(state_jacobian_jit(self, z_ref, w)))
 
+    def segment_predictions(self, z: jnp.ndarray, w: Window) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Multiple-shooting predictions q (S, L, nq), qd (S, L, nv): each segment simulated from its
+        measured start state at parameters z (D,)."""
+        theta = self.theta(self.constrain(z), w.settings)
+        q0, qd0, u, _, _ = self._segments(w)
+        return shoot(self.robot, theta, q0, qd0, u, self.history, free=self.free_idx, state_grad=False)
+
     def log_lik(self, z: jnp.ndarray, w: Window) -> jnp.ndarray:
-        """Multiple-shooting log-likelihood of window w.
+        """Multiple-shooting log-likelihood of window w at parameters z (D,)."""
+        return self.segment_log_lik(z, *self.segment_predictions(z, w), w)
+
+    def segment_log_lik(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, w: Window) -> jnp.ndarray:
+        """Log-likelihood of window w given its segment predictions q (S, L, nq), qd (S, L, nv).
 
         Each segment is simulated from its measured start state. That state is
         noisy too (same sensor noise as the observations), so each segment's
@@ -165,9 +176,7 @@ class TwinModel:
         """
         r = self.robot
         values = self.constrain(z)
-        theta = self.theta(values, w.settings)
-        q0, qd0, u, q_tgt, qd_tgt = self._segments(w)
-        q, qd = shoot(r, theta, q0, qd0, u, self.history, free=self.free_idx, state_grad=False)
+        _, _, _, q_tgt, qd_tgt = self._segments(w)
         n, L = q.shape[0], self.segment_steps
         noise = self.noise(values)
         var_col = jnp.concatenate([jnp.full(r.nq if c == "q" else r.nv, noise[c] ** 2) for c in self.channels])

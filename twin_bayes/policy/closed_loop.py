@@ -3,8 +3,8 @@
 `twin_rollout` runs inside the Brax twin (MJX pipeline under `lax.scan`,
 differentiable in the policy); `real_rollout` runs the same controller on native
 MuJoCo with the robot's hidden true parameters and sensor noise (the "real
-robot"). Command latency is not modelled in the loop (the shipped twins do not
-estimate it). Sensor bias is: the controller sees q + bias, as the robot does.
+robot"). Both delay each command by the task's `delay` control steps (command
+latency). Sensor bias is: the controller sees q + bias, as the robot does.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ def twin_rollout(robot: Robot, theta, policy: Policy, task: Task, sensor_noise=N
     """Closed loop on the twin with parameters theta (P,): q (T, nu), qd (T, nu), u (T, nu).
 
     q, qd are the actuated joints' true state after each step; u the commands
-    sent. `sensor_noise` (eq (T, nu), eqd (T, nu)), if given, is added to
-    what the controller measures.
+    sent, each acting `task.delay` steps later (the scan carries the commands
+    sent so far, (T, nu)). `sensor_noise` (eq (T, nu), eqd (T, nu)), if given,
+    is added to what the controller measures.
     """
     sys = system(robot, theta)
     bias = robot.layout.sensor_bias(theta)
@@ -34,18 +35,23 @@ def twin_rollout(robot: Robot, theta, policy: Policy, task: Task, sensor_noise=N
     qadr, dofadr = robot.layout.act_qadr, robot.layout.act_dofadr
     kp, kd = gains(policy, task)
 
-    def step(state, xs):
-        ff, q_ref, qd_ref, eq, eqd = xs
+    def step(carry, xs):
+        state, sent = carry
+        t, ff, q_ref, qd_ref, eq, eqd = xs
         q, qd = state.q[qadr] + bias[qadr] + eq, state.qd[dofadr] + eqd
         u = command(ff, kp, kd, q_ref, qd_ref, q, qd)
-        tau = robot.actuator.torque(u, q, qd, act) if robot.actuator.needs_state else u
+        sent = sent.at[t].set(u)
+        acting = sent[jnp.maximum(t - task.delay, 0)]
+        tau = robot.actuator.torque(acting, q, qd, act) if robot.actuator.needs_state else acting
         state = pipeline.step(sys, state, tau)
-        return state, (state.q[qadr], state.qd[dofadr], u)
+        return (state, sent), (state.q[qadr], state.qd[dofadr], u)
 
     if sensor_noise is None:
         sensor_noise = (jnp.zeros_like(task.q_ref), jnp.zeros_like(task.qd_ref))
-    state = pipeline.init(sys, task.q0, task.qd0)
-    _, out = jax.lax.scan(step, state, (feedforward(policy, task), task.q_ref, task.qd_ref, *sensor_noise))
+    ff = feedforward(policy, task)
+    carry = (pipeline.init(sys, task.q0, task.qd0), jnp.zeros_like(ff))
+    xs = (jnp.arange(ff.shape[0]), ff, task.q_ref, task.qd_ref, *sensor_noise)
+    _, out = jax.lax.scan(step, carry, xs)
     return out
 
 
@@ -61,7 +67,8 @@ class Run(NamedTuple):
 
 def real_rollout(robot: Robot, truth, policy: Policy, task: Task, seed: int = 0,
                  noise: dict[str, float] | None = None) -> Run:
-    """The controller on native MuJoCo under `truth` ({name: value} or (P,)), with Gaussian sensor noise.
+    """The controller on native MuJoCo under `truth` ({name: value} or (P,)), with Gaussian sensor noise;
+    each command acts `task.delay` steps after it is sent.
 
     `noise` holds the sd of q (rad) and qd (rad/s) readings (default 0.002, 0.02).
     """
@@ -75,6 +82,7 @@ def real_rollout(robot: Robot, truth, policy: Policy, task: Task, seed: int = 0,
     ff = np.asarray(feedforward(policy, task))
     kp, kd = (np.asarray(g) for g in gains(policy, task))
     q_ref, qd_ref = np.asarray(task.q_ref), np.asarray(task.qd_ref)
+    delay = int(task.delay)
     rng = np.random.default_rng(seed)
     d.qpos[:], d.qvel[:] = np.asarray(task.q0), np.asarray(task.qd0)
     run = Run(*(np.empty(ff.shape) for _ in Run._fields))
@@ -82,7 +90,8 @@ def real_rollout(robot: Robot, truth, policy: Policy, task: Task, seed: int = 0,
         q = d.qpos[qadr] + bias[qadr] + rng.normal(0.0, noise.get("q", 0.0), ff.shape[1])
         qd = d.qvel[dofadr] + rng.normal(0.0, noise.get("qd", 0.0), ff.shape[1])
         run.u[t] = command(ff[t], kp, kd, q_ref[t], qd_ref[t], q, qd)
-        tau = robot.actuator.torque(run.u[t], q, qd, act) if robot.actuator.needs_state else run.u[t]
+        acting = run.u[max(t - delay, 0)]
+        tau = robot.actuator.torque(acting, q, qd, act) if robot.actuator.needs_state else acting
         d.ctrl[:] = np.asarray(tau)
         mujoco.mj_step(m, d)
         run.q[t], run.qd[t], run.q_meas[t], run.qd_meas[t] = d.qpos[qadr], d.qvel[dofadr], q, qd

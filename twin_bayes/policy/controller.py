@@ -22,7 +22,9 @@ class Task(NamedTuple):
     basis (T, K) interpolates the K feedforward knots onto the T control steps;
     kp_max, kd_max (nu,) bound the feedback gains (command units per rad, per
     rad/s); q_scale (nu,) (rad) normalises the tracking error; effort (scalar)
-    weights the mean squared command.
+    weights the mean squared command. delay (int scalar): command latency in
+    control steps, the command computed at step t acts at step t + delay (the
+    first one also before that); traced, so every delay shares one kernel.
     """
 
     q_ref: Array
@@ -34,6 +36,7 @@ class Task(NamedTuple):
     kd_max: Array
     q_scale: Array
     effort: Array
+    delay: Array
 
 
 class Policy(NamedTuple):
@@ -44,7 +47,7 @@ class Policy(NamedTuple):
     raw_kd: Array
 
 
-def make_task(q_ref, qd_ref, q0, knots: int, kp_max, kd_max, q_scale, effort: float = 0.0) -> Task:
+def make_task(q_ref, qd_ref, q0, knots: int, kp_max, kd_max, q_scale, effort: float = 0.0, delay: int = 0) -> Task:
     """A Task with a piecewise-linear feedforward basis of `knots` evenly spaced knots."""
     q_ref = np.asarray(q_ref, np.float64)
     T = q_ref.shape[0]
@@ -54,7 +57,7 @@ def make_task(q_ref, qd_ref, q0, knots: int, kp_max, kd_max, q_scale, effort: fl
     arr = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float64), (nu,))  # noqa: E731
     return Task(jnp.asarray(q_ref), jnp.asarray(qd_ref, jnp.float64), jnp.asarray(q0, jnp.float64),
                 jnp.zeros(len(q0)), jnp.asarray(basis), arr(kp_max), arr(kd_max), arr(q_scale),
-                jnp.asarray(effort, jnp.float64))
+                jnp.asarray(effort, jnp.float64), jnp.asarray(delay, jnp.int32))
 
 
 def initial_policy(task: Task, feedforward=None, gain_fraction: float = 0.5) -> Policy:

@@ -1,6 +1,10 @@
 """Sim-to-real experiments shared by `experiments/*.py`: which particles a policy trains on,
 fitting a twin on emulated telemetry, and scoring policies on the real (native MuJoCo) robot.
 
+The real robot is the shipped MJCF with the actuator model it declares; the
+twin's config may model it with another actuator class of the same parameter
+names (e.g. `tasks.servo_twin_config`), an approximation of the real robot.
+
 Three sources of training particles (each (N, P) full parameter vectors):
 nominal (the config's nominal values, N = 1), uniform domain randomisation
 (independent uniform draws over each prior's 5–95 % range) and the twin's
@@ -17,13 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from twin_bayes.config import load_config
+from twin_bayes.config import TwinConfig, load_config
 from twin_bayes.inference import Twin
 from twin_bayes.models import TwinModel
 from twin_bayes.policy.closed_loop import Run, real_cost, real_rollout
 from twin_bayes.policy.controller import Policy, Task, tracking_cost
 from twin_bayes.policy.objective import particle_costs_jit, predicted_costs
 from twin_bayes.policy.optimize import Settings, optimize
+from twin_bayes.sim import Robot, load_robot
 from twin_bayes.sim.emulator import emulate
 
 log = logging.getLogger(__name__)
@@ -74,25 +79,28 @@ def telemetry_window(run: Run) -> dict:
     return {"q": run.q_meas, "qd": run.qd_meas, "ctrl": run.u}
 
 
-def fit_twin(twin: Twin, truth: dict[str, float], seed: int, windows: int) -> list:
-    """Stream `windows` excitation windows of emulated telemetry under `truth` into twin; the update reports."""
+def fit_twin(twin: Twin, truth: dict[str, float], seed: int, windows: int, real_robot: Robot | None = None) -> list:
+    """Stream `windows` excitation windows of emulated telemetry from `real_robot` (default: the twin's)
+    under `truth` into twin; the update reports."""
     model = twin.model
     T = model.window_samples
-    traj = emulate(model.robot, truth, windows * (T - 1) * model.robot.dt, seed=seed, settings=twin.cfg.settings)
+    traj = emulate(real_robot or model.robot, truth, windows * (T - 1) * model.robot.dt, seed=seed,
+                   settings=twin.cfg.settings)
     return [twin.update({"q": traj.q[k * (T - 1):k * (T - 1) + T], "qd": traj.qd[k * (T - 1):k * (T - 1) + T],
                          "ctrl": traj.ctrl[k * (T - 1):k * (T - 1) + T]}) for k in range(windows)]
 
 
 def score(twin: Twin, truth: dict[str, float], policy: Policy, task: Task, seeds, particles: int = 32,
-          noise: dict[str, float] | None = None) -> dict:
-    """Real tracking cost over `seeds` (sensor-noise draws) and the cost the twin's posterior predicts.
+          noise: dict[str, float] | None = None, real_robot: Robot | None = None) -> dict:
+    """Real tracking cost over `seeds` (sensor-noise draws) on `real_robot` (default: the twin's)
+    and the cost the twin's posterior predicts.
 
     The prediction runs each posterior particle with its own sensor-noise draw;
     `predicted_q05/q95` bound 90 % of it.
     """
     robot = twin.model.robot
     truth = {**truth, **twin.cfg.settings}
-    real = [real_cost(robot, truth, policy, task, seed=s, noise=noise) for s in seeds]
+    real = [real_cost(real_robot or robot, truth, policy, task, seed=s, noise=noise) for s in seeds]
     thetas, noise_sd = posterior_draws(twin, particles, seed=int(seeds[0]))
     pred = np.asarray(predicted_costs(robot, jax.random.PRNGKey(int(seeds[0])), thetas, noise_sd, policy, task))
     q05, q95 = np.quantile(pred, [0.05, 0.95])
@@ -103,15 +111,18 @@ def score(twin: Twin, truth: dict[str, float], policy: Policy, task: Task, seeds
 
 def compare(twin_factory, task: Task, init: Policy, truths: list[dict], seeds: list[int], fit_windows: int = 2,
             train_particles: int = 8, nominal_steps: int = 150, adapt_steps: int = 40,
-            settings: Settings = Settings(), cvar_alpha: float = 0.25, real_seeds: int = 3) -> dict:
+            uniform_steps: int | None = None, settings: Settings = Settings(), cvar_alpha: float = 0.25,
+            real_seeds: int = 3, real_robot: Robot | None = None) -> dict:
     """Policies from the nominal model, uniform DR and each fitted posterior (mean and CVaR), scored on the real robot.
 
     `twin_factory()` gives a fresh Twin (one compiled model shared by all).
     The nominal policy is optimised from `init` for `nominal_steps`; the
-    others start from it (warm start) and take `adapt_steps`. For every truth
-    and seed a twin is fitted on `fit_windows` windows of emulated telemetry
+    others start from it (warm start) and take `adapt_steps` (the uniform-DR
+    policy, trained once for all truths, `uniform_steps`, default the same).
+    For every truth and seed a twin is fitted on `fit_windows` windows of emulated telemetry
     (data seed `seed`) and every policy runs `real_seeds` times on the real
-    robot (sensor-noise seeds 1000·seed + r).
+    robot (sensor-noise seeds 1000·seed + r). `real_robot` emulates the
+    telemetry and runs the policies (default: the twin's robot).
     """
     twin = twin_factory()
     model, robot = twin.model, twin.model.robot
@@ -119,12 +130,13 @@ def compare(twin_factory, task: Task, init: Policy, truths: list[dict], seeds: l
     nominal, nominal_hist = optimize(robot, nominal_th, init, task, nominal_steps, settings)
     log.info("nominal policy: objective %.4g -> %.4g", nominal_hist[0], nominal_hist[-1])
     uniform_th = uniform_thetas(model, jax.random.PRNGKey(0), train_particles)
-    uniform, uniform_hist = optimize(robot, uniform_th, nominal, task, adapt_steps, settings)
+    uniform_steps = adapt_steps if uniform_steps is None else uniform_steps
+    uniform, uniform_hist = optimize(robot, uniform_th, nominal, task, uniform_steps, settings)
     runs = []
     for i, truth in enumerate(truths):
         for seed in seeds:
             twin = twin_factory()
-            reports = fit_twin(twin, truth, seed, fit_windows)
+            reports = fit_twin(twin, truth, seed, fit_windows, real_robot)
             post_th, _ = posterior_draws(twin, train_particles, seed)
             posterior, post_hist = optimize(robot, post_th, nominal, task, adapt_steps, settings)
             risk_averse, _ = optimize(robot, post_th, nominal, task, adapt_steps, settings, cvar_alpha)
@@ -133,7 +145,7 @@ def compare(twin_factory, task: Task, init: Policy, truths: list[dict], seeds: l
             real = [1000 * seed + r for r in range(real_seeds)]
             scores = {}
             for name, (policy, train_th) in policies.items():
-                scores[name] = score(twin, truth, policy, task, real)
+                scores[name] = score(twin, truth, policy, task, real, real_robot=real_robot)
                 expected = particle_costs_jit(robot, train_th, policy, task)
                 scores[name]["expected_by_its_optimiser"] = float(np.mean(expected))
             log.info("truth %d seed %d: real cost %s", i, seed,
@@ -147,7 +159,8 @@ def compare(twin_factory, task: Task, init: Policy, truths: list[dict], seeds: l
                    "real_within_predicted_90": float(np.mean([s["real_within_predicted_90"] for s in v]))}
                for n, v in per_run.items()}
     return {"truths": truths, "seeds": seeds, "fit_windows": fit_windows, "train_particles": train_particles,
-            "nominal_steps": nominal_steps, "adapt_steps": adapt_steps, "cvar_alpha": cvar_alpha,
+            "nominal_steps": nominal_steps, "adapt_steps": adapt_steps, "uniform_steps": uniform_steps,
+            "cvar_alpha": cvar_alpha,
             "optimizer": {"adam_learning_rate": settings.learning_rate, "clip_global_norm": settings.clip},
             "nominal_objective_start_end": [float(nominal_hist[0]), float(nominal_hist[-1])],
             "uniform_objective_start_end": [float(uniform_hist[0]), float(uniform_hist[-1])],
@@ -250,12 +263,14 @@ def write_result(result: dict, name: str, directory) -> Path:
     return directory / name
 
 
-def run_compare(config: str, task: Task, init: Policy, truths: list[dict], seeds: list[int], name: str,
-                title: str, directory, **kwargs) -> dict:
-    """`compare` on the shipped config, written to directory/name.json and .png."""
-    cfg = load_config(config)
+def run_compare(config: str | TwinConfig, task: Task, init: Policy, truths: list[dict], seeds: list[int],
+                name: str, title: str, directory, **kwargs) -> dict:
+    """`compare` with a twin config (a shipped name or a TwinConfig) on its real robot (the MJCF's own
+    actuator model), written to directory/name.json and .png."""
+    cfg = config if isinstance(config, TwinConfig) else load_config(config)
     model = TwinModel(cfg)
-    result = compare(lambda: Twin(cfg, model), task, init, truths, seeds, **kwargs)
+    result = compare(lambda: Twin(cfg, model), task, init, truths, seeds, real_robot=load_robot(cfg.robot.name),
+                     **kwargs)
     stem = write_result(result, name, directory)
     plot_compare(result, title, stem.with_suffix(".png"))
     return result

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 Array = jnp.ndarray
 
 # Dynamixel firmware: duty = g * kp * (goal - q), with g in 1/(rad * kp unit):
-# 4096 encoder ticks per turn, P gain scaled by 1/256 and duty by 1/885.
+# 4096 encoder ticks per turn, P gain scaled by 1/256 and duty by 1/885 (the XL330's PWM limit);
+# the published bam model of this servo uses the same g (≈ 2.88e-3) and a duty limit of 1.
 DYNAMIXEL_DUTY_PER_RAD_PER_KP = (4096.0 / (2.0 * jnp.pi)) / (256.0 * 885.0)
 # A servo goal at or above this (rad) means "torque off": the driver disconnects the motor, which
 # then gives no torque at all (no back-EMF braking either); friction still acts. Recordings mark
@@ -52,9 +53,13 @@ def dc_servo(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Arr
 
 # Friction inside the actuator torque uses a smooth sign, tanh(ω / ε) with ε in rad/s: the model then
 # has no constraint rows (MJX runs no solver, gradients are plain reverse mode) and stays
-# differentiable. It is explicit in MuJoCo's Euler step, stable while f/ε · dt / I < 2 (for the XL330
-# rig dt = 5 ms, I ≥ 0.0049 kg·m²: f up to 0.39 N·m).
-FRICTION_SIGN_VELOCITY = 0.2
+# differentiable. A small ε stands in for stiction (the published bam model clips the whole friction
+# budget to the torque that stops the joint within one step): with ε = 0.2 rad/s the servo crept
+# through friction on the kp = 400 plateaus where the real one stalls (held-out MAE 0.058 → 0.049 rad
+# at 0.05). It is explicit in MuJoCo's Euler step, smooth while f/ε · dt / I < 2 (XL330 rig: dt = 5 ms,
+# I ≈ 0.0069 kg·m², f up to 0.14 N·m); a larger f makes the sign chatter around ω = 0 with an
+# amplitude of at most f · dt / I rad/s (bounded, like a stick–slip limit cycle), not diverge.
+FRICTION_SIGN_VELOCITY = 0.05
 
 
 def _sign(qd: Array) -> Array:
@@ -80,6 +85,10 @@ def dc_servo_stribeck(command: Array, q: Array, qd: Array, p: Mapping[str, Array
 def dc_servo_load(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Array:
     """`dc_servo_stribeck` plus gearbox friction proportional to the motor torque it transmits:
     τ − (f_c + f_s · exp(−(ω/ω_s)²) + μ · |τ|) · tanh(ω/ε)  [N·m], μ dimensionless.
+
+    The published load-dependent class uses μ' · |τ_ext − τ| with τ_ext the gravity torque; the
+    actuator sees no external torque, and where the servo holds or slowly moves the load
+    |τ_ext − τ| ≈ 2 |τ|, so μ ≈ 2 μ' (published range μ' ∈ [0, 0.5]: μ ∈ [0, 1]).
     """
     tau = dc_servo(command, q, qd, p)
     friction = p["servo_friction_coulomb"] + _stribeck(qd, p) + p["servo_friction_load"] * jnp.abs(tau)

@@ -1,0 +1,145 @@
+"""Whole-recording fits: each recording simulated open loop from its first state under its commands.
+
+That is how a twin is judged on held-out recordings (`twin_bayes.cli.evaluate_trajectory`), and here
+it is also the objective: multiple shooting from measured states fits the one-step dynamics but never
+sees the error that accumulates over a recording. The likelihood of the open-loop position residuals
+e (R, T, nq) is Gaussian with its sd profiled out, ℓ(z) = −(N / 2κ) · log(Σ e² / N) over the N real
+samples, tempered by κ, the residuals' integrated autocorrelation time in steps: a smooth model error
+makes neighbouring residuals nearly copies of each other, so N residuals carry about N / κ independent
+observations (a generalised-Bayes posterior; κ = 1 would be the i.i.d. likelihood and over-confident).
+The mode is found by Adam from the prior mean (the untempered least-squares fit), then polished by
+damped Newton steps on the tempered target; the posterior is its Laplace approximation, N(mode, H⁻¹)
+in unconstrained space, returned as equally weighted particles. Open-loop residuals say nothing about
+the sensor noise (model error dwarfs it): the noise scales stay at the config's `noise_scale`.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from twin_bayes.inference.laplace import value_grad_hessian
+from twin_bayes.inference.posterior import Particles
+from twin_bayes.models import TwinModel
+from twin_bayes.sim.rollout import simulate
+
+
+class Recordings(NamedTuple):
+    """R recordings padded to T steps: start q0 (R, nq), qd0 (R, nv); commands (R, T, nu), row k acting
+    during step k; observed q (R, T, nq) after each step; mask (R, T) 1 for real steps; settings (R, K)."""
+
+    q0: jnp.ndarray
+    qd0: jnp.ndarray
+    commands: jnp.ndarray
+    q: jnp.ndarray
+    mask: jnp.ndarray
+    settings: jnp.ndarray
+
+
+class WholeLogFit(NamedTuple):
+    """mode (D,) and chol (D, D) of the Laplace covariance (unconstrained), the temper κ (steps),
+    residuals (R, T, nq) of the mode's rollouts, and the cost: optimiser steps, simulator evaluations
+    (each a rollout of every recording; a Hessian counts D)."""
+
+    mode: jnp.ndarray
+    chol: jnp.ndarray
+    temper: float
+    residuals: np.ndarray
+    steps: int
+    evaluations: int
+
+
+def stack(model: TwinModel, trajectories) -> Recordings:
+    """Recordings from `Trajectory`s (t, q, qd, ctrl, settings), padded with their last command."""
+    T = max(len(tr.t) for tr in trajectories) - 1
+    pad = lambda a, n: np.concatenate([a, np.repeat(a[-1:], n, axis=0)])  # noqa: E731
+    rows = [(tr.q[0], tr.qd[0], pad(tr.ctrl[:-1], T + 1 - len(tr.t)), pad(tr.q[1:], T + 1 - len(tr.t)),
+             np.r_[np.ones(len(tr.t) - 1), np.zeros(T + 1 - len(tr.t))], model.settings_vector(tr.settings))
+            for tr in trajectories]
+    return Recordings(*(jnp.asarray(np.stack(col)) for col in zip(*rows)))
+
+
+@partial(jax.jit, static_argnums=0)
+def open_loop(model: TwinModel, z: jnp.ndarray, rec: Recordings) -> jnp.ndarray:
+    """Measured-q predictions (R, T, nq) of particle z (D,): each recording simulated whole, no resets."""
+    values = model.constrain(z)
+
+    def one(q0, qd0, u, settings):
+        u = jnp.concatenate([jnp.repeat(u[:1], model.history, axis=0), u])   # the first command held before
+        q, _ = simulate(model.robot, model.theta(values, settings), q0, qd0, u, model.history,
+                        free=model.free_idx, state_grad=False)
+        return q
+
+    return jax.vmap(one)(rec.q0, rec.qd0, rec.commands, rec.settings)
+
+
+def log_target(model: TwinModel, rec: Recordings, temper, z):
+    """log prior(z) + the tempered profile Gaussian log-likelihood of the open-loop position residuals."""
+    resid = (rec.q - open_loop(model, z, rec)) * rec.mask[..., None]
+    n = jnp.sum(rec.mask) * rec.q.shape[-1]
+    return model.log_prior(z) - 0.5 * n / temper * jnp.log(jnp.sum(resid ** 2) / n)
+
+
+def autocorrelation_time(residuals: np.ndarray, mask: np.ndarray) -> float:
+    """Integrated autocorrelation time (steps) of residuals (R, T, nq): 1 + 2 Σ ρ_k, summed while ρ_k > 0.05."""
+    e = [residuals[r, mask[r] > 0, j] for r in range(residuals.shape[0]) for j in range(residuals.shape[2])]
+    var = np.mean(np.concatenate(e) ** 2)
+    tau = 1.0
+    for k in range(1, min(len(x) for x in e)):
+        rho = np.sum([np.sum(x[k:] * x[:-k]) for x in e]) / (var * sum(len(x) - k for x in e))
+        if rho < 0.05:
+            break
+        tau += 2.0 * rho
+    return float(tau)
+
+
+def fit(model: TwinModel, rec: Recordings, adam_steps: int = 50, learning_rate: float = 0.05,
+        newton_steps: int = 10, tol: float = 1e-3) -> WholeLogFit:
+    """The tempered whole-recording posterior's mode and Laplace covariance (see the module docstring)."""
+    p = len(model.param_names)
+    noise = jnp.stack([t.inv(model.cfg.observation.noise_scale[c])
+                       for c, t in zip(model.channels, model.transforms[p:])])
+    full = lambda x: jnp.concatenate([x, noise])  # noqa: E731
+    z = jnp.stack([t.inv(d.mean) for d, t in zip(model.priors[:p], model.transforms[:p])])
+    loss = jax.jit(jax.value_and_grad(lambda x: -log_target(model, rec, 1.0, full(x))))
+    opt = optax.adam(learning_rate)
+    state = opt.init(z)
+    for _ in range(adam_steps):
+        _, g = loss(z)
+        update, state = opt.update(g, state)
+        z = optax.apply_updates(z, update)
+    mask = np.asarray(rec.mask)
+    temper = autocorrelation_time(np.asarray(rec.q - open_loop(model, full(z), rec)), mask)
+    f = lambda x: log_target(model, rec, temper, full(x))  # noqa: E731
+    vgh = jax.jit(lambda x: value_grad_hessian(f, x, exact=model.robot.grad_mode == "reverse"))
+    target = jax.jit(f)
+    evaluations, steps = adam_steps + 1, 0
+    for steps in range(1, newton_steps + 1):
+        value, grad, hess = vgh(z)
+        lam, vec = jnp.linalg.eigh(-hess)
+        lam = jnp.maximum(jnp.abs(lam), 1e-8 * jnp.max(jnp.abs(lam)))
+        step = vec @ ((vec.T @ grad) / lam)
+        evaluations += z.shape[0]
+        if 0.5 * float(grad @ step) < tol:       # half the Newton decrement: what a step would still gain
+            break
+        for scale in (1.0, 0.5, 0.25, 0.1, 0.03):
+            evaluations += 1
+            if float(target(z + scale * step)) > float(value):
+                z = z + scale * step
+                break
+        else:
+            break
+    cov = jnp.zeros((model.dim, model.dim)).at[:p, :p].set((vec / lam) @ vec.T)
+    chol = jnp.zeros_like(cov).at[:p, :p].set(jnp.linalg.cholesky(0.5 * (cov[:p, :p] + cov[:p, :p].T)))
+    resid = np.asarray(rec.q - open_loop(model, full(z), rec))
+    return WholeLogFit(full(z), chol, temper, resid, adam_steps + steps, evaluations + 1)
+
+
+def particles(result: WholeLogFit, key, n: int) -> Particles:
+    """n equally weighted draws (n, D) of the Laplace approximation N(mode, chol cholᵀ)."""
+    eps = jax.random.normal(key, (n, result.mode.shape[0]))
+    return Particles(result.mode + eps @ result.chol.T, jnp.full(n, -jnp.log(n)))
