@@ -76,6 +76,7 @@ def test_arm2_posterior_policy_beats_nominal_on_the_real_arm(arm2_result):
     assert scores["nominal"]["expected_by_its_optimiser"] < scores["nominal"]["real_mean"]
 
 
+@pytest.mark.slow   # compiles the servo twin and its closed loop: 3-8 minutes on a cold cache
 def test_servo_posterior_policy_beats_nominal_on_the_real_servo(servo_result):
     scores = check_result(servo_result)
     print({k: (v["real_mean"], v["predicted_q05"], v["predicted_q95"]) for k, v in scores.items()})
@@ -85,6 +86,7 @@ def test_servo_posterior_policy_beats_nominal_on_the_real_servo(servo_result):
     post = scores["posterior"]
     assert abs(post["real_mean"] - post["predicted_mean"]) < 0.2 * post["real_mean"]
     assert scores["nominal"]["expected_by_its_optimiser"] < scores["nominal"]["real_mean"]
+
 
 def test_readaptation_recovers_after_the_payload_grows(arm2):
     cfg, model, task = arm2
