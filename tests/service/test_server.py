@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,18 @@ def start(cfg, model, tmp_path, name="svc", **kw) -> TwinService:
     settings = ServiceSettings({RID: cfg}, tmp_path / f"{name}.db", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*",
                                "tcp://127.0.0.1:*", worker=worker, **kw)
     return TwinService(settings, {RID: model}).start()
+
+
+@contextmanager
+def serving(cfg, model, tmp_path, **kw):
+    """A started service and a robot on its ingest socket, (svc, robot); both closed on exit."""
+    svc = start(cfg, model, tmp_path, **kw)
+    robot = Robot(svc.endpoints["ingest"])
+    try:
+        yield svc, robot
+    finally:
+        robot.close()
+        svc.stop()
 
 
 class Robot:
@@ -154,9 +167,7 @@ def test_cli_keys_and_bad_serve_input(tmp_path, capsys):
 
 def test_fuzz_rejects_everything_and_keeps_serving(cfg, model, chunks, tmp_path):
     rng = random.Random(0)
-    svc = start(cfg, model, tmp_path)
-    robot = Robot(svc.endpoints["ingest"])
-    try:
+    with serving(cfg, model, tmp_path) as (svc, robot):
         crafted = bad_messages(chunks[0], rng)
         randoms = [[rng.randbytes(rng.randrange(0, 200)) for _ in range(rng.randrange(1, 4))] for _ in range(10_000)]
         sent = 0
@@ -181,15 +192,10 @@ def test_fuzz_rejects_everything_and_keeps_serving(cfg, model, chunks, tmp_path)
             assert m["chunks_stored"] == 1
             assert client.health()["status"] == "ok"
         assert [c.seq for c in svc.store.get_chunks(RID)] == [0]
-    finally:
-        robot.close()
-        svc.stop()
 
 
 def test_chunks_for_other_robots_or_shapes_are_rejected(cfg, model, chunks, tmp_path):
-    svc = start(cfg, model, tmp_path)
-    robot = Robot(svc.endpoints["ingest"])
-    try:
+    with serving(cfg, model, tmp_path) as (svc, robot):
         t, q, qd, ctrl = (protocol.decode(chunks[0]).arrays[k] for k in ("t", "q", "qd", "ctrl"))
         robot.send(protocol.telemetry("arm-9", 0, t, q, qd, ctrl))
         robot.send(protocol.telemetry(RID, 0, t, q[:, :1], qd, ctrl))
@@ -199,16 +205,10 @@ def test_chunks_for_other_robots_or_shapes_are_rejected(cfg, model, chunks, tmp_
         robot.send(protocol.telemetry(RID, 0, t, q + 1.0, qd, ctrl))   # same seq, other contents
         codes = [m.extra.get("code", m.type) for m in robot.replies(6)]
         assert codes == ["unknown_robot", "shape_mismatch", "bad_rate", "wrong_socket", "ack", "conflict"]
-    finally:
-        robot.close()
-        svc.stop()
 
 
 def test_write_failure_means_no_ack_then_recovery(cfg, model, chunks, tmp_path):
-    svc = start(cfg, model, tmp_path)
-    robot = Robot(svc.endpoints["ingest"])
-    client = TwinClient(svc.endpoints["query"])
-    try:
+    with serving(cfg, model, tmp_path) as (svc, robot), TwinClient(svc.endpoints["query"]) as client:
         robot.send(chunks[0])
         assert robot.replies(1)[0].type == "ack"
         svc.store.set_max_bytes(svc.store.info()["bytes"])   # the disk is full
@@ -222,16 +222,10 @@ def test_write_failure_means_no_ack_then_recovery(cfg, model, chunks, tmp_path):
         assert [(m.type, m.seq) for m in robot.replies(1)] == [("ack", 1)]
         assert client.health()["status"] == "ok"
         assert [c.seq for c in svc.store.get_chunks(RID)] == [0, 1]
-    finally:
-        client.close()
-        robot.close()
-        svc.stop()
 
 
 def test_gap_asks_for_resend_and_silence_is_reported(cfg, model, chunks, tmp_path):
-    svc = start(cfg, model, tmp_path, silent_after_s=0.3)
-    robot = Robot(svc.endpoints["ingest"])
-    try:
+    with serving(cfg, model, tmp_path, silent_after_s=0.3) as (svc, robot):
         robot.send(chunks[0])
         robot.send(chunks[3])
         got = robot.replies(3)
@@ -241,9 +235,6 @@ def test_gap_asks_for_resend_and_silence_is_reported(cfg, model, chunks, tmp_pat
         with TwinClient(svc.endpoints["query"]) as client:
             h = client.health()
         assert h["robots"][RID]["silent"] and h["status"] == "degraded"
-    finally:
-        robot.close()
-        svc.stop()
 
 
 def test_slow_subscriber_never_blocks_and_resyncs(cfg, model, chunks, tmp_path):

@@ -43,34 +43,6 @@ def log_target(model: TwinModel, g: GaussianPrior, windows: Window, z):
     return window_log_prior(model, g, z) + batch_log_lik(model, z, windows)
 
 
-# Relative step of the central differences of the gradient that give the Hessian where
-# gradients come from forward sensitivities (robots with constraint rows).
-HESSIAN_STEP = 1e-5
-
-
-def value_grad_hessian(f, z, exact: bool):
-    """f(z), ∇f (D,) and ∇²f (D, D) at z (D,).
-
-    `exact`: forward over reverse mode. Otherwise (gradients through MJX's
-    constraint solver are forward sensitivities, whose second derivatives would
-    nest forward mode through the solver) central differences of the exact
-    gradient, 2·D gradients in one vmap, symmetrised.
-    """
-    if exact:
-        def grad_aux(x):
-            v, gr = jax.value_and_grad(f)(x)
-            return gr, (v, gr)
-
-        hess, (value, grad) = jax.jacfwd(grad_aux, has_aux=True)(z)
-        return value, grad, hess
-    value, grad = jax.value_and_grad(f)(z)
-    h = HESSIAN_STEP * (1.0 + jnp.abs(z))
-    grads = jax.vmap(jax.grad(f))(z + jnp.concatenate([jnp.diag(h), -jnp.diag(h)]))
-    d = z.shape[0]
-    hess = (grads[:d] - grads[d:]) / (2.0 * h[:, None])
-    return value, grad, 0.5 * (hess + hess.T)
-
-
 def value_grad_curvature(model: TwinModel, g: GaussianPrior, windows: Window, z):
     """log target at z (D,), its gradient (D,) and its Gauss–Newton Hessian (D, D).
 
