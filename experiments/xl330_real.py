@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -34,7 +33,6 @@ from twin_bayes.data import read_trajectory
 from twin_bayes.data.shared import bam_logs
 from twin_bayes.diagnostics import confounded_pairs, contraction, correlations
 from twin_bayes.inference import whole_log
-from twin_bayes.inference.discrepancy import fit_model_error
 from twin_bayes.inference.store import save_posterior
 from twin_bayes.sim.actuators import SERVO_TORQUE_OFF
 
@@ -44,24 +42,6 @@ FIT_KP, TEST_KP = (100, 200), 400
 PUBLISHED = {"coulomb_viscous_mae": 0.0631, "richest_mae": 0.0266, "cmaes_trials": 100_000,
              "s_per_trial": 0.08}
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def fit_class(config: str, fit_logs, adam_steps: int) -> tuple[Twin, dict]:
-    """Whole-recording fit of one model class and its model error; returns the twin and the fit's cost."""
-    twin = Twin(load_config(config))
-    start = time.perf_counter()
-    rec = whole_log.stack(twin.model, fit_logs)
-    res = whole_log.fit(twin.model, rec, adam_steps=adam_steps)
-    twin.restore(whole_log.particles(res, jax.random.PRNGKey(0), twin.cfg.inference.particles), 1)
-    twin.model_error = fit_model_error(res.residuals, rec.mask, rec.settings, twin.model.robot.dt)
-    wall = time.perf_counter() - start
-    steps = int(np.sum(np.asarray(rec.mask)))
-    return twin, {"method": "whole-log Laplace (Adam + damped Newton)", "recordings": len(fit_logs),
-                  "wall_time_s": wall, "optimiser_steps": res.steps,
-                  "simulator_evaluations": res.evaluations, "simulated_steps": res.evaluations * steps,
-                  "temper_autocorrelation_steps": res.temper,
-                  "fit_mae": float(np.sum(np.abs(res.residuals[..., 0]) * np.asarray(rec.mask)) / steps),
-                  "model_error": twin.model_error.as_dict()}
 
 
 def held_out(twin: Twin, logs) -> tuple[dict, list]:
@@ -137,7 +117,8 @@ def plot_posteriors(config: str, names, prior: np.ndarray, draws: dict, out: Pat
 
 
 def study(config: str, fit_logs, test_logs, adam_steps: int, out: Path) -> dict:
-    twin, fit = fit_class(config, fit_logs, adam_steps)
+    twin = Twin(load_config(config))
+    fit = whole_log.fit_twin(twin, fit_logs, adam_steps=adam_steps)
     model_error, twin.model_error = twin.model_error, None
     without, _ = held_out(twin, test_logs)                # parameter uncertainty and sensor noise only
     twin.model_error = model_error

@@ -105,13 +105,17 @@ def cmd_fit(args) -> int:
     cfg = load_config(args.config)
     twin = Twin(cfg)
     trajs = _read(args.data)
-    windows = [w for tr in trajs for w in _windows(twin, tr)]
-    start = time.perf_counter()
     engine = args.engine or cfg.inference.engine
+    windows = [] if engine == "whole-log" else [w for tr in trajs for w in _windows(twin, tr)]
+    start = time.perf_counter()
     kwargs = {}
     if engine == "nuts":
         kwargs = {"num_warmup": args.warmup, "num_samples": args.samples}
-    if engine == "smc" and args.stream:
+    if engine == "whole-log":
+        from twin_bayes.inference.whole_log import fit_twin
+        info = fit_twin(twin, trajs, adam_steps=args.adam_steps)
+        evaluations = info["simulator_evaluations"]
+    elif engine == "smc" and args.stream:
         reports = [twin.update(w).as_dict() for w in windows]
         info = {"engine": "smc-stream", "windows": len(reports), "accepted": sum(r["accepted"] for r in reports)}
         evaluations = None
@@ -130,7 +134,8 @@ def cmd_fit(args) -> int:
                               for n in twin.model.names}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     rows = [(n, v["mean"], v["sd"], v["q05"], v["q95"], v["r_hat"], v["ess_bulk"]) for n, v in summary["parameters"].items()]
-    _print(summary, args.json, _param_table(f"posterior ({engine}, {wall:.1f} s, {len(windows)} windows) -> {out}",
+    fed = f"{len(trajs)} recordings" if engine == "whole-log" else f"{len(windows)} windows"
+    _print(summary, args.json, _param_table(f"posterior ({engine}, {wall:.1f} s, {fed}) -> {out}",
                                             rows, ["parameter", "mean", "sd", "5%", "95%", "r_hat", "ess"]))
     return 0
 
@@ -247,8 +252,11 @@ def main(argv=None) -> int:
     f.add_argument("--config", required=True)
     f.add_argument("--data", nargs="+", required=True)
     f.add_argument("--out", required=True)
-    f.add_argument("--engine", choices=("smc", "nuts", "svi"))
+    f.add_argument("--engine", choices=("smc", "nuts", "svi", "whole-log"),
+                   help="whole-log: each recording simulated open loop from its first state, plus a learned "
+                        "model error (inference.whole_log); the others fit windows (default: the config's)")
     f.add_argument("--stream", action="store_true", help="smc: feed windows one by one (online) instead of all at once")
+    f.add_argument("--adam-steps", type=int, default=50, help="whole-log: Adam steps before the Newton polish")
     f.add_argument("--warmup", type=int, default=300)
     f.add_argument("--samples", type=int, default=300)
     f.add_argument("--json", action="store_true")

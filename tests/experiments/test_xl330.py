@@ -4,14 +4,18 @@ Skipped where the logs are absent (the model-error estimate on synthetic paths r
 The full study is `experiments/xl330_real.py`.
 """
 
+import json
+import time
+
 import jax
 import numpy as np
 import pytest
 
 from twin_bayes import Twin
-from twin_bayes.cli import evaluate_trajectory
+from twin_bayes.cli import evaluate_trajectory, main
 from twin_bayes.config import load_config
 from twin_bayes.data import read_trajectory
+from twin_bayes.data.npz import write_npz
 from twin_bayes.data.shared import bam_logs
 from twin_bayes.inference import whole_log
 from twin_bayes.inference.discrepancy import ar1_paths, fit_model_error
@@ -64,34 +68,77 @@ def test_richest_friction_class_matches_native_mujoco_and_opposes_motion(logs):
 
 
 @needs_logs
-def test_short_whole_log_fit_beats_the_prior_on_a_held_out_log_and_its_bands_widen_with_model_error(logs):
+def test_short_whole_log_fit_by_cli_beats_the_prior_and_its_saved_model_error_widens_the_bands(logs, tmp_path,
+                                                                                              capsys):
     fit, test = logs
-    twin = Twin(load_config("xl330_coulomb"))
-    rec = whole_log.stack(twin.model, [fit.window(0, 401)])       # the first 2 s of one kp = 100 log
-    short = test.window(0, 401)
-    before = evaluate_trajectory(twin, short, draws_per_particle=2)
-    res = whole_log.fit(twin.model, rec, adam_steps=40, newton_steps=1)
-    twin.restore(whole_log.particles(res, jax.random.PRNGKey(0), 16), 1)
-    after = evaluate_trajectory(twin, short, draws_per_particle=2)
-    assert after["mae_q"] < 0.85 * before["mae_q"]
-    assert res.temper > 10.0                                       # open-loop residuals are autocorrelated
-    twin.model_error = fit_model_error(res.residuals, rec.mask, rec.settings, twin.model.robot.dt)
-    banded = evaluate_trajectory(twin, short, draws_per_particle=2)
-    assert banded["coverage90"] > after["coverage90"]
-    assert 0.0 < twin.model_error.sd[0] < 0.5 and twin.model_error.time_const_s > 0.0
+    short = test.window(0, 401)                                    # 2 s of a held-out kp = 400 log
+    write_npz(tmp_path / "fit.npz", fit.window(0, 401))            # the first 2 s of one kp = 100 log
+    write_npz(tmp_path / "test.npz", short)
+    before = evaluate_trajectory(Twin(load_config("xl330_coulomb")), short)
+    post = tmp_path / "posterior"
+    assert main(["fit", "--config", "xl330_coulomb", "--engine", "whole-log", "--adam-steps", "40",
+                 "--data", str(tmp_path / "fit.npz"), "--out", str(post), "--json"]) == 0
+    info = json.loads((post / "summary.json").read_text())["info"]
+    assert info["temper_autocorrelation_steps"] > 10.0               # open-loop residuals are autocorrelated
+    saved = json.loads((post / "model_error.json").read_text())
+    assert 0.0 < saved["sd_rad"][0] < 0.5 and saved["time_const_s"] > 0.0
+    capsys.readouterr()
+
+    def evaluate() -> tuple:
+        code = main(["evaluate", "--config", "xl330_coulomb", "--posterior", str(post), "--data",
+                     str(tmp_path / "test.npz"), "--json"])
+        return code, capsys.readouterr()
+
+    code, banded = evaluate()
+    assert code == 0
+    (post / "model_error.json").write_text('{"sd_rad": [0.01]}')        # truncated: refused, not ignored
+    code, refused = evaluate()
+    assert code == 2 and "model_error.json" in refused.err and "time_const_s" in refused.err
+    (post / "model_error.json").unlink()
+    code, plain = evaluate()
+    banded, plain = (json.loads(x.out)["overall"] for x in (banded, plain))
+    assert plain["mae_q"] < 0.85 * before["mae_q"] and banded["mae_q"] == pytest.approx(plain["mae_q"], rel=0.05)
+    assert banded["coverage90"] > plain["coverage90"]
 
 
 @needs_logs
 @pytest.mark.slow   # the study's fit on all eight fit logs: minutes on 2 cores
 def test_whole_log_fit_beats_the_published_coulomb_viscous_mae_with_calibrated_bands():
     twin = Twin(load_config("xl330_coulomb"))
-    fit_logs = [read_trajectory(p) for kp in (100, 200) for p in bam_logs(kp=kp)]
-    rec = whole_log.stack(twin.model, fit_logs)
-    res = whole_log.fit(twin.model, rec)
-    twin.restore(whole_log.particles(res, jax.random.PRNGKey(0), 32), 1)
-    twin.model_error = fit_model_error(res.residuals, rec.mask, rec.settings, twin.model.robot.dt)
+    whole_log.fit_twin(twin, [read_trajectory(p) for kp in (100, 200) for p in bam_logs(kp=kp)])
     scores = [evaluate_trajectory(twin, read_trajectory(p)) for p in bam_logs(kp=400)]
     assert np.mean([s["mae_q"] for s in scores]) < 0.0631
     assert 0.85 <= np.mean([s["coverage90"] for s in scores]) <= 0.97
     summary = twin.posterior.summary()
     assert 0.1 <= summary["servo_kt:servo"]["mean"] <= 3.0 and 0.5 <= summary["servo_R:servo"]["mean"] <= 5.0
+
+
+@needs_logs
+@pytest.mark.slow   # the servo twin's update kernels compile for minutes on 2 cores
+def test_a_log_replayed_through_the_service_gives_the_offline_posterior_of_the_same_windows(tmp_path):
+    from twin_bayes.service.replay import replay
+    from twin_bayes.service.robot_link import RobotLink
+    from twin_bayes.service.server import ServiceSettings, TwinService
+    from twin_bayes.service.windows import cut_windows
+    from twin_bayes.service.worker import WorkerSettings
+    cfg, any_port = load_config("xl330_coulomb"), "tcp://127.0.0.1:*"
+    log = read_trajectory(bam_logs(kp=100)[0])                  # 6 s: six 1 s windows of ten 0.1 s chunks
+    settings = ServiceSettings({"xl330": cfg}, tmp_path / "store.db", any_port, any_port, any_port,
+                               worker=WorkerSettings(checkpoints=None))
+    with TwinService(settings) as service:
+        with RobotLink(service.endpoints["ingest"], "xl330") as link:
+            replay([log], link, chunk_samples=20, speed=0)
+        rt, deadline = service.worker.robots["xl330"], time.monotonic() + 1800
+        while rt.windows < 6:
+            assert time.monotonic() < deadline and not service.worker.error, (rt.windows, service.worker.error)
+            time.sleep(1.0)
+        live, scores = rt.twin.posterior, rt.calibration.as_dict()
+        m = rt.twin.model
+        cuts = cut_windows(service.store.get_chunks("xl330"), -1, m.window_samples, m.segment_steps + 1, m.robot.dt)
+    assert [len(c.q) for c in cuts] == [200] * 5 + [201] and cuts[0].settings["servo_kp"] == 100.0
+    offline = Twin(cfg)
+    for c in cuts:
+        offline.update({"q": c.q, "qd": c.qd, "ctrl": c.ctrl, "settings": c.settings})
+    np.testing.assert_allclose(live.values, offline.posterior.values, rtol=1e-9)
+    assert live.version == offline.posterior.version >= 1
+    assert scores["n_batches"] == 5 and 0.0 <= scores["coverage_90"] <= 1.0    # each window scores the last prediction

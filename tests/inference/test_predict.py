@@ -69,3 +69,27 @@ def test_band_accounts_for_the_noise_of_the_measured_start_state(coverage):
     """
     assert 0.88 <= coverage["q"] <= 0.99, coverage
     assert 0.88 <= coverage["qd"] <= 0.99, coverage
+
+
+def test_model_error_is_saved_with_the_posterior_and_widens_the_loaded_twins_bands(stream, small_cfg, model,
+                                                                                  held_out, tmp_path):
+    from twin_bayes.inference import Twin
+    from twin_bayes.inference.discrepancy import ModelError
+    from twin_bayes.inference.store import MODEL_ERROR, load_posterior, save_posterior
+    twin = Twin(small_cfg, model)
+    twin.restore(stream.twin.particles, stream.twin.posterior.version)
+    twin.model_error = ModelError(np.array([0.01, 0.02]), 0.3, np.zeros(0), np.zeros(0))   # arm2: no settings
+    save_posterior(twin, tmp_path)
+    loaded = load_posterior(Twin(small_cfg, model), tmp_path)
+    np.testing.assert_array_equal(loaded.model_error.sd, twin.model_error.sd)
+    assert loaded.model_error.time_const_s == 0.3
+    args = (held_out.q[0], held_out.qd[0], held_out.ctrl[:HORIZON])
+    wide, plain = loaded.predict(*args), stream.twin.predict(*args)
+    assert np.all(wide.q[-1, -1] - wide.q[0, -1] > plain.q[-1, -1] - plain.q[0, -1])
+    twin.model_error = None
+    save_posterior(twin, tmp_path)                     # a posterior without one leaves no stale file
+    assert not (tmp_path / MODEL_ERROR).exists() and load_posterior(Twin(small_cfg, model), tmp_path).model_error is None
+    (tmp_path / MODEL_ERROR).write_text('{"sd_rad": [0.01, -1.0], "time_const_s": 0.3, "reference_settings": [], '
+                                        '"settings_exponents": []}')
+    with pytest.raises(ValueError, match="model_error.json: .*> 0"):
+        load_posterior(Twin(small_cfg, model), tmp_path)

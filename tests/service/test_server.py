@@ -347,6 +347,8 @@ def test_duplicates_shuffled_give_the_same_posterior_and_the_service_publishes(c
             assert np.all(pred.arrays["q"][0] <= pred.arrays["q"][2])
             with pytest.raises(ServiceError, match="bad_query"):
                 client.predict(RID, np.zeros(3), np.zeros(2), np.zeros((25, 2)))
+            with pytest.raises(ServiceError, match="settings must map nothing"):   # arm2 has no settings
+                client.predict(RID, np.zeros(2), np.zeros(2), np.zeros((25, 2)), settings={"servo_kp": 400})
             with pytest.raises(ServiceError, match="unknown_robot"):
                 client.snapshot("arm-9")
         client.close()

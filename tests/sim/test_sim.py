@@ -84,6 +84,7 @@ def test_gradients_match_finite_differences(name):
         assert g["rel_err"] < 1e-3, (param, g)
 
 
+@pytest.mark.slow   # forward sensitivities through the contact solver: minutes of compile on 2 cores
 def test_humanoid_gradients_finite_and_close():
     robot = load_robot("humanoid")
     names = ["body_mass:torso", "dof_damping:right_knee", "dof_armature:left_hip_y",

@@ -44,6 +44,22 @@ class ModelError(NamedTuple):
         return {"sd_rad": self.sd.tolist(), "time_const_s": self.time_const_s,
                 "reference_settings": self.reference.tolist(), "settings_exponents": self.gain.tolist()}
 
+    @classmethod
+    def from_dict(cls, d: dict, nq: int, n_settings: int) -> ModelError:
+        """The inverse of `as_dict`, checked: ValueError names what is missing, misshapen or not positive."""
+        try:
+            me = cls(np.asarray(d["sd_rad"], np.float64), float(d["time_const_s"]),
+                     np.asarray(d["reference_settings"], np.float64), np.asarray(d["settings_exponents"], np.float64))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"model error: missing or non-numeric field ({err})") from None
+        if me.sd.shape != (nq,) or me.reference.shape != (n_settings,) or me.gain.shape != (n_settings,):
+            raise ValueError(f"model error: expected sd_rad ({nq},) and settings ({n_settings},), got "
+                             f"{me.sd.shape}, {me.reference.shape}, {me.gain.shape}")
+        values = np.concatenate([me.sd, me.reference, me.gain, [me.time_const_s]])
+        if not np.isfinite(values).all() or (me.sd <= 0).any() or (me.reference <= 0).any() or me.time_const_s <= 0:
+            raise ValueError("model error: sd, time constant and reference settings must be finite and > 0")
+        return me
+
 
 def fit_model_error(residuals: np.ndarray, mask: np.ndarray, settings: np.ndarray, dt: float) -> ModelError:
     """Estimate the discrepancy from open-loop residuals (R, T, nq) with mask (R, T) and settings (R, K)."""

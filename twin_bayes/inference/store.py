@@ -1,4 +1,5 @@
-"""Saving and loading a twin's posterior: particles (NPZ, no pickle) plus ArviZ netCDF for tools."""
+"""Saving and loading a twin's posterior: particles (NPZ, no pickle) plus ArviZ netCDF for tools,
+and the learned model error of its predictions (JSON) where the twin has one."""
 from __future__ import annotations
 
 import json
@@ -8,16 +9,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from twin_bayes.diagnostics import save_netcdf, to_inference_data
+from twin_bayes.inference.discrepancy import ModelError
 from twin_bayes.inference.posterior import Particles
 from twin_bayes.inference.twin import Twin
 
 PARTICLES = "particles.npz"
 NETCDF = "posterior.nc"
 SUMMARY = "summary.json"
+MODEL_ERROR = "model_error.json"
 
 
 def save_posterior(twin: Twin, out: str | Path, summary: dict | None = None) -> Path:
-    """Write particles.npz (exact state), posterior.nc (ArviZ) and summary.json into out/."""
+    """Write particles.npz (exact state), posterior.nc (ArviZ), summary.json and, where the twin has a
+    model error (`Twin.model_error`), model_error.json into out/ (a stale model_error.json is removed)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     post = twin.posterior
@@ -37,6 +41,10 @@ def save_posterior(twin: Twin, out: str | Path, summary: dict | None = None) -> 
                                   attrs={"config": str(twin.cfg.source), "engine": "smc"})
     save_netcdf(idata, out / NETCDF)
     (out / SUMMARY).write_text(json.dumps(summary or {"parameters": post.summary()}, indent=2))
+    if twin.model_error is not None:
+        (out / MODEL_ERROR).write_text(json.dumps(twin.model_error.as_dict(), indent=2))
+    else:
+        (out / MODEL_ERROR).unlink(missing_ok=True)
     return out
 
 
@@ -48,7 +56,7 @@ def _prior_draws(twin: Twin, n: int = 2000) -> dict[str, np.ndarray]:
 
 
 def load_posterior(twin: Twin, directory: str | Path) -> Twin:
-    """Load particles.npz from directory into twin (names must match its config)."""
+    """Load particles.npz (and model_error.json, if there) from directory into twin (names must match its config)."""
     path = Path(directory) / PARTICLES
     try:
         data = np.load(path, allow_pickle=False)
@@ -60,5 +68,14 @@ def load_posterior(twin: Twin, directory: str | Path) -> Twin:
         raise ValueError(f"{path}: posterior has parameters {names}, the config estimates {twin.model.names}")
     if z.ndim != 2 or z.shape[1] != len(names) or log_w.shape != (z.shape[0],) or not np.isfinite(z).all():
         raise ValueError(f"{path}: particles have bad shapes or non-finite values")
+    model_error = None
+    if (Path(directory) / MODEL_ERROR).exists():
+        me_path = Path(directory) / MODEL_ERROR
+        try:
+            model_error = ModelError.from_dict(json.loads(me_path.read_text()), twin.model.robot.nq,
+                                               len(twin.model.setting_names))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{me_path}: {err}") from None
     twin.restore(Particles(jnp.asarray(z), jnp.asarray(log_w)), version)
+    twin.model_error = model_error
     return twin

@@ -107,11 +107,14 @@ class TwinClient:
         return self.request("posterior", robot_id)
 
     def predict(self, robot_id: str, q0, qd0, commands=None, quantiles=(0.05, 0.5, 0.95),
-                horizon_s: float | None = None, ctrl_hold=None) -> protocol.Message:
+                horizon_s: float | None = None, ctrl_hold=None, settings=None) -> protocol.Message:
         """Bands from state (q0 (nq,), qd0 (nv,)) under commands (h, nu), or under `ctrl_hold`
-        (nu,) held for `horizon_s`. Reply arrays: t (h,) s, q (Q, h, nq), qd (Q, h, nv)."""
+        (nu,) held for `horizon_s`; `settings` {name: value} of the recording (e.g. servo_kp), default
+        the config's. Reply arrays: t (h,) s, q (Q, h, nq), qd (Q, h, nv)."""
         arrays = {"q0": np.asarray(q0, np.float64), "qd0": np.asarray(qd0, np.float64)}
         params: dict[str, Any] = {"quantiles": [float(x) for x in quantiles]}
+        if settings is not None:
+            params["settings"] = {str(k): float(v) for k, v in settings.items()}
         if commands is not None:
             arrays["ctrl"] = np.asarray(commands, np.float64)
         else:

@@ -6,6 +6,7 @@ A query is `protocol.query(robot_id, request_id, op, arrays, **params)`; the ans
 """
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Callable
@@ -67,15 +68,31 @@ def _predict_inputs(msg: protocol.Message, rt: RobotTwin) -> tuple[np.ndarray, .
     return a["q0"], a["qd0"], commands
 
 
+def _settings(msg: protocol.Message, rt: RobotTwin) -> dict[str, float] | None:
+    """The query's recording settings (e.g. {"servo_kp": 400}: a firmware gain), or None for the config's."""
+    settings = msg.extra.get("settings")
+    if settings is None:
+        return None
+    names = rt.twin.model.setting_names
+    known = set(names) | {n.split(":")[0] for n in names}
+    ok = isinstance(settings, dict) and all(
+        k in known and isinstance(v, (int, float)) and math.isfinite(v) for k, v in settings.items())
+    if not ok:
+        raise QueryError(BAD_QUERY, f"settings must map {sorted(known) or 'nothing (this robot has none)'} "
+                                    "to finite numbers")
+    return settings
+
+
 def predict(msg: protocol.Message, rt: RobotTwin) -> list[bytes]:
     """Predict reply: t (h,) s from now, q (Q, h, nq), qd (Q, h, nv) bands for `quantiles`."""
     q0, qd0, commands = _predict_inputs(msg, rt)
+    settings = _settings(msg, rt)
     qs = msg.extra.get("quantiles", list(QUANTILES))
     if not (isinstance(qs, list) and 0 < len(qs) <= 16 and all(isinstance(x, float) and 0 < x < 1 for x in qs)):
         raise QueryError(BAD_QUERY, "quantiles must be 1-16 floats in (0, 1)")
     version = rt.twin.posterior.version
     try:
-        b = rt.twin.predict(q0, qd0, commands, tuple(qs), key=jax.random.PRNGKey(msg.seq % (2**31)))
+        b = rt.twin.predict(q0, qd0, commands, tuple(qs), settings, key=jax.random.PRNGKey(msg.seq % (2**31)))
     except ValueError as e:
         raise QueryError(BAD_QUERY, str(e)) from None
     dt = rt.twin.model.robot.dt
