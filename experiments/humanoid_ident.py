@@ -1,0 +1,237 @@
+"""Humanoid identification: which parameters emulated telemetry pins down, and which it cannot.
+
+    .venv/bin/python experiments/humanoid_ident.py                     # both humanoid twins, seed 0
+    .venv/bin/python experiments/humanoid_ident.py --configs humanoid_fixed --seeds 0 1 2 --seconds 1.2
+
+Per twin config and seed: a hidden truth drawn from the config's prior (`service.emulate.draw_truth`),
+`--seconds` of native-MuJoCo telemetry from it (`sim.emulator.emulate`: random-sine torques, sensor noise
+q 0.002 rad, qd 0.02 rad/s), brought in window by window (0.3 s each) with `Twin.update`. Per parameter:
+posterior mean, 90 % interval, whether it covers the truth, contraction 1 − var_post / var_prior; pairs
+with posterior |r| ≥ 0.8. A parameter is called identifiable when its contraction exceeds 0.5 in every
+seed that ran.
+
+Excitation (`AMPLITUDE`, command units before the motor gears; control range ±0.4): humanoid_fixed (root
+welded in the air) gets sines inside the control range, so the legs swing through much of their joint
+range without saturated square waves; 1.2 s (4 windows). The floating humanoid starts standing, feet 3 mm
+into the floor (`sim.checks.start_state`), under small torques: no open-loop command keeps it up (its
+knees buckle within about 0.4 s even at zero torque, and only the feet collide, so the falling body
+passes through the floor), so its telemetry is the first 0.9 s (3 windows): the loaded stance and the
+buckling with the feet sliding on the floor, where torso mass and foot friction act.
+
+Writes experiments/results/humanoid_ident.json (every config studied so far: configs may run as separate,
+parallel processes) and humanoid_ident.png (prior vs posterior of each config's first seed, truth marked).
+The script sets NPROC (XLA's intra-op pool size) to at least 8: with one pool thread per core, the humanoid
+Newton steps deadlock on 2 cores (two batched LAPACK solves each wait for pool threads that the other holds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+# jaxlib's batched LAPACK kernels wait for their pieces inside XLA's intra-op pool (NPROC threads, default one
+# per core): on 2 cores two such kernels in a humanoid Newton step can hold the whole pool and hang forever.
+# Read when JAX makes its CPU client, so it is set before anything computes.
+os.environ.setdefault("NPROC", str(max(8, os.cpu_count() or 1)))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from twin_bayes import Twin  # noqa: E402
+from twin_bayes.config import load_config  # noqa: E402
+from twin_bayes.diagnostics import confounded_pairs, contraction, correlations  # noqa: E402
+from twin_bayes.models import TwinModel  # noqa: E402
+from twin_bayes.service.emulate import draw_truth  # noqa: E402
+from twin_bayes.sim.checks import start_state  # noqa: E402
+from twin_bayes.sim.emulator import emulate, excitation  # noqa: E402
+
+CONFIGS = ("humanoid_fixed", "humanoid")
+AMPLITUDE = {"humanoid_fixed": 0.3, "humanoid": 0.1}
+SECONDS = {"humanoid_fixed": 1.2, "humanoid": 0.9}   # default telemetry per seed: 4 and 3 windows of 0.3 s
+NOISE = {"q": 0.002, "qd": 0.02}      # emulated sensor noise sd (rad, rad/s)
+IDENTIFIED = 0.5                      # contraction above which, in every seed, a parameter counts as pinned down
+CONFOUNDED = 0.8                      # posterior |r| of a confounded pair
+DRAWS = 4000
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class CompileClock:
+    """Seconds JAX spends tracing, lowering, compiling and loading cached executables, since `take()`."""
+
+    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+              "/jax/core/compile/backend_compile_duration", "/jax/compilation_cache/cache_retrieval_time_sec")
+
+    def __init__(self):
+        self.seconds = 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._add)
+
+    def _add(self, event, duration, **_):
+        if event in self.EVENTS:
+            self.seconds += float(duration)
+
+    def take(self) -> float:
+        s, self.seconds = self.seconds, 0.0
+        return s
+
+
+def telemetry(cfg, model: TwinModel, seed: int, seconds: float):
+    """Hidden truth (all robot parameters) and the Trajectory it produces: (seconds/dt + 1) samples."""
+    robot = model.robot
+    truth = draw_truth(cfg, robot, seed)
+    steps = int(round(seconds / robot.dt))
+    q0, _ = start_state(robot)
+    u = excitation(robot, steps, seed, amplitude=AMPLITUDE.get(cfg.name))
+    return truth, emulate(robot, truth, seconds, seed=seed, noise=NOISE, commands=u, q0=q0)
+
+
+def windows(traj, T: int) -> list[dict]:
+    """Consecutive whole windows of T samples sharing their boundary sample: q (T, nq), qd (T, nv), ctrl (T, nu)."""
+    n = (len(traj.t) - 1) // (T - 1)
+    return [{"q": traj.q[k * (T - 1):k * (T - 1) + T], "qd": traj.qd[k * (T - 1):k * (T - 1) + T],
+             "ctrl": traj.ctrl[k * (T - 1):k * (T - 1) + T]} for k in range(n)]
+
+
+def prior_draws(model: TwinModel) -> np.ndarray:
+    """DRAWS physical draws (DRAWS, P) from the config's prior."""
+    return np.asarray(jax.vmap(model.constrain)(model.sample_prior(jax.random.PRNGKey(1), DRAWS)))
+
+
+def posterior_draws(names, values: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """DRAWS resampled posterior draws {name: (DRAWS,)} of weighted particles values (N, P), weights (N,)."""
+    idx = np.random.default_rng(0).choice(len(weights), DRAWS, p=weights / weights.sum())
+    return {n: values[idx, i] for i, n in enumerate(names)}
+
+
+def parameter_table(twin: Twin, truth: dict[str, float]) -> dict:
+    """Per parameter {truth, mean, q05, q95, covered, contraction}; confounded pairs; the weighted particles."""
+    post = twin.posterior
+    prior = prior_draws(twin.model)
+    draws = posterior_draws(post.names, post.values, post.weights)
+    shrink = contraction({n: prior[:, i] for i, n in enumerate(post.names)}, draws)
+    names, corr = correlations(draws)
+    summary = post.summary()
+    table = {n: {"truth": truth[n], "mean": summary[n]["mean"], "q05": summary[n]["q05"], "q95": summary[n]["q95"],
+                 "covered": bool(summary[n]["q05"] <= truth[n] <= summary[n]["q95"]), "contraction": shrink[n]}
+             for n in post.names}
+    return {"parameters": table, "confounded_pairs": confounded_pairs(names, corr, CONFOUNDED),
+            "particles": {"values": post.values.tolist(), "weights": post.weights.tolist()}}
+
+
+def run_seed(cfg, model: TwinModel, seed: int, seconds: float, clock: CompileClock) -> dict:
+    """One hidden truth streamed through a fresh twin; its parameter table, updates and timings."""
+    start = time.perf_counter()
+    clock.take()
+    truth, traj = telemetry(cfg, model, seed, seconds)
+    twin = Twin(cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"seed": seed})}), model)
+    updates = []
+    for w in windows(traj, model.window_samples):
+        r = twin.update(w)
+        updates.append({k: r.as_dict()[k] for k in ("accepted", "reason", "engine", "stages", "ess", "latency_s")})
+        print(f"  {cfg.name} seed {seed} window {len(updates)}: {r.engine} accepted={r.accepted} "
+              f"ess {r.ess:.1f} {r.latency_s:.1f} s", flush=True)
+    truth_all = truth | {f"noise:{c}": NOISE[c] for c in model.channels}
+    table = parameter_table(twin, truth_all)
+    floating = model.robot.nq > model.robot.nv
+    return {"seed": seed, "truth": {n: truth_all[n] for n in model.names}, **table,
+            "windows": len(updates), "seconds_used": len(updates) * (model.window_samples - 1) * model.robot.dt,
+            "updates": updates, "lowest_height_m": float(traj.q[:, 2].min()) if floating else None,
+            "wall_s": time.perf_counter() - start, "compile_s": clock.take()}
+
+
+def verdicts(runs: list[dict], names) -> dict:
+    """Per parameter: contraction in every seed, coverage count, and identifiable / not identifiable."""
+    out = {}
+    for n in names:
+        c = [r["parameters"][n]["contraction"] for r in runs]
+        out[n] = {"contraction": c, "covered": sum(r["parameters"][n]["covered"] for r in runs), "seeds": len(runs),
+                  "verdict": "identifiable" if min(c) > IDENTIFIED else "not identifiable"}
+    return out
+
+
+def plot(configs: dict, path: Path) -> None:
+    """One histogram per (config, parameter) of each config's first seed: prior, posterior, truth."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = []
+    for config, study_ in configs.items():
+        run, names = study_["runs"][0], list(study_["runs"][0]["parameters"])
+        prior = prior_draws(TwinModel(load_config(config)))
+        post = posterior_draws(names, np.array(run["particles"]["values"]), np.array(run["particles"]["weights"]))
+        panels += [(config, n, prior[:, i], post[n], run["truth"][n]) for i, n in enumerate(names)]
+    cols = 4
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.3 * rows), squeeze=False)
+    for ax, (config, name, prior, post, truth) in zip(axes.ravel(), panels):
+        lo, hi = np.quantile(np.concatenate([prior, post, [truth]]), [0.005, 0.995])
+        ax.hist(prior, np.linspace(min(lo, truth), max(hi, truth), 50), density=True, color="0.7", label="prior")
+        narrow = ax.twinx()     # own density scale: a contracted posterior would flatten the prior to nothing
+        p_lo, p_hi = np.quantile(post, [0.005, 0.995])
+        narrow.hist(post, np.linspace(p_lo, p_hi + 1e-12 * abs(p_hi), 30), density=True, color="C0", alpha=0.8,
+                    label="posterior")
+        narrow.set_yticks([])
+        ax.axvline(truth, color="C3", lw=1.5, label="truth")
+        ax.set_title(f"{config}\n{name}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_yticks([])
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    (h_prior, l_prior), (h_post, l_post) = axes[0, 0].get_legend_handles_labels(), narrow.get_legend_handles_labels()
+    fig.legend(h_prior + h_post, l_prior + l_post, fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def study(config: str, seeds: list[int], seconds: float, clock: CompileClock) -> dict:
+    """All seeds of one config on one compiled TwinModel."""
+    start = time.perf_counter()
+    cfg = load_config(config)
+    model = TwinModel(cfg)
+    runs = []
+    for seed in seeds:
+        runs.append(run_seed(cfg, model, seed, seconds, clock))
+    return {"config": config, "particles": cfg.inference.particles, "window_s": cfg.inference.window_s,
+            "amplitude": AMPLITUDE[config], "seconds": seconds, "runs": runs, "verdicts": verdicts(runs, model.names),
+            "wall_s": time.perf_counter() - start, "compile_s": sum(r["compile_s"] for r in runs)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--seconds", type=float, default=None,
+                    help=f"telemetry per seed, whole 0.3 s windows used (default per config: {SECONDS})")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    clock = CompileClock()
+    command = " ".join([".venv/bin/python", "experiments/humanoid_ident.py", *(argv or sys.argv[1:])])
+    path = args.out / "humanoid_ident.json"
+    for config in args.configs:
+        load = list(os.getloadavg())
+        result = study(config, args.seeds, args.seconds or SECONDS[config], clock)
+        result["command"] = command
+        result["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
+                             "NPROC": os.environ["NPROC"], "load_average_start": load,
+                             "load_average_end": list(os.getloadavg())}
+        for n, v in result["verdicts"].items():
+            print(f"{config:15s} {n:28s} contraction {min(v['contraction']):6.2f}  covered {v['covered']}/"
+                  f"{v['seeds']}  {v['verdict']}", flush=True)
+        # The report gathers every config studied so far (configs may run as separate processes).
+        report = json.loads(path.read_text()) if path.exists() else {"configs": {}}
+        report.update(rule=f"identifiable: contraction > {IDENTIFIED} in every seed; confounded: posterior "
+                           f"|r| >= {CONFOUNDED}", noise=NOISE)
+        report["configs"][config] = result
+        path.write_text(json.dumps(report, indent=2, default=float))
+        plot(report["configs"], args.out / "humanoid_ident.png")
+    print(f"-> {args.out / 'humanoid_ident.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
