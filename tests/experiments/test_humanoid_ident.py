@@ -16,7 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "humanoid_ident.p
 
 
 @pytest.mark.slow
-def test_fixed_humanoid_telemetry_pins_down_a_parameter_and_covers_the_truth(tmp_path):
+def test_fixed_humanoid_telemetry_pins_down_every_parameter_near_its_truth(tmp_path):
     subprocess.run([sys.executable, str(SCRIPT), "--configs", "humanoid_fixed", "--seeds", "0", "--seconds", "0.6",
                     "--out", str(tmp_path)], check=True, timeout=3000)
     report = json.loads((tmp_path / "humanoid_ident.json").read_text())
@@ -29,5 +29,8 @@ def test_fixed_humanoid_telemetry_pins_down_a_parameter_and_covers_the_truth(tmp
         assert np.isfinite([p["mean"], p["q05"], p["q95"], p["contraction"]]).all(), n
         assert p["q05"] <= p["mean"] <= p["q95"] and p["contraction"] <= 1.0, n
         assert p["truth"] == run["truth"][n]
-    assert sum(p["covered"] for p in physical.values()) >= 4
-    assert max(p["contraction"] for p in physical.values()) > 0.5
+    # 16 weighted particles (ESS about 11) give coarse 5 % / 95 % quantiles, so the truth is checked against
+    # the spread they imply, sd = (q95 − q05) / 3.29: within 4 sd for every parameter.
+    for n, p in physical.items():
+        assert abs(p["mean"] - p["truth"]) < 4.0 * (p["q95"] - p["q05"]) / 3.29, (n, p)
+    assert min(p["contraction"] for p in physical.values()) > 0.5      # 0.6 s pins down every one
