@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 
 from twin_bayes import Twin  # noqa: E402
 from twin_bayes.config import load_config  # noqa: E402
-from twin_bayes.diagnostics import confounded_pairs, contraction, correlations  # noqa: E402
+from twin_bayes.diagnostics import identification_table  # noqa: E402
 from twin_bayes.models import TwinModel  # noqa: E402
 from twin_bayes.service.emulate import draw_truth  # noqa: E402
 from twin_bayes.sim.checks import start_state  # noqa: E402
@@ -107,18 +107,11 @@ def posterior_draws(names, values: np.ndarray, weights: np.ndarray) -> dict[str,
 
 
 def parameter_table(twin: Twin, truth: dict[str, float]) -> dict:
-    """Per parameter {truth, mean, q05, q95, covered, contraction}; confounded pairs; the weighted particles."""
+    """Per parameter {truth, mean, q05, q95, contraction, covered}; confounded pairs; the weighted particles."""
     post = twin.posterior
-    prior = prior_draws(twin.model)
     draws = posterior_draws(post.names, post.values, post.weights)
-    shrink = contraction({n: prior[:, i] for i, n in enumerate(post.names)}, draws)
-    names, corr = correlations(draws)
-    summary = post.summary()
-    table = {n: {"truth": truth[n], "mean": summary[n]["mean"], "q05": summary[n]["q05"], "q95": summary[n]["q95"],
-                 "covered": bool(summary[n]["q05"] <= truth[n] <= summary[n]["q95"]), "contraction": shrink[n]}
-             for n in post.names}
-    return {"parameters": table, "confounded_pairs": confounded_pairs(names, corr, CONFOUNDED),
-            "particles": {"values": post.values.tolist(), "weights": post.weights.tolist()}}
+    table = identification_table(post.names, prior_draws(twin.model), draws, post.summary(), truth, CONFOUNDED)
+    return {**table, "particles": {"values": post.values.tolist(), "weights": post.weights.tolist()}}
 
 
 def run_seed(cfg, model: TwinModel, seed: int, seconds: float, clock: CompileClock) -> dict:

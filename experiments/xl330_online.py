@@ -37,7 +37,6 @@ from twin_bayes import Twin
 from twin_bayes.config import load_config
 from twin_bayes.data import read_trajectory
 from twin_bayes.data.shared import bam_logs
-from twin_bayes.diagnostics import band_coverage
 from twin_bayes.service.client import TwinClient
 from twin_bayes.service.store import TelemetryStore
 from twin_bayes.service.windows import cut_windows

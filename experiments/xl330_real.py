@@ -31,7 +31,7 @@ from twin_bayes.cli import evaluate_trajectory
 from twin_bayes.config import load_config
 from twin_bayes.data import read_trajectory
 from twin_bayes.data.shared import bam_logs
-from twin_bayes.diagnostics import confounded_pairs, contraction, correlations
+from twin_bayes.diagnostics import identification_table
 from twin_bayes.inference import whole_log
 from twin_bayes.inference.store import save_posterior
 from twin_bayes.sim.actuators import SERVO_TORQUE_OFF
@@ -51,19 +51,15 @@ def held_out(twin: Twin, logs) -> tuple[dict, list]:
     return {k: float(np.mean([r[k] for r in per_log])) for k in ("mae_q", "coverage50", "coverage90", "crps_q")}, per_log
 
 
-def parameter_table(twin: Twin) -> dict:
-    """Posterior mean, 90 % interval, contraction against the prior; strongly correlated pairs."""
+def parameter_table(twin: Twin) -> tuple[dict, np.ndarray, dict]:
+    """Posterior mean, 90 % interval, contraction against the prior, strongly correlated pairs; and the
+    prior (4000, P) and posterior {name: (4000,)} draws behind them."""
     post = twin.posterior
     prior_z = twin.model.sample_prior(jax.random.PRNGKey(1), 4000)
     prior = np.asarray(jax.vmap(twin.model.constrain)(prior_z))
     idx = post.resample(np.random.default_rng(0), 4000)
     draws = {n: post.values[idx, i] for i, n in enumerate(post.names)}
-    shrink = contraction({n: prior[:, i] for i, n in enumerate(post.names)}, draws)
-    names, corr = correlations(draws)
-    summary = post.summary()
-    table = {n: {"mean": summary[n]["mean"], "q05": summary[n]["q05"], "q95": summary[n]["q95"],
-                 "contraction": shrink[n]} for n in post.names}
-    return {"parameters": table, "confounded_pairs": confounded_pairs(names, corr, 0.8)}, prior, draws
+    return identification_table(post.names, prior, draws, post.summary()), prior, draws
 
 
 def plot_predictions(config: str, twin: Twin, logs, out: Path) -> str:

@@ -296,3 +296,21 @@ def test_report_writes_html_and_pngs(tmp_path: Path, chains: int, plot: str):
     assert "<q>" not in page and "pendulum&lt;1&gt;" in page
     assert all(n in page for n in NAMES)
     assert re.search(r"dof_damping:elbow</code> ~ <code>actuator:kt", page)
+
+
+def test_identification_table_tells_pinned_from_unidentified_and_flags_confounded_pairs():
+    from twin_bayes.diagnostics import identification_table
+    rng = np.random.default_rng(0)
+    names = ["pinned", "free", "twin_of_free"]
+    prior = rng.normal(size=(4000, 3))
+    free = rng.normal(size=4000)
+    draws = {"pinned": 0.3 + 0.01 * rng.normal(size=4000), "free": free,
+             "twin_of_free": free + 0.01 * rng.normal(size=4000)}
+    summary = {n: {"mean": float(np.mean(d)), "q05": float(np.quantile(d, 0.05)), "q95": float(np.quantile(d, 0.95))}
+               for n, d in draws.items()}
+    t = identification_table(names, prior, draws, summary, truth={"pinned": 0.3, "free": 5.0, "twin_of_free": 0.0})
+    rows = t["parameters"]
+    assert rows["pinned"]["contraction"] > 0.99 and abs(rows["free"]["contraction"]) < 0.1
+    assert rows["pinned"]["covered"] and not rows["free"]["covered"] and rows["free"]["truth"] == 5.0
+    assert [p[:2] for p in t["confounded_pairs"]] == [("free", "twin_of_free")]
+    assert "truth" not in identification_table(names, prior, draws, summary)["parameters"]["free"]

@@ -21,6 +21,7 @@ from twin_bayes.diagnostics.summary import (
     contraction,
     correlations,
     divergences,
+    identification_table,
     scalar_draws,
     summarize,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "correlations",
     "crps_ensemble",
     "divergences",
+    "identification_table",
     "interval_coverage_of_truth",
     "load_netcdf",
     "log_score",

@@ -90,3 +90,24 @@ def confounded_pairs(
     keep = np.abs(r) >= threshold
     pairs = [(names[a], names[b], float(c)) for a, b, c in zip(i[keep], j[keep], r[keep])]
     return sorted(pairs, key=lambda p: -abs(p[2]))
+
+
+def identification_table(names, prior: np.ndarray, draws: Mapping[str, np.ndarray],
+                         summary: Mapping[str, Mapping[str, float]], truth: Mapping[str, float] | None = None,
+                         threshold: float = 0.8) -> dict:
+    """What the data pinned down: per parameter {mean, q05, q95, contraction} (plus truth and whether the
+    90 % interval covers it, where `truth` is given) and the posterior pairs with |r| >= threshold.
+
+    prior (n, P): prior draws in `names` order; draws {name: (m,)}: posterior draws; summary: the
+    posterior's {name: {mean, q05, q95, ...}} (`Posterior.summary()`).
+    """
+    shrink = contraction({n: prior[:, i] for i, n in enumerate(names)}, draws)
+    table = {}
+    for n in names:
+        s = summary[n]
+        row = {"mean": s["mean"], "q05": s["q05"], "q95": s["q95"], "contraction": shrink[n]}
+        if truth is not None:
+            row = {"truth": truth[n], **row, "covered": bool(s["q05"] <= truth[n] <= s["q95"])}
+        table[n] = row
+    pair_names, corr = correlations(draws)
+    return {"parameters": table, "confounded_pairs": confounded_pairs(pair_names, corr, threshold)}
