@@ -43,9 +43,11 @@ import numpy as np  # noqa: E402
 
 from twin_bayes import Twin  # noqa: E402
 from twin_bayes.config import load_config  # noqa: E402
+from twin_bayes.data import consecutive_windows  # noqa: E402
 from twin_bayes.diagnostics import identification_table  # noqa: E402
 from twin_bayes.models import TwinModel  # noqa: E402
 from twin_bayes.service.emulate import draw_truth  # noqa: E402
+from twin_bayes.sim import load_robot  # noqa: E402
 from twin_bayes.sim.checks import start_state  # noqa: E402
 from twin_bayes.sim.emulator import emulate, excitation  # noqa: E402
 
@@ -79,20 +81,16 @@ class CompileClock:
 
 
 def telemetry(cfg, model: TwinModel, seed: int, seconds: float):
-    """Hidden truth (all robot parameters) and the Trajectory it produces: (seconds/dt + 1) samples."""
-    robot = model.robot
+    """Hidden truth (all robot parameters) and the Trajectory it produces: (seconds/dt + 1) samples.
+
+    The telemetry comes from the robot's own MJCF (its constraint solver's iterations), whatever the
+    twin config's `solver_iterations`."""
+    robot = load_robot(cfg.robot.name, cfg.robot.actuator)
     truth = draw_truth(cfg, robot, seed)
     steps = int(round(seconds / robot.dt))
     q0, _ = start_state(robot)
     u = excitation(robot, steps, seed, amplitude=AMPLITUDE.get(cfg.name))
     return truth, emulate(robot, truth, seconds, seed=seed, noise=NOISE, commands=u, q0=q0)
-
-
-def windows(traj, T: int) -> list[dict]:
-    """Consecutive whole windows of T samples sharing their boundary sample: q (T, nq), qd (T, nv), ctrl (T, nu)."""
-    n = (len(traj.t) - 1) // (T - 1)
-    return [{"q": traj.q[k * (T - 1):k * (T - 1) + T], "qd": traj.qd[k * (T - 1):k * (T - 1) + T],
-             "ctrl": traj.ctrl[k * (T - 1):k * (T - 1) + T]} for k in range(n)]
 
 
 def prior_draws(model: TwinModel) -> np.ndarray:
@@ -121,7 +119,7 @@ def run_seed(cfg, model: TwinModel, seed: int, seconds: float, clock: CompileClo
     truth, traj = telemetry(cfg, model, seed, seconds)
     twin = Twin(cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"seed": seed})}), model)
     updates = []
-    for w in windows(traj, model.window_samples):
+    for w in consecutive_windows(traj.q, traj.qd, traj.ctrl, model.window_samples):
         r = twin.update(w)
         updates.append({k: r.as_dict()[k] for k in ("accepted", "reason", "engine", "stages", "ess", "latency_s")})
         print(f"  {cfg.name} seed {seed} window {len(updates)}: {r.engine} accepted={r.accepted} "

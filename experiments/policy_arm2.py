@@ -18,12 +18,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None) -> dict:
-    quick = experiment.script_args(__doc__.splitlines()[0], argv)
+    args = experiment.script_args(__doc__.splitlines()[0], RESULTS, argv)
+    quick = args.quick
     task = arm2_task(load_robot("arm2"))
     truths, seeds = (ARM2_TRUTHS[1:2], [1]) if quick else (ARM2_TRUTHS, [1, 2])
     result = experiment.run_compare("arm2", task, initial_policy(task), truths, seeds,
                                     "policy_arm2" + ("_quick" if quick else ""),
-                                    "arm2: track a lift with an unknown payload", RESULTS,
+                                    "arm2: track a lift with an unknown payload", args.out,
                                     settings=Settings(learning_rate=0.2, clip=5.0))
     print(json.dumps(result["summary"], indent=1))
     return result

@@ -20,13 +20,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None) -> dict:
-    quick = experiment.script_args(__doc__.splitlines()[0], argv)
+    args = experiment.script_args(__doc__.splitlines()[0], RESULTS, argv)
+    quick = args.quick
     cfg = servo_twin_config()
     task = servo_task(cfg.load_robot())
     truths, seeds = (SERVO_TRUTHS[2:3], [1]) if quick else (SERVO_TRUTHS, [1])
     result = experiment.run_compare(cfg, task, initial_policy(task, task.q_ref), truths, seeds,
                                     "policy_servo" + ("_quick" if quick else ""),
-                                    "servo pendulum: swing at the torque limit", RESULTS,
+                                    "servo pendulum: swing at the torque limit", args.out,
                                     fit_windows=1, train_particles=4, nominal_steps=100, adapt_steps=20,
                                     uniform_steps=100,
                                     settings=Settings(learning_rate=0.05, clip=5.0))

@@ -22,7 +22,8 @@ SETTINGS = Settings(learning_rate=0.2, clip=5.0)
 
 
 def main(argv=None) -> dict:
-    quick = experiment.script_args(__doc__.splitlines()[0], argv)
+    args = experiment.script_args(__doc__.splitlines()[0], RESULTS, argv)
+    quick = args.quick
     twin = Twin.from_config(load_config("arm2"))
     robot = twin.model.robot
     task = arm2_task(robot)
@@ -33,7 +34,7 @@ def main(argv=None) -> dict:
     episodes, change_at = (6, 3) if quick else (10, 4)
     result = experiment.readapt(twin, task, start, truth, {"body_mass:forearm": 1.3}, episodes, change_at,
                                 adapt_steps=10, settings=SETTINGS, seed=1)
-    stem = experiment.write_result(result, "readapt" + ("_quick" if quick else ""), RESULTS)
+    stem = experiment.write_result(result, "readapt" + ("_quick" if quick else ""), args.out)
     experiment.plot_readapt(result, "arm2: payload +30 % before episode "
                             f"{change_at}; twin update + re-adaptation after each episode", stem.with_suffix(".png"))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))

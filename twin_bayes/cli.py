@@ -124,7 +124,7 @@ def cmd_fit(args) -> int:
         info, evaluations = res.info, res.evaluations
     wall = time.perf_counter() - start
     out = Path(args.out)
-    save_posterior(twin, out)
+    save_posterior(twin, out, engine=info.get("engine", engine))
     idata = load_netcdf(out / NETCDF)
     stats = summarize(idata)
     summary = {"config": str(cfg.source), "engine": engine, "data": [str(p) for p in args.data],

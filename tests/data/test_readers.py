@@ -15,6 +15,7 @@ from twin_bayes.data import (
     Trajectory,
     bam_logs,
     bam_xl330_dir,
+    consecutive_windows,
     log_kp,
     read_bam,
     read_npz,
@@ -319,3 +320,11 @@ def test_bam_torque_off_becomes_servo_torque_off_command(tmp_path):
     path = write_json(tmp_path / "bad.json", log)
     with raises_naming(path, "entry 3 'torque_enable' is not a boolean"):
         read_bam(path)
+
+
+def test_consecutive_windows_share_their_boundary_sample_and_drop_a_part_window():
+    q, qd, ctrl = np.arange(12.0)[:, None], -np.arange(12.0)[:, None], 10 + np.arange(12.0)[:, None]
+    windows = consecutive_windows(q, qd, ctrl, 4)          # rows 0-3, 3-6, 6-9; rows 9-11 make no whole window
+    assert [w["q"][:, 0].tolist() for w in windows] == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    assert all(np.array_equal(w["qd"], -w["q"]) and np.array_equal(w["ctrl"], 10 + w["q"]) for w in windows)
+    assert consecutive_windows(q[:3], qd[:3], ctrl[:3], 4) == []

@@ -17,6 +17,7 @@ from twin_bayes.config import load_config
 from twin_bayes.data import read_trajectory
 from twin_bayes.data.npz import write_npz
 from twin_bayes.data.shared import bam_logs
+from twin_bayes.diagnostics import load_netcdf
 from twin_bayes.inference import whole_log
 from twin_bayes.inference.discrepancy import ar1_paths, fit_model_error
 from twin_bayes.sim.actuators import SERVO_TORQUE_OFF
@@ -80,6 +81,7 @@ def test_short_whole_log_fit_by_cli_beats_the_prior_and_its_saved_model_error_wi
                  "--data", str(tmp_path / "fit.npz"), "--out", str(post), "--json"]) == 0
     info = json.loads((post / "summary.json").read_text())["info"]
     assert info["temper_autocorrelation_steps"] > 10.0               # open-loop residuals are autocorrelated
+    assert load_netcdf(post / "posterior.nc").attrs["engine"] == "whole-log"
     saved = json.loads((post / "model_error.json").read_text())
     assert 0.0 < saved["sd_rad"][0] < 0.5 and saved["time_const_s"] > 0.0
     capsys.readouterr()

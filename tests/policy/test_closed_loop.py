@@ -1,12 +1,13 @@
-"""Command latency in the closed loop: a command sent at step t acts at step t + delay, in the
-Brax twin and on native MuJoCo alike (arm2, 0.2 s)."""
+"""The closed loop in the Brax twin and on native MuJoCo alike: command latency (a command sent at step t
+acts at step t + delay; arm2, 0.2 s), and a floating base's balance reflex and push (the humanoid, 0.1 s)."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from twin_bayes.policy.closed_loop import real_rollout, twin_rollout
-from twin_bayes.policy.controller import initial_policy
-from twin_bayes.policy.tasks import arm2_task
+from twin_bayes.policy.controller import base_reading, initial_policy
+from twin_bayes.policy.tasks import arm2_task, humanoid_push_task
 from twin_bayes.sim import load_robot
 from twin_bayes.sim.native import native_rollout
 
@@ -30,7 +31,7 @@ def test_twin_and_real_robot_delay_commands_alike(arm2):
     runs = {}
     for delay in (0, DELAY):
         delayed = task._replace(delay=np.int32(delay))
-        q, _, u = rollout(robot, theta, policy, delayed)
+        q, _, u, _ = rollout(robot, theta, policy, delayed)
         run = real_rollout(robot, robot.nominal(), policy, delayed, noise=NO_NOISE)
         np.testing.assert_allclose(q, run.q, atol=1e-6)
         np.testing.assert_allclose(u, run.u, atol=1e-6)
@@ -46,3 +47,29 @@ def test_a_delayed_command_acts_delay_steps_later(arm2):
     acting = np.concatenate([np.repeat(run.u[:1], DELAY, axis=0), run.u[:-DELAY]])
     q, _ = native_rollout(robot, robot.nominal(), np.asarray(task.q0), np.zeros(robot.nv), acting)
     np.testing.assert_allclose(run.q, q, atol=1e-12)
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.3, -0.5])
+def test_base_reading_is_the_tilt_of_the_up_axis_and_the_body_rates(angle):
+    q = np.zeros(7)
+    q[3:7] = [np.cos(angle / 2), 0.0, np.sin(angle / 2), 0.0]      # pitched by `angle` about y
+    qd = np.array([0, 0, 0, 0.7, -0.2, 0.1])
+    np.testing.assert_allclose(base_reading(q, qd), [-np.sin(angle), 0.0, 0.7, -0.2], atol=1e-15)
+    q[3:7] = [np.cos(angle / 2), np.sin(angle / 2), 0.0, 0.0]      # rolled about x
+    np.testing.assert_allclose(base_reading(q, qd)[:2], [0.0, np.sin(angle)], atol=1e-15)
+    np.testing.assert_allclose(base_reading(jnp.asarray(q), jnp.asarray(qd)), base_reading(q, qd), atol=1e-15)
+
+
+def test_pushed_humanoid_with_a_balance_reflex_runs_alike_in_twin_and_native_mujoco():
+    robot = load_robot("humanoid")
+    task = humanoid_push_task(robot, seconds=0.1, force_n=200.0, at_s=0.02, for_s=0.05, knots=3)
+    p0 = initial_policy(task)
+    policy = p0._replace(base_gain=p0.base_gain + np.random.default_rng(0).normal(0, 0.3, p0.base_gain.shape))
+    q, _, u, base = jax.jit(twin_rollout, static_argnums=0)(robot, robot.to_vector(robot.nominal()), policy, task)
+    run = real_rollout(robot, robot.nominal(), policy, task, noise=NO_NOISE)
+    np.testing.assert_allclose(q, run.q, atol=1e-6)
+    np.testing.assert_allclose(u, run.u, atol=1e-6)
+    np.testing.assert_allclose(base, run.base, atol=1e-6)
+    unpushed = real_rollout(robot, robot.nominal(), policy, task._replace(push=0 * task.push), noise=NO_NOISE)
+    assert np.abs(unpushed.base[:, 3] - run.base[:, 3]).max() > 1e-2      # the push tips the torso
+    assert np.abs(run.u - real_rollout(robot, robot.nominal(), p0, task, noise=NO_NOISE).u).max() > 1e-3

@@ -95,6 +95,16 @@ def test_humanoid_gradients_finite_and_close():
         assert g["rel_err"] < 0.05 or abs(g["ad"] - g["fd"]) < 1e-6, (param, g)
 
 
+def test_one_solver_iteration_makes_contact_gradients_reverse_mode():
+    accurate, one = load_robot("humanoid"), load_robot("humanoid", solver_iterations=1)
+    assert accurate.grad_mode == "forward" and accurate.mj_model.opt.iterations == 8
+    assert one.grad_mode == "reverse" and one.mj_model.opt.iterations == one.sys.opt.iterations == 1
+    assert load_robot("humanoid", solver_iterations=1) is one      # cached: shares compiled kernels
+    assert load_robot("humanoid_fixed", solver_iterations=3).grad_mode == "forward"
+    with pytest.raises(ValueError, match="at least 1"):
+        load_robot("humanoid", solver_iterations=0)
+
+
 def test_commands_are_not_silently_differentiated_through_the_solver():
     robot = load_robot("servo_pendulum")  # friction loss: constraint solver, forward sensitivities
     assert robot.grad_mode == "forward"

@@ -8,7 +8,7 @@ from twin_bayes.data.bam import read_bam
 from twin_bayes.data.npz import read_npz, write_npz
 from twin_bayes.data.rosbag import read_rosbag
 from twin_bayes.data.shared import bam_logs, bam_xl330_dir, log_kp
-from twin_bayes.data.trajectory import DataError, Trajectory
+from twin_bayes.data.trajectory import DataError, Trajectory, consecutive_windows
 
 #: Format name -> reader; file extensions map to formats through EXTENSIONS.
 READERS = {"npz": read_npz, "bam": read_bam, "rosbag2": read_rosbag}
@@ -33,6 +33,7 @@ __all__ = [
     "DataError",
     "Trajectory",
     "bam_logs",
+    "consecutive_windows",
     "bam_xl330_dir",
     "log_kp",
     "read_bam",

@@ -19,9 +19,11 @@ SUMMARY = "summary.json"
 MODEL_ERROR = "model_error.json"
 
 
-def save_posterior(twin: Twin, out: str | Path, summary: dict | None = None) -> Path:
+def save_posterior(twin: Twin, out: str | Path, summary: dict | None = None, engine: str = "particles") -> Path:
     """Write particles.npz (exact state), posterior.nc (ArviZ), summary.json and, where the twin has a
-    model error (`Twin.model_error`), model_error.json into out/ (a stale model_error.json is removed)."""
+    model error (`Twin.model_error`), model_error.json into out/ (a stale model_error.json is removed).
+
+    posterior.nc names the engine of a batch fit with chains; a particle posterior is labelled `engine`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     post = twin.posterior
@@ -38,7 +40,7 @@ def save_posterior(twin: Twin, out: str | Path, summary: dict | None = None) -> 
     else:
         samples = {n: post.values[None, :, i] for i, n in enumerate(post.names)}
         idata = to_inference_data(samples, prior=_prior_draws(twin), weights=post.weights[None],
-                                  attrs={"config": str(twin.cfg.source), "engine": "smc"})
+                                  attrs={"config": str(twin.cfg.source), "engine": engine})
     save_netcdf(idata, out / NETCDF)
     (out / SUMMARY).write_text(json.dumps(summary or {"parameters": post.summary()}, indent=2))
     if twin.model_error is not None:

@@ -5,6 +5,8 @@ differentiable in the policy); `real_rollout` runs the same controller on native
 MuJoCo with the robot's hidden true parameters and sensor noise (the "real
 robot"). Both delay each command by the task's `delay` control steps (command
 latency). Sensor bias is: the controller sees q + bias, as the robot does.
+A floating base also feeds its (noise-free) IMU reading to the balance reflex,
+and the task's push acts on its root body.
 """
 from __future__ import annotations
 
@@ -16,53 +18,65 @@ import mujoco
 import numpy as np
 from brax.mjx import pipeline
 
-from twin_bayes.policy.controller import Policy, Task, command, feedforward, gains, tracking_cost
+from twin_bayes.policy.controller import Policy, Task, base_reading, command, feedforward, gains, tracking_cost
 from twin_bayes.sim.robot import Robot
 from twin_bayes.sim.rollout import system
 
 
 def twin_rollout(robot: Robot, theta, policy: Policy, task: Task, sensor_noise=None):
-    """Closed loop on the twin with parameters theta (P,): q (T, nu), qd (T, nu), u (T, nu).
+    """Closed loop on the twin with parameters theta (P,): q (T, nu), qd (T, nu), u (T, nu), base (T, B).
 
-    q, qd are the actuated joints' true state after each step; u the commands
-    sent, each acting `task.delay` steps later (the scan carries the commands
-    sent so far, (T, nu)). `sensor_noise` (eq (T, nu), eqd (T, nu)), if given,
-    is added to what the controller measures.
+    q, qd are the actuated joints' true state after each step, base the base
+    reading there; u the commands sent, each acting `task.delay` steps later
+    (the scan carries the commands sent so far, (T, nu)). `sensor_noise`
+    (eq (T, nu), eqd (T, nu)), if given, is added to what the controller measures.
     """
     sys = system(robot, theta)
     bias = robot.layout.sensor_bias(theta)
     act = robot.layout.actuator_params(theta)
     qadr, dofadr = robot.layout.act_qadr, robot.layout.act_dofadr
     kp, kd = gains(policy, task)
+    base = _base(task)
 
     def step(carry, xs):
         state, sent = carry
-        t, ff, q_ref, qd_ref, eq, eqd = xs
+        t, ff, q_ref, qd_ref, eq, eqd, push = xs
         q, qd = state.q[qadr] + bias[qadr] + eq, state.qd[dofadr] + eqd
-        u = command(ff, kp, kd, q_ref, qd_ref, q, qd)
+        u = command(ff, kp, kd, q_ref, qd_ref, q, qd, policy.base_gain, base(state.q, state.qd))
         sent = sent.at[t].set(u)
         acting = sent[jnp.maximum(t - task.delay, 0)]
         tau = robot.actuator.torque(acting, q, qd, act) if robot.actuator.needs_state else acting
-        state = pipeline.step(sys, state, tau)
-        return (state, sent), (state.q[qadr], state.qd[dofadr], u)
+        state = pipeline.step(sys, state.replace(xfrc_applied=state.xfrc_applied.at[1].set(push)), tau)
+        return (state, sent), (state.q[qadr], state.qd[dofadr], u, base(state.q, state.qd))
 
     if sensor_noise is None:
         sensor_noise = (jnp.zeros_like(task.q_ref), jnp.zeros_like(task.qd_ref))
     ff = feedforward(policy, task)
     carry = (pipeline.init(sys, task.q0, task.qd0), jnp.zeros_like(ff))
-    xs = (jnp.arange(ff.shape[0]), ff, task.q_ref, task.qd_ref, *sensor_noise)
+    xs = (jnp.arange(ff.shape[0]), ff, task.q_ref, task.qd_ref, *sensor_noise, task.push)
     _, out = jax.lax.scan(step, carry, xs)
     return out
 
 
+def _base(task: Task):
+    """The base reading (B,) of a state (q, qd) for the task: the IMU's for a floating base, none otherwise."""
+    if task.base_scale.shape[0]:
+        return base_reading
+    return lambda q, qd: q[:0]
+
+
 class Run(NamedTuple):
-    """One real run, numpy arrays (T, nu): true state after each step, commands sent, what the sensors read."""
+    """One real run, numpy arrays: the actuated joints' true state after each step q, qd (T, nu) and the
+    commands sent u (T, nu); what the sensors read before each command, the whole state q_meas (T, nq),
+    qd_meas (T, nv) (so that a floating base's run is telemetry too); base (T, B) the base reading after
+    each step."""
 
     q: np.ndarray
     qd: np.ndarray
     u: np.ndarray
     q_meas: np.ndarray
     qd_meas: np.ndarray
+    base: np.ndarray
 
 
 def real_rollout(robot: Robot, truth, policy: Policy, task: Task, seed: int = 0,
@@ -82,23 +96,34 @@ def real_rollout(robot: Robot, truth, policy: Policy, task: Task, seed: int = 0,
     ff = np.asarray(feedforward(policy, task))
     kp, kd = (np.asarray(g) for g in gains(policy, task))
     q_ref, qd_ref = np.asarray(task.q_ref), np.asarray(task.qd_ref)
+    base_gain, push = np.asarray(policy.base_gain), np.asarray(task.push)
+    base = _base(task)
     delay = int(task.delay)
     rng = np.random.default_rng(seed)
     d.qpos[:], d.qvel[:] = np.asarray(task.q0), np.asarray(task.qd0)
-    run = Run(*(np.empty(ff.shape) for _ in Run._fields))
-    for t in range(ff.shape[0]):
-        q = d.qpos[qadr] + bias[qadr] + rng.normal(0.0, noise.get("q", 0.0), ff.shape[1])
-        qd = d.qvel[dofadr] + rng.normal(0.0, noise.get("qd", 0.0), ff.shape[1])
-        run.u[t] = command(ff[t], kp, kd, q_ref[t], qd_ref[t], q, qd)
+    T = ff.shape[0]
+    run = Run(*(np.empty(ff.shape) for _ in range(3)), np.empty((T, m.nq)), np.empty((T, m.nv)),
+              np.empty((T, base_gain.shape[1])))
+    for t in range(T):
+        run.q_meas[t] = d.qpos + bias + rng.normal(0.0, noise.get("q", 0.0), m.nq)
+        run.qd_meas[t] = d.qvel + rng.normal(0.0, noise.get("qd", 0.0), m.nv)
+        q, qd = run.q_meas[t, qadr], run.qd_meas[t, dofadr]
+        run.u[t] = command(ff[t], kp, kd, q_ref[t], qd_ref[t], q, qd, base_gain, base(d.qpos, d.qvel))
         acting = run.u[max(t - delay, 0)]
         tau = robot.actuator.torque(acting, q, qd, act) if robot.actuator.needs_state else acting
         d.ctrl[:] = np.asarray(tau)
+        d.xfrc_applied[1] = push[t]
         mujoco.mj_step(m, d)
-        run.q[t], run.qd[t], run.q_meas[t], run.qd_meas[t] = d.qpos[qadr], d.qvel[dofadr], q, qd
+        run.q[t], run.qd[t], run.base[t] = d.qpos[qadr], d.qvel[dofadr], base(d.qpos, d.qvel)
     return run
 
 
 def real_cost(robot: Robot, truth, policy: Policy, task: Task, seed: int = 0, noise=None) -> float:
     """Tracking cost of one run on the real robot."""
     run = real_rollout(robot, truth, policy, task, seed, noise)
-    return float(tracking_cost(jnp.asarray(run.q), jnp.asarray(run.u), task))
+    return run_cost(run, task)
+
+
+def run_cost(run: Run, task: Task) -> float:
+    """Tracking cost of a real run."""
+    return float(tracking_cost(jnp.asarray(run.q), jnp.asarray(run.u), jnp.asarray(run.base), task))

@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from twin_bayes.config import TwinConfig, load_config
+from twin_bayes.data import consecutive_windows
 from twin_bayes.inference import Twin
 from twin_bayes.models import TwinModel
-from twin_bayes.policy.closed_loop import Run, real_cost, real_rollout
-from twin_bayes.policy.controller import Policy, Task, tracking_cost
+from twin_bayes.policy.closed_loop import Run, real_cost, real_rollout, run_cost
+from twin_bayes.policy.controller import Policy, Task
 from twin_bayes.policy.objective import particle_costs_jit, predicted_costs
 from twin_bayes.policy.optimize import Settings, optimize
 from twin_bayes.sim import Robot, load_robot
@@ -34,16 +35,18 @@ from twin_bayes.sim.emulator import emulate
 log = logging.getLogger(__name__)
 
 
-def script_args(description: str, argv=None) -> bool:
-    """The experiment scripts' command line (`--quick`), compilation cache and progress logging; returns quick."""
+def script_args(description: str, results: Path, argv=None) -> argparse.Namespace:
+    """The experiment scripts' command line (`--quick`, `--out` default `results`), compilation cache and
+    progress logging."""
     from twin_bayes.cli import _enable_cache
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="the short version")
-    quick = ap.parse_args(argv).quick
+    ap.add_argument("--out", type=Path, default=results, help=f"results folder (default {results})")
+    args = ap.parse_args(argv)
     _enable_cache()
     logging.basicConfig(format="%(asctime)s %(message)s")
     logging.getLogger("twin_bayes").setLevel(logging.INFO)
-    return quick
+    return args
 
 
 def nominal_thetas(model: TwinModel) -> jnp.ndarray:
@@ -79,6 +82,14 @@ def telemetry_window(run: Run) -> dict:
     return {"q": run.q_meas, "qd": run.qd_meas, "ctrl": run.u}
 
 
+def fit_closed_loop(twin: Twin, truth: dict[str, float], seed: int, policy: Policy, task: Task,
+                    real_robot: Robot) -> list:
+    """The real robot runs `policy` on `task` (sensor-noise seed `seed`); its telemetry goes into twin
+    window by window (whole windows only); the update reports."""
+    run = real_rollout(real_robot, {**truth, **twin.cfg.settings}, policy, task, seed=seed)
+    return [twin.update(w) for w in consecutive_windows(run.q_meas, run.qd_meas, run.u, twin.model.window_samples)]
+
+
 def fit_twin(twin: Twin, truth: dict[str, float], seed: int, windows: int, real_robot: Robot | None = None) -> list:
     """Stream `windows` excitation windows of emulated telemetry from `real_robot` (default: the twin's)
     under `truth` into twin; the update reports."""
@@ -111,37 +122,53 @@ def score(twin: Twin, truth: dict[str, float], policy: Policy, task: Task, seeds
 
 def compare(twin_factory, task: Task, init: Policy, truths: list[dict], seeds: list[int], fit_windows: int = 2,
             train_particles: int = 8, nominal_steps: int = 150, adapt_steps: int = 40,
-            uniform_steps: int | None = None, settings: Settings = Settings(), cvar_alpha: float = 0.25,
-            real_seeds: int = 3, real_robot: Robot | None = None) -> dict:
+            uniform_steps: int | None = None, settings: Settings = Settings(), cvar_alpha: float | None = 0.25,
+            real_seeds: int = 3, real_robot: Robot | None = None, fit=None, nominal: Policy | None = None,
+            policy_robot: Robot | None = None) -> dict:
     """Policies from the nominal model, uniform DR and each fitted posterior (mean and CVaR), scored on the real robot.
 
     `twin_factory()` gives a fresh Twin (one compiled model shared by all).
-    The nominal policy is optimised from `init` for `nominal_steps`; the
-    others start from it (warm start) and take `adapt_steps` (the uniform-DR
-    policy, trained once for all truths, `uniform_steps`, default the same).
-    For every truth and seed a twin is fitted on `fit_windows` windows of emulated telemetry
-    (data seed `seed`) and every policy runs `real_seeds` times on the real
-    robot (sensor-noise seeds 1000·seed + r). `real_robot` emulates the
+    The nominal policy is optimised from `init` for `nominal_steps` (or given
+    as `nominal`); the others start from it (warm start) and take
+    `adapt_steps` (the uniform-DR policy, trained once for all truths,
+    `uniform_steps`, default the same). For every truth and seed a twin is
+    fitted: `fit(truth, seed)` gives (the fitted Twin, its update reports),
+    by default a fresh twin on `fit_windows` windows of emulated excitation
+    telemetry (data seed `seed`). Every policy runs `real_seeds` times on the
+    real robot (sensor-noise seeds 1000·seed + r). `real_robot` emulates the
     telemetry and runs the policies (default: the twin's robot).
+    `cvar_alpha=None` leaves out the risk-averse policy. Policies are
+    optimised through `policy_robot` (default: the twin's robot), a twin of
+    the same parameters whose gradients may be cheaper
+    (`sim.load_robot(..., solver_iterations=1)`); the twin's own robot
+    predicts the real costs.
     """
     twin = twin_factory()
-    model, robot = twin.model, twin.model.robot
+    model = twin.model
+    robot = policy_robot or model.robot
     nominal_th = nominal_thetas(model)
-    nominal, nominal_hist = optimize(robot, nominal_th, init, task, nominal_steps, settings)
-    log.info("nominal policy: objective %.4g -> %.4g", nominal_hist[0], nominal_hist[-1])
+    nominal_hist = None     # a given nominal policy was optimised elsewhere
+    if nominal is None:
+        nominal, nominal_hist = optimize(robot, nominal_th, init, task, nominal_steps, settings)
+        log.info("nominal policy: objective %.4g -> %.4g", nominal_hist[0], nominal_hist[-1])
     uniform_th = uniform_thetas(model, jax.random.PRNGKey(0), train_particles)
     uniform_steps = adapt_steps if uniform_steps is None else uniform_steps
     uniform, uniform_hist = optimize(robot, uniform_th, nominal, task, uniform_steps, settings)
+    if fit is None:
+        def fit(truth, seed):
+            fitted = twin_factory()
+            return fitted, fit_twin(fitted, truth, seed, fit_windows, real_robot)
     runs = []
     for i, truth in enumerate(truths):
         for seed in seeds:
-            twin = twin_factory()
-            reports = fit_twin(twin, truth, seed, fit_windows, real_robot)
+            twin, reports = fit(truth, seed)
             post_th, _ = posterior_draws(twin, train_particles, seed)
             posterior, post_hist = optimize(robot, post_th, nominal, task, adapt_steps, settings)
-            risk_averse, _ = optimize(robot, post_th, nominal, task, adapt_steps, settings, cvar_alpha)
             policies = {"nominal": (nominal, nominal_th), "uniform_dr": (uniform, uniform_th),
-                        "posterior": (posterior, post_th), "posterior_cvar": (risk_averse, post_th)}
+                        "posterior": (posterior, post_th)}
+            if cvar_alpha is not None:
+                risk_averse, _ = optimize(robot, post_th, nominal, task, adapt_steps, settings, cvar_alpha)
+                policies["posterior_cvar"] = (risk_averse, post_th)
             real = [1000 * seed + r for r in range(real_seeds)]
             scores = {}
             for name, (policy, train_th) in policies.items():
@@ -162,7 +189,8 @@ def compare(twin_factory, task: Task, init: Policy, truths: list[dict], seeds: l
             "nominal_steps": nominal_steps, "adapt_steps": adapt_steps, "uniform_steps": uniform_steps,
             "cvar_alpha": cvar_alpha,
             "optimizer": {"adam_learning_rate": settings.learning_rate, "clip_global_norm": settings.clip},
-            "nominal_objective_start_end": [float(nominal_hist[0]), float(nominal_hist[-1])],
+            "nominal_objective_start_end": None if nominal_hist is None else [float(nominal_hist[0]),
+                                                                              float(nominal_hist[-1])],
             "uniform_objective_start_end": [float(uniform_hist[0]), float(uniform_hist[-1])],
             "summary": summary, "runs": runs}
 
@@ -211,7 +239,7 @@ def readapt(twin: Twin, task: Task, policy: Policy, truth: dict[str, float], cha
         fixed = real_cost(robot, real, policy, task, seed=1000 * seed + e)
         report = twin.update(telemetry_window(run))
         row = {"episode": e, "changed": e >= change_at, "cost_fixed": fixed,
-               "cost_readapted": float(tracking_cost(jnp.asarray(run.q), jnp.asarray(run.u), task)),
+               "cost_readapted": run_cost(run, task),
                "update_accepted": bool(report.accepted), "drift": bool(report.drift),
                "posterior_mean": {n: twin.posterior.mean()[n] for n in change}, "optax_steps": 0}
         if report.accepted:

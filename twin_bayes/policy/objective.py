@@ -22,8 +22,8 @@ from twin_bayes.sim.robot import Robot
 def particle_costs(robot: Robot, thetas, policy: Policy, task: Task):
     """Twin tracking cost of the policy under each particle: (N,)."""
     def cost(theta):
-        q, _, u = twin_rollout(robot, theta, policy, task)
-        return tracking_cost(q, u, task)
+        q, _, u, base = twin_rollout(robot, theta, policy, task)
+        return tracking_cost(q, u, base, task)
     return jax.vmap(cost)(thetas)
 
 
@@ -38,8 +38,8 @@ def predicted_costs(robot: Robot, key, thetas, noise_sd, policy: Policy, task: T
     """
     def cost(k, theta, sd):
         eps = jax.random.normal(k, (2,) + task.q_ref.shape) * sd[:, None, None]
-        q, _, u = twin_rollout(robot, theta, policy, task, (eps[0], eps[1]))
-        return tracking_cost(q, u, task)
+        q, _, u, base = twin_rollout(robot, theta, policy, task, (eps[0], eps[1]))
+        return tracking_cost(q, u, base, task)
     return jax.vmap(cost)(jax.random.split(key, thetas.shape[0]), thetas, noise_sd)
 
 

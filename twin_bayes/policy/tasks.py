@@ -5,6 +5,7 @@ import numpy as np
 
 from twin_bayes.config import TwinConfig, load_config
 from twin_bayes.policy.controller import Task, make_task
+from twin_bayes.sim.checks import start_state
 from twin_bayes.sim.robot import Robot
 
 
@@ -40,6 +41,57 @@ def servo_task(robot: Robot, seconds: float = 1.0, knots: int = 11, amplitude: f
     return make_task(q, qd, q0=[0.0], knots=knots, kp_max=2.0, kd_max=0.2, q_scale=0.05)
 
 
+def _humanoid_task(robot: Robot, q_ref, qd_ref, knots: int, push=None) -> Task:
+    """A humanoid task from standing (`sim.checks.start_state`): commands in control units (±0.4 before
+    the motor gears), gains bounded by 4 per rad and 0.4 per rad/s, joint error scaled by 0.1 rad, base
+    tilt by 0.05 (about 3°) and its rate by 0.5 rad/s, effort weight 1 per unit²."""
+    q0, qd0 = start_state(robot)
+    q0[robot.layout.act_qadr] = standing_posture(robot)
+    return make_task(q_ref, qd_ref, q0, knots=knots, kp_max=4.0, kd_max=0.4, q_scale=0.1, effort=1.0, qd0=qd0,
+                     base_scale=[0.05, 0.05, 0.5, 0.5], push=push)
+
+
+def standing_posture(robot: Robot) -> np.ndarray:
+    """The humanoid's standing joint angles (nu,) (rad): the MJCF's, with the knees just inside their range."""
+    q = start_state(robot)[0][robot.layout.act_qadr]
+    for name in ("right_knee", "left_knee"):
+        q[_actuated(robot, name)] = -0.05
+    return q
+
+
+def humanoid_push_task(robot: Robot, seconds: float = 0.8, force_n: float = 60.0, at_s: float = 0.1,
+                       for_s: float = 0.1, knots: int = 6) -> Task:
+    """The floating humanoid stands and is pushed forward: `force_n` (N) on the torso along +x for `for_s`
+    seconds from `at_s`; it should hold its posture and stay upright."""
+    T = int(round(seconds / robot.dt))
+    t = np.arange(1, T + 1) * robot.dt
+    push = np.zeros((T, 6))
+    push[(t > at_s) & (t <= at_s + for_s), 0] = force_n
+    q = np.repeat(standing_posture(robot)[None], T, axis=0)
+    return _humanoid_task(robot, q, np.zeros_like(q), knots, push)
+
+
+def humanoid_squat_task(robot: Robot, seconds: float = 1.2, hip_rad: float = -0.25, knee_rad: float = -0.5,
+                        knots: int = 8) -> Task:
+    """The floating humanoid squats and rises: both hips flex by `hip_rad` and both knees by `knee_rad`
+    (rad) and come back, (1 − cos) in time over `seconds`, with the torso upright."""
+    T = int(round(seconds / robot.dt))
+    t = np.arange(1, T + 1) * robot.dt
+    stand = standing_posture(robot)
+    depth = [0.0] * robot.nu
+    for name, value in (("right_hip_y", hip_rad), ("left_hip_y", hip_rad), ("right_knee", knee_rad),
+                        ("left_knee", knee_rad)):
+        depth[_actuated(robot, name)] = value
+    q, qd = _swing(t, stand, depth, [1.0 / seconds] * robot.nu)
+    return _humanoid_task(robot, q, qd, knots)
+
+
+def _actuated(robot: Robot, joint: str) -> int:
+    """Index of a joint among the actuated joints."""
+    jid = robot.mj_model.joint(joint).id
+    return int(np.flatnonzero(robot.mj_model.actuator_trnid[:, 0] == jid)[0])
+
+
 def servo_twin_config() -> TwinConfig:
     """The shipped servo_pendulum twin config with its Coulomb friction inside the actuator torque.
 
@@ -73,4 +125,12 @@ SERVO_TRUTHS = [
      "servo_friction_coulomb:servo": 0.03, "servo_friction_viscous:servo": 0.015},
     {"servo_kt:servo": 0.45, "servo_R:servo": 2.2, "servo_armature:servo": 0.007,
      "servo_friction_coulomb:servo": 0.1, "servo_friction_viscous:servo": 0.04},
+]
+# The real humanoid's torso mass (nominal 8.9 kg), hip flexion damping (5 N·m·s/rad) and foot friction (1):
+# a heavier torso with stiffer hips on slippery feet, and a lighter one with looser hips on grippy feet.
+HUMANOID_TRUTHS = [
+    {"body_mass:torso": 12.0, "dof_damping:right_hip_y": 7.5, "dof_damping:left_hip_y": 7.0,
+     "geom_friction:right_foot": 0.7, "geom_friction:left_foot": 0.75},
+    {"body_mass:torso": 7.0, "dof_damping:right_hip_y": 3.0, "dof_damping:left_hip_y": 3.5,
+     "geom_friction:right_foot": 1.3, "geom_friction:left_foot": 1.2},
 ]

@@ -35,10 +35,11 @@ class Robot:
     """A robot twin's simulator: immutable, hashable by identity, safe as a jit static argument.
 
     `mj_model` and `sys` hold the nominal parameters. `grad_mode` is
-    "reverse" when the model has no constraint rows (plain reverse-mode
-    autodiff through the scan) and "forward" when MJX's constraint solver
-    runs (friction loss, joint limits, contacts): then gradients come from
-    forward-mode sensitivities behind a `custom_vjp`.
+    "reverse" when the model has no constraint rows, or when its constraint
+    solver takes a single (warm-started) Newton iteration per step: then
+    reverse-mode autodiff passes through the scan. It is "forward" when MJX's
+    iterative constraint solver runs (friction loss, joint limits, contacts):
+    then gradients come from forward-mode sensitivities behind a `custom_vjp`.
     """
 
     name: str
@@ -147,11 +148,18 @@ def _custom(m: mujoco.MjModel) -> tuple[str | None, dict[str, float]]:
     return name, numeric
 
 
-def load_robot(name_or_path: str | Path, actuator: str | None = None, dtype=jnp.float64) -> Robot:
+def load_robot(name_or_path: str | Path, actuator: str | None = None, dtype=jnp.float64,
+               solver_iterations: int | None = None) -> Robot:
     """Load a shipped robot by name or any MJCF file by path.
 
     The actuator model comes from `actuator`, else the MJCF's
     `<text name="twin_bayes.actuator" data="..."/>`, else "torque".
+    `solver_iterations` overrides the MJCF's constraint-solver iterations per
+    step (native and MJX alike). 1 is the MuJoCo Playground setting for
+    locomotion: each step takes one Newton iteration from the previous step's
+    accelerations, so that gradients through contacts are reverse-mode, one
+    backward pass for any number of policy or model parameters, at the price
+    of a less converged contact solve than the real robot's.
     Robots are cached: the same arguments give the same object (and so
     share compiled rollouts).
     """
@@ -161,15 +169,19 @@ def load_robot(name_or_path: str | Path, actuator: str | None = None, dtype=jnp.
         if path.suffix.lower() != ".xml" or not path.is_file():
             raise ValueError(f"unknown robot {str(name_or_path)!r}: not a shipped robot "
                              f"({', '.join(SHIPPED)}) and not an MJCF file")
-    return _load(path.resolve(), actuator, jnp.dtype(dtype))
+    if solver_iterations is not None and solver_iterations < 1:
+        raise ValueError(f"solver_iterations must be at least 1, got {solver_iterations}")
+    return _load(path.resolve(), actuator, jnp.dtype(dtype), solver_iterations)
 
 
 @lru_cache(maxsize=None)
-def _load(path: Path, actuator: str | None, dtype: jnp.dtype) -> Robot:
+def _load(path: Path, actuator: str | None, dtype: jnp.dtype, solver_iterations: int | None) -> Robot:
     try:
         base = mujoco.MjModel.from_xml_path(str(path))
     except ValueError as err:
         raise ValueError(f"{path}: MJCF does not compile: {err}") from None
+    if solver_iterations is not None:
+        base.opt.iterations = solver_iterations
     declared, numeric = _custom(base)
     model = get_actuator_model(actuator or declared or "torque")
     if model.needs_state:
@@ -186,5 +198,5 @@ def _load(path: Path, actuator: str | None, dtype: jnp.dtype) -> Robot:
         sys = mjcf.load_model(mj_model)
     sys = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, sys)
     name = next((k for k, v in SHIPPED.items() if v == path), path.stem)
-    grad_mode = "forward" if _has_constraint_rows(sys) else "reverse"
+    grad_mode = "forward" if _has_constraint_rows(sys) and base.opt.iterations > 1 else "reverse"
     return Robot(name, path, mj_model, sys, layout, model, grad_mode, dtype)
