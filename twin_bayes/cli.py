@@ -15,15 +15,6 @@ EXIT_BAD_INPUT = 2
 COMMAND_MODULES: tuple[str, ...] = ("twin_bayes.service.commands", "twin_bayes.service.robot_commands", "twin_bayes.policy.commands")
 
 
-def _enable_cache() -> None:
-    import os
-
-    import jax
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "twin-bayes" / "jax"))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def _print(obj, as_json: bool, table=None) -> None:
     if as_json:
         print(json.dumps(obj, indent=2, default=float))
@@ -282,7 +273,8 @@ def main(argv=None) -> int:
     for module in COMMAND_MODULES:
         commands.update(importlib.import_module(module).register(sub))
     args = p.parse_args(argv)
-    _enable_cache()
+    from twin_bayes.compiled import enable_cache
+    enable_cache()
     from twin_bayes.config import ConfigError
     from twin_bayes.data import DataError
     from twin_bayes.models import WindowError

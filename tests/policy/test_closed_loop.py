@@ -7,7 +7,7 @@ import pytest
 
 from twin_bayes.policy.closed_loop import real_rollout, twin_rollout
 from twin_bayes.policy.controller import base_reading, initial_policy
-from twin_bayes.policy.tasks import arm2_task, humanoid_push_task
+from twin_bayes.policy.tasks import arm2_task, deadbeat_kd, humanoid_push_task
 from twin_bayes.sim import load_robot
 from twin_bayes.sim.native import native_rollout
 
@@ -73,3 +73,17 @@ def test_pushed_humanoid_with_a_balance_reflex_runs_alike_in_twin_and_native_muj
     unpushed = real_rollout(robot, robot.nominal(), policy, task._replace(push=0 * task.push), noise=NO_NOISE)
     assert np.abs(unpushed.base[:, 3] - run.base[:, 3]).max() > 1e-2      # the push tips the torso
     assert np.abs(run.u - real_rollout(robot, robot.nominal(), p0, task, noise=NO_NOISE).u).max() > 1e-3
+
+
+@pytest.mark.parametrize("kd_over_deadbeat, chatters", [(0.5, False), (4.0, True)])
+def test_humanoid_velocity_gain_bound_keeps_the_explicit_feedback_from_chattering(kd_over_deadbeat, chatters):
+    """Above twice `deadbeat_kd` the knees' velocity flips sign every control step and grows until the
+    commands saturate (4 times: the knees swing by 5 rad/s per 3 ms step); the tasks bound kd by it."""
+    robot = load_robot("humanoid")
+    task = humanoid_push_task(robot, seconds=0.15, force_n=0.0, knots=3)
+    assert np.allclose(task.kd_max, deadbeat_kd(robot, task.q0))
+    task = task._replace(kd_max=2 * kd_over_deadbeat * task.kd_max)     # initial_policy: gains at half the bound
+    run = real_rollout(robot, robot.nominal(), initial_policy(task), task, seed=0)
+    knee = list(robot.layout.act_dofadr).index(robot.mj_model.joint("right_knee").dofadr[0])
+    step_change = np.abs(np.diff(run.qd[:, knee])).mean()      # rad/s per 3 ms step
+    assert (step_change > 1.0) if chatters else (step_change < 0.1)

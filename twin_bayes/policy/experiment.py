@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from twin_bayes.compiled import enable_cache
 from twin_bayes.config import TwinConfig, load_config
 from twin_bayes.data import consecutive_windows
 from twin_bayes.inference import Twin
@@ -31,6 +32,7 @@ from twin_bayes.policy.objective import particle_costs_jit, predicted_costs
 from twin_bayes.policy.optimize import Settings, optimize
 from twin_bayes.sim import Robot, load_robot
 from twin_bayes.sim.emulator import emulate
+from twin_bayes.sim.native import native_rollout
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,11 @@ log = logging.getLogger(__name__)
 def script_args(description: str, results: Path, argv=None) -> argparse.Namespace:
     """The experiment scripts' command line (`--quick`, `--out` default `results`), compilation cache and
     progress logging."""
-    from twin_bayes.cli import _enable_cache
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="the short version")
     ap.add_argument("--out", type=Path, default=results, help=f"results folder (default {results})")
     args = ap.parse_args(argv)
-    _enable_cache()
+    enable_cache()
     logging.basicConfig(format="%(asctime)s %(message)s")
     logging.getLogger("twin_bayes").setLevel(logging.INFO)
     return args
@@ -83,11 +84,22 @@ def telemetry_window(run: Run) -> dict:
 
 
 def fit_closed_loop(twin: Twin, truth: dict[str, float], seed: int, policy: Policy, task: Task,
-                    real_robot: Robot) -> list:
+                    real_robot: Robot) -> tuple[list, float]:
     """The real robot runs `policy` on `task` (sensor-noise seed `seed`); its telemetry goes into twin
-    window by window (whole windows only); the update reports."""
-    run = real_rollout(real_robot, {**truth, **twin.cfg.settings}, policy, task, seed=seed)
-    return [twin.update(w) for w in consecutive_windows(run.q_meas, run.qd_meas, run.u, twin.model.window_samples)]
+    window by window (whole windows only). The update reports, and the run's `segment_floor`."""
+    truth = {**truth, **twin.cfg.settings}
+    run = real_rollout(real_robot, truth, policy, task, seed=seed)
+    reports = [twin.update(w) for w in consecutive_windows(run.q_meas, run.qd_meas, run.u, twin.model.window_samples)]
+    return reports, segment_floor(real_robot, truth, run, twin.model.segment_steps)
+
+
+def segment_floor(robot: Robot, truth: dict[str, float], run: Run, steps: int) -> float:
+    """RMS velocity misfit (rad/s) of native replays of a real run's commands in `steps`-step segments,
+    each started from its measured state, under the true parameters: the least misfit a twin that starts
+    its segments from measured states can reach (the qd sensor noise where a noisy start is forgiven)."""
+    sq = [(native_rollout(robot, truth, run.q_meas[s], run.qd_meas[s], run.u[s:s + steps])[1]
+           - run.qd_meas[s + 1:s + steps + 1]) ** 2 for s in range(0, len(run.u) - steps, steps)]
+    return float(np.sqrt(np.mean(sq)))
 
 
 def fit_twin(twin: Twin, truth: dict[str, float], seed: int, windows: int, real_robot: Robot | None = None) -> list:

@@ -1,6 +1,7 @@
 """The tracking tasks of the sim-to-real experiments, for the shipped robots."""
 from __future__ import annotations
 
+import mujoco
 import numpy as np
 
 from twin_bayes.config import TwinConfig, load_config
@@ -43,12 +44,31 @@ def servo_task(robot: Robot, seconds: float = 1.0, knots: int = 11, amplitude: f
 
 def _humanoid_task(robot: Robot, q_ref, qd_ref, knots: int, push=None) -> Task:
     """A humanoid task from standing (`sim.checks.start_state`): commands in control units (±0.4 before
-    the motor gears), gains bounded by 4 per rad and 0.4 per rad/s, joint error scaled by 0.1 rad, base
-    tilt by 0.05 (about 3°) and its rate by 0.5 rad/s, effort weight 1 per unit²."""
+    the motor gears), gains bounded by 4 per rad and `deadbeat_kd(robot, q0)` (about 0.05) per rad/s,
+    joint error scaled by 0.1 rad, base tilt by 0.05 (about 3°) and its rate by 0.5 rad/s, effort weight
+    1 per unit²."""
     q0, qd0 = start_state(robot)
     q0[robot.layout.act_qadr] = standing_posture(robot)
-    return make_task(q_ref, qd_ref, q0, knots=knots, kp_max=4.0, kd_max=0.4, q_scale=0.1, effort=1.0, qd0=qd0,
-                     base_scale=[0.05, 0.05, 0.5, 0.5], push=push)
+    return make_task(q_ref, qd_ref, q0, knots=knots, kp_max=4.0, kd_max=deadbeat_kd(robot, q0), q_scale=0.1,
+                     effort=1.0, qd0=qd0, base_scale=[0.05, 0.05, 0.5, 0.5], push=push)
+
+
+def deadbeat_kd(robot: Robot, q) -> float:
+    """The velocity gain (command units per rad/s, the same on every actuated joint) at which the
+    controller's explicit damping removes one control step's velocity error at configuration q (nq,):
+    the largest eigenvalue of dt·M⁻¹·G·kd·S is 1, with M (nv, nv) the mass matrix, G (nv, nu) the motor
+    gears and S (nu, nv) the actuated velocities. Twice this gain is the stability limit: above it the
+    joints chatter at half the control rate. Contacts only lower these eigenvalues."""
+    m = robot.mj_model
+    d = mujoco.MjData(m)
+    d.qpos[:] = q
+    mujoco.mj_forward(m, d)
+    mass = np.zeros((m.nv, m.nv))
+    mujoco.mj_fullM(m, d, mass)
+    dof, cols = robot.layout.act_dofadr, np.arange(m.nu)
+    gears, select = np.zeros((m.nv, m.nu)), np.zeros((m.nu, m.nv))
+    gears[dof, cols], select[cols, dof] = m.actuator_gear[:, 0], 1.0
+    return 1.0 / float(np.linalg.eigvals(robot.dt * np.linalg.solve(mass, gears @ select)).real.max())
 
 
 def standing_posture(robot: Robot) -> np.ndarray:
