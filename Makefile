@@ -18,6 +18,8 @@ demo: $(STAMP)
 	$(VENV)/bin/twin-bayes demo
 
 # The long checks (marked slow) run with `make test PYTEST_MARK=slow`, everything with PYTEST_MARK=.
+# Compiles take one core each: PYTEST_WORKERS test processes share the persistent cache.
 PYTEST_MARK ?= not slow
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "$(PYTEST_MARK)" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -m "$(PYTEST_MARK)" -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)

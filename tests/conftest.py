@@ -1,5 +1,8 @@
 """Shared test set-up: JAX's persistent compilation cache, so compiled rollouts are reused across
-runs, and a bound on the compiled code one test process keeps mapped."""
+runs, a bound on the compiled code one test process keeps mapped, and the grouping of tests over
+pytest-xdist workers."""
+from pathlib import Path
+
 import pytest
 
 import twin_bayes  # noqa: F401  (enables float64)
@@ -15,3 +18,18 @@ def _release_compiled_code():
     again from the persistent cache."""
     yield
     release_compiled_code()
+
+
+# Test packages whose session fixtures build one shared twin: all of a package's tests run in one worker.
+SHARED_SESSION_FIXTURES = {"inference", "service"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Groups for `--dist loadgroup`: a package with shared session fixtures is one group, any other
+    test file its own, so no compiled fixture is built twice."""
+    tests = Path(__file__).parent
+    for item in items:
+        part = item.path.relative_to(tests).parts
+        group = part[0] if part[0] in SHARED_SESSION_FIXTURES else "/".join(part)
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -102,9 +102,11 @@ def cmd_fit(args) -> int:
     kwargs = {}
     if engine == "nuts":
         kwargs = {"num_warmup": args.warmup, "num_samples": args.samples}
+    elif engine == "svi" and args.adam_steps is not None:
+        kwargs = {"steps": args.adam_steps}
     if engine == "whole-log":
         from twin_bayes.inference.whole_log import fit_twin
-        info = fit_twin(twin, trajs, adam_steps=args.adam_steps)
+        info = fit_twin(twin, trajs, **({} if args.adam_steps is None else {"adam_steps": args.adam_steps}))
         evaluations = info["simulator_evaluations"]
     elif engine == "smc" and args.stream:
         reports = [twin.update(w).as_dict() for w in windows]
@@ -247,7 +249,8 @@ def main(argv=None) -> int:
                    help="whole-log: each recording simulated open loop from its first state, plus a learned "
                         "model error (inference.whole_log); the others fit windows (default: the config's)")
     f.add_argument("--stream", action="store_true", help="smc: feed windows one by one (online) instead of all at once")
-    f.add_argument("--adam-steps", type=int, default=50, help="whole-log: Adam steps before the Newton polish")
+    f.add_argument("--adam-steps", type=int, help="Adam steps of svi (default 1500) and of whole-log before its "
+                                                    "Newton polish (default 50)")
     f.add_argument("--warmup", type=int, default=300)
     f.add_argument("--samples", type=int, default=300)
     f.add_argument("--json", action="store_true")

@@ -56,8 +56,9 @@ def test_check_sim_json():
 def test_fit_evaluate_report(recorded, capsys):
     d, cfg, files, truth = recorded
     assert main(["fit", "--config", str(cfg), "--data", str(files[0]), "--out", str(d / "post"),
-                 "--engine", "svi", "--json"]) == 0
+                 "--engine", "svi", "--adam-steps", "300", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
+    assert summary["evaluations"] == 300
     params = summary["parameters"]
     assert set(params) >= {"body_mass:upper_arm", "noise:q"}
     assert abs(params["body_mass:upper_arm"]["mean"] - truth["body_mass:upper_arm"]) < 0.1

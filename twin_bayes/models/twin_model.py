@@ -53,6 +53,13 @@ def state_jacobian_jit(model: "TwinModel", z, w: Window):
     return model.state_jacobian(z, w)
 
 
+@partial(jax.jit, static_argnums=0)
+def batch_log_lik_jit(model: "TwinModel", z, windows: Window):
+    """Summed log-likelihood of a batch of windows (leading axis B) at z (D,): one executable, also
+    where NumPyro runs a model outside jit (an autoguide's set-up, initialisation)."""
+    return jnp.sum(jax.vmap(lambda w: model.log_lik(z, w))(windows))
+
+
 def prior_distribution(spec: PriorSpec, nominal: float) -> dist.Distribution:
     loc = nominal if spec.loc is None else spec.loc
     if spec.dist == "lognormal":
@@ -210,7 +217,7 @@ class TwinModel:
         """NumPyro model over a batch of windows (leading axis B): priors + summed likelihood."""
         values = jnp.stack([numpyro.sample(n, d) for n, d in zip(self.names, self.priors)])
         z = self.unconstrain(values)
-        numpyro.factor("log_lik", jnp.sum(jax.vmap(lambda w: self.log_lik(z, w))(windows)))
+        numpyro.factor("log_lik", batch_log_lik_jit(self, z, windows))
 
     # --- prediction -----------------------------------------------------------------------
     def predict_clean(self, z: jnp.ndarray, q0, qd0, commands, settings) -> tuple[jnp.ndarray, jnp.ndarray]:
