@@ -22,4 +22,4 @@ demo: $(STAMP)
 PYTEST_MARK ?= not slow
 PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "$(PYTEST_MARK)" -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -m "$(PYTEST_MARK)" -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)

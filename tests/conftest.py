@@ -1,8 +1,6 @@
 """Shared test set-up: JAX's persistent compilation cache, so compiled rollouts are reused across
 runs, a bound on the compiled code one test process keeps mapped, and the grouping of tests over
 pytest-xdist workers."""
-from pathlib import Path
-
 import pytest
 
 import twin_bayes  # noqa: F401  (enables float64)
@@ -24,12 +22,18 @@ def _release_compiled_code():
 SHARED_SESSION_FIXTURES = {"inference", "service"}
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Groups for `--dist loadgroup`: a package with shared session fixtures is one group, any other
-    test file its own, so no compiled fixture is built twice."""
-    tests = Path(__file__).parent
-    for item in items:
-        part = item.path.relative_to(tests).parts
-        group = part[0] if part[0] in SHARED_SESSION_FIXTURES else "/".join(part)
-        item.add_marker(pytest.mark.xdist_group(group))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` with these scopes: a package with shared session fixtures, or else a test
+    file, so no fixture is built twice."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class PackageScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            package = path.split("/")[1] if path.count("/") >= 2 else None
+            return package if package in SHARED_SESSION_FIXTURES else path
+
+    return PackageScheduling(config, log)
