@@ -7,6 +7,7 @@ import pytest
 
 from twin_bayes.policy.closed_loop import real_rollout, twin_rollout
 from twin_bayes.policy.controller import base_reading, initial_policy
+from twin_bayes.policy.experiment import segment_floor
 from twin_bayes.policy.tasks import arm2_task, deadbeat_kd, humanoid_push_task
 from twin_bayes.sim import load_robot
 from twin_bayes.sim.native import native_rollout
@@ -87,3 +88,14 @@ def test_humanoid_velocity_gain_bound_keeps_the_explicit_feedback_from_chatterin
     knee = list(robot.layout.act_dofadr).index(robot.mj_model.joint("right_knee").dofadr[0])
     step_change = np.abs(np.diff(run.qd[:, knee])).mean()      # rad/s per 3 ms step
     assert (step_change > 1.0) if chatters else (step_change < 0.1)
+
+
+def test_segment_floor_is_zero_for_exact_telemetry_and_above_the_velocity_noise_for_noisy(arm2):
+    """Native replays from measured segment starts under the true parameters: exact telemetry is
+    reproduced exactly; noisy telemetry misses by at least its qd noise (0.02 rad/s) plus what the noisy
+    starts add."""
+    robot, task, policy = arm2
+    truth = robot.nominal()
+    assert segment_floor(robot, truth, real_rollout(robot, truth, policy, task, noise=NO_NOISE), 25) < 1e-9
+    floor = segment_floor(robot, truth, real_rollout(robot, truth, policy, task, seed=0), 25)
+    assert 0.02 < floor < 0.1

@@ -12,8 +12,8 @@ from numpyro.infer.initialization import init_to_median
 from numpyro.optim import Adam
 
 from twin_bayes.inference.posterior import Particles, moments
-from twin_bayes.inference.smc import GaussianPrior, batch_log_lik, tempered_update
-from twin_bayes.models import TwinModel, Window
+from twin_bayes.inference.smc import GaussianPrior, tempered_update
+from twin_bayes.models import TwinModel, Window, batch_log_lik
 
 
 class WarmStart(NamedTuple):

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from twin_bayes.inference.posterior import Particles, ess
-from twin_bayes.inference.smc import GaussianPrior, window_log_prior, batch_log_lik
-from twin_bayes.models import TwinModel, Window
+from twin_bayes.inference.smc import GaussianPrior, window_log_prior
+from twin_bayes.models import TwinModel, Window, batch_log_lik
 
 # Proposal sd relative to the Laplace sd: heavier than the target, so weights stay bounded.
 PROPOSAL_SCALE = 1.2

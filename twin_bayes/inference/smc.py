@@ -24,7 +24,7 @@ import numpy as np
 from blackjax.smc import resampling
 
 from twin_bayes.inference.posterior import Particles, ess, moments
-from twin_bayes.models import TwinModel, Window
+from twin_bayes.models import TwinModel, Window, batch_log_lik
 
 
 # Acceptance rate the one-step HMC (MALA) moves aim for; step sizes follow it.
@@ -86,11 +86,6 @@ def smc_stage(model: TwinModel, num_mcmc_steps: int, key, state, windows: Window
     log_w = jnp.log(jnp.maximum(new.weights, 1e-300))
     return new, StageInfo(new.tempering_param, jnp.mean(upd.acceptance_rate), jnp.mean(upd.is_divergent),
                           info.log_likelihood_increment, ess(log_w))
-
-
-def batch_log_lik(model: TwinModel, z, windows: Window):
-    """Summed log-likelihood of windows stacked on a leading axis (B, ...)."""
-    return jnp.sum(jax.vmap(lambda w: model.log_lik(z, w))(windows))
 
 
 @partial(jax.jit, static_argnums=0)

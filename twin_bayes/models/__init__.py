@@ -1,5 +1,5 @@
 """NumPyro models of twins: priors, multiple-shooting likelihood, noise, hierarchical fleets."""
 from twin_bayes.models.fleet import FleetModel
-from twin_bayes.models.twin_model import TwinModel, Window, WindowError, prior_distribution
+from twin_bayes.models.twin_model import TwinModel, Window, WindowError, batch_log_lik, prior_distribution
 
-__all__ = ["FleetModel", "TwinModel", "Window", "WindowError", "prior_distribution"]
+__all__ = ["FleetModel", "TwinModel", "Window", "WindowError", "batch_log_lik", "prior_distribution"]

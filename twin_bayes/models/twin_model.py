@@ -53,11 +53,13 @@ def state_jacobian_jit(model: "TwinModel", z, w: Window):
     return model.state_jacobian(z, w)
 
 
-@partial(jax.jit, static_argnums=0)
-def batch_log_lik_jit(model: "TwinModel", z, windows: Window):
-    """Summed log-likelihood of a batch of windows (leading axis B) at z (D,): one executable, also
-    where NumPyro runs a model outside jit (an autoguide's set-up, initialisation)."""
+def batch_log_lik(model: "TwinModel", z, windows: Window):
+    """Summed log-likelihood of windows stacked on a leading axis (B, ...) at z (D,)."""
     return jnp.sum(jax.vmap(lambda w: model.log_lik(z, w))(windows))
+
+
+# One executable, also where NumPyro runs a model outside jit (an autoguide's set-up, initialisation).
+batch_log_lik_jit = jax.jit(batch_log_lik, static_argnums=0)
 
 
 def prior_distribution(spec: PriorSpec, nominal: float) -> dist.Distribution:

@@ -97,7 +97,8 @@ def segment_floor(robot: Robot, truth: dict[str, float], run: Run, steps: int) -
     """RMS velocity misfit (rad/s) of native replays of a real run's commands in `steps`-step segments,
     each started from its measured state, under the true parameters: the least misfit a twin that starts
     its segments from measured states can reach (the qd sensor noise where a noisy start is forgiven)."""
-    sq = [(native_rollout(robot, truth, run.q_meas[s], run.qd_meas[s], run.u[s:s + steps])[1]
+    model = robot.model_with(robot.to_vector(truth))
+    sq = [(native_rollout(robot, truth, run.q_meas[s], run.qd_meas[s], run.u[s:s + steps], model=model)[1]
            - run.qd_meas[s + 1:s + steps + 1]) ** 2 for s in range(0, len(run.u) - steps, steps)]
     return float(np.sqrt(np.mean(sq)))
 
