@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-import twin_bayes  # noqa: F401  (float64)
+from twin_bayes import _jax  # noqa: F401  (float64)
 from common import command, machine
 from twin_bayes.service import protocol
 from twin_bayes.service.emulate import EmulatedRobot

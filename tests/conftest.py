@@ -3,7 +3,7 @@ runs, a bound on the compiled code one test process keeps mapped, and the groupi
 pytest-xdist workers."""
 import pytest
 
-import twin_bayes  # noqa: F401  (enables float64)
+from twin_bayes import _jax  # noqa: F401  (float64 before any test builds an array)
 from twin_bayes.compiled import enable_cache, release_compiled_code
 
 enable_cache()

@@ -131,7 +131,7 @@ class TwinConfig(_Strict):
 
     def load_robot(self) -> Robot:
         name = self.robot.name
-        if self.source is not None and name.endswith(".xml") and not Path(name).is_absolute():
+        if self.source is not None and name.endswith((".xml", ".urdf")) and not Path(name).is_absolute():
             name = str((self.source.parent / name).resolve())
         return load_robot(name, actuator=self.robot.actuator)
 
@@ -209,12 +209,17 @@ def load_config(path: str | Path) -> TwinConfig:
 
 
 def resolve_config_path(path: str | Path) -> Path:
+    """An existing file, or a shipped config by its bare name ('arm2'); a path that is not a file is an
+    error, never a shipped config of the same file name."""
     p = Path(path)
     if p.is_file():
         return p.resolve()
     robots = Path(__file__).resolve().parent / "robots"
-    shipped = sorted(robots.glob(f"*/{p.stem}.toml"))
+    names = sorted(x.stem for x in robots.glob("*/*.toml"))
+    bare = len(p.parts) == 1 and not p.suffix
+    shipped = sorted(robots.glob(f"*/{p.name}.toml")) if bare else []
     if shipped:
         return shipped[0]
-    names = sorted(x.stem for x in robots.glob("*/*.toml"))
+    if not bare:
+        raise ConfigError(f"{path}: no such config file")
     raise ConfigError(f"{path}: no such config file, nor a shipped config ({', '.join(names)})")

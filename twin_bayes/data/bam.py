@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from twin_bayes.data.trajectory import DataError, Trajectory
-from twin_bayes.sim.actuators import SERVO_TORQUE_OFF
+
+# A servo goal at or above this (rad) means "torque off": the driver disconnects the motor, which
+# then gives no torque at all (no back-EMF braking either); friction still acts. Recordings mark
+# such steps this way (the bam logs' torque_enable = false); the servo models of
+# twin_bayes.sim.actuators give no motor torque for it.
+SERVO_TORQUE_OFF = 1.0e3
 
 #: Top-level key -> settings name.
 SETTINGS_KEYS = {"kp": "servo_kp", "vin": "servo_vin", "mass": "mass", "length": "length", "dt": "dt"}

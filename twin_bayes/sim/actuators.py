@@ -14,16 +14,16 @@ from typing import Callable, Mapping
 
 import jax.numpy as jnp
 
+from twin_bayes.data.bam import SERVO_TORQUE_OFF
+
 Array = jnp.ndarray
 
 # Dynamixel firmware: duty = g * kp * (goal - q), with g in 1/(rad * kp unit):
 # 4096 encoder ticks per turn, P gain scaled by 1/256 and duty by 1/885 (the XL330's PWM limit);
 # the published bam model of this servo uses the same g (≈ 2.88e-3) and a duty limit of 1.
 DYNAMIXEL_DUTY_PER_RAD_PER_KP = (4096.0 / (2.0 * jnp.pi)) / (256.0 * 885.0)
-# A servo goal at or above this (rad) means "torque off": the driver disconnects the motor, which
-# then gives no torque at all (no back-EMF braking either); friction still acts. Recordings mark
-# such steps this way (e.g. the bam logs' torque_enable = false, see twin_bayes.data.bam).
-SERVO_TORQUE_OFF = 1.0e3
+# A servo goal at or above SERVO_TORQUE_OFF (rad) means "torque off" (defined with the recordings
+# that mark it, twin_bayes.data.bam, which load no JAX).
 
 
 def direct_torque(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Array:
@@ -95,6 +95,20 @@ def dc_servo_load(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -
     return tau - friction * _sign(qd)
 
 
+def joint_torque_friction(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Array:
+    """Measured joint torque in, friction out: τ = (u − o) − τ_f(ω)  [N·m].
+
+    u is the joint torque sensor's reading, o its offset (`torque_offset`); τ_f is smooth Coulomb
+    friction with a velocity offset φ and sign width ε plus viscous friction b:
+    τ_f(ω) = f_c · (tanh((ω + φ)/ε) − tanh(φ/ε)) + b · ω, zero at rest. With f_c = A/2 and
+    ε = 2/α it is the sigmoid friction A/(1 + e^{−α(ω+φ)}) − A/(1 + e^{−αφ}) of the Panda's
+    published identification (Gaz et al., RA-L 2019) plus a viscous term.
+    """
+    phi, eps = p["joint_friction_offset"], p["joint_friction_width"]
+    coulomb = p["joint_friction_coulomb"] * (jnp.tanh((qd + phi) / eps) - jnp.tanh(phi / eps))
+    return command - p["torque_offset"] - coulomb - p["joint_friction_viscous"] * qd
+
+
 @dataclass(frozen=True)
 class ActuatorModel:
     """An actuator model: its torque function, parameter kinds with defaults and units.
@@ -103,7 +117,8 @@ class ActuatorModel:
     to joint torque (..., nu) that is applied as the MJCF motor's control.
     `dof_terms` maps a parameter kind to the MuJoCo dof field it adds to.
     `settings` are kinds known per recording (firmware gain, supply voltage),
-    set from data rather than estimated.
+    set from data rather than estimated. `signed` kinds may take either sign (offsets); all
+    others are positive.
     """
 
     name: str
@@ -112,6 +127,7 @@ class ActuatorModel:
     units: Mapping[str, str] = field(default_factory=dict)
     dof_terms: Mapping[str, str] = field(default_factory=dict)
     settings: tuple[str, ...] = ()
+    signed: tuple[str, ...] = ()
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -173,6 +189,15 @@ ACTUATOR_MODELS: dict[str, ActuatorModel] = {
         units={"pd_kp": "N·m/rad", "pd_kd": "N·m·s/rad", "pd_torque_limit": "N·m"},
     ),
     "dc_servo": _DC_SERVO,
+    "joint_torque_friction": ActuatorModel(
+        "joint_torque_friction",
+        joint_torque_friction,
+        defaults={"torque_offset": 0.0, "joint_friction_coulomb": 0.3, "joint_friction_viscous": 0.0,
+                  "joint_friction_offset": 0.0, "joint_friction_width": 0.2},
+        units={"torque_offset": "N·m", "joint_friction_coulomb": "N·m", "joint_friction_viscous": "N·m·s/rad",
+               "joint_friction_offset": "rad/s", "joint_friction_width": "rad/s"},
+        signed=("torque_offset", "joint_friction_offset"),
+    ),
     "dc_servo_coulomb": _smooth_friction_servo("dc_servo_coulomb", dc_servo_coulomb, {}),
     "dc_servo_stribeck": _smooth_friction_servo("dc_servo_stribeck", dc_servo_stribeck, _STRIBECK),
     "dc_servo_load": _smooth_friction_servo("dc_servo_load", dc_servo_load, {**_STRIBECK, **_LOAD}),
