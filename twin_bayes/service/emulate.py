@@ -2,7 +2,9 @@
 
 The robot is stepped chunk by chunk (`NativeRobot` keeps the MuJoCo state and command history), so it
 never knows its own future; sensor noise is added per sample, commands act after the true command
-latency, and parameters may drift mid-run. Chunks go out through a `RobotLink` (resent until acked).
+latency, and parameters may drift mid-run. A truth file (docs/EMULATOR.md) may add physics and sensing
+the twin's model class does not contain (twin_bayes.sim.truth). Chunks go out through a `RobotLink`
+(resent until acked), optionally with the commands planned for the next seconds.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from twin_bayes.service.robot_link import RobotLink
 from twin_bayes.sim.emulator import excitation
 from twin_bayes.sim.native import NativeRobot
 from twin_bayes.sim.robot import Robot
+from twin_bayes.sim.truth import Misspecification, Truth, colored_noise, parse_truth
 
 _DRIFT = re.compile(r"(?P<name>[^=]+)=(?P<factor>[^@]+)@(?P<at>.+)\Z")
 
@@ -61,44 +64,60 @@ def draw_truth(cfg: TwinConfig, robot: Robot, seed: int) -> dict[str, float]:
     return {k: float(v) for k, v in truth.items()}
 
 
-def read_truth(path: str | Path, robot: Robot) -> dict[str, float]:
-    """Truth TOML: `"<parameter>" = value` lines; parameters not named keep their nominal values."""
-    with open(path, "rb") as f:
-        given = tomllib.load(f)
-    unknown = sorted(set(given) - set(robot.param_names))
-    if unknown:
-        raise ValueError(f"{path}: {robot.name} has no parameter(s) {unknown}")
-    bad = [k for k, v in given.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
-    if bad:
-        raise ValueError(f"{path}: value(s) of {bad} must be numbers")
-    truth = dict(robot.nominal())
-    truth.update({k: float(v) for k, v in given.items()})
-    return truth
+def read_truth(path: str | Path, robot: Robot) -> Truth:
+    """A truth TOML file (docs/EMULATOR.md): `"<parameter>" = value` lines (parameters not named keep
+    their nominal values), optional [misspecified] and [sensor] tables. ValueError on anything else."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    return parse_truth(data, robot, str(path))
 
 
-def write_truth(path: str | Path, truth: Mapping[str, float], drifts: tuple[Drift, ...] = ()) -> None:
-    """Write the truth as TOML readable by `read_truth` (drifts listed as comments)."""
+def write_truth(path: str | Path, truth: Truth | Mapping[str, float], drifts: tuple[Drift, ...] = ()) -> None:
+    """Write the truth (or bare {parameter: value}) as TOML readable by `read_truth` (drifts as comments)."""
+    truth = truth if isinstance(truth, Truth) else Truth(dict(truth))
     lines = ["# True parameters of an emulated robot (hidden from the twin)."]
     lines += [f"# drift: {d.name} x{d.factor} at {d.at_s} s" for d in drifts]
-    lines += [f"{json.dumps(k)} = {float(v)!r}" for k, v in truth.items()]
+    lines += [f"{json.dumps(k)} = {float(v)!r}" for k, v in truth.params.items()]
+    spec = truth.misspecified
+    extra = {**{f"dof_frictionloss:{j}": v for j, v in spec.frictionloss.items()},
+             **{f"backlash:{j}": v for j, v in spec.backlash.items()}}
+    if extra:
+        lines += ["", "[misspecified]", *(f"{json.dumps(k)} = {float(v)!r}" for k, v in extra.items())]
+    sensor = {**{f"{ch}_sd": v for ch, v in truth.noise.items()},
+              **({"ar1": spec.noise_ar1} if spec.noise_ar1 else {}),
+              **({"q_resolution": spec.q_resolution} if spec.q_resolution else {})}
+    if sensor:
+        lines += ["", "[sensor]", *(f"{k} = {float(v)!r}" for k, v in sensor.items())]
     Path(path).write_text("\n".join(lines) + "\n")
 
 
 class EmulatedRobot:
     """A robot producing telemetry chunks: rows k hold time k·dt, the noisy state before command k
-    acts, and command k (the Trajectory convention)."""
+    acts, and command k (the Trajectory convention).
+
+    noise {"q": rad, "qd": rad/s}: sensor noise sds. `misspecified` adds what the twin's model class
+    lacks (twin_bayes.sim.truth): friction loss and backlash in the native robot, AR(1)-coloured
+    noise (same marginal sds), and positions reported as round(q / Δ) · Δ after the noise.
+    """
 
     def __init__(self, robot: Robot, truth: Mapping[str, float], seed: int = 0,
-                 noise: Mapping[str, float] | None = None, drifts: tuple[Drift, ...] = ()) -> None:
+                 noise: Mapping[str, float] | None = None, drifts: tuple[Drift, ...] = (),
+                 misspecified: Misspecification | None = None) -> None:
         for d in drifts:
             if d.name not in robot.param_names:
                 raise ValueError(f"drift: {robot.name} has no parameter {d.name!r}")
         self.robot, self.seed = robot, seed
         self.truth = dict(truth)
         self.noise = {"q": 0.002, "qd": 0.02} if noise is None else dict(noise)
+        self.misspecified = misspecified or Misspecification()
         self.drifts = sorted(drifts, key=lambda d: d.at_s)
-        self.native = NativeRobot(robot, self.truth, np.array(robot.mj_model.qpos0), np.zeros(robot.nv))
+        self.native = NativeRobot(robot, self.truth, np.array(robot.mj_model.qpos0), np.zeros(robot.nv),
+                                  misspecified=self.misspecified)
         self.rng = np.random.default_rng(seed + 10_000)
+        self.last_noise: dict[str, np.ndarray | None] = {"q": None, "qd": None}
         self.step_index = 0
 
     @property
@@ -120,10 +139,14 @@ class EmulatedRobot:
         due = math.ceil(self.drifts[0].at_s / self.robot.dt - 1e-9)
         return min(most, max(1, due - self.step_index))
 
+    def commands(self, start: int, n: int) -> np.ndarray:
+        """The commands (n, nu) of steps start..start+n-1: the robot's excitation, known in advance."""
+        return excitation(self.robot, n, self.seed, start=start)
+
     def chunk(self, n: int) -> dict[str, np.ndarray]:
         """The next n samples: t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu)."""
         r, k0 = self.robot, self.step_index
-        u = excitation(r, n, self.seed, start=k0)
+        u = self.commands(k0, n)
         q, qd = np.empty((n, r.nq)), np.empty((n, r.nv))
         done = 0
         while done < n:  # in pieces that end where a drift is due
@@ -134,17 +157,25 @@ class EmulatedRobot:
             q[done + 1:upto], qd[done + 1:upto] = qa[:-1], qda[:-1]
             self.step_index += upto - done
             done = upto
-        q += self.rng.normal(0, self.noise.get("q", 0.0), q.shape)
-        qd += self.rng.normal(0, self.noise.get("qd", 0.0), qd.shape)
+        spec = self.misspecified
+        for name, x in (("q", q), ("qd", qd)):
+            e = colored_noise(self.rng, self.last_noise[name], n, x.shape[1], self.noise.get(name, 0.0),
+                              spec.noise_ar1)
+            x += e
+            self.last_noise[name] = e[-1]
+        if spec.q_resolution:
+            q = np.round(q / spec.q_resolution) * spec.q_resolution
         return {"t": (k0 + np.arange(n)) * r.dt, "q": q, "qd": qd, "ctrl": u}
 
 
 def stream(emulated: EmulatedRobot, link: RobotLink, seconds: float, chunk_samples: int,
-           rate_hz: float | None = None, ack_timeout_s: float = 30.0) -> int:
+           rate_hz: float | None = None, ack_timeout_s: float = 30.0, plan_steps: int = 0) -> int:
     """Step and send `seconds` of telemetry in chunks; returns the number of chunks sent.
 
     rate_hz: samples per wall-clock second (None: the robot's real time 1/dt; 0: as fast as acks
     allow). A chunk leaves once the wall clock has reached its last sample, as on a real robot.
+    plan_steps > 0: each chunk carries the next plan_steps commands as its plan, starting one
+    sample after the chunk's last (docs/PROTOCOL.md, "Plans").
     Waits up to `ack_timeout_s` at the end for the last acks (LinkTimeout if they do not come).
     """
     rate = 1.0 / emulated.robot.dt if rate_hz is None else rate_hz
@@ -156,7 +187,9 @@ def stream(emulated: EmulatedRobot, link: RobotLink, seconds: float, chunk_sampl
             start = time.monotonic() - (emulated.step_index / rate if rate > 0 else 0.0)
         if rate > 0:
             link.wait_until(start + emulated.step_index / rate)
-        link.send(**arrays, settings=emulated.settings, timeout_s=ack_timeout_s)
+        k = emulated.step_index
+        plan = {"plan": emulated.commands(k, plan_steps), "plan_t0": k * emulated.robot.dt} if plan_steps else {}
+        link.send(**arrays, settings=emulated.settings, timeout_s=ack_timeout_s, **plan)
         link.poll()
         sent += 1
     link.drain(ack_timeout_s)

@@ -2,7 +2,9 @@
 
 `Ingest.handle(frames, user_id)` turns one received message (ROUTER identity
 already stripped) into the replies to send back. It never raises on input:
-every rejection is counted in `rejected[code]` and answered with an `error`.
+every rejection is counted in `rejected[code]` and answered with an `error`. A chunk whose only
+fault is its plan (twin_bayes.service.plan) is stored and acked without the plan, the ack preceded
+by a `bad_plan` error.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from twin_bayes.service import protocol
+from twin_bayes.service.plan import BAD_PLAN, check_plan, stored_arrays
 from twin_bayes.service.store import StoreConflictError, StoreWriteError, TelemetryStore
 
 # Service-level error codes (besides protocol.CODES), listed in docs/PROTOCOL.md.
@@ -71,7 +74,7 @@ class Ingest:
         return [protocol.error(robot_id, seq, code, detail[:2000])]
 
     def handle(self, frames: Sequence, user_id: str | None = None) -> list[list[bytes]]:
-        """Replies to one ingest message: [ack] or [ack, resend] or [error]."""
+        """Replies to one ingest message: [ack] or [ack, resend] or [error]; a bad plan puts its error first."""
         try:
             msg = protocol.decode(frames)
         except protocol.ProtocolError as e:
@@ -87,7 +90,11 @@ class Ingest:
         problem = self._check_shape(msg, self.shapes[rid])
         if problem:
             return self._reject(rid, seq, *problem)
-        arrays = dict(msg.arrays)
+        shape = self.shapes[rid]
+        plan, plan_problem = check_plan(msg, shape.nu, shape.dt, shape.max_n)
+        arrays = {k: v for k, v in msg.arrays.items() if k not in protocol.PLAN_FIELDS}
+        if plan is not None:
+            arrays.update(stored_arrays(plan))
         known = {*self.shapes[rid].settings, *(n.split(":")[0] for n in self.shapes[rid].settings)}
         for name, value in msg.extra.get("settings", {}).items():
             if name in known:  # others (e.g. a log's arm length) mean nothing to this twin
@@ -102,15 +109,17 @@ class Ingest:
             self.store_error = str(e)
             return self._reject(rid, seq, STORE_FAILED, f"not stored, resend later: {e}")
         self.store_error = ""
+        plan_error = self._reject(rid, seq, BAD_PLAN, f"plan dropped, telemetry stored: {plan_problem}") \
+            if plan_problem else []
         link = self.links[rid]
         link.last_seen = time.monotonic()
         if not new:
             link.duplicates += 1
-            return [protocol.ack(rid, seq, duplicate=True)]
+            return [*plan_error, protocol.ack(rid, seq, duplicate=True)]
         link.chunks += 1
         link.samples += msg.n
         self.notify(rid)
-        replies = [protocol.ack(rid, seq)]
+        replies = [*plan_error, protocol.ack(rid, seq)]
         if seq > link.highest + 1:
             missing = self.store.missing_seqs(rid, seq - 1)
             if missing:

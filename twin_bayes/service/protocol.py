@@ -32,6 +32,10 @@ DTYPES: dict[str, np.dtype] = {
     s: np.dtype(s) for s in ("<f8", "<f4", "<i8", "<i4", "<i2", "<u1", "<u2", "<u4", "<u8")
 }
 TELEMETRY_FIELDS = ("t", "q", "qd", "ctrl")
+#: Telemetry arrays not indexed by sample: the robot's planned commands `plan` (H, nu) and, once
+#: stored, their times `plan_t` (H,) s. They are checked by twin_bayes.service.plan, so that a bad
+#: plan costs the plan only, never the chunk's telemetry.
+PLAN_FIELDS = ("plan", "plan_t")
 FLEET = "*"  # robot_id of queries, replies and errors not about one robot
 MAX_RESEND = 1024
 
@@ -180,6 +184,8 @@ def _check_arrays(msg_type: str, n: int, arrays: Mapping[str, np.ndarray]) -> No
         if n < 1:
             raise ProtocolError("bad_header", "telemetry needs n >= 1 samples")
         for name, a in arrays.items():
+            if name in PLAN_FIELDS:
+                continue
             if a.ndim == 0 or a.shape[0] != n:
                 raise ProtocolError("shape_mismatch", f"{name}: shape {a.shape}, expected ({n}, ...)")
         if arrays["t"].dtype != DTYPES["<f8"] or arrays["t"].ndim != 1:
@@ -189,6 +195,8 @@ def _check_arrays(msg_type: str, n: int, arrays: Mapping[str, np.ndarray]) -> No
             if a.dtype.kind != "f" or a.ndim != 2:
                 raise ProtocolError("bad_field", f"{name} must be a 2-D float array (n, k)")
     for name, a in arrays.items():
+        if msg_type == "telemetry" and name in PLAN_FIELDS:
+            continue
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise ProtocolError("non_finite", f"{name} contains NaN or Inf")
     if msg_type == "telemetry" and n > 1 and not (np.diff(arrays["t"]) > 0).all():
@@ -355,15 +363,22 @@ def topic(msg_type: str, robot_id: str) -> bytes:
 
 def telemetry(robot_id: str, seq: int, t: np.ndarray, q: np.ndarray, qd: np.ndarray,
               ctrl: np.ndarray, settings: Mapping[str, float] | None = None,
+              plan: np.ndarray | None = None, plan_t0: float | None = None,
               **channels: np.ndarray) -> list[bytes]:
     """Telemetry chunk number `seq`: t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu), extras (n, ...).
 
     `settings`: known constants of the recording the chunk belongs to (e.g. servo_kp, servo_vin),
-    sent in the body when given.
+    sent in the body when given. `plan` (H, nu): the commands the robot plans to send next, the
+    first at time `plan_t0` (s), one per sample interval (docs/PROTOCOL.md, "Plans").
     """
-    body = {"settings": {k: float(v) for k, v in settings.items()}} if settings else {}
-    return encode("telemetry", robot_id, seq,
-                  {"t": np.asarray(t, dtype=np.float64), "q": q, "qd": qd, "ctrl": ctrl, **channels}, **body)
+    body: dict[str, Any] = {"settings": {k: float(v) for k, v in settings.items()}} if settings else {}
+    arrays = {"t": np.asarray(t, dtype=np.float64), "q": q, "qd": qd, "ctrl": ctrl, **channels}
+    if plan is not None:
+        if plan_t0 is None:
+            raise ProtocolError("bad_body", "a plan needs plan_t0, the time of its first row (s)")
+        arrays["plan"] = plan
+        body["plan_t0"] = float(plan_t0)
+    return encode("telemetry", robot_id, seq, arrays, **body)
 
 
 def ack(robot_id: str, seq: int, duplicate: bool = False) -> list[bytes]:

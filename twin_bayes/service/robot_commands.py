@@ -13,7 +13,8 @@ EXIT_NOT_DELIVERED = 1
 
 
 def _curve_args(p) -> None:
-    p.add_argument("--curve-keys", default=None, metavar="DIR", help="key directory of `twin-bayes keys`: CURVE on")
+    p.add_argument("--curve-keys", default=None, metavar="DIR",
+                   help="key directory of `twin-bayes keys`: CURVE on (default: off)")
     p.add_argument("--key-name", default=None, help="certificate name in DIR (default: the robot id / 'watch')")
 
 
@@ -29,21 +30,26 @@ def register(sub) -> dict:
     e = sub.add_parser("emulate", help="a robot emulated by native MuJoCo with hidden truth, streaming telemetry")
     e.add_argument("--robot", required=True, help="shipped robot name (its twin config gives the prior)")
     e.add_argument("--config", default=None, help="twin config whose prior draws the truth (default: --robot)")
-    e.add_argument("--truth", default=None, help="TOML of true parameter values (default: drawn from the prior)")
+    e.add_argument("--truth", default=None,
+                   help="truth TOML: true parameter values, and physics and sensing the twin does not model "
+                        "(docs/EMULATOR.md; default: parameters drawn from the prior)")
     e.add_argument("--truth-out", default=None, help="write the truth here (default when drawn: <robot-id>-truth.toml)")
     e.add_argument("--robot-id", default=None, help="robot id on the wire (default: the config's name)")
     e.add_argument("--rate", type=float, default=None,
                    help="samples per wall-clock second (default: real time; 0: as fast as acks allow)")
     e.add_argument("--seconds", type=float, default=10.0, help="robot time to emulate (s)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0, help="seed of the drawn truth, the excitation and the noise")
     e.add_argument("--drift", action="append", default=[], metavar="PARAM=FACTOR@SECONDS",
                    help="multiply a true parameter at a time, e.g. body_mass:forearm=1.3@5 (repeatable)")
+    e.add_argument("--plan", action="store_true",
+                   help="send with each chunk the commands of the next --plan-seconds (docs/PROTOCOL.md, Plans)")
+    e.add_argument("--plan-seconds", type=float, default=0.5, help="length of each plan (s)")
     _link_args(e)
     r = sub.add_parser("replay", help="stream recorded logs (bam, npz, rosbag2) to the service")
-    r.add_argument("files", nargs="+")
+    r.add_argument("files", nargs="+", help="recordings, streamed in this order under one robot id")
     r.add_argument("--format", choices=("bam", "npz", "rosbag2"), default=None,
                    help="default: a folder is a rosbag2 bag, else by extension (.json bam, .npz, .mcap/.db3)")
-    r.add_argument("--robot-id", default="replay")
+    r.add_argument("--robot-id", default="replay", help="robot id on the wire")
     r.add_argument("--speed", type=float, default=1.0, help="x real time (0: as fast as acks allow)")
     r.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                    help="known constant for every file, e.g. servo_kp=400 (overrides the file's)")
@@ -53,9 +59,11 @@ def register(sub) -> dict:
     _link_args(r)
     w = sub.add_parser("watch", help="live view of the service's posterior, predictions and health")
     w.add_argument("--endpoint", default="tcp://127.0.0.1:5556", help="the service's PUB address")
-    w.add_argument("--query", default=None, help="the service's query address: snapshots on start and after gaps")
+    w.add_argument("--query", default=None, help="the service's query address: snapshots on start and after gaps "
+                                                 "(default: none, no resync)")
     w.add_argument("--json", action="store_true", help="one JSON object per message instead of the live view")
-    w.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    w.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: run until "
+                                                             "Ctrl-C)")
     w.add_argument("--topic", action="append", default=None, help="topic prefix, e.g. posterior/ (default: all)")
     _curve_args(w)
     return {"emulate": cmd_emulate, "replay": cmd_replay, "watch": cmd_watch}
@@ -114,19 +122,25 @@ def cmd_emulate(args) -> int:
         if args.truth:
             truth = emulate.read_truth(args.truth, robot)
         else:
-            truth = emulate.draw_truth(cfg, robot, args.seed)
+            truth = emulate.Truth(emulate.draw_truth(cfg, robot, args.seed))
         robot_id = args.robot_id or cfg.name
         truth_out = args.truth_out or (None if args.truth else f"{robot_id}-truth.toml")
         if args.seconds <= 0 or (args.rate is not None and args.rate < 0):
             raise ValueError("--seconds must be > 0 and --rate >= 0")
-        emulated = emulate.EmulatedRobot(robot, truth, args.seed, dict(cfg.observation.noise_scale), drifts)
+        plan_steps = round(args.plan_seconds / robot.dt) if args.plan else 0
+        if args.plan and not 1 <= plan_steps <= round(cfg.inference.window_s / robot.dt) + 1:
+            raise ValueError(f"--plan-seconds must be between one step ({robot.dt} s) and one twin window "
+                             f"({cfg.inference.window_s} s), got {args.plan_seconds}")
+        noise = {**cfg.observation.noise_scale, **truth.noise}
+        emulated = emulate.EmulatedRobot(robot, truth.params, args.seed, noise, drifts, truth.misspecified)
         link = _link(args, robot_id)
     except (ConfigError, KeysError, ValueError, OSError, zmq.ZMQError) as e:
         return _bad(str(e))
     if truth_out:
         emulate.write_truth(truth_out, truth, drifts)
     chunk = args.chunk_samples or max(1, round(0.1 / robot.dt))
-    return _deliver(link, lambda: emulate.stream(emulated, link, args.seconds, chunk, args.rate, args.ack_timeout))
+    return _deliver(link, lambda: emulate.stream(emulated, link, args.seconds, chunk, args.rate, args.ack_timeout,
+                                                 plan_steps))
 
 
 def _settings(pairs: list[str]) -> dict[str, float]:

@@ -4,7 +4,8 @@ Every chunk stays in memory until the service acks it (it is durable there). Una
 resent when their ack is overdue (exponential backoff) or when the service asks with a `resend`.
 An `error` about a chunk drops it as rejected (counted, with the service's reason in `stats.errors`),
 since resending an invalid or forbidden chunk cannot help; only `store_failed` (the service could not
-make it durable, e.g. a full disk) leaves it queued for resend.
+make it durable, e.g. a full disk) leaves it queued for resend. A `bad_plan` error comes before the ack of a
+chunk whose telemetry was stored without its plan; it is counted in `stats.plans_rejected`.
 Memory is bounded: `send` blocks, pumping replies, while `max_unacked` chunks are outstanding.
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ from twin_bayes.service.auth import CurveKeys
 
 #: Error codes after which the service wants the chunk again.
 RETRYABLE = frozenset({"store_failed"})
+#: Error codes about a chunk's plan alone (its telemetry was stored and acked).
+PLAN_ONLY = frozenset({"bad_plan"})
 
 
 class LinkTimeout(TimeoutError):
@@ -43,6 +46,7 @@ class LinkStats:
     acked: int = 0
     duplicates: int = 0
     rejected: int = 0
+    plans_rejected: int = 0
     errors: list[tuple[int, str, str]] = field(default_factory=list)
 
 
@@ -87,13 +91,16 @@ class RobotLink:
         return sorted(self.pending)
 
     def send(self, t, q, qd, ctrl, settings: Mapping[str, float] | None = None,
-             timeout_s: float | None = None, **channels: np.ndarray) -> int:
+             timeout_s: float | None = None, plan: np.ndarray | None = None, plan_t0: float | None = None,
+             **channels: np.ndarray) -> int:
         """Queue and send the next chunk: t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu), extras (n, ...).
 
-        Returns its chunk number. Blocks while `max_unacked` chunks are pending; raises
+        `plan` (H, nu): the commands planned from time `plan_t0` (s) on, one per sample interval
+        (protocol.telemetry). Returns its chunk number. Blocks while `max_unacked` chunks are pending; raises
         LinkTimeout after `timeout_s` (None: wait forever) and ProtocolError for invalid arrays.
         """
-        frames = protocol.telemetry(self.robot_id, self.next_seq, t, q, qd, ctrl, settings, **channels)
+        frames = protocol.telemetry(self.robot_id, self.next_seq, t, q, qd, ctrl, settings, plan, plan_t0,
+                                    **channels)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while len(self.pending) >= self.max_unacked:
             left = None if deadline is None else deadline - time.monotonic()
@@ -149,7 +156,9 @@ class RobotLink:
         elif msg.type == "error":
             code, detail = msg.extra["code"], msg.extra["detail"]
             self.stats.errors.append((msg.seq, code, detail))
-            if (msg.robot_id == self.robot_id and code not in RETRYABLE
+            if code in PLAN_ONLY:
+                self.stats.plans_rejected += 1
+            elif (msg.robot_id == self.robot_id and code not in RETRYABLE
                     and self.pending.pop(msg.seq, None) is not None):
                 self.stats.rejected += 1
 

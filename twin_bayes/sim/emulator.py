@@ -10,6 +10,7 @@ import numpy as np
 from twin_bayes.data import Trajectory
 from twin_bayes.sim.native import native_rollout
 from twin_bayes.sim.robot import Robot
+from twin_bayes.sim.truth import Misspecification, colored_noise
 
 
 def excitation(robot: Robot, steps: int, seed: int, amplitude: float | None = None,
@@ -33,12 +34,15 @@ def excitation(robot: Robot, steps: int, seed: int, amplitude: float | None = No
 
 def emulate(robot: Robot, truth: dict[str, float], seconds: float, seed: int = 0,
             noise: dict[str, float] | None = None, commands: np.ndarray | None = None,
-            q0: np.ndarray | None = None, settings: dict[str, float] | None = None) -> Trajectory:
+            q0: np.ndarray | None = None, settings: dict[str, float] | None = None,
+            misspecified: Misspecification | None = None) -> Trajectory:
     """Record `seconds` of telemetry from native MuJoCo under `truth`.
 
     Sensor noise is Gaussian with sd noise["q"] (rad) and noise["qd"] (rad/s)
-    on every sample, the first included. Returns a Trajectory whose row k
-    holds the state before command k acts (T = steps + 1 rows).
+    on every sample, the first included. `misspecified` adds what the twin's model
+    class lacks (friction loss, backlash, AR(1) noise, encoder resolution; see
+    twin_bayes.sim.truth). Returns a Trajectory whose row k holds the state
+    before command k acts (T = steps + 1 rows).
     """
     noise = {"q": 0.002, "qd": 0.02} if noise is None else noise
     steps = int(round(seconds / robot.dt))
@@ -46,12 +50,15 @@ def emulate(robot: Robot, truth: dict[str, float], seconds: float, seed: int = 0
     q_start = np.array(robot.mj_model.qpos0) if q0 is None else np.asarray(q0, np.float64)
     full = dict(truth)
     full.update({k: v for k, v in (settings or {}).items() if k in robot.layout.index})
-    q, qd = native_rollout(robot, full, q_start, np.zeros(robot.nv), u)
+    spec = misspecified or Misspecification()
+    q, qd = native_rollout(robot, full, q_start, np.zeros(robot.nv), u, misspecified=spec)
     q = np.vstack([q_start, q])
     qd = np.vstack([np.zeros(robot.nv), qd])
     rng = np.random.default_rng(seed + 10_000)
-    q = q + rng.normal(0, noise.get("q", 0.0), q.shape)
-    qd = qd + rng.normal(0, noise.get("qd", 0.0), qd.shape)
+    q = q + colored_noise(rng, None, len(q), robot.nq, noise.get("q", 0.0), spec.noise_ar1)
+    qd = qd + colored_noise(rng, None, len(qd), robot.nv, noise.get("qd", 0.0), spec.noise_ar1)
+    if spec.q_resolution:
+        q = np.round(q / spec.q_resolution) * spec.q_resolution
     ctrl = np.vstack([u, u[-1:]])
     t = np.arange(len(q)) * robot.dt
     return Trajectory(t=t, q=q, qd=qd, ctrl=ctrl, settings=dict(settings or {}), source=f"emulated:{robot.name}:{seed}")
