@@ -1,0 +1,313 @@
+"""The ROS 2 bridge on a real zenoh session (peer mode, loopback, no multicast) speaking rmw_zenoh's key
+expressions, CDR by `rosbags`, into a ROUTER on loopback and into the real twin service."""
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import zenoh
+import zmq
+
+from twin_bayes.cli import main
+from twin_bayes.service import protocol
+from twin_bayes.service import ros2_keys as keys
+from twin_bayes.service.ros2 import BridgeSettings, Ros2Bridge
+from twin_bayes.service.ros2_inbound import Rejected, Sampler, robot_joints, trajectory_command
+from twin_bayes.service.server import ServiceSettings, TwinService
+from twin_bayes.service.worker import WorkerSettings
+from twin_bayes.sim.emulator import emulate
+
+TS = keys.typestore("jazzy")
+T0_NS = 1_700_000_000 * 10**9
+DT_NS = 2_000_000  # arm2: 500 Hz
+JOINTS = ["shoulder", "elbow"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ros():
+    """The test's zenoh peer: listens on loopback, the bridge connects to it; (session, endpoint)."""
+    endpoint = f"tcp/127.0.0.1:{free_port()}"
+    cfg = zenoh.Config()
+    cfg.insert_json5("mode", '"peer"')
+    cfg.insert_json5("listen/endpoints", json.dumps([endpoint]))
+    cfg.insert_json5("scouting/multicast/enabled", "false")
+    session = zenoh.open(cfg)
+    yield session, endpoint
+    session.close()
+
+
+def key(topic: str, msgtype: str, distro: str = "jazzy") -> str:
+    return keys.TopicKey(0, topic, msgtype, distro).data
+
+
+def joint_state(t_ns: int, q, qd, names=JOINTS) -> bytes:
+    Header, Time = TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
+    msg = TS.types[keys.JOINT_STATE](header=Header(stamp=Time(sec=t_ns // 10**9, nanosec=t_ns % 10**9), frame_id=""),
+                                     name=list(names), position=np.ascontiguousarray(q, float),
+                                     velocity=np.ascontiguousarray(qd, float),
+                                     effort=np.zeros(0))
+    return bytes(TS.serialize_cdr(msg, keys.JOINT_STATE))
+
+
+def command(values) -> bytes:
+    layout = TS.types["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
+    return bytes(TS.serialize_cdr(TS.types[keys.FLOAT_ARRAY](layout=layout, data=np.asarray(values, float)),
+                                  keys.FLOAT_ARRAY))
+
+
+@contextmanager
+def bridging(endpoint: str, ingest: str, pub: str, query: str | None = None):
+    """A bridge for arm2 connected to the test's zenoh peer, running in its own thread."""
+    bridge = Ros2Bridge(BridgeSettings("arm2", "arm-1", zenoh_connect=(endpoint,), ingest=ingest, pub=pub,
+                                       query=query, first_seq=None if query else 0, idle_flush_s=0.3))
+    stop = threading.Event()
+    thread = threading.Thread(target=bridge.run, args=(stop,))
+    thread.start()
+    try:
+        yield bridge
+    finally:
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive()
+
+
+def tokens(session) -> set[str]:
+    return {str(r.ok.key_expr) for r in session.liveliness().get("@ros2_lv/0/**") if r.ok is not None}
+
+
+def wait_for_subscriptions(session, n: int = 2) -> set[str]:
+    """The bridge's liveliness tokens once its n subscriptions are announced (declared after them)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = tokens(session)
+        if sum("/MS/" in t for t in found) >= n and any("/MP/" in t for t in found):
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"bridge not announced: {tokens(session)}")
+
+
+def wait(condition, timeout_s: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_key_expressions_tokens_and_attachments_match_rmw_zenoh():
+    js = keys.TopicKey(0, "/joint_states", keys.JOINT_STATE, "jazzy")
+    assert js.data == ("0/joint_states/sensor_msgs::msg::dds_::JointState_/"
+                       "RIHS01_a13ee3a330e346c9d87b5aa18d24e11690752bd33a0350f11c5882bc9179260e")
+    assert keys.type_hash(keys.STRING, "jazzy") == \
+        "RIHS01_df668c740482bbd48fb39d76a70dfd4bd59db1288021743503259e948f6b1a18"
+    assert keys.TopicKey(3, "/ns/chatter", keys.STRING, "humble").data == \
+        "3/ns/chatter/std_msgs::msg::dds_::String_/TypeHashNotSupported"
+    assert keys.TopicKey(0, "/chatter", keys.STRING, "jazzy").liveliness("8b2091", 10, "MP", "talker", depth=7) == (
+        "@ros2_lv/0/8b2091/0/10/MP/%/%/talker/%chatter/std_msgs::msg::dds_::String_/"
+        "RIHS01_df668c740482bbd48fb39d76a70dfd4bd59db1288021743503259e948f6b1a18/::,7:,:,:,,")
+    att = keys.attachment(5, 7, bytes(range(16)))
+    assert att == zenoh.ext.z_serialize((zenoh.ext.Int64(5), zenoh.ext.Int64(7), bytes(range(16)))).to_bytes()
+    assert keys.parse_attachment(att) == (5, 7, bytes(range(16)))
+    with pytest.raises(ValueError):
+        keys.parse_attachment(att[:-1])
+    with pytest.raises(ValueError, match="fully qualified"):
+        keys.check_topic("joint_states")
+
+
+def test_joint_states_become_acked_chunks_on_the_grid_and_bad_samples_are_counted(ros, router_peer):
+    session, endpoint = ros
+    peer = router_peer()
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.linger = 0
+    pub_addr = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    n = 120
+    q = np.c_[np.sin(np.arange(n) * 0.01), np.cos(np.arange(n) * 0.01)]
+    qd = np.c_[np.arange(n) * 0.1, -np.arange(n) * 0.1]
+    with bridging(endpoint, peer.endpoint, pub_addr) as bridge:
+        announced = wait_for_subscriptions(session)
+        js, cmd = key("/joint_states", keys.JOINT_STATE), key("/twin/commands", keys.FLOAT_ARRAY)
+        for k in range(n):
+            session.put(cmd, command([k, -k]))
+            # jitter of 0.3 % of dt is put back on the grid; names in another order are mapped by name
+            stamp = T0_NS + k * DT_NS + (6000 if k % 2 else -6000)
+            if k == 60:
+                good = joint_state(T0_NS + 60 * DT_NS + 1, [9.0, 9.0], [0, 0])
+                session.put(js, good[: len(good) // 2])                                  # truncated CDR
+                session.put(js, b"\x00\x01\x00\x00" + bytes(range(7)))                    # garbage CDR
+                session.put(js.replace("RIHS01_a13e", "RIHS01_b13e"), good)               # wrong type hash
+                session.put(js, joint_state(T0_NS + 10 * DT_NS, [9.0, 9.0], [0, 0]))      # out of order
+                session.put(js, joint_state(T0_NS + 60 * DT_NS + 1, [np.nan, 0], [0, 0]))  # non-finite
+                session.put(js, joint_state(T0_NS + 60 * DT_NS + 1, [9.0], [0], ["shoulder"]))  # lacks elbow
+                session.put(cmd, command([1.0, 2.0, 3.0]))                                # 3 values, 2 actuators
+            state = joint_state(stamp, q[k, ::-1], qd[k, ::-1], names=JOINTS[::-1])
+            session.put(js, state, attachment=b"\x01\x02" if k == 60 else None)          # a bad attachment
+        session.put(js, joint_state(T0_NS + 300 * DT_NS, q[-1], qd[-1]))                   # after a gap
+        wait(lambda: bridge.stats()["link"].get("acked", 0) == 3 and not bridge.stats()["link"]["unacked"],
+             what="chunks acked")
+        stats = bridge.stats()
+    assert stats["rejected"] == {"bad_cdr": 2, "wrong_type": 1, "out_of_order": 1, "non_finite": 1,
+                                 "missing_joints": 1, "bad_command": 1, "bad_attachment": 1}
+    assert stats["received"] == {"joint_states": n + 7, "commands": n + 1}
+    chunks = [peer.chunks[s] for s in sorted(peer.chunks)]
+    assert sorted(peer.chunks) == [0, 1, 2] and [c.n for c in chunks] == [50, 50, 19]  # 119 samples, then the gap
+    got = {f: np.concatenate([c.arrays[f] for c in chunks]) for f in ("t", "q", "qd", "ctrl")}
+    k = np.arange(n - 1)
+    np.testing.assert_allclose(got["t"], (T0_NS - 6000 + k * DT_NS) * 1e-9, rtol=0, atol=1e-6)  # from the 1st stamp
+    np.testing.assert_allclose(got["q"], q[k], rtol=0, atol=1e-4)    # jitter of 0.3 % of dt interpolated away
+    np.testing.assert_allclose(got["qd"], qd[k], rtol=0, atol=1e-3)
+    np.testing.assert_array_equal(got["ctrl"], np.c_[k, -k])        # each sample has its own command
+    assert stats["gaps"] == 1 and stats["link"]["rejected"] == 0
+    mine = {t for t in announced if "/twin_bayes_arm_1" in t}
+    assert any("/NN/%/%/twin_bayes_arm_1" in t for t in mine)
+    assert any(f"/MS/%/%/twin_bayes_arm_1/%joint_states/sensor_msgs::msg::dds_::JointState_/"
+               f"{keys.type_hash(keys.JOINT_STATE, 'jazzy')}/" in t for t in mine)
+    assert any("/MP/%/%/twin_bayes_arm_1/%twin%arm_1%prediction/trajectory_msgs::msg::dds_::JointTrajectory_/" in t
+               for t in mine)
+    pub.close()
+
+
+def service_stream(pub: zmq.Socket, stop: threading.Event) -> None:
+    """A service's PUB stream for arm-1: posterior, prediction (2 joints, 3 steps), health, alert."""
+    seq, bands = 0, np.stack([np.full((3, 2), x) for x in (-1.0, -0.5, 0.0, 0.5, 1.0)])
+    health = {"status": "ok", "problems": [], "robots": {"arm-1": {"posterior_version": 4, "stale": False,
+                                                                    "windows": 4, "calibration": {"coverage_90": 0.9}}}}
+    while not stop.wait(0.05):
+        for kind, rid, frames in (
+                ("posterior", "arm-1", lambda s: protocol.posterior("arm-1", s, 4, {"body_mass:forearm": {
+                    "mean": 0.6, "sd": 0.01, "q05": 0.58, "q50": 0.6, "q95": 0.62}}, stale=False)),
+                ("prediction", "arm-1", lambda s: protocol.prediction(
+                    "arm-1", s, 4, {"t": 1.7e9 + np.arange(1, 4) * 0.002, "q_bands": bands, "qd_bands": bands * 10},
+                    quantiles=[0.05, 0.25, 0.5, 0.75, 0.95])),
+                ("health", protocol.FLEET, lambda s: protocol.reply(protocol.FLEET, s, "health", **health)),
+                ("alert", "arm-1", lambda s: protocol.reply("arm-1", s, "alert", parameter="dof_damping:shoulder",
+                                                           active=True, p_outside=0.95))):
+            seq += 1
+            pub.send_multipart([protocol.topic(kind, rid), *frames(seq)])
+
+
+def test_service_stream_comes_out_as_ros2_messages_with_attachments(ros, router_peer):
+    session, endpoint = ros
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.linger = 0
+    pub_addr = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    got: dict[str, tuple[bytes, bytes]] = {}
+    outputs = {"posterior": keys.STRING, "prediction": keys.TRAJECTORY, "prediction_bands": keys.FLOAT_ARRAY,
+               "alerts": keys.STRING}
+    subs = [session.declare_subscriber(key(f"/twin/arm_1/{name}", t),
+                                       lambda s, name=name: got.setdefault(name, (s.payload.to_bytes(),
+                                                                                  s.attachment.to_bytes())))
+            for name, t in outputs.items()]
+    subs.append(session.declare_subscriber(key("/diagnostics", keys.DIAGNOSTICS), lambda s: got.__setitem__(
+        "diagnostics", (s.payload.to_bytes(), s.attachment.to_bytes()))))
+    stop = threading.Event()
+    feeder = threading.Thread(target=service_stream, args=(pub, stop))
+    feeder.start()
+    try:
+        with bridging(endpoint, router_peer().endpoint, pub_addr):
+            wait(lambda: len(got) == 5 and twin_status(got["diagnostics"][0])[0] == 0,
+                 what=f"all five outputs and an OK twin status, got {sorted(got)}")
+    finally:
+        stop.set()
+        feeder.join()
+        pub.close()
+        for s in subs:
+            s.undeclare()
+    posterior = json.loads(TS.deserialize_cdr(got["posterior"][0], keys.STRING).data)
+    assert posterior["version"] == 4 and posterior["summary"]["body_mass:forearm"]["q95"] == 0.62
+    traj = TS.deserialize_cdr(got["prediction"][0], keys.TRAJECTORY)
+    assert list(traj.joint_names) == JOINTS and len(traj.points) == 3
+    assert traj.header.stamp.sec == 1_700_000_000 and traj.header.stamp.nanosec == 0
+    assert [p.time_from_start.nanosec for p in traj.points] == [2_000_000, 4_000_000, 6_000_000]
+    np.testing.assert_array_equal(traj.points[0].positions, [0.0, 0.0])  # the median band
+    bands = TS.deserialize_cdr(got["prediction_bands"][0], keys.FLOAT_ARRAY)
+    assert [(d.label, d.size) for d in bands.layout.dim] == [("quantile", 5), ("time", 3), ("q_qd", 4)]
+    off = bands.layout.data_offset
+    assert off == 8 and list(bands.data[:5]) == [0.05, 0.25, 0.5, 0.75, 0.95]
+    np.testing.assert_allclose(bands.data[5:8], [0.002, 0.004, 0.006], atol=1e-6)
+    cube = bands.data[off:].reshape(5, 3, 4)
+    np.testing.assert_array_equal(cube[0, :, :2], -1.0)
+    np.testing.assert_array_equal(cube[4, :, 2:], 10.0)
+    assert json.loads(TS.deserialize_cdr(got["alerts"][0], keys.STRING).data)["parameter"] == "dof_damping:shoulder"
+    level, message, values = twin_status(got["diagnostics"][0])
+    assert message == "posterior v4" and values["coverage_90"] == "0.9" and values["windows"] == "4"
+    for payload, att in got.values():
+        seq, stamp_ns, gid = keys.parse_attachment(att)
+        assert seq >= 1 and abs(stamp_ns - time.time_ns()) < 60e9 and len(gid) == 16
+
+
+def twin_status(raw: bytes) -> tuple[int, str, dict[str, str]]:
+    """(level, message, values) of the twin's status in a DiagnosticArray."""
+    twin = TS.deserialize_cdr(raw, keys.DIAGNOSTICS).status[0]
+    return int(twin.level), twin.message, {v.key: v.value for v in twin.values}
+
+
+def test_cli_rejects_bad_input_without_a_traceback(capsys):
+    assert main(["ros2", "--config", "humanoid", "--robot-id", "h1"]) == 2
+    assert "hinge and slide joints only" in capsys.readouterr().err
+    assert main(["ros2", "--config", "arm2", "--robot-id", "arm-1", "--joint-states", "joint_states"]) == 2
+    assert "fully qualified" in capsys.readouterr().err
+
+
+def test_trajectory_commands_and_imu_are_held_on_the_grid():
+    robot = robot_joints("arm2")
+    sampler = Sampler(robot.dt, chunk_samples=4, max_gap_s=0.05, use_imu=True)
+    Point, Duration = TS.types["trajectory_msgs/msg/JointTrajectoryPoint"], TS.types["builtin_interfaces/msg/Duration"]
+    Header, Time = TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
+    points = [Point(positions=np.array([x, -x]), velocities=np.zeros(0), accelerations=np.zeros(0), effort=np.zeros(0),
+                    time_from_start=Duration(sec=0, nanosec=ns)) for x, ns in ((1.0, 0), (2.0, 3 * DT_NS))]
+    traj = TS.types[keys.TRAJECTORY](header=Header(stamp=Time(sec=0, nanosec=0), frame_id=""),
+                                     joint_names=JOINTS[::-1], points=points)  # zero stamp: starts now
+    chunks = sampler.state(T0_NS, np.zeros(2), np.zeros(2))
+    sampler.command = trajectory_command(traj, robot, sampler.latest_ns)
+    sampler.imu = np.arange(6.0)
+    for k in range(1, 6):
+        chunks += sampler.state(T0_NS + k * DT_NS, np.full(2, k), np.zeros(2))
+    assert len(chunks) == 1  # state 0 came before any command or IMU reading: the grid starts at state 1
+    np.testing.assert_array_equal(chunks[0]["q"][:, 0], [1, 2, 3, 4])
+    # joint names map the points' columns (elbow first); the second point holds from 3 dt on
+    np.testing.assert_array_equal(chunks[0]["ctrl"], [[-1, 1], [-1, 1], [-2, 2], [-2, 2]])
+    np.testing.assert_array_equal(chunks[0]["imu_gyro"], np.tile([0.0, 1, 2], (4, 1)))
+    np.testing.assert_array_equal(chunks[0]["imu_accel"], np.tile([3.0, 4, 5], (4, 1)))
+    with pytest.raises(Rejected, match="out_of_order"):
+        sampler.state(T0_NS + 5 * DT_NS, np.zeros(2), np.zeros(2))
+
+
+def test_ros2_robot_into_the_service_advances_the_posterior_and_predictions_come_back(ros, tmp_path, service_model):
+    session, endpoint = ros
+    any_port = "tcp://127.0.0.1:*"
+    settings = ServiceSettings({"arm-1": service_model.cfg}, tmp_path / "store.db", any_port, any_port, any_port,
+                               worker=WorkerSettings(checkpoints=tmp_path / "checkpoints"))
+    traj = emulate(service_model.robot, {}, 0.7, seed=4)  # 351 samples: one 0.5 s window and a rest
+    posteriors, predictions = [], []
+    subs = [session.declare_subscriber(key("/twin/arm_1/posterior", keys.STRING), lambda s: posteriors.append(
+                json.loads(TS.deserialize_cdr(s.payload.to_bytes(), keys.STRING).data))),
+            session.declare_subscriber(key("/twin/arm_1/prediction", keys.TRAJECTORY), lambda s: predictions.append(
+                TS.deserialize_cdr(s.payload.to_bytes(), keys.TRAJECTORY)))]
+    with TwinService(settings, {"arm-1": service_model}) as service:
+        ends = service.endpoints
+        with bridging(endpoint, ends["ingest"], ends["pub"], ends["query"]) as bridge:
+            wait_for_subscriptions(session)
+            js, cmd = key("/joint_states", keys.JOINT_STATE), key("/twin/commands", keys.FLOAT_ARRAY)
+            for k in range(len(traj.t)):
+                session.put(cmd, command(traj.ctrl[k]))
+                session.put(js, joint_state(T0_NS + k * DT_NS, traj.q[k], traj.qd[k]))
+            wait(lambda: any(p["version"] >= 1 for p in posteriors) and predictions, timeout_s=900,
+                 what="a new posterior and a prediction over ROS 2")  # the first window compiles the kernels
+            stats = bridge.stats()
+        stored = service.metrics()["samples_stored"]
+    for s in subs:
+        s.undeclare()
+    assert stats["rejected_total"] == 0 and stored == len(traj.t) - 1  # the last state waits for the next one
+    post = max(posteriors, key=lambda p: p["version"])
+    assert set(post["summary"]) == set(service_model.names)
+    pred = predictions[-1]
+    assert list(pred.joint_names) == JOINTS and len(pred.points) == round(0.05 / 0.002)  # the service's horizon
+    assert all(np.isfinite(p.positions).all() and len(p.positions) == 2 for p in pred.points)

@@ -1,0 +1,78 @@
+"""CLI command `twin-bayes ros2` (registered through cli.COMMAND_MODULES): a ROS 2 robot on rmw_zenoh
+to the twin service and the twin back to ROS 2 (docs/ROS2.md). Robot side: never imports JAX.
+
+Prints one JSON line when it stops: the bridge's counters (received, rejected by reason, lost,
+published, link).
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+
+EXIT_BAD_INPUT = 2
+
+
+def register(sub) -> dict:
+    p = sub.add_parser("ros2", help="bridge a ROS 2 robot (rmw_zenoh, no ROS install) to the twin service")
+    p.add_argument("--config", required=True, help="twin config (file or shipped name): joint names from its MJCF")
+    p.add_argument("--robot-id", required=True, help="robot id on the twin service")
+    p.add_argument("--joint-states", default="/joint_states", help="sensor_msgs/JointState topic")
+    p.add_argument("--commands", default="/twin/commands", help="command topic")
+    p.add_argument("--command-type", choices=("float64_multi_array", "joint_trajectory"),
+                   default="float64_multi_array",
+                   help="std_msgs/Float64MultiArray (one value per actuator) or trajectory_msgs/JointTrajectory")
+    p.add_argument("--imu", default=None, help="sensor_msgs/Imu topic (sent as imu_gyro, imu_accel)")
+    p.add_argument("--domain", type=int, default=0, help="ROS_DOMAIN_ID")
+    p.add_argument("--distro", choices=("humble", "jazzy", "kilted", "rolling"), default="jazzy",
+                   help="humble: key expressions carry TypeHashNotSupported instead of RIHS01 hashes")
+    p.add_argument("--zenoh-endpoint", action="append", default=None, metavar="LOCATOR",
+                   help="zenoh router or peer to connect to (default tcp/127.0.0.1:7447; repeatable)")
+    p.add_argument("--zenoh-listen", action="append", default=None, metavar="LOCATOR",
+                   help="where this peer listens (default tcp/127.0.0.1:0)")
+    p.add_argument("--service-ingest", default="tcp://127.0.0.1:5555")
+    p.add_argument("--service-pub", default="tcp://127.0.0.1:5556")
+    p.add_argument("--service-query", default="tcp://127.0.0.1:5557",
+                   help="asked for the next chunk number on start ('' for none: start at --first-seq)")
+    p.add_argument("--namespace", default=None, help="ROS namespace of the outputs (default /twin/<robot id>)")
+    p.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="known constant of the robot, e.g. servo_kp=400 (repeatable)")
+    p.add_argument("--chunk-samples", type=int, default=None, help="samples per chunk (default: 0.1 s worth)")
+    p.add_argument("--max-gap", type=float, default=0.05, help="s between joint states that starts a new grid")
+    p.add_argument("--first-seq", type=int, default=None, help="number of the first chunk")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--curve-keys", default=None, metavar="DIR", help="key directory of `twin-bayes keys`: CURVE on")
+    p.add_argument("--key-name", default=None, help="certificate name in DIR (default: the robot id)")
+    return {"ros2": cmd_ros2}
+
+
+def cmd_ros2(args) -> int:
+    import zenoh
+    import zmq
+
+    from twin_bayes.service.auth import KeysError, load
+    from twin_bayes.service.robot_commands import _settings
+    from twin_bayes.service.ros2 import BridgeSettings, Ros2Bridge
+    try:
+        curve = None if args.curve_keys is None else load(args.curve_keys, args.key_name or args.robot_id)
+        settings = BridgeSettings(
+            args.config, args.robot_id, args.joint_states, args.commands, args.command_type, args.imu, args.domain,
+            args.distro, tuple(args.zenoh_endpoint or ("tcp/127.0.0.1:7447",)),
+            tuple(args.zenoh_listen or ("tcp/127.0.0.1:0",)), args.service_ingest, args.service_pub,
+            args.service_query or None, args.namespace, settings=_settings(args.setting),
+            chunk_samples=args.chunk_samples, max_gap_s=args.max_gap, first_seq=args.first_seq, curve=curve)
+        bridge = Ros2Bridge(settings)
+    except (KeysError, ValueError, OSError, zmq.ZMQError) as e:  # ProtocolError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        stats = bridge.run(stop, args.seconds)
+    except zenoh.ZError as e:  # e.g. an endpoint that cannot be opened
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps({"robot_id": args.robot_id, **stats}), flush=True)
+    return 0

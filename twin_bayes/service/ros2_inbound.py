@@ -1,0 +1,245 @@
+"""ROS 2 messages in: CDR to arrays, joint names to the twin's columns, samples on the twin's time grid.
+
+No JAX: the robot is read from the twin config's MJCF with native MuJoCo. The service takes
+telemetry only at exactly the twin's timestep, so `Sampler` puts joint states on that grid:
+q and qd are interpolated linearly between consecutive joint states, and each grid sample gets
+the command (and IMU reading) that was the latest one received when the last joint state at or
+before it arrived (a state stamped up to dt/10 after a grid time counts as at it: stamp jitter),
+held as on the robot. A joint state more than `max_gap_s` after the previous one starts
+a new grid (the service sees a time jump and cuts its window there).
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from twin_bayes.service.ros2_keys import typestore
+
+ROBOTS_DIR = Path(__file__).resolve().parent.parent / "robots"
+_HINGE_OR_SLIDE = (2, 3)  # mjtJoint: free 0, ball 1, slide 2, hinge 3
+
+
+class Rejected(ValueError):
+    """A ROS 2 message the bridge does not use; `code` names the reason (counted by the bridge)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code, self.detail = code, detail
+
+
+@dataclass(frozen=True)
+class RobotJoints:
+    """The twin's columns: `joints` of q and qd (MJCF order), the joint each ctrl column drives
+    (`actuators`), the sample interval `dt` (s) and the config's `settings` names."""
+
+    robot: str
+    joints: tuple[str, ...]
+    actuators: tuple[str, ...]
+    dt: float
+    settings: tuple[str, ...] = ()
+
+
+def _config_path(config: str | Path) -> Path:
+    p = Path(config)
+    if p.is_file():
+        return p.resolve()
+    shipped = sorted(ROBOTS_DIR.glob(f"*/{p.stem}.toml"))
+    if not shipped:
+        raise ValueError(f"{config}: no such config file, nor a shipped config")
+    return shipped[0]
+
+
+def robot_joints(config: str | Path) -> RobotJoints:
+    """Joint and actuator names of a twin config's robot; ValueError if the robot has joints a
+    JointState cannot carry (free or ball joints) or actuators on anything but a joint."""
+    import mujoco
+
+    path = _config_path(config)
+    try:
+        data = tomllib.loads(path.read_text())
+        name = str(data["robot"]["name"])
+    except (tomllib.TOMLDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a twin config with [robot] name ({e})") from None
+    if name.endswith(".xml"):
+        mjcf = Path(name) if Path(name).is_absolute() else path.parent / name
+    else:
+        found = sorted(ROBOTS_DIR.glob(f"*/{name}.xml"))
+        if not found:
+            raise ValueError(f"{path}: robot {name!r} is neither an MJCF path nor a shipped robot")
+        mjcf = found[0]
+    m = mujoco.MjModel.from_xml_path(str(mjcf))
+    joint = lambda j: mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, int(j))  # noqa: E731
+    if any(t not in _HINGE_OR_SLIDE for t in m.jnt_type):
+        raise ValueError(f"{mjcf.name}: the ROS 2 bridge needs hinge and slide joints only "
+                         "(a JointState carries one position per joint)")
+    if any(t != mujoco.mjtTrn.mjTRN_JOINT for t in m.actuator_trntype):
+        raise ValueError(f"{mjcf.name}: every actuator must drive a joint")
+    return RobotJoints(name, tuple(joint(j) for j in range(m.njnt)),
+                       tuple(joint(j) for j in m.actuator_trnid[:, 0]), float(m.opt.timestep),
+                       tuple(data.get("settings", {})))
+
+
+def decode(raw: bytes, msgtype: str, distro: str):
+    """CDR bytes to a `rosbags` message; Rejected('bad_cdr') for anything that does not parse."""
+    try:
+        return typestore(distro).deserialize_cdr(raw, msgtype)
+    except Exception as e:  # rosbags raises many types on malformed bytes
+        raise Rejected("bad_cdr", f"{msgtype}: {type(e).__name__}: {e}"[:300]) from None
+
+
+def stamp_ns(header) -> int:
+    """A std_msgs/Header's stamp in integer nanoseconds."""
+    return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
+
+
+def _finite(name: str, *arrays: np.ndarray) -> None:
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise Rejected("non_finite", f"{name}: NaN or Inf")
+
+
+def _columns(names: list[str], wanted: tuple[str, ...], what: str) -> list[int]:
+    missing = [j for j in wanted if j not in names]
+    if missing:
+        raise Rejected("missing_joints", f"{what} lacks joints {missing} (has {names})")
+    return [names.index(j) for j in wanted]
+
+
+def joint_state(msg, robot: RobotJoints) -> tuple[int, np.ndarray, np.ndarray]:
+    """(stamp ns, q (nq,), qd (nv,)) of a sensor_msgs/JointState, columns in the twin's joint order."""
+    names = list(msg.name)
+    if len(msg.position) != len(names) or len(msg.velocity) != len(names):
+        raise Rejected("bad_message", f"JointState needs a position and a velocity for each of {names}")
+    idx = _columns(names, robot.joints, "JointState")
+    q, qd = np.asarray(msg.position, np.float64)[idx], np.asarray(msg.velocity, np.float64)[idx]
+    _finite("JointState", q, qd)
+    return stamp_ns(msg.header), q, qd
+
+
+@dataclass(frozen=True)
+class Command:
+    """Actuator commands over time: `values` (P, nu) from times `t_ns` (P,) on (the first also
+    holds before t_ns[0]); a Float64MultiArray is one value for all time."""
+
+    t_ns: np.ndarray
+    values: np.ndarray
+
+    def at(self, t: int) -> np.ndarray:
+        return self.values[max(0, int(np.searchsorted(self.t_ns, t, side="right")) - 1)]
+
+
+def array_command(msg, robot: RobotJoints) -> Command:
+    """A std_msgs/Float64MultiArray with one value per actuator, in the twin's actuator order."""
+    data = np.asarray(msg.data, np.float64)
+    if data.shape != (len(robot.actuators),):
+        raise Rejected("bad_command", f"Float64MultiArray of {data.size} values, the twin has "
+                                      f"{len(robot.actuators)} actuators {list(robot.actuators)}")
+    _finite("Float64MultiArray", data)
+    return Command(np.zeros(1, np.int64), data[None])
+
+
+def trajectory_command(msg, robot: RobotJoints, now_ns: int | None) -> Command:
+    """A trajectory_msgs/JointTrajectory: each point's positions (else efforts) from header.stamp +
+    time_from_start; a zero stamp means 'start now', the stamp of the latest joint state `now_ns`."""
+    names, points = list(msg.joint_names), list(msg.points)
+    if not points:
+        raise Rejected("bad_command", "JointTrajectory without points")
+    idx = _columns(names, robot.actuators, "JointTrajectory")
+    start = stamp_ns(msg.header) or (now_ns or 0)
+    rows, times = [], []
+    for p in points:
+        values = p.positions if len(p.positions) else p.effort
+        if len(values) != len(names):
+            raise Rejected("bad_command", f"JointTrajectory point needs positions or efforts for each of {names}")
+        rows.append(np.asarray(values, np.float64)[idx])
+        times.append(start + int(p.time_from_start.sec) * 10**9 + int(p.time_from_start.nanosec))
+    t, values = np.asarray(times, np.int64), np.stack(rows)
+    _finite("JointTrajectory", values)
+    if np.any(np.diff(t) < 0):
+        raise Rejected("bad_command", "JointTrajectory points must be in time order")
+    return Command(t, values)
+
+
+def imu_reading(msg) -> np.ndarray:
+    """(6,) angular velocity (rad/s) then linear acceleration (m/s^2) of a sensor_msgs/Imu."""
+    w, a = msg.angular_velocity, msg.linear_acceleration
+    out = np.array([w.x, w.y, w.z, a.x, a.y, a.z], np.float64)
+    _finite("Imu", out)
+    return out
+
+
+@dataclass
+class _Last:
+    t_ns: int
+    q: np.ndarray
+    qd: np.ndarray
+    command: Command | None
+    imu: np.ndarray | None
+
+
+@dataclass
+class Sampler:
+    """Joint states to chunks of samples on the grid t0 + k dt (see the module docstring).
+
+    Times are integer nanoseconds inside (exact grid), seconds in the chunks. `state` returns
+    finished chunks: dicts of t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu) and, with `use_imu`,
+    imu_gyro (n, 3) rad/s and imu_accel (n, 3) m/s^2. `gaps` counts grids restarted after a gap.
+    """
+
+    dt: float
+    chunk_samples: int
+    max_gap_s: float
+    use_imu: bool = False
+    command: Command | None = None
+    imu: np.ndarray | None = None
+    gaps: int = 0
+    _last: _Last | None = None
+    _grid0: int = 0
+    _k: int = 0
+    _rows: list[tuple] = field(default_factory=list)
+
+    @property
+    def latest_ns(self) -> int | None:
+        """Stamp of the latest joint state accepted."""
+        return None if self._last is None else self._last.t_ns
+
+    def state(self, t_ns: int, q: np.ndarray, qd: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Take one joint state (stamp ns, q (nq,), qd (nv,)); Rejected('out_of_order') unless it is
+        after the previous one."""
+        last, dt_ns = self._last, round(self.dt * 1e9)
+        if last is not None and t_ns <= last.t_ns:
+            raise Rejected("out_of_order", f"stamp {t_ns} ns is not after the last one, {last.t_ns} ns")
+        out: list[dict[str, np.ndarray]] = []
+        ready = last is not None and last.command is not None and (last.imu is not None or not self.use_imu)
+        gap = ready and (t_ns - last.t_ns) > self.max_gap_s * 1e9
+        if not ready or gap:
+            self.gaps += gap
+            out += self.flush()
+            self._grid0, self._k = t_ns, 0
+        else:
+            # a grid time up to dt/10 before this stamp is this stamp's sample (stamp jitter): it is
+            # interpolated from the next interval and gets this state's command
+            while (tau := self._grid0 + self._k * dt_ns) < t_ns - dt_ns // 10:
+                w = (tau - last.t_ns) / (t_ns - last.t_ns)
+                self._rows.append((tau, (1 - w) * last.q + w * q, (1 - w) * last.qd + w * qd,
+                                   last.command.at(tau), last.imu))
+                self._k += 1
+                if len(self._rows) == self.chunk_samples:
+                    out += self.flush()
+        self._last = _Last(t_ns, q, qd, self.command, self.imu)
+        return out
+
+    def flush(self) -> list[dict[str, np.ndarray]]:
+        """The samples gathered so far as one chunk ([] if none)."""
+        if not self._rows:
+            return []
+        t, q, qd, ctrl, imu = zip(*self._rows)
+        self._rows = []
+        ns = np.array(t, np.int64)
+        chunk = {"t": (ns // 10**9) + (ns % 10**9) * 1e-9, "q": np.stack(q), "qd": np.stack(qd),
+                 "ctrl": np.stack(ctrl)}
+        if self.use_imu:
+            chunk["imu_gyro"], chunk["imu_accel"] = np.stack(imu)[:, :3], np.stack(imu)[:, 3:]
+        return [chunk]
