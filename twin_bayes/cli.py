@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 EXIT_BAD_INPUT = 2
-COMMAND_MODULES: tuple[str, ...] = ("twin_bayes.service.commands", "twin_bayes.service.robot_commands", "twin_bayes.policy.commands")
+COMMAND_MODULES: tuple[str, ...] = ("twin_bayes.service.commands", "twin_bayes.service.robot_commands", "twin_bayes.service.ros2_commands", "twin_bayes.policy.commands")
 
 
 def _print(obj, as_json: bool, table=None) -> None:
