@@ -101,21 +101,17 @@ def make_data(model, truth: dict, seconds: float, seed: int, heavy_df: float | N
 # ----------------------------------------------------------------------------- twin-bayes
 
 def fit_twin(cfg, model, seed: int, data, meter) -> dict:
+    from twin_bayes.data import Trajectory, trajectory_windows
     from twin_bayes.inference import Twin
     t, q, qd, u = data
-    T = model.window_samples
     twin = Twin(cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"seed": seed})}), model=model)
     meter.take()
     t0 = time.perf_counter()
     reports = []
-    n = len(t)
-    starts = list(range(0, n - 1, T - 1))
-    for s in starts:
-        e = min(s + T, n)
-        if e - s < model.segment_steps + 1:
-            break
-        rep = twin.update(twin.window(q[s:e], qd[s:e], u[s:e]))
-        reports.append({"accepted": rep.accepted, "reason": rep.reason, "stages": rep.stages, "samples": e - s})
+    for w in trajectory_windows([Trajectory(t, q, qd, u)], model.window_samples, model.segment_steps + 1,
+                                model.robot.dt):
+        rep = twin.update(twin.window(w["q"], w["qd"], w["ctrl"]))
+        reports.append({"accepted": rep.accepted, "reason": rep.reason, "stages": rep.stages, "samples": len(w["q"])})
     wall = time.perf_counter() - t0
     comp = meter.take()
     summ = twin.posterior.summary()
@@ -123,6 +119,56 @@ def fit_twin(cfg, model, seed: int, data, meter) -> dict:
             "updates": reports, "all_accepted": all(r["accepted"] for r in reports),
             "estimate": {k: v["q50"] for k, v in summ.items()},
             "interval": {k: [v["q05"], v["q95"]] for k, v in summ.items()}}
+
+
+# ----------------------------------------------------------------------------- as a user meets it
+def command_line_start(cfg_name: str, data, truth: dict, segment_steps: int, max_iters: int) -> dict:
+    """`twin-bayes fit` of the data from the command line, with an empty compilation cache (cold) and
+    with the cache that run filled (warm), next to mujoco.sysid (seg-w) run as its own process on the
+    same data: process wall times, interpreter start and imports included."""
+    import os
+    import subprocess
+    import tempfile
+
+    from twin_bayes.data import Trajectory, write_npz
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="twin-peers-") as tmp:
+        npz = Path(tmp) / "arm2.npz"
+        write_npz(npz, Trajectory(*data, source="peers"))
+        (Path(tmp) / "truth.json").write_text(json.dumps(truth))
+        env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(Path(tmp) / "jax-cache")}
+        for label in ("cold", "warm"):
+            start = time.perf_counter()
+            run = subprocess.run([sys.executable, "-m", "twin_bayes.cli", "fit", "--config", cfg_name, "--data",
+                                  str(npz), "--out", str(Path(tmp) / f"fit-{label}"), "--json"], env=env,
+                                 capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            if run.returncode:
+                raise RuntimeError(f"twin-bayes fit failed: {run.stderr[-2000:]}")
+            summary = json.loads(run.stdout)
+            out[f"twin_bayes_fit_{label}"] = {"process_wall_s": wall, "fit_wall_s": summary["wall_time_s"],
+                                              "engine": summary["engine"], "windows": summary["windows"]}
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, __file__, "--config", cfg_name, "--sysid-process", str(npz),
+                              "--sysid-segment-steps", str(segment_steps), "--sysid-max-iters", str(max_iters)],
+                             capture_output=True, text=True, check=True)
+        out["sysid_process"] = {"process_wall_s": time.perf_counter() - start, **json.loads(run.stdout)}
+    sysid = out["sysid_process"]["process_wall_s"]
+    out["ratios"] = {f"{k}/sysid_process": v["process_wall_s"] / sysid for k, v in out.items() if k.startswith("twin")}
+    out["targets"] = {"cold_s": 60.0, "warm_over_sysid": 3.0}
+    return out
+
+
+def sysid_process(cfg_name: str, npz: str, segment_steps: int, max_iters: int) -> None:
+    """The sysid half of `command_line_start`, in a process of its own: prints its fit's wall time."""
+    from twin_bayes.config import load_config
+    from twin_bayes.data import read_npz
+    from twin_bayes.models import TwinModel
+    cfg = load_config(cfg_name)
+    tr = read_npz(npz)
+    truth = json.loads((Path(npz).parent / "truth.json").read_text())
+    f = fit_sysid(cfg, TwinModel(cfg), (tr.t, tr.q, tr.qd, tr.ctrl), truth, "seg-w", segment_steps, max_iters)
+    print(json.dumps({"fit_wall_s": f["wall_s"]}))
 
 
 # ----------------------------------------------------------------------------- mujoco.sysid
@@ -281,10 +327,14 @@ def main(argv=None):
     ap.add_argument("--sysid-max-iters", type=int, default=100)
     ap.add_argument("--no-twin", action="store_true", help="only run mujoco.sysid (fast)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, the short case")
+    ap.add_argument("--no-command-line", action="store_true", help="skip the cold/warm command-line comparison")
+    ap.add_argument("--sysid-process", metavar="NPZ", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/peers.json"))
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.cases = 1, ["short"]
+    if args.sysid_process:
+        return sysid_process(args.config, args.sysid_process, args.sysid_segment_steps, args.sysid_max_iters)
 
     import os
     load_start = list(os.getloadavg())
@@ -332,6 +382,12 @@ def main(argv=None):
                     "coverage90_difference": tb["coverage90"]["coverage"] - sy["coverage90"]["coverage"],
                     "wall_time": tb["median_wall_s"] / sy["median_wall_s"] if sy["median_wall_s"] else None}
         results[case] = {"settings": spec, "summary": summ, "ratios": ratios, "seeds": rows}
+    start = None
+    if not args.no_command_line:
+        truth = draw_truth(jax, model, args.first_seed)
+        start = command_line_start(args.config, make_data(model, truth, CASES["base"]["seconds"], args.first_seed,
+                                                          None), truth, args.sysid_segment_steps, args.sysid_max_iters)
+        print("command line:", json.dumps(start), flush=True)
 
     out = {
         "benchmark": "peers",
@@ -348,6 +404,7 @@ def main(argv=None):
                      "quick": args.quick},
         "sysid_can_express": CAN_EXPRESS,
         "results": results,
+        "command_line_start": start,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))

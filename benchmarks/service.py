@@ -1,26 +1,21 @@
-"""Twin service under load: ingest throughput, ack latency, update-to-publish latency, memory.
+"""Twin service under load: robots streaming in real time, 1 to 64 of them, to one `twin-bayes serve`.
 
-`twin-bayes serve` runs as a subprocess with 16 arm2 twins (robot ids arm-00 ..
-arm-15, one shared compiled model, 1 s windows of 500 Hz samples, a fresh
-SQLite store with synchronous=FULL); this process plays the robots (one DEALER
-each, chunks of 167 samples = 1/3 window, every chunk kept until acked) and a
-PUB subscriber. Phases, after a warm-up that sends two windows of one robot
-and waits for their posteriors (the SMC kernels compile; timed apart):
+For each robot count (--robots, default 1,4,16,64) a fresh `twin-bayes serve` runs as a subprocess
+with that many arm2 twins (robot ids arm-00 .., one shared model, 1 s windows of 500 Hz samples, a
+fresh SQLite store with synchronous=FULL, checkpoints on); this process plays the robots (one DEALER
+each, chunks of 167 samples = 1/3 s, every chunk kept until acked, each robot at its own real-time
+rate) and a PUB subscriber. The compiled executables come from the persistent cache, filled first by
+`twin-bayes warmup --config arm2 --robots 1,2,4,...` (its wall time is reported: the cold compile).
 
-* realtime_1 (25% of --seconds): one robot at its own rate (3 chunks/s, 501 samples/s);
-* realtime_16 (45%): 16 robots at their own rate;
-* saturate_1 (15%): one robot sending as fast as acks come back (8 chunks in flight);
-* saturate_16 (15%): 16 robots, 8 in flight each.
+Per robot count, after --settle seconds, over --seconds of steady state: ack latency p50/p99 (send
+-> ack, the chunk fsynced in SQLite in between), update-to-publish latency p50/p99 (ack of the chunk
+that completes a window -> its posterior received on the PUB socket), the backlog (windows whose data
+were acked but whose posterior is not yet published) sampled every second, its slope, and whether
+the count was kept in real time: every window's posterior published within one window duration
+(99th percentile of update-to-publish below 1 s) and no growing backlog. The server's RSS is sampled.
 
-Per phase: chunks/s and samples/s acked, ack latency p50/p99 (send -> ack,
-the chunk fsynced in SQLite in between), update-to-publish latency p50/p99
-(ack of the chunk that completes a window -> its posterior received on the
-PUB socket), and the number of posteriors published. The server's RSS is
-sampled every second from the warm-up on (after_warmup, end, max over the
-measured phases, timeline).
-
-    .venv/bin/python benchmarks/service.py                 # 10 minutes
-    .venv/bin/python benchmarks/service.py --seconds 60    # short run
+    .venv/bin/python benchmarks/service.py                                  # about 25 minutes
+    .venv/bin/python benchmarks/service.py --robots 1,16 --seconds 60      # short run
 """
 from __future__ import annotations
 
@@ -44,7 +39,7 @@ from twin_bayes.sim.emulator import emulate  # noqa: E402
 
 CHUNK = 167
 IN_FLIGHT = 8
-ROBOTS = 16
+WINDOW_S = 1.0
 
 
 def rss_mb(pid: int) -> float:
@@ -65,11 +60,11 @@ def pct(x: list[float]) -> dict:
 class Fleet:
     """The robots and a subscriber, all in this thread."""
 
-    def __init__(self, endpoints: dict, traj, dt: float):
+    def __init__(self, endpoints: dict, traj, dt: float, robots: int):
         self.ctx = zmq.Context.instance()
         self.traj, self.dt = traj, dt
         self.socks = []
-        for _ in range(ROBOTS):
+        for _ in range(robots):
             s = self.ctx.socket(zmq.DEALER)
             s.linger = 0
             s.connect(endpoints["ingest"])
@@ -80,9 +75,10 @@ class Fleet:
         self.poller = zmq.Poller()
         for s in (*self.socks, self.sub):
             self.poller.register(s, zmq.POLLIN)
-        self.next_seq = [0] * ROBOTS
-        self.sent: list[dict[int, float]] = [{} for _ in range(ROBOTS)]
-        self.acked_at: list[dict[int, float]] = [{} for _ in range(ROBOTS)]
+        self.next_seq = [0] * robots
+        self.sent: list[dict[int, float]] = [{} for _ in range(robots)]
+        self.acked_at: list[dict[int, float]] = [{} for _ in range(robots)]
+        self.acked_samples = [0] * robots
         self.posteriors = 0
         self.samples = 0
 
@@ -132,72 +128,92 @@ class Fleet:
             acks.append(now - self.sent[r].pop(msg.seq))
             self.acked_at[r][msg.seq] = now
             self.samples += CHUNK
+            self.acked_samples[r] = max(self.acked_samples[r], (msg.seq + 1) * CHUNK)
+
+    def backlog(self, window: int) -> int:
+        """Windows whose samples were acked (windows of `window` samples sharing their boundary) minus
+        posteriors received."""
+        return sum(max(0, (n - 1) // (window - 1)) for n in self.acked_samples) - self.posteriors
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=600.0, help="measured run length (after warm-up)")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "service.json"))
-    args = p.parse_args(argv)
-    load_start = os.getloadavg()[0]  # other processes on the CPUs make every figure pessimistic
-    cfg = load_config("arm2")
-    robot = cfg.load_robot()
-    traj = emulate(robot, {}, 30.0, seed=5)
+def warmup(counts: list[int]) -> float:
+    """`twin-bayes warmup` for every batch size the service may use up to max(counts); wall time (s)."""
+    sizes = [b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max(2, max(counts))]
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "twin_bayes.cli", "warmup", "--config", "arm2", "--robots",
+                    ",".join(map(str, sizes))], check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - start
+
+
+def measure(robots: int, seconds: float, settle: float, traj, dt: float, window: int) -> dict:
+    """One service with `robots` twins, all streaming in real time: the figures of the module docstring."""
     with tempfile.TemporaryDirectory(prefix="twin-bench-") as tmp:
         cmd = [sys.executable, "-m", "twin_bayes.cli", "serve", "--store", f"{tmp}/store.db",
                "--checkpoints", f"{tmp}/ckpt", "--ingest", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*",
                "--query", "tcp://127.0.0.1:*"]
-        for r in range(ROBOTS):
+        for r in range(robots):
             cmd += ["--config", f"arm-{r:02d}=arm2"]
+        started = time.monotonic()
         server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         endpoints = json.loads(next(line for line in server.stdout if line.startswith("{")))
-        rss = []
+        ready_s = time.monotonic() - started
         try:
-            fleet = Fleet(endpoints, traj, robot.dt)
-            t0 = time.monotonic()
-            while fleet.posteriors < 2:      # two windows: compile the SMC kernels, leave no backlog
-                fleet.run(1.0, 1, False, [], [], max_chunks=6)
-                rss.append([time.monotonic() - t0, rss_mb(server.pid)])
-            warmup_s = time.monotonic() - t0
-            measured = len(rss)
-            phases = {"realtime_1": (0.25, 1, True), "realtime_16": (0.45, ROBOTS, True),
-                      "saturate_1": (0.15, 1, False), "saturate_16": (0.15, ROBOTS, False)}
-            results = {}
-            for name, (share, robots, realtime) in phases.items():
-                seconds = share * args.seconds
-                acks, pubs, acked, posteriors0 = [], [], 0, fleet.posteriors
-                end = time.monotonic() + seconds
-                while (left := end - time.monotonic()) > 0:   # 1 s slices, sampling RSS between
-                    acked += fleet.run(min(1.0, left), robots, realtime, acks, pubs)
-                    rss.append([time.monotonic() - t0, rss_mb(server.pid)])
-                results[name] = {"seconds": seconds, "robots": robots, "realtime": realtime,
-                                 "chunks_per_s": acked / seconds, "samples_per_s": acked * CHUNK / seconds,
-                                 "ack_latency": pct(acks), "update_to_publish": pct(pubs),
-                                 "posteriors": fleet.posteriors - posteriors0}
-                print(name, json.dumps(results[name]), flush=True)
+            fleet = Fleet(endpoints, traj, dt, robots)
+            fleet.run(settle, robots, True, [], [])
+            acks, pubs, backlog, rss = [], [], [], []
+            start, posteriors0 = time.monotonic(), fleet.posteriors
+            while (left := start + seconds - time.monotonic()) > 0:
+                fleet.run(min(1.0, left), robots, True, acks, pubs)
+                backlog.append([time.monotonic() - start, fleet.backlog(window)])
+                rss.append(rss_mb(server.pid))
         finally:
             server.terminate()
             server.wait(timeout=600)
-    r = np.asarray(rss)
+    b = np.asarray(backlog, dtype=np.float64)
+    slope = float(np.polyfit(b[:, 0], b[:, 1], 1)[0]) if len(b) > 2 else float("nan")
+    p99 = float(np.percentile(pubs, 99)) if pubs else float("inf")
+    return {"robots": robots, "seconds": seconds, "settle_s": settle, "service_ready_s": ready_s,
+            "ack_latency": pct(acks), "update_to_publish": pct(pubs),
+            "posteriors": fleet.posteriors - posteriors0, "windows_per_s": (fleet.posteriors - posteriors0) / seconds,
+            "backlog_windows": {"mean": float(b[:, 1].mean()), "max": float(b[:, 1].max()),
+                                "end": float(b[-1, 1]), "slope_per_s": slope},
+            "kept_in_real_time": bool(p99 <= WINDOW_S and slope < 0.05 * robots / WINDOW_S),
+            "server_rss_mb": {"mean": float(np.mean(rss)), "max": float(np.max(rss))}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--robots", default="1,4,16,64", help="robot counts, one service each")
+    p.add_argument("--seconds", type=float, default=300.0, help="steady-state measurement per robot count (s)")
+    p.add_argument("--settle", type=float, default=30.0, help="streaming before measuring (s)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "service.json"))
+    args = p.parse_args(argv)
+    counts = sorted({int(x) for x in args.robots.split(",")})
+    load_start = os.getloadavg()[0]  # other processes on the CPUs make every figure pessimistic
+    cfg = load_config("arm2")
+    robot = cfg.load_robot()
+    window = int(round(cfg.inference.window_s / robot.dt)) + 1
+    traj = emulate(robot, {}, 30.0, seed=5)
+    warmup_s = warmup(counts)
+    print(f"warmup (compiling every batch size into the persistent cache): {warmup_s:.0f} s", flush=True)
+    results = []
+    for n in counts:
+        results.append(measure(n, args.seconds, args.settle, traj, robot.dt, window))
+        print(json.dumps(results[-1]), flush=True)
+    kept = [r["robots"] for r in results if r["kept_in_real_time"]]
     out = {
-        "benchmark": "service", "command": command(),
-        "note": (f"short run of {args.seconds:.0f} s (the default is 600 s)" if args.seconds < 600
-                 else "full 10-minute run"),
-        "machine": machine(),
-        "setup": {"robots": ROBOTS, "config": "arm2 (1 s windows, 500 Hz, 32 particles)", "chunk_samples": CHUNK,
-                  "in_flight": IN_FLIGHT, "store": "SQLite WAL, synchronous=FULL"},
+        "benchmark": "service", "command": command(), "machine": machine(),
+        "setup": {"config": "arm2 (1 s windows, 500 Hz, 32 particles)", "chunk_samples": CHUNK,
+                  "in_flight": IN_FLIGHT, "store": "SQLite WAL, synchronous=FULL", "checkpoints": "every batch",
+                  "real_time": "p99 update-to-publish <= one window (1 s) and no growing backlog"},
         "loadavg_1min": {"start": load_start, "end": os.getloadavg()[0]},
-        "warmup_first_posterior_s": warmup_s,
-        "phases": results,
-        "server_rss_mb": {"after_warmup": float(r[measured, 1]), "end": float(r[-1, 1]),
-                          "max_measured": float(r[measured:, 1].max()), "timeline_t0": "warm-up start",
-                          "timeline": [[round(a, 1), round(b, 1)] for a, b in r[:: max(1, len(r) // 60)]]},
+        "warmup_compile_s": warmup_s,
+        "robot_counts": results,
+        "largest_kept_in_real_time": max(kept) if kept else 0,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in out.items() if k != "server_rss_mb"}, indent=2))
-    m = out["server_rss_mb"]
-    print(f"server RSS after warm-up {m['after_warmup']:.0f} MB, end {m['end']:.0f} MB, max {m['max_measured']:.0f} MB")
+    print(json.dumps({k: v for k, v in out.items() if k != "robot_counts"}, indent=2))
     return 0
 
 

@@ -39,7 +39,6 @@ from twin_bayes.data import read_trajectory
 from twin_bayes.data.shared import bam_logs
 from twin_bayes.service.client import TwinClient
 from twin_bayes.service.store import TelemetryStore
-from twin_bayes.service.windows import cut_windows
 
 FIT_KP, TEST_KP = (100, 200), 400
 ROBOT_ID = "xl330"
@@ -90,8 +89,7 @@ def applied_windows(store_path: Path, twin: Twin) -> list[dict]:
         chunks = store.get_chunks(ROBOT_ID, -1, limit=1_000_000)
     finally:
         store.close()
-    m = twin.model
-    cuts = cut_windows(chunks, -1, m.window_samples, m.segment_steps + 1, m.robot.dt)
+    cuts = stored_windows(chunks, twin.model)
     return [{"q": c.q, "qd": c.qd, "ctrl": c.ctrl, "settings": c.settings or None} for c in cuts if c.usable]
 
 

@@ -1,9 +1,10 @@
-"""Shared, compiled-once fixtures for the inference tests.
+"""Shared fixtures for the inference tests.
 
-Every `TwinModel` compiles its own kernels (it is a static jit argument, hashed
-by identity), and a first arm2 SMC update compiles for minutes on a 2-core
-machine. So one small config and ONE `TwinModel` serve the whole session;
-tests that need a fresh posterior build a new `Twin(cfg, model)` around it.
+A `TwinModel` is a pytree whose numbers are traced, so every config of arm2 with
+the same shapes shares one compiled update (`engine.propose_jit` and the rest); the first
+compiles for minutes on a 2-core machine. One small config and its model serve
+the whole session; tests that need a fresh posterior build a new
+`Twin(cfg, model)` around it, and other configs of the same shapes reuse it.
 
 The small config is the shipped arm2 config with 0.5 s windows (251 samples,
 10 segments) and 32 particles (the shipped count). `mcmc_steps = 5` is the
@@ -25,10 +26,9 @@ import numpy as np
 import pytest
 
 from twin_bayes.config import load_config, resolve_config_path
-from twin_bayes.inference import Twin, UpdateReport
-from twin_bayes.inference import laplace, smc
+from twin_bayes.inference import Twin, UpdateReport, engine, predictive
 from twin_bayes.inference import twin as twin_module
-from twin_bayes.models import TwinModel, twin_model
+from twin_bayes.models import TwinModel
 from twin_bayes.sim.emulator import emulate
 
 # Hidden truth: inside the prior (|log(truth / nominal)| < 1 prior sd for every parameter).
@@ -79,12 +79,10 @@ def write_arm2_config(directory: Path, name: str, **inference) -> Path:
 def cache_sizes() -> dict[str, int]:
     """Compiled-executable counts of every jitted kernel an update or predict goes through."""
     return {
-        "newton_step": laplace.newton_step._cache_size(),
-        "importance_draws": laplace.importance_draws._cache_size(),
-        "smc_stage": smc.smc_stage._cache_size(),
-        "particle_log_liks": smc.particle_log_liks._cache_size(),
-        "state_jacobian_jit": twin_model.state_jacobian_jit._cache_size(),
+        "update": engine.propose_jit._cache_size() + engine.finish_jit._cache_size(),
+        "temper": engine.temper_jit._cache_size(),
         "constrain_all": twin_module.constrain_all._cache_size(),
+        "predictive_samples": predictive.predictive_samples._cache_size(),
     }
 
 

@@ -104,3 +104,22 @@ def test_unknown_engine_is_refused(small_cfg, model, windows):
     with pytest.raises(ValueError, match="unknown engine"):
         twin.fit(windows[:1], engine="gibbs")
     assert twin.posterior.version == 0
+
+
+def test_the_gate_guards_batch_fits(nuts, small_cfg, model, windows):
+    """Every engine is gated: NUTS chains that disagree (R-hat), SMC that stops below beta = 1. A
+    refused fit says why and keeps the previous posterior."""
+    from twin_bayes.inference import batch
+    _, res = nuts
+    assert batch.gate(res, small_cfg.inference) == ()
+    apart = res.chains.copy()
+    apart[1] += 5.0 * apart.std(axis=(0, 1))               # the second chain in another mode
+    reason, detail = batch.gate(res._replace(chains=apart), small_cfg.inference)
+    assert "R-hat" in reason and "R-hat" in detail
+    twin = Twin(small_cfg, model)
+    before = twin.posterior.values.copy()
+    refused = twin.fit(windows[:2], engine="smc", max_stages=2)
+    assert refused.info["beta"] < 1.0 and "beta" in refused.info["refused"][0]
+    post = twin.posterior
+    assert post.version == 0 and post.stale and "batch SMC stopped" in post.reason
+    np.testing.assert_array_equal(post.values, before)

@@ -3,7 +3,9 @@ and a real SQLite file.
 
 Every service here runs on the session's one TwinModel (`service_model`: arm2 with the
 inference tests' small settings), so its kernels compile once. Chunks are 50
-samples, so chunks 0-4 and 5-9 make the two windows; 10-11 wait for more data.
+samples and windows 251 sharing their boundary sample: rows 0-250 (chunks 0-5)
+and 250-500 (chunks 5-10) make the two windows; rows 500-599 wait for more data,
+so the applied position is chunk 10, row 0.
 """
 from __future__ import annotations
 
@@ -25,14 +27,14 @@ from twin_bayes.service import auth, checkpoint, protocol
 from twin_bayes.service.client import ServiceError, Subscriber, TwinClient, TwinTimeout
 from twin_bayes.service.server import ServiceSettings, TwinService
 from twin_bayes.service.store import TelemetryStore
-from twin_bayes.service.windows import cut_windows
-from twin_bayes.service.worker import WorkerSettings
+from twin_bayes.service.worker import WorkerSettings, stored_windows
 from twin_bayes.sim.emulator import emulate
 
 RID = "arm-1"
 CHUNK = 50
 N_CHUNKS = 12
-WINDOWS = 2          # chunks 0-4 and 5-9
+WINDOWS = 2          # rows 0-250 and 250-500
+APPLIED = 10         # the chunk of row 500, where the next window starts
 
 
 @pytest.fixture(scope="module")
@@ -135,23 +137,18 @@ def bad_messages(good: list[bytes], rng: random.Random) -> list[list[bytes]]:
     ]
 
 
-def test_windows_are_whole_consecutive_chunks():
-    dt, t0 = 0.01, 0.0
-
-    def chunk(seq, n, start):
-        t = start + dt * np.arange(n)
-        return protocol.decode(protocol.telemetry("r", seq, t, np.zeros((n, 1)), np.zeros((n, 1)), np.zeros((n, 1))))
-    sizes = [4, 4, 2, 5, 3, 3]              # windows of at most 10 samples, at least 3
-    chunks, start = [], t0
-    for seq, n in enumerate(sizes):
-        chunks.append(chunk(seq, n, start))
-        start += n * dt
-    cuts = cut_windows(chunks, -1, max_n=10, min_n=3, dt=dt)
-    assert [(c.last_seq, len(c.t), c.usable) for c in cuts] == [(2, 10, True), (4, 8, True)]
-    assert cut_windows(chunks[3:], 2, 10, 3, dt)[0].last_seq == 4             # resume after chunk 2
-    assert cut_windows([chunks[0], chunks[2]], -1, 10, 3, dt) == []            # chunk 1 missing: wait
-    jump = [chunks[0], chunk(1, 2, 5.0), chunk(2, 9, 5.02)]                   # time jumps after chunk 0
-    assert [(c.last_seq, len(c.t), c.usable) for c in cut_windows(jump, -1, 10, 3, dt)] == [(0, 4, True), (1, 2, False)]
+def test_stored_chunks_cut_like_the_samples_they_hold(model, chunks):
+    """The service's windows of stored chunks are the shared cutter's windows of their samples, and a
+    missing chunk stops the cut until it is resent."""
+    from twin_bayes.data import cut_windows
+    msgs = [protocol.decode(c) for c in chunks]
+    cuts = stored_windows(msgs, model)
+    t = np.concatenate([m.arrays["t"] for m in msgs])
+    bounds, _ = cut_windows(t, model.window_samples, model.segment_steps + 1, model.robot.dt, final=False)
+    assert [(len(c.t), c.end_seq, c.end_row) for c in cuts] == [(251, 5, 0), (251, APPLIED, 0)]
+    for c, b in zip(cuts, bounds):
+        np.testing.assert_array_equal(c.q, np.concatenate([m.arrays["q"] for m in msgs])[b.start:b.stop])
+    assert stored_windows(msgs[:5] + msgs[6:], model) == []       # chunk 5 missing: nothing runs past it
 
 
 def test_cli_keys_and_bad_serve_input(tmp_path, capsys):
@@ -329,7 +326,7 @@ def test_duplicates_shuffled_give_the_same_posterior_and_the_service_publishes(c
             snap = client.snapshot(RID)
             results[name] = (snap.arrays["values"].copy(), snap.arrays["weights"].copy(), snap.extra["version"])
             r = h["robots"][RID]
-            assert r["posterior_version"] == WINDOWS and r["applied_seq"] == 9 and r["rejected_windows"] == 0
+            assert r["posterior_version"] == WINDOWS and r["applied_seq"] == APPLIED and r["rejected_windows"] == 0
             assert 0.0 <= r["calibration"]["coverage_90"] <= 1.0
             assert len(svc.store.scores(RID)) == 1
             assert [a["parameter"] for a in h["alerts"]] == ["dof_damping:shoulder"]
@@ -391,9 +388,23 @@ def acked(ingest: str, chunks, stop_after: int | None = None) -> list[int]:
     return out
 
 
-def test_kill_9_loses_no_acked_chunk_and_applies_nothing_twice(cfg, model, chunks, tmp_path):
+def _posterior(svc) -> tuple[np.ndarray, np.ndarray]:
+    with TwinClient(svc.endpoints["query"], timeout_s=30) as client:
+        snap = client.snapshot(RID)
+    return snap.arrays["values"].copy(), snap.arrays["weights"].copy()
+
+
+def test_kill_9_loses_no_acked_chunk_applies_nothing_twice_and_gives_the_uninterrupted_posterior(
+        cfg, model, chunks, tmp_path):
     """`twin-bayes serve` killed with SIGKILL at a random point while streaming; restarted (in this
-    process, to reuse the compiled kernels); stopped, its newest checkpoint corrupted, restarted."""
+    process, to reuse the compiled kernels); stopped, its newest checkpoint corrupted, restarted.
+    Each time the final posterior is the one of the same stream uninterrupted (to 1e-9): the
+    checkpoint holds the whole TwinState. A checkpoint of another store is refused."""
+    with serving(cfg, model, tmp_path, name="reference") as (svc, _):
+        acked(svc.endpoints["ingest"], chunks)
+        with TwinClient(svc.endpoints["query"], timeout_s=30) as client:
+            wait_for(client, lambda h: h["robots"][RID]["windows"] >= WINDOWS)
+        reference = _posterior(svc)
     rng = random.Random(int.from_bytes(os.urandom(2), "little"))
     served = Served(tmp_path, cfg.source, "served")
     got = acked(served.endpoints["ingest"], chunks, stop_after=rng.randrange(1, N_CHUNKS + 1))
@@ -410,8 +421,10 @@ def test_kill_9_loses_no_acked_chunk_and_applies_nothing_twice(cfg, model, chunk
         assert sorted(acked(svc.endpoints["ingest"], chunks)) == list(range(N_CHUNKS))
         with TwinClient(svc.endpoints["query"], timeout_s=30) as client:
             r = wait_for(client, lambda h: h["robots"][RID]["windows"] >= WINDOWS)["robots"][RID]
-        assert (r["windows"], r["posterior_version"], r["applied_seq"]) == (WINDOWS, WINDOWS, 9)
+        assert (r["windows"], r["posterior_version"], r["applied_seq"]) == (WINDOWS, WINDOWS, APPLIED)
         assert svc.store.latest_posterior_version(RID).version == WINDOWS
+        for got, want in zip(_posterior(svc), reference):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     finally:
         svc.stop()
     ckpt = tmp_path / "served-ckpt"
@@ -429,6 +442,13 @@ def test_kill_9_loses_no_acked_chunk_and_applies_nothing_twice(cfg, model, chunk
         assert Path(resumed["path"]) == previous and [Path(p) for p, _ in resumed["skipped"]] == [newest]
         with TwinClient(svc.endpoints["query"], timeout_s=30) as client:
             r = wait_for(client, lambda h: h["robots"][RID]["windows"] >= WINDOWS)["robots"][RID]
-        assert (r["windows"], r["posterior_version"], r["applied_seq"]) == (WINDOWS, WINDOWS, 9)
+        assert (r["windows"], r["posterior_version"], r["applied_seq"]) == (WINDOWS, WINDOWS, APPLIED)
+        for got, want in zip(_posterior(svc), reference):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     finally:
         svc.stop()
+
+    # the checkpoints against a new store: refused, with the reason, instead of skipping its chunks
+    from twin_bayes.service.worker import StoreMismatch
+    with pytest.raises(StoreMismatch, match="another checkpoint directory"):
+        start(cfg, model, tmp_path, name="fresh", worker=WorkerSettings(checkpoints=ckpt))

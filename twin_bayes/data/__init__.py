@@ -8,7 +8,8 @@ from twin_bayes.data.bam import read_bam
 from twin_bayes.data.npz import read_npz, write_npz
 from twin_bayes.data.rosbag import read_rosbag
 from twin_bayes.data.shared import bam_logs, bam_xl330_dir, log_kp
-from twin_bayes.data.trajectory import DataError, Trajectory, consecutive_windows
+from twin_bayes.data.trajectory import DataError, Trajectory
+from twin_bayes.data.windows import Bounds, consecutive_windows, cut_windows, trajectory_windows
 
 #: Format name -> reader; file extensions map to formats through EXTENSIONS.
 READERS = {"npz": read_npz, "bam": read_bam, "rosbag2": read_rosbag}
@@ -30,15 +31,18 @@ def read_trajectory(path: str | Path, format: str | None = None) -> Trajectory:
 
 
 __all__ = [
+    "Bounds",
     "DataError",
     "Trajectory",
     "bam_logs",
     "consecutive_windows",
+    "cut_windows",
     "bam_xl330_dir",
     "log_kp",
     "read_bam",
     "read_npz",
     "read_rosbag",
     "read_trajectory",
+    "trajectory_windows",
     "write_npz",
 ]

@@ -134,12 +134,3 @@ class Trajectory:
             source="+".join(sources),
             meta=dict(first.meta),
         )
-
-
-
-def consecutive_windows(q, qd, ctrl, T: int) -> list[dict[str, np.ndarray]]:
-    """Whole windows of T samples, each starting on the previous one's last sample (offline windows share
-    their boundary): [{q (T, nq), qd (T, nv), ctrl (T, nu)}]; a trailing part window is dropped."""
-    n = (len(q) - 1) // (T - 1)
-    cut = lambda a, k: np.asarray(a[k * (T - 1):k * (T - 1) + T])  # noqa: E731
-    return [{"q": cut(q, k), "qd": cut(qd, k), "ctrl": cut(ctrl, k)} for k in range(n)]

@@ -1,6 +1,7 @@
 """Batch refits over many windows: NUTS (NumPyro, warm-started), SVI (NumPyro), tempered SMC from the prior."""
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -11,7 +12,11 @@ from numpyro.infer.autoguide import AutoMultivariateNormal
 from numpyro.infer.initialization import init_to_median
 from numpyro.optim import Adam
 
-from twin_bayes.inference.posterior import Particles, moments
+from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
+from twin_bayes.config import InferenceSection
+from twin_bayes.inference.engine import REASONS
+from twin_bayes.inference.posterior import Particles, ess, moments
 from twin_bayes.inference.smc import GaussianPrior, tempered_update
 from twin_bayes.models import TwinModel, Window, batch_log_lik
 
@@ -95,8 +100,47 @@ def fit_smc(model: TwinModel, key, windows: Window, particles: int, max_stages=2
     """Tempered SMC from the prior to the posterior of all windows at once."""
     k1, k2 = jax.random.split(key)
     z0 = model.sample_prior(k1, particles)
-    d = model.dim
+    p, info = _tempered_from_prior(model, k2, z0, windows, jnp.asarray(max_stages), num_mcmc_steps)
+    stages = int(info.stages)
+    evals = stages * particles * (2 + 2 * num_mcmc_steps)
+    return BatchResult(p, None, None, None, evals, {"engine": "smc", "stages": stages, "beta": float(info.beta),
+                                                    "divergent": float(info.divergent), "ess": float(info.ess)})
+
+
+@partial(jax.jit, static_argnums=5)
+def _tempered_from_prior(model: TwinModel, key, z0, windows: Window, max_stages, num_mcmc_steps: int):
+    d = z0.shape[1]
     g = GaussianPrior(jnp.zeros(d), jnp.eye(d), jnp.asarray(True))
-    p, stages, beta, _ = tempered_update(model, k2, z0, windows, g, 0.5, max_stages, num_mcmc_steps)
-    evals = len(stages) * particles * (2 + 2 * num_mcmc_steps)
-    return BatchResult(p, None, None, None, evals, {"engine": "smc", "stages": len(stages), "beta": beta})
+    return tempered_update(model, key, z0, windows, g, 0.5, max_stages, num_mcmc_steps)
+
+
+def gate(res: BatchResult, inf: InferenceSection) -> tuple[str, str] | tuple[()]:
+    """() when a batch fit may become the posterior, else (REASONS entry, the figures that failed).
+
+    Every engine: finite draws and weights. SMC: β = 1 and the effective sample size. NUTS
+    (chains (C, S, D)): split R-hat at most `inf.max_rhat`, divergent share at most
+    `inf.max_divergent`, bulk ESS at least `inf.min_ess` of the draws. SVI: a finite final loss.
+    """
+    p = res.particles
+    if not (np.isfinite(np.asarray(p.z)).all() and np.isfinite(np.asarray(p.log_weights)).all()):
+        return REASONS[1], "the fit's draws or weights are not finite"
+    info = res.info
+    if info.get("engine") == "smc":
+        if info["beta"] < 1.0:
+            return REASONS[2], f"batch SMC stopped at beta = {info['beta']:.3g} after {info['stages']} stages"
+        if float(ess(p.log_weights)) < inf.min_ess * p.z.shape[0]:
+            return REASONS[4], f"ESS {float(ess(p.log_weights)):.1f} of {p.z.shape[0]} particles"
+    if info.get("engine") == "svi" and not np.isfinite(info["final_loss"]):
+        return REASONS[6], f"SVI's final loss is {info['final_loss']}"
+    if res.chains is not None and res.chains.shape[0] > 1:
+        chains = np.asarray(res.chains)
+        rhat = float(np.max(split_gelman_rubin(chains)))
+        if not rhat <= inf.max_rhat:
+            return REASONS[5], f"max split R-hat {rhat:.3f} > {inf.max_rhat}"
+        share = float(np.mean(res.divergent))
+        if share > inf.max_divergent:
+            return REASONS[3], f"{share:.0%} divergent transitions > {inf.max_divergent:.0%}"
+        bulk = float(np.min(effective_sample_size(chains)))
+        if bulk < inf.min_ess * chains.shape[0] * chains.shape[1]:
+            return REASONS[4], f"min bulk ESS {bulk:.0f} of {chains.shape[0] * chains.shape[1]} draws"
+    return ()

@@ -18,7 +18,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from twin_bayes.inference.posterior import Particles, ess
 from twin_bayes.inference.smc import GaussianPrior, window_log_prior
@@ -32,11 +31,11 @@ DAMPINGS = (0.0, 0.01, 0.1, 1.0, 10.0)
 
 
 class Laplace(NamedTuple):
-    """mean (D,) the mode, chol (D, D) Cholesky of the covariance H⁻¹, Newton iterations taken."""
+    """mean (D,) the mode, chol (D, D) Cholesky of the covariance H⁻¹, Newton iterations taken ()."""
 
     mean: jnp.ndarray
     chol: jnp.ndarray
-    iterations: int
+    iterations: jnp.ndarray
 
 
 def log_target(model: TwinModel, g: GaussianPrior, windows: Window, z):
@@ -69,7 +68,6 @@ def value_grad_curvature(model: TwinModel, g: GaussianPrior, windows: Window, z)
     return value, grad, jax.hessian(linearised)(z)
 
 
-@partial(jax.jit, static_argnums=0)
 def newton_step(model: TwinModel, z, damping, windows: Window, g: GaussianPrior):
     """Damped Newton steps from z (D,): (value at z, trial points (K, D), their values (K,), curvature (D, D)).
 
@@ -88,57 +86,64 @@ def newton_step(model: TwinModel, z, damping, windows: Window, g: GaussianPrior)
     return value, trials, jax.vmap(f)(trials), curvature
 
 
+class _Newton(NamedTuple):
+    it: jnp.ndarray
+    z: jnp.ndarray
+    damping: jnp.ndarray
+    done: jnp.ndarray
+    curvature: jnp.ndarray
+
+
 def find_mode(model: TwinModel, z0, windows: Window, g: GaussianPrior, max_iter: int = 100,
               tol: float = 1e-4) -> Laplace:
-    """Damped Newton from z0 (D,) to the mode.
+    """Damped Newton from z0 (D,) to the mode, under `lax.while_loop`.
 
     Stops when half the squared Newton decrement, the log density a Newton
     step would still gain, is below `tol`, or when no trial step climbs at the
     largest damping; the curvature of that last point gives the covariance.
     """
-    z, damping = jnp.asarray(z0), 1e-3
-    for it in range(1, max_iter + 1):
-        value, trials, values, curv = newton_step(model, z, damping, windows, g)
-        newton = trials[0] - z
-        if 0.5 * float(newton @ curv @ newton) < tol:   # Newton decrement: converged
-            break
-        values = np.where(np.isfinite(values), np.asarray(values), -np.inf)
-        best = int(np.argmax(values))
-        if values[best] <= float(value):
-            if damping >= 1e6:
-                break
-            damping = min(damping * 1e3, 1e6)
-            continue
-        z = trials[best]
-        damping = float(np.clip(damping * (DAMPINGS[best] if best else 0.01), 1e-9, 1e6))
-    cov = jnp.linalg.inv(curv)
+    dampings = jnp.asarray(DAMPINGS)
+
+    def body(s: _Newton) -> _Newton:
+        value, trials, values, curv = newton_step(model, s.z, s.damping, windows, g)
+        newton = trials[0] - s.z
+        converged = 0.5 * newton @ curv @ newton < tol
+        values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
+        best = jnp.argmax(values)
+        climbs = values[best] > value
+        done = converged | (~climbs & (s.damping >= 1e6))
+        move = ~converged & climbs
+        factor = jnp.where(best > 0, dampings[best], 0.01)
+        damping = jnp.where(converged, s.damping, jnp.where(
+            climbs, jnp.clip(s.damping * factor, 1e-9, 1e6), jnp.minimum(s.damping * 1e3, 1e6)))
+        return _Newton(s.it + 1, jnp.where(move, trials[best], s.z), damping, done, curv)
+
+    z0 = jnp.asarray(z0)
+    d = z0.shape[0]
+    start = _Newton(jnp.asarray(0), z0, jnp.asarray(1e-3, z0.dtype), jnp.asarray(False), jnp.eye(d, dtype=z0.dtype))
+    s = jax.lax.while_loop(lambda s: ~s.done & (s.it < max_iter), body, start)
+    cov = jnp.linalg.inv(s.curvature)
     chol = jnp.linalg.cholesky(0.5 * (cov + cov.T))
-    return Laplace(z, chol, it)
+    return Laplace(s.z, chol, s.it)
 
 
-@partial(jax.jit, static_argnums=0)
 def best_start(model: TwinModel, z, windows: Window, g: GaussianPrior) -> jnp.ndarray:
     """The candidate of z (N, D) with the highest log target: where Newton starts from a wide prior."""
     values = jax.vmap(partial(log_target, model, g, windows))(z)
     return z[jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))]
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def importance_draws(model: TwinModel, n: int, key, mean, chol, windows: Window, g: GaussianPrior):
-    """n draws z (n, D) from N(mean, (s·chol)(s·chol)ᵀ) and their log weights (n,), unnormalised: target − proposal."""
-    d = mean.shape[0]
+def importance_update(model: TwinModel, key, lap: Laplace, windows: Window, g: GaussianPrior,
+                      n: int) -> tuple[Particles, jnp.ndarray, jnp.ndarray]:
+    """n weighted particles of the window posterior, drawn from N(mean, (s·chol)(s·chol)ᵀ) and weighted
+    by target / proposal; with their ESS () and log evidence log p(windows | g) ()."""
+    d = lap.mean.shape[0]
     eps = jax.random.normal(key, (n, d))
-    z = mean + PROPOSAL_SCALE * eps @ chol.T
-    log_q = (-0.5 * jnp.sum(eps ** 2, -1) - jnp.sum(jnp.log(jnp.diag(chol)))
+    z = lap.mean + PROPOSAL_SCALE * eps @ lap.chol.T
+    log_q = (-0.5 * jnp.sum(eps ** 2, -1) - jnp.sum(jnp.log(jnp.diag(lap.chol)))
              - d * jnp.log(PROPOSAL_SCALE) - 0.5 * d * jnp.log(2 * jnp.pi))
     log_p = jax.vmap(partial(log_target, model, g, windows))(z)
-    return z, jnp.where(jnp.isfinite(log_p), log_p - log_q, -jnp.inf)
-
-
-def importance_update(model: TwinModel, key, lap: Laplace, windows: Window, g: GaussianPrior,
-                      n: int) -> tuple[Particles, float, float]:
-    """Weighted particles of the window posterior, their ESS and log evidence log p(windows | g)."""
-    z, log_w = importance_draws(model, n, key, lap.mean, lap.chol, windows, g)
-    log_evidence = float(jax.scipy.special.logsumexp(log_w) - np.log(n))
+    log_w = jnp.where(jnp.isfinite(log_p), log_p - log_q, -jnp.inf)
+    log_evidence = jax.scipy.special.logsumexp(log_w) - jnp.log(n)
     norm = log_w - jax.scipy.special.logsumexp(log_w)
-    return Particles(z, norm), float(ess(norm)), log_evidence
+    return Particles(z, norm), ess(norm), log_evidence

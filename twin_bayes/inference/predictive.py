@@ -27,7 +27,7 @@ class Bands(NamedTuple):
     samples_qd: np.ndarray
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(jax.jit, static_argnums=1)
 def predictive_samples(model: TwinModel, draws_per_particle: int, key, z, q0, qd0, commands, settings):
     """Rollouts of particles z (M, D), K = draws_per_particle each: noise-free (M·K, T, ·) and noisy (M·K, T, ·).
 

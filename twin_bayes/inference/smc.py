@@ -20,7 +20,6 @@ from typing import NamedTuple
 import blackjax
 import jax
 import jax.numpy as jnp
-import numpy as np
 from blackjax.smc import resampling
 
 from twin_bayes.inference.posterior import Particles, ess, moments
@@ -39,15 +38,20 @@ class GaussianPrior(NamedTuple):
     exact: jnp.ndarray
 
 
-class StageInfo(NamedTuple):
+class TemperInfo(NamedTuple):
+    """A tempered update's account, all scalars: stages run (the first, move-free one included),
+    β reached, mean acceptance of the moves (NaN where none ran), mean share of divergent moves,
+    final ESS, and the step size the next update starts from."""
+
+    stages: jnp.ndarray
     beta: jnp.ndarray
     acceptance: jnp.ndarray
     divergent: jnp.ndarray
-    log_evidence: jnp.ndarray
     ess: jnp.ndarray
+    step_size: jnp.ndarray
 
 
-def gaussian_prior(p: Particles, drift: jnp.ndarray, exact: bool) -> GaussianPrior:
+def gaussian_prior(p: Particles, drift: jnp.ndarray, exact) -> GaussianPrior:
     """The Gaussian fitted to particles, its variance widened by drift (D,) sd per window."""
     mean, cov = moments(p)
     d = mean.shape[0]
@@ -65,84 +69,70 @@ def window_log_prior(model: TwinModel, g: GaussianPrior, z):
     return jnp.where(g.exact, model.log_prior(z), _gauss_logpdf(g, z))
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def smc_stage(model: TwinModel, num_mcmc_steps: int, key, state, windows: Window, g: GaussianPrior,
-              step_size, inverse_mass):
-    """One adaptive tempering stage over all particles; windows carry a leading batch axis (B, ...)."""
-    target_ess = model.cfg.inference.target_ess
-    kernel = blackjax.adaptive_tempered_smc(
-        partial(window_log_prior, model, g),
-        partial(batch_log_lik, model, windows=windows),
-        blackjax.hmc.build_kernel(),
-        blackjax.hmc.init,
-        blackjax.smc.extend_params({"step_size": step_size, "inverse_mass_matrix": inverse_mass,
-                                    "num_integration_steps": 1}),
-        resampling.systematic,
-        target_ess,
-        num_mcmc_steps=num_mcmc_steps,
-    )
-    new, info = kernel.step(key, state)
-    upd = info.update_info
-    log_w = jnp.log(jnp.maximum(new.weights, 1e-300))
-    return new, StageInfo(new.tempering_param, jnp.mean(upd.acceptance_rate), jnp.mean(upd.is_divergent),
-                          info.log_likelihood_increment, ess(log_w))
-
-
-@partial(jax.jit, static_argnums=0)
-def particle_log_liks(model: TwinModel, z, windows: Window):
-    """Log-likelihood (N,) of each particle z (N, D) for windows (B, ...): one vmapped rollout."""
-    return jax.vmap(lambda zi: batch_log_lik(model, zi, windows))(z)
-
-
-def first_temperature(ll: np.ndarray, target_ess: float) -> float:
-    """Largest δ in (0, 1] whose weights exp(δ·ll) keep an ESS of at least target_ess·N."""
-    ll = np.asarray(ll, dtype=np.float64)
-    ll = np.where(np.isfinite(ll), ll, -np.inf)
+def first_temperature(ll: jnp.ndarray, target_ess) -> jnp.ndarray:
+    """Largest δ in (0, 1] whose weights exp(δ·ll) keep an ESS of at least target_ess·N (bisection)."""
+    ll = jnp.where(jnp.isfinite(ll), ll, -jnp.inf)
+    top = jnp.max(ll)
 
     def frac(delta):
-        w = np.exp(delta * (ll - ll.max()))
-        return (w.sum() ** 2 / (w ** 2).sum()) / len(ll) if w.sum() > 0 else 0.0
+        w = jnp.exp(delta * (ll - top))
+        return jnp.where(jnp.sum(w) > 0, jnp.sum(w) ** 2 / jnp.sum(w ** 2) / ll.shape[0], 0.0)
 
-    if frac(1.0) >= target_ess:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
+    def bisect(_, bounds):
+        lo, hi = bounds
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if frac(mid) >= target_ess else (lo, mid)
-    return max(lo, 1e-12)
+        ok = frac(mid) >= target_ess
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, 60, bisect, (jnp.zeros_like(top), jnp.ones_like(top)))
+    return jnp.where(frac(1.0) >= target_ess, 1.0, jnp.maximum(lo, 1e-12))
 
 
 def tempered_update(model: TwinModel, key, z0: jnp.ndarray, windows: Window, g: GaussianPrior,
-                    step_size: float, max_stages: int, num_mcmc_steps: int = 1):
+                    step_size, max_stages, num_mcmc_steps: int = 1) -> tuple[Particles, TemperInfo]:
     """Temper the windows' likelihood (B windows stacked) into particles z0 (N, D) drawn from the prior g.
 
     The first temperature step needs no move: z0 are exact draws from the
     stage-0 target, so they are only reweighted. When that step cannot reach
     β = 1 with the target ESS, BlackJAX adaptive tempering stages follow
-    (resample, move, reweight). Before each of them the (dense) inverse mass
-    matrix is set to the particles' covariance, so moves follow the
-    correlations between parameters the data cannot tell apart, and the step
-    size follows the last acceptance rate.
-    Returns (Particles, [StageInfo per stage as floats], reached β, step size).
+    (resample, move, reweight) under `lax.while_loop`, at most `max_stages` in
+    all. Before each of them the (dense) inverse mass matrix is set to the
+    particles' covariance, so moves follow the correlations between
+    parameters the data cannot tell apart, and the step size follows the last
+    acceptance rate. Pure: runs under `jit` and `vmap`.
     """
-    target = model.cfg.inference.target_ess
-    ll = np.asarray(particle_log_liks(model, z0, windows))
+    target = model.numbers.target_ess
+    log_prior = partial(window_log_prior, model, g)
+    log_lik = partial(batch_log_lik, model, windows=windows)
+    ll = jax.vmap(log_lik)(z0)
     delta = first_temperature(ll, target)
-    log_w = np.where(np.isfinite(ll), delta * ll, -np.inf)
-    log_w = log_w - np.logaddexp.reduce(log_w)
-    w = np.exp(log_w)
-    stages = [StageInfo(delta, float("nan"), 0.0, float(np.logaddexp.reduce(delta * ll) - np.log(len(ll))),
-                        float(1.0 / np.sum(w ** 2)))]
-    state = blackjax.smc.tempered.init(z0)._replace(weights=jnp.asarray(w), tempering_param=jnp.asarray(delta))
-    beta = delta
-    while beta < 1.0 and len(stages) < max_stages:
+    log_w = jnp.where(jnp.isfinite(ll), delta * ll, -jnp.inf)
+    w = jnp.exp(log_w - jax.scipy.special.logsumexp(log_w))
+    state = blackjax.smc.tempered.init(z0)._replace(weights=w, tempering_param=delta)
+    d = z0.shape[1]
+
+    def stage(carry):
+        key, state, step, stages, acc_sum, acc_n, div_sum = carry
         key, sub = jax.random.split(key)
-        inverse_mass = jnp.cov(state.particles.T, aweights=state.weights) + 1e-10 * jnp.eye(state.particles.shape[1])
-        state, info = smc_stage(model, num_mcmc_steps, sub, state, windows, g, jnp.asarray(step_size), inverse_mass)
-        info = StageInfo(*(float(x) for x in info))
-        stages.append(info)
-        beta = info.beta
-        if np.isfinite(info.acceptance):
-            step_size = float(np.clip(step_size * np.exp(info.acceptance - TARGET_ACCEPT), 0.02, 2.0))
+        inverse_mass = jnp.cov(state.particles.T, aweights=state.weights) + 1e-10 * jnp.eye(d)
+        kernel = blackjax.adaptive_tempered_smc(
+            log_prior, log_lik, blackjax.hmc.build_kernel(), blackjax.hmc.init,
+            blackjax.smc.extend_params({"step_size": step, "inverse_mass_matrix": inverse_mass,
+                                        "num_integration_steps": 1}),
+            resampling.systematic, target, num_mcmc_steps=num_mcmc_steps)
+        state, info = kernel.step(sub, state)
+        acc = jnp.mean(info.update_info.acceptance_rate)
+        moved = jnp.isfinite(acc)
+        step = jnp.where(moved, jnp.clip(step * jnp.exp(acc - TARGET_ACCEPT), 0.02, 2.0), step)
+        return (key, state, step, stages + 1, acc_sum + jnp.where(moved, acc, 0.0), acc_n + moved,
+                div_sum + jnp.mean(info.update_info.is_divergent))
+
+    carry = (key, state, jnp.asarray(step_size, z0.dtype), jnp.asarray(1), jnp.zeros(()), jnp.asarray(0),
+             jnp.zeros(()))
+    _, state, step, stages, acc_sum, acc_n, div_sum = jax.lax.while_loop(
+        lambda c: (c[1].tempering_param < 1.0) & (c[3] < max_stages), stage, carry)
     log_w = jnp.log(jnp.maximum(state.weights, 1e-300))
-    return Particles(state.particles, log_w - jax.scipy.special.logsumexp(log_w)), stages, beta, step_size
+    log_w = log_w - jax.scipy.special.logsumexp(log_w)
+    info = TemperInfo(stages, state.tempering_param, jnp.where(acc_n > 0, acc_sum / jnp.maximum(acc_n, 1), jnp.nan),
+                      div_sum / stages, ess(log_w), step)
+    return Particles(state.particles, log_w), info

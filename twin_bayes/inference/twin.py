@@ -1,9 +1,9 @@
-"""`Twin`: the online posterior of one robot, its update gate, drift handling and predictions."""
+"""`Twin`: the friendly object over one robot's `TwinState` (`inference.engine`), and
+`update_many`, one batched update for many twins of a design."""
 from __future__ import annotations
 
 import time
-from collections import deque
-from functools import partial
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,19 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from twin_bayes.config import TwinConfig, load_config
-from twin_bayes.inference import batch
-from twin_bayes.inference.posterior import Particles, Posterior
+from twin_bayes.inference import batch, engine
 from twin_bayes.inference.discrepancy import ModelError, add_model_error
+from twin_bayes.inference.engine import REASONS, TwinState
+from twin_bayes.inference.posterior import Particles, Posterior
 from twin_bayes.inference.predictive import Bands, bands
-from twin_bayes.inference.laplace import best_start, find_mode, importance_update
-from twin_bayes.inference.smc import GaussianPrior, gaussian_prior, tempered_update
 from twin_bayes.models import TwinModel, Window, WindowError
 
-# Step size of the one-step HMC move, in units where the mass matrix whitens the cloud.
-INITIAL_STEP = 0.5
+# Robot batches are padded to these sizes, so a fleet compiles a handful of executables per design.
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
-@partial(jax.jit, static_argnums=0)
+@jax.jit
 def constrain_all(model: TwinModel, z):
     """Physical values (N, D) of unconstrained particles z (N, D)."""
     return jax.vmap(model.constrain)(z)
@@ -54,228 +53,137 @@ class UpdateReport:
         return dict(self.__dict__)
 
 
-@dataclass
-class _Surprise:
-    """Running baseline of per-observation predictive surprise (negative log predictive density)."""
-
-    history: deque = field(default_factory=lambda: deque(maxlen=20))
-    run: int = 0
-
-    def score(self, value: float, sigma: float) -> bool:
-        """Record value; True when it is sigma robust-sds above the baseline."""
-        base = np.asarray(self.history)
-        high = False
-        if len(base) >= 3:
-            med = np.median(base)
-            mad = 1.4826 * np.median(np.abs(base - med)) + 0.05 * abs(med) + 1e-6
-            high = value > med + sigma * mad
-        self.run = self.run + 1 if high else 0
-        if not high:
-            self.history.append(value)
-        return high
-
-
 class Twin:
-    """The Bayesian twin of one robot: `update(window)`, `posterior`, `predict(...)`.
+    """The Bayesian twin of one robot: `update(window)`, `posterior`, `predict(...)`, `fit(windows)`.
 
-    Streaming is an assumed-density filter: each window's prior is a Gaussian of
-    the posterior so far, its posterior weighted particles from Laplace
-    importance sampling (`inference.laplace`) or tempered SMC
-    (`inference.smc`). `fit(windows, engine)` refits over many windows with
-    NUTS, SVI or SMC from the prior.
+    All it knows is `state` (a `TwinState`: assign one to restore a twin exactly), plus the
+    learned model error of its predictions (`model_error`) and the last batch fit (`last_batch`).
+    Streaming updates are `engine.update`; `fit(windows, engine)` refits over many windows with
+    NUTS, SVI or SMC from the prior, behind the same kind of gate.
     """
 
     def __init__(self, cfg: TwinConfig, model: TwinModel | None = None):
+        """`model`: a TwinModel of this config to share (twins sharing one update in one batch);
+        a model of another config of the same design lends its robot, and its compiled code."""
         self.cfg = cfg
-        self.model = model or TwinModel(cfg)
-        inf = cfg.inference
-        self.key = jax.random.PRNGKey(inf.seed)
-        self.key, sub = jax.random.split(self.key)
-        n = inf.particles
-        self._particles = Particles(self.model.sample_prior(sub, n), jnp.full(n, -jnp.log(n)))
-        self._exact_prior = True
-        self._step = INITIAL_STEP
-        self._surprise = _Surprise()
-        self._gauss: GaussianPrior | None = None
-        self._warm: batch.WarmStart | None = None
-        self.pending: deque[Window] = deque(maxlen=8)
-        self.last_batch: batch.BatchResult | None = None
+        if model is None or model.cfg != cfg:
+            model = TwinModel(cfg, model.robot if model is not None else None)
+        self.model = model
         self.model_error: ModelError | None = None     # added to predictions where set (inference.discrepancy)
-        drift = [cfg.parameters[n].drift for n in self.model.param_names] + [0.0] * len(self.model.noise_names)
-        self._drift = jnp.asarray(drift)
-        self.posterior = self._posterior(self._particles, version=0)
+        self.last_batch: batch.BatchResult | None = None
+        self._warm: batch.WarmStart | None = None
+        self.state = engine.init(self.model, jax.random.PRNGKey(cfg.inference.seed))
 
     @classmethod
     def from_config(cls, config: str | Path | TwinConfig) -> "Twin":
         return cls(config if isinstance(config, TwinConfig) else load_config(config))
 
-    # --- posterior --------------------------------------------------------------------
-    def _posterior(self, p: Particles, version: int, stale=False, reason="") -> Posterior:
-        values = np.asarray(constrain_all(self.model, p.z))
-        return Posterior(self.model.names, p, values, version, stale, reason)
+    # --- state and posterior ----------------------------------------------------------------
+    @property
+    def state(self) -> TwinState:
+        return self._state
+
+    @state.setter
+    def state(self, state: TwinState) -> None:
+        self._state = state
+        p = state.particles
+        self.posterior = Posterior(self.model.names, p, np.asarray(constrain_all(self.model, p.z)),
+                                   int(state.version), bool(state.stale), REASONS[int(state.reason)])
+
+    @property
+    def particles(self) -> Particles:
+        return self._state.particles
+
+    @property
+    def key(self):
+        return self._state.key
+
+    @property
+    def pending(self) -> list[Window]:
+        """Windows that refused updates kept for `retry()`, oldest first."""
+        ring = self._state.pending
+        order = np.asarray(ring.order)
+        return [jax.tree.map(lambda x, i=i: x[i], ring.windows) for i in np.argsort(order) if order[i] >= 0]
+
+    def restore(self, p: Particles, version: int) -> None:
+        """Replace the posterior by particles alone (their Gaussian becomes the next window's prior)."""
+        self.state = engine.from_particles(self._state, p, version)
+
+    def mark_applied(self, seq: int) -> None:
+        """Record the last telemetry chunk applied (`TwinState.applied_seq`, kept by the service)."""
+        self._state = self._state._replace(applied_seq=jnp.asarray(seq))   # the posterior is unchanged
 
     def _next_key(self):
-        self.key, sub = jax.random.split(self.key)
+        key, sub = jax.random.split(self._state.key)
+        self._state = self._state._replace(key=key)      # the posterior is unchanged
         return sub
 
     def window(self, q, qd, ctrl, settings=None) -> Window:
         return self.model.window(q, qd, ctrl, settings)
 
-    # --- streaming update -------------------------------------------------------------
-    def update(self, window: Window | dict, settings=None) -> UpdateReport:
-        """Bring one telemetry window into the posterior.
-
-        `window` is a `Window` or a dict with q (T, nq), qd (T, nv), ctrl (T, nu).
-        Bad input raises `WindowError` before anything changes. The window's
-        posterior is found by Laplace importance sampling (`inference.laplace`);
-        where the importance weights degenerate (a far from Gaussian posterior)
-        or the config sets `laplace = false`, tempered SMC from draws of the
-        window's prior takes over (the Laplace step still gives the surprise
-        and the start-state linearisation). A new posterior is accepted only if it is
-        finite, reached the full likelihood (β = 1), has few divergent moves and
-        enough effective samples; otherwise the previous one stays, flagged
-        stale with the reason, and the window is kept in `pending` for `retry()`.
-        """
+    def as_window(self, window: Window | dict, settings=None) -> Window:
+        """A validated, padded Window from a Window or a dict with q (T, nq), qd (T, nv), ctrl (T, nu)."""
         if isinstance(window, Window):
             self.model.check_window(window)
-        else:
-            missing = [k for k in ("q", "qd", "ctrl") if k not in window]
-            if missing:
-                raise WindowError(f"telemetry is missing {missing}")
-            window = self.window(window["q"], window["qd"], window["ctrl"], settings or window.get("settings"))
-        start = time.perf_counter()
-        old, inf, n = self.posterior, self.cfg.inference, self.cfg.inference.particles
-        g = self._window_prior()
-        new, lap, windows, ess, log_evidence = self._laplace_update(window, g, self._reference())
-        # Predictive surprise of the new data under the posterior so far, per observation.
-        n_obs = float(jnp.sum(window.mask)) * sum(
-            {"q": self.model.robot.nq, "qd": self.model.robot.nv}[c] for c in self.model.channels)
-        surprise = -log_evidence / n_obs
-        high = self._surprise.score(surprise, inf.drift_sigma) if np.isfinite(surprise) else False
-        drift = high and self._surprise.run >= inf.drift_windows
-        if drift:   # a change point: the old evidence no longer describes the robot; forget it
-            g = g._replace(exact=jnp.asarray(True))
-            new, lap, windows, ess, _ = self._laplace_update(window, g, lap.mean)
-            self._surprise = _Surprise()
-        report = UpdateReport(False, "", old.version, "laplace-is", stages=1, beta=1.0, ess=ess, surprise=surprise,
-                              newton_steps=lap.iterations, drift=drift, widened=drift)
-        gauss = GaussianPrior(lap.mean, lap.chol, jnp.asarray(False))
-        if not (inf.laplace and ess >= inf.target_ess * n):   # temper from draws of the window prior
-            z0 = (self.model.sample_prior(self._next_key(), n) if bool(g.exact)
-                  else g.mean + jax.random.normal(self._next_key(), (n, g.mean.shape[0])) @ g.chol.T)
-            new, stages, beta, step = tempered_update(self.model, self._next_key(), z0, windows, g,
-                                                      self._step, inf.max_stages, inf.mcmc_steps)
-            moved = [s.acceptance for s in stages if np.isfinite(s.acceptance)]
-            report.engine, report.stages, report.beta = "smc", len(stages), beta
-            report.acceptance = float(np.mean(moved)) if moved else float("nan")
-            report.divergent = float(np.mean([s.divergent for s in stages]))
-            report.ess = float(stages[-1].ess)
-            self._step = step
-            gauss = gaussian_prior(new, jnp.zeros_like(self._drift), False)
-        report.reason = self._gate(new, report.beta, report.divergent, report.ess)
-        if report.reason:
-            self.pending.append(window)
-            self.posterior = self._posterior(self._particles, old.version, stale=True, reason=report.reason)
-        else:
-            self._accept(new)
-            self._gauss = gauss
-            report.accepted, report.version = True, self.posterior.version
-        report.changed = _changes(old, self.posterior)
-        report.latency_s = time.perf_counter() - start
-        return report
+            return window
+        missing = [k for k in ("q", "qd", "ctrl") if k not in window]
+        if missing:
+            raise WindowError(f"telemetry is missing {missing}")
+        return self.window(window["q"], window["qd"], window["ctrl"], settings or window.get("settings"))
 
-    def _laplace_update(self, window: Window, g: GaussianPrior, z_start):
-        """Mode, curvature and importance draws of one window's posterior under prior g.
+    # --- streaming update ---------------------------------------------------------------------
+    def update(self, window: Window | dict, settings=None) -> UpdateReport:
+        """Bring one telemetry window into the posterior (see `inference.engine`).
 
-        Start-state sensitivities are linearised at z_start, then once more at the mode.
-        Returns (Particles, Laplace, stacked windows (1, ...), ESS, log evidence).
+        `window` is a `Window` or a dict with q (T, nq), qd (T, nv), ctrl (T, nu). Bad input raises
+        `WindowError` before anything changes. A refused update keeps the previous posterior,
+        flagged stale with the reason, and keeps the window for `retry()`.
         """
-        windows = self._stacked(window, z_start)
-        if bool(g.exact):   # the config's prior is wide: start Newton from its best draw
-            z_start = best_start(self.model, self._particles.z, windows, g)
-        lap = find_mode(self.model, z_start, windows, g)
-        windows = self._stacked(window, lap.mean)
-        lap = find_mode(self.model, lap.mean, windows, g)
-        new, ess, log_evidence = importance_update(self.model, self._next_key(), lap, windows, g,
-                                                   self.cfg.inference.particles)
-        return new, lap, windows, ess, log_evidence
-
-    def _stacked(self, window: Window, z_lin) -> Window:
-        """The window with start-state sensitivities at z_lin, as a batch of one (1, ...)."""
-        return jax.tree.map(lambda x: x[None], self.model.with_state_jacobian(window, z_lin))
-
-    def _window_prior(self) -> GaussianPrior:
-        """The prior of the next window: the config's own for a fresh twin, else the Gaussian
-        of the posterior so far (Laplace at the last mode, or the particles' moments after a
-        restore or a tempered update), widened by each parameter's random-walk drift."""
-        if self._exact_prior:
-            return gaussian_prior(self._particles, self._drift, True)
-        if self._gauss is None:
-            return gaussian_prior(self._particles, self._drift, False)
-        cov = self._gauss.chol @ self._gauss.chol.T + jnp.diag(self._drift ** 2)
-        return GaussianPrior(self._gauss.mean, jnp.linalg.cholesky(cov), jnp.asarray(False))
-
-    def _reference(self) -> jnp.ndarray:
-        """Weighted mean of the particles (D,): where start-state sensitivities are first linearised."""
-        return jnp.exp(self._particles.log_weights) @ self._particles.z
-
-    def _gate(self, p: Particles, beta: float, divergent: float, ess: float) -> str:
-        inf = self.cfg.inference
-        n = p.z.shape[0]
-        if not (bool(jnp.all(jnp.isfinite(p.z))) and bool(jnp.all(jnp.isfinite(p.log_weights)))):
-            return "non-finite particles or weights"
-        if beta < 1.0:
-            return f"tempering stopped at beta={beta:.3g} after {inf.max_stages} stages (window too informative)"
-        if divergent > inf.max_divergent:
-            return f"divergent moves {divergent:.0%} > {inf.max_divergent:.0%}"
-        if ess < inf.min_ess * n:
-            return f"effective sample size {ess:.1f} < {inf.min_ess * n:.1f}"
-        return ""
-
-    @property
-    def particles(self) -> Particles:
-        return self._particles
-
-    def restore(self, p: Particles, version: int) -> None:
-        """Replace the posterior by saved particles (e.g. from a checkpoint) at `version`."""
-        self._particles = p
-        self._exact_prior = False
-        self._gauss = None
-        self.posterior = self._posterior(p, version)
-
-    def _accept(self, p: Particles):
-        self.restore(p, self.posterior.version + 1)
+        return update_many([self], [self.as_window(window, settings)])[0]
 
     def retry(self) -> list[UpdateReport]:
-        """Apply the windows that earlier updates rejected, oldest first (each once more)."""
-        windows, self.pending = list(self.pending), deque(maxlen=self.pending.maxlen)
+        """Apply the windows that earlier updates refused, oldest first (each once more)."""
+        windows = self.pending
+        ring = self._state.pending
+        self.state = self._state._replace(pending=ring._replace(order=jnp.full_like(ring.order, -1)))
         return [self.update(w) for w in windows]
 
-    # --- batch fit --------------------------------------------------------------------
+    # --- batch fit ------------------------------------------------------------------------------
     def fit(self, windows: list[Window], engine: str | None = None, **kwargs) -> batch.BatchResult:
-        """Refit on many windows at once (engine: smc | nuts | svi); the result becomes the posterior."""
-        engine = engine or self.cfg.inference.engine
-        z_ref = self._reference()
+        """Refit on many windows at once (engine: smc | nuts | svi).
+
+        The result becomes the posterior only if it passes the gate (`batch.gate`: SMC reached β = 1,
+        NUTS chains mixed without many divergences, SVI's loss is finite); otherwise the previous
+        posterior stays, flagged stale, and `result.info["refused"]` says why.
+        """
+        name = engine or self.cfg.inference.engine
+        z_ref = jnp.exp(self.particles.log_weights) @ self.particles.z
         stacked = jax.tree.map(lambda *x: jnp.stack(x), *[self.model.with_state_jacobian(w, z_ref) for w in windows])
         key = self._next_key()
-        if engine == "nuts":
+        if name == "nuts":
             warm = self._warm
-            if warm is None and not self._exact_prior:   # warm start from the posterior so far
+            if warm is None and not bool(self._state.prior.exact):   # warm start from the posterior so far
                 key, sub = jax.random.split(key)
-                warm = batch.warm_from_particles(self._particles, sub, kwargs.get("num_chains", 2))
+                warm = batch.warm_from_particles(self.particles, sub, kwargs.get("num_chains", 2))
             res = batch.fit_nuts(self.model, key, stacked, warm=warm, **kwargs)
-            self._warm = res.warm
-        elif engine == "svi":
+        elif name == "svi":
             res = batch.fit_svi(self.model, key, stacked, **kwargs)
-        elif engine == "smc":
+        elif name == "smc":
             res = batch.fit_smc(self.model, key, stacked, kwargs.pop("particles", self.cfg.inference.particles), **kwargs)
         else:
-            raise ValueError(f"unknown engine {engine!r}: smc, nuts or svi")
+            raise ValueError(f"unknown engine {name!r}: smc, nuts or svi")
+        refused = batch.gate(res, self.cfg.inference)
+        res = res._replace(info={**res.info, "refused": refused})
         self.last_batch = res
-        self._accept(res.particles)
+        if refused:
+            self.state = self._state._replace(stale=jnp.asarray(True), reason=jnp.asarray(REASONS.index(refused[0])))
+            self.posterior.reason = f"{refused[0]}: {refused[1]}"
+        else:
+            self._warm = res.warm if name == "nuts" else self._warm
+            self.restore(res.particles, int(self._state.version) + 1)
         return res
 
-    # --- prediction -------------------------------------------------------------------
+    # --- prediction -----------------------------------------------------------------------------
     def predict(self, q0, qd0, commands, quantiles=(0.05, 0.5, 0.95), settings=None,
                 draws_per_particle: int = 8, key=None) -> Bands:
         """Predictive bands of q and qd under commands (T, nu) from the measured state (q0, qd0).
@@ -291,13 +199,51 @@ class Twin:
         if q0.shape != (r.nq,) or qd0.shape != (r.nv,) or not (np.isfinite(q0).all() and np.isfinite(qd0).all()):
             raise ValueError(f"q0, qd0 must be finite with shapes ({r.nq},), ({r.nv},)")
         idx = self.posterior.resample(np.random.default_rng(self.posterior.version))
-        z = self._particles.z[idx]
+        z = self.particles.z[idx]
         key = self._next_key() if key is None else key
         settings = self.model.settings_vector(settings)
         b = bands(self.model, key, z, q0, qd0, commands, settings, quantiles, draws_per_particle)
         if self.model_error is None:
             return b
         return add_model_error(b, self.model_error, jax.random.fold_in(key, 1), settings, r.dt)
+
+
+def _bucket(n: int) -> int:
+    return next((b for b in BATCH_SIZES if b >= n), n)
+
+
+def update_many(twins: Sequence[Twin], windows: Sequence[Window]) -> list[UpdateReport]:
+    """One window into each twin, in one batched update per model (twins sharing a `TwinModel`).
+
+    Windows must already be validated (`Twin.as_window`). Batches are padded to `BATCH_SIZES`
+    (repeating the first twin, whose extra results are dropped) so a fleet reuses executables.
+    """
+    reports: list[UpdateReport | None] = [None] * len(twins)
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(twins):
+        groups.setdefault(id(t.model), []).append(i)
+    for idx in groups.values():
+        start = time.perf_counter()
+        model = twins[idx[0]].model
+        rows = idx + [idx[0]] * (_bucket(len(idx)) - len(idx))
+        states = jax.tree.map(lambda *x: jnp.stack(x), *[twins[i].state for i in rows])
+        stacked = jax.tree.map(lambda *x: jnp.stack(x), *[windows[i] for i in rows])
+        new, info = engine.update(model, states, stacked)
+        new, info = jax.device_get((new, info))
+        latency = time.perf_counter() - start
+        for k, i in enumerate(idx):
+            twin, old = twins[i], twins[i].posterior
+            twin.state = jax.tree.map(lambda x, k=k: jnp.asarray(x[k]), new)
+            reports[i] = _report(jax.tree.map(lambda x, k=k: x[k], info), old, twin.posterior, latency)
+    return reports
+
+
+def _report(info: engine.UpdateInfo, old: Posterior, new: Posterior, latency_s: float) -> UpdateReport:
+    accepted = bool(info.accepted)
+    return UpdateReport(accepted, REASONS[int(info.reason)], new.version, engine.ENGINES[int(info.engine)],
+                        int(info.stages), float(info.beta), float(info.acceptance), float(info.divergent),
+                        float(info.ess), float(info.surprise), int(info.newton_steps), bool(info.drift),
+                        bool(info.drift), latency_s, _changes(old, new))
 
 
 def _changes(old: Posterior, new: Posterior) -> dict[str, dict[str, float]]:

@@ -15,7 +15,6 @@ the sensor noise (model error dwarfs it): the noise scales stay at the config's 
 from __future__ import annotations
 
 import time
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -92,7 +91,7 @@ def stack(model: TwinModel, trajectories) -> Recordings:
     return Recordings(*(jnp.asarray(np.stack(col)) for col in zip(*rows)))
 
 
-@partial(jax.jit, static_argnums=0)
+@jax.jit
 def open_loop(model: TwinModel, z: jnp.ndarray, rec: Recordings) -> jnp.ndarray:
     """Measured-q predictions (R, T, nq) of particle z (D,): each recording simulated whole, no resets."""
     values = model.constrain(z)

@@ -9,7 +9,6 @@ built from the same pieces for NumPyro's NUTS and SVI.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -48,7 +47,7 @@ class Window(NamedTuple):
     state_jac: jnp.ndarray
 
 
-@partial(jax.jit, static_argnums=0)
+@jax.jit
 def state_jacobian_jit(model: "TwinModel", z, w: Window):
     return model.state_jacobian(z, w)
 
@@ -59,7 +58,7 @@ def batch_log_lik(model: "TwinModel", z, windows: Window):
 
 
 # One executable, also where NumPyro runs a model outside jit (an autoguide's set-up, initialisation).
-batch_log_lik_jit = jax.jit(batch_log_lik, static_argnums=0)
+batch_log_lik_jit = jax.jit(batch_log_lik)
 
 
 def prior_distribution(spec: PriorSpec, nominal: float) -> dist.Distribution:
@@ -73,40 +72,160 @@ def prior_distribution(spec: PriorSpec, nominal: float) -> dist.Distribution:
     return dist.Uniform(spec.low, spec.high)
 
 
+class Design(NamedTuple):
+    """What a twin's compiled code depends on: the robot, names, shapes and model kinds.
+
+    Hashed by value (the robot by identity: `load_robot` returns one object per MJCF and
+    actuator model), so two configs of one robot whose numbers differ share executables.
+    """
+
+    robot: Robot
+    param_names: tuple[str, ...]
+    noise_names: tuple[str, ...]
+    prior_kinds: tuple[str, ...]          # per name: lognormal | normal | truncnormal | uniform
+    free_idx: tuple[int, ...]
+    setting_names: tuple[str, ...]
+    setting_idx: tuple[int, ...]
+    window_samples: int
+    segment_steps: int
+    history: int
+    channels: tuple[str, ...]
+    student_t: bool
+    particles: int
+    mcmc_steps: int
+    laplace: bool
+
+
+class Numbers(NamedTuple):
+    """Every number of a config that compiled code reads, as traced arrays (D names, P robot parameters).
+
+    prior_loc, prior_scale (D,): log-median and log-sd (lognormal) or mean and sd (normal, truncnormal);
+    prior_low, prior_high (D,): bounds (truncnormal, uniform; ±inf elsewhere); base_theta (P,): the
+    robot's parameter vector with the config's fixed settings; default_settings (K,); drift (D,):
+    random-walk sd per window (unconstrained units); df: Student-t degrees of freedom; the rest are
+    the update gate's and drift detector's thresholds (`InferenceSection`).
+    """
+
+    prior_loc: jnp.ndarray
+    prior_scale: jnp.ndarray
+    prior_low: jnp.ndarray
+    prior_high: jnp.ndarray
+    base_theta: jnp.ndarray
+    default_settings: jnp.ndarray
+    drift: jnp.ndarray
+    df: jnp.ndarray
+    target_ess: jnp.ndarray
+    min_ess: jnp.ndarray
+    max_divergent: jnp.ndarray
+    drift_sigma: jnp.ndarray
+    drift_windows: jnp.ndarray
+    max_stages: jnp.ndarray
+
+
+def _prior_numbers(spec: PriorSpec, nominal: float) -> tuple[str, float, float, float, float]:
+    loc = nominal if spec.loc is None else spec.loc
+    low = -math.inf if spec.low is None else spec.low
+    high = math.inf if spec.high is None else spec.high
+    if spec.dist == "lognormal":
+        return spec.dist, math.log(loc), spec.scale, -math.inf, math.inf
+    return spec.dist, loc, spec.scale, low, high
+
+
+@jax.tree_util.register_pytree_node_class
 class TwinModel:
-    """Priors, transforms and the multiple-shooting Student-t likelihood of one twin config."""
+    """Priors, transforms and the multiple-shooting Student-t likelihood of one twin config.
+
+    A pytree: its leaves are the config's numbers (`Numbers`, traced under `jax.jit`), its
+    static part the `Design`. Inside compiled code `cfg` is None: nothing there may read it.
+    """
 
     def __init__(self, cfg: TwinConfig, robot: Robot | None = None):
-        self.cfg = cfg
-        self.robot = robot or cfg.load_robot()
-        r, obs, inf = self.robot, cfg.observation, cfg.inference
+        robot = robot or cfg.load_robot()
+        r, obs, inf = robot, cfg.observation, cfg.inference
         nominal = r.nominal()
-        self.param_names = tuple(cfg.parameters)
-        self.noise_names = tuple(f"noise:{c}" for c in obs.channels)
-        self.names = self.param_names + self.noise_names
-        self.priors = tuple(prior_distribution(cfg.parameters[n], nominal[n]) for n in self.param_names) + tuple(
-            dist.LogNormal(math.log(obs.noise_scale[c]), obs.noise_prior_scale) for c in obs.channels)
-        self.transforms = tuple(biject_to(d.support) for d in self.priors)
-        self.free_idx = tuple(r.layout.index[n] for n in self.param_names)
+        param_names = tuple(cfg.parameters)
+        priors = [_prior_numbers(cfg.parameters[n], nominal[n]) for n in param_names] + [
+            ("lognormal", math.log(obs.noise_scale[c]), obs.noise_prior_scale, -math.inf, math.inf)
+            for c in obs.channels]
         # Settings known per recording: every actuator's kinds listed by the actuator model.
-        self.setting_names = tuple(s.name for s in r.specs if s.kind in r.actuator.settings)
-        self.setting_idx = np.array([r.layout.index[n] for n in self.setting_names], dtype=np.int64)
+        setting_names = tuple(s.name for s in r.specs if s.kind in r.actuator.settings)
         base = dict(nominal)
         base.update(cfg.settings)
-        self.base_theta = r.to_vector(base)
-        self.default_settings = np.array([base[n] for n in self.setting_names], dtype=np.float64)
-        self.window_samples = int(round(inf.window_s / r.dt)) + 1
-        self.segment_steps = inf.segment_steps
-        if self.window_samples - 1 < self.segment_steps:
+        window_samples = int(round(inf.window_s / r.dt)) + 1
+        if window_samples - 1 < inf.segment_steps:
             raise ValueError(f"{cfg.name}: window_s = {inf.window_s} s is shorter than one segment "
-                             f"({self.segment_steps} steps of {r.dt} s)")
-        self.history = int(math.ceil(inf.max_latency_s / r.dt)) + 1
-        self.channels = obs.channels
-        self.df = obs.df if obs.noise == "student_t" else None
+                             f"({inf.segment_steps} steps of {r.dt} s)")
+        self.cfg = cfg
+        self.design = Design(
+            r, param_names, tuple(f"noise:{c}" for c in obs.channels), tuple(p[0] for p in priors),
+            tuple(r.layout.index[n] for n in param_names), setting_names,
+            tuple(r.layout.index[n] for n in setting_names), window_samples, inf.segment_steps,
+            int(math.ceil(inf.max_latency_s / r.dt)) + 1, tuple(obs.channels), obs.noise == "student_t",
+            inf.particles, inf.mcmc_steps, inf.laplace)
+        f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
+        drift = [cfg.parameters[n].drift for n in param_names] + [0.0] * len(obs.channels)
+        self.numbers = Numbers(
+            *(f64([p[i] for p in priors]) for i in range(1, 5)), np.asarray(r.to_vector(base)),
+            f64([base[n] for n in setting_names]), f64(drift), f64(obs.df), f64(inf.target_ess),
+            f64(inf.min_ess), f64(inf.max_divergent), f64(inf.drift_sigma), np.int64(inf.drift_windows),
+            np.int64(inf.max_stages))
+
+    # --- pytree ------------------------------------------------------------------------
+    def tree_flatten(self):
+        return (self.numbers,), self.design
+
+    @classmethod
+    def tree_unflatten(cls, design: Design, children) -> "TwinModel":
+        m = object.__new__(cls)
+        m.cfg, m.design, m.numbers = None, design, children[0]
+        return m
+
+    def __getattr__(self, name):     # the design's fields read as the model's own
+        if name in Design._fields:
+            return getattr(self.__dict__["design"], name)
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.param_names + self.noise_names
+
+    @property
+    def base_theta(self) -> jnp.ndarray:
+        return self.numbers.base_theta
+
+    @property
+    def default_settings(self) -> np.ndarray:
+        return np.asarray(self.numbers.default_settings)
+
+    @property
+    def df(self):
+        """Student-t degrees of freedom, None for normal noise."""
+        return self.numbers.df if self.student_t else None
 
     @property
     def dim(self) -> int:
         return len(self.names)
+
+    def prior(self, i: int) -> dist.Distribution:
+        """The prior distribution of name i (constrained space), built from the traced numbers."""
+        n, kind = self.numbers, self.prior_kinds[i]
+        loc, scale, low, high = n.prior_loc[i], n.prior_scale[i], n.prior_low[i], n.prior_high[i]
+        if kind == "lognormal":
+            return dist.LogNormal(loc, scale)
+        if kind == "normal":
+            return dist.Normal(loc, scale)
+        if kind == "truncnormal":
+            return dist.TruncatedNormal(loc, scale, low=low, high=high)
+        return dist.Uniform(low, high)
+
+    @property
+    def priors(self) -> tuple[dist.Distribution, ...]:
+        return tuple(self.prior(i) for i in range(self.dim))
+
+    @property
+    def transforms(self):
+        """Bijections from unconstrained space onto each prior's support."""
+        return tuple(biject_to(d.support) for d in self.priors)
 
     # --- unconstrained <-> constrained -------------------------------------------------
     def constrain(self, z: jnp.ndarray) -> jnp.ndarray:
@@ -133,7 +252,7 @@ class TwinModel:
     def theta(self, values: jnp.ndarray, settings: jnp.ndarray) -> jnp.ndarray:
         """Full robot parameter vector (P,) from constrained values (D,) and settings (K,)."""
         th = self.base_theta.at[np.asarray(self.free_idx)].set(values[: len(self.free_idx)])
-        return th.at[self.setting_idx].set(settings)
+        return th.at[np.asarray(self.setting_idx, dtype=np.int64)].set(settings)
 
     def noise(self, values: jnp.ndarray) -> dict[str, jnp.ndarray]:
         return {c: values[len(self.free_idx) + i] for i, c in enumerate(self.channels)}
@@ -256,7 +375,7 @@ class TwinModel:
             raise WindowError(f"window has {n} samples; at least {self.segment_steps + 1} needed (one segment)")
         if n > T:
             raise WindowError(f"window has {n} samples; this twin's windows hold {T} "
-                              f"(inference.window_s = {self.cfg.inference.window_s} s): split it")
+                              f"(inference.window_s = {(T - 1) * r.dt:g} s): split it")
         pad = T - n
         padded = {k: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for k, a in out.items()}
         mask = np.concatenate([np.ones(n), np.zeros(pad)])

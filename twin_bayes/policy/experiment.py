@@ -110,8 +110,7 @@ def fit_twin(twin: Twin, truth: dict[str, float], seed: int, windows: int, real_
     T = model.window_samples
     traj = emulate(real_robot or model.robot, truth, windows * (T - 1) * model.robot.dt, seed=seed,
                    settings=twin.cfg.settings)
-    return [twin.update({"q": traj.q[k * (T - 1):k * (T - 1) + T], "qd": traj.qd[k * (T - 1):k * (T - 1) + T],
-                         "ctrl": traj.ctrl[k * (T - 1):k * (T - 1) + T]}) for k in range(windows)]
+    return [twin.update(w) for w in consecutive_windows(traj.q, traj.qd, traj.ctrl, T)]
 
 
 def score(twin: Twin, truth: dict[str, float], policy: Policy, task: Task, seeds, particles: int = 32,

@@ -1,12 +1,16 @@
-"""The inference thread: stored chunks -> windows -> `Twin.update` -> checkpoint -> publish.
+"""The inference thread: stored chunks -> windows -> batched `update_many` -> checkpoint -> publish.
 
 One `RobotTwin` per robot. The thread wakes when ingest stores a chunk
-(`notify(robot_id)`), cuts the robot's new chunks into windows
-(`service.windows`), updates its twin, checkpoints every twin with the last
-applied chunk per robot, and hands posterior, prediction and alert messages to
-the I/O thread through `publish(type, robot_id, build)` (build(seq) -> frames).
-It never touches a socket. On start it resumes from the newest valid
-checkpoint and re-applies the stored chunks after it.
+(`notify(robot_id)`), cuts each ready robot's stored samples into its next
+window (`data.windows.cut_windows`, the cutter every path shares; windows share
+their boundary sample), updates all of them in one batched call per design
+(`inference.update_many`), checkpoints every twin's whole `TwinState` with the
+position of its next window and the store's identity, and hands posterior,
+prediction and alert messages to the I/O thread through
+`publish(type, robot_id, build)` (build(seq) -> frames). It never touches a
+socket. On start it resumes from the newest valid checkpoint and re-applies
+the stored chunks after it, so a restart gives the posteriors an
+uninterrupted run would have; a checkpoint of another store is refused.
 """
 from __future__ import annotations
 
@@ -18,20 +22,22 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import msgpack
 import numpy as np
 
+from twin_bayes.data.windows import cut_windows
 from twin_bayes.diagnostics.calibration import OnlineCalibration
-from twin_bayes.inference import Twin
+from twin_bayes.inference import Twin, engine
 from twin_bayes.inference.posterior import Particles
+from twin_bayes.inference.twin import update_many
 from twin_bayes.models import WindowError
 from twin_bayes.service import checkpoint, protocol
+from twin_bayes.service.ingest import SETTING
+from twin_bayes.service.protocol import Message
 from twin_bayes.service.store import StoreError, TelemetryStore
-from twin_bayes.service.windows import Cut, cut_windows
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,60 @@ class WorkerSettings:
     seed: int = 0
 
 
+class StoreMismatch(RuntimeError):
+    """The checkpoints belong to another telemetry store: resuming would skip or repeat data."""
+
+
+class Cut(NamedTuple):
+    """A robot's next window: arrays (n, ·) and times t (n,) s; usable: at least one segment;
+    settings: the recording's known constants; end_seq, end_row: chunk and row of its last sample
+    (where the next window starts)."""
+
+    t: np.ndarray
+    q: np.ndarray
+    qd: np.ndarray
+    ctrl: np.ndarray
+    usable: bool
+    settings: dict[str, float]
+    end_seq: int
+    end_row: int
+
+
+def settings_of(chunk: Message) -> dict[str, float]:
+    return {k[len(SETTING):]: float(a[0]) for k, a in chunk.arrays.items() if k.startswith(SETTING)}
+
+
+def next_cut(chunks: list[Message], row0: int, model) -> Cut | None:
+    """The next complete window of consecutive chunks (seq order) from row row0 of the first, cut by
+    the shared cutter (`data.windows.cut_windows`, not final: a trailing part waits), or None."""
+    cat = {k: np.concatenate([chunks[0].arrays[k][row0:]] + [c.arrays[k] for c in chunks[1:]])
+           for k in ("t", "q", "qd", "ctrl")}
+    settings = [settings_of(c) for c in chunks]
+    kinds = [next(i for i, x in enumerate(settings) if x == s) for s in settings]
+    sizes = [chunks[0].n - row0] + [c.n for c in chunks[1:]]
+    bounds, _ = cut_windows(cat["t"], model.window_samples, model.segment_steps + 1, model.robot.dt,
+                            np.repeat(kinds, sizes), final=False)
+    if not bounds:
+        return None
+    b = bounds[0]
+    ends = np.cumsum(sizes)
+    j = int(np.searchsorted(ends, b.stop - 1, side="right"))     # chunk of the window's last sample
+    row = b.stop - 1 - (ends[j - 1] if j else 0) + (row0 if j == 0 else 0)
+    return Cut(*(cat[k][b.start:b.stop] for k in ("t", "q", "qd", "ctrl")), b.usable,
+               settings[int(np.searchsorted(ends, b.start, side="right"))], chunks[j].seq, int(row))
+
+
+def stored_windows(chunks: list[Message], model) -> list[Cut]:
+    """Every window the service cuts from consecutive stored chunks (seq order from the first): what
+    the worker applies, for offline comparisons."""
+    gap = next((i for i, c in enumerate(chunks) if c.seq != chunks[0].seq + i), len(chunks))
+    out, row, chunks = [], 0, chunks[:gap]
+    while chunks and (cut := next_cut(chunks, row, model)) is not None:
+        out.append(cut)
+        chunks, row = [c for c in chunks if c.seq >= cut.end_seq], cut.end_row
+    return out
+
+
 @dataclass
 class Pending:
     """A published prediction awaiting its data: samples (S, H, nq + nv) at times t (H,) s."""
@@ -72,11 +132,12 @@ class RobotTwin:
 
     robot_id: str
     twin: Twin
-    applied_seq: int = -1         # last chunk whose samples went into a window
+    applied_seq: int = -1         # chunk of the last applied window's last sample (-1: none yet)
+    applied_row: int = 0          # that sample's row in the chunk: the next window starts there
     windows: int = 0              # windows given to twin.update (accepted or not)
     rejected: int = 0             # windows the twin rejected (posterior kept, marked stale)
     predictions: int = 0
-    tail: list = field(default_factory=list)   # fetched chunks after applied_seq, seq order
+    tail: list = field(default_factory=list)   # fetched chunks from applied_seq on, seq order
     fetched_seq: int = -1
     pending: Pending | None = None
     calibration: OnlineCalibration = field(default_factory=OnlineCalibration)
@@ -133,7 +194,8 @@ class Worker:
         self.inbox.put(robot_id)
 
     def _run(self) -> None:
-        """Round-robin over robots with work: one window each per turn, so none starves."""
+        """Turns over the robots with work: each ready robot's next window, all in one batched update
+        per design, so none starves and a fleet costs one call per turn."""
         ready: set[str | None] = set()
         retaining = bool(self.settings.retain_chunks or self.settings.retain_versions)
         while True:
@@ -145,23 +207,27 @@ class Worker:
                 pass
             if None in ready or self._stopping.is_set():
                 return
-            for rid in sorted(ready):
-                try:
-                    more = self._step(self.robots[rid])
-                except Exception as e:  # keep serving; the failure shows in health
-                    log.exception("inference for %s failed", rid)
-                    self.error = f"{rid}: {type(e).__name__}: {e}"
-                    more = False
-                if not more:
-                    ready.discard(rid)
-                if self._stopping.is_set():
-                    return
+            try:
+                cuts = {}
+                for rid in sorted(ready):
+                    cut = self._next_cut(self.robots[rid])
+                    if cut is None:
+                        ready.discard(rid)
+                    else:
+                        cuts[rid] = cut
+                if cuts:
+                    self._apply(cuts)
+            except Exception as e:  # keep serving; the failure shows in health
+                log.exception("inference failed")
+                self.error = f"{type(e).__name__}: {e}"
+                ready.clear()
             if retaining:
                 self._retention()
 
     # --- checkpoints --------------------------------------------------------------------
     def resume(self) -> None:
-        """Restore every twin from the newest valid checkpoint (older ones if newer are damaged)."""
+        """Restore every twin's whole state from the newest valid checkpoint (older ones if newer are
+        damaged). Raises StoreMismatch for checkpoints written against another store."""
         d = self.settings.checkpoints
         if d is None or not checkpoint.checkpoints(d):
             return
@@ -170,33 +236,44 @@ class Worker:
         except checkpoint.CheckpointError as e:
             self.checkpoint_status = {"error": str(e), "resumed": False}
             return
+        theirs = ck.meta.get("store_id")
+        if theirs != self.store.store_id:
+            raise StoreMismatch(f"{ck.path} was written against telemetry store {theirs}, but {self.store.path} "
+                                f"is store {self.store.store_id}: resuming would skip or repeat telemetry. Use the "
+                                f"checkpoints of this store, or another checkpoint directory")
+        problems = []
         for rid, meta in ck.meta.get("robots", {}).items():
             rt = self.robots.get(rid)
             if rt is None or tuple(meta["names"]) != rt.twin.model.names:
                 continue
-            p = Particles(jnp.asarray(ck.arrays[f"{rid}/z"]), jnp.asarray(ck.arrays[f"{rid}/log_weights"]))
-            rt.twin.restore(p, int(meta["version"]))
-            rt.twin.key = jnp.asarray(ck.arrays[f"{rid}/key"])
-            rt.applied_seq = rt.fetched_seq = int(meta["applied_seq"])
+            prefix = f"{rid}/"
+            arrays = {k[len(prefix):]: v for k, v in ck.arrays.items() if k.startswith(prefix)}
+            try:
+                rt.twin.state = engine.state_from_arrays(rt.twin.state, arrays)
+            except ValueError as e:
+                problems.append(f"{rid}: {e}")
+                continue
+            rt.applied_seq, rt.applied_row = int(meta["applied_seq"]), int(meta["applied_row"])
+            rt.fetched_seq = rt.applied_seq - 1
             rt.windows, rt.rejected = int(meta["windows"]), int(meta["rejected"])
             rt.predictions = int(meta["predictions"])
         self.checkpoint_status = {"resumed": True, "path": str(ck.path), "step": ck.step,
                                   "skipped": [[str(p), why] for p, why in ck.skipped]}
+        if problems:
+            self.checkpoint_status["error"] = "not resumed: " + "; ".join(problems)
 
     def _save_checkpoint(self) -> None:
         if self.settings.checkpoints is None:
             return
         arrays, robots = {}, {}
         for rid, rt in self.robots.items():
-            p = rt.twin.particles
-            arrays[f"{rid}/z"] = np.asarray(p.z)
-            arrays[f"{rid}/log_weights"] = np.asarray(p.log_weights)
-            arrays[f"{rid}/key"] = np.asarray(rt.twin.key)
-            robots[rid] = {"names": list(rt.twin.model.names), "version": rt.twin.posterior.version,
-                           "applied_seq": rt.applied_seq, "windows": rt.windows, "rejected": rt.rejected,
+            arrays.update({f"{rid}/{k}": v for k, v in engine.state_arrays(rt.twin.state).items()})
+            robots[rid] = {"names": list(rt.twin.model.names), "applied_seq": rt.applied_seq,
+                           "applied_row": rt.applied_row, "windows": rt.windows, "rejected": rt.rejected,
                            "predictions": rt.predictions}
         try:
-            path = checkpoint.save(self.settings.checkpoints, arrays, {"robots": robots},
+            path = checkpoint.save(self.settings.checkpoints, arrays,
+                                   {"store_id": self.store.store_id, "robots": robots},
                                    keep=self.settings.keep_checkpoints)
             self.checkpoint_status = {**self.checkpoint_status, "last_saved": str(path), "error": ""}
         except OSError as e:
@@ -204,56 +281,63 @@ class Worker:
 
     # --- windows ------------------------------------------------------------------------
     def _next_cut(self, rt: RobotTwin) -> Cut | None:
-        model = rt.twin.model
-        cuts = cut_windows(rt.tail, rt.applied_seq, model.window_samples, model.segment_steps + 1,
-                           model.robot.dt, limit=1)
-        return cuts[0] if cuts else None
-
-    def _step(self, rt: RobotTwin) -> bool:
-        """Apply the robot's next complete window, if any; True if it did (there may be more)."""
-        cut = self._next_cut(rt)
+        """The robot's next complete window from its stored chunks (fetching more when needed), or None."""
+        cut = self._cut(rt) if rt.tail else None
         if cut is None:
+            fetched = rt.fetched_seq
             for c in self.store.get_chunks(rt.robot_id, rt.fetched_seq, limit=FETCH):
-                if c.seq != rt.fetched_seq + 1:
+                if c.seq != rt.fetched_seq + 1 or (not rt.tail and rt.applied_seq >= 0 and c.seq != rt.applied_seq):
                     break  # a gap: wait for the resend
                 rt.tail.append(c)
                 rt.fetched_seq = c.seq
-            cut = self._next_cut(rt)
-        if cut is None:
-            return False
-        self._apply(rt, cut)
-        rt.tail = [c for c in rt.tail if c.seq > cut.last_seq]
-        return True
+            if rt.fetched_seq != fetched:
+                cut = self._cut(rt)
+        return cut
 
-    def _apply(self, rt: RobotTwin, cut: Cut) -> None:
-        self._score(rt, cut)
-        report = None
-        if cut.usable:
+    def _cut(self, rt: RobotTwin) -> Cut | None:
+        return next_cut(rt.tail, rt.applied_row if rt.applied_seq >= 0 else 0, rt.twin.model)
+
+    def _apply(self, cuts: dict[str, Cut]) -> None:
+        """Score, update (one batched call per design), checkpoint, store and publish the robots' windows."""
+        robots = [self.robots[rid] for rid in cuts]
+        for rt in robots:
+            self._score(rt, cuts[rt.robot_id])
+        todo, windows = [], []
+        for rt in robots:
+            cut = cuts[rt.robot_id]
+            if not cut.usable:
+                continue
+            rt.windows += 1
             try:
-                report = rt.twin.update({"q": cut.q, "qd": cut.qd, "ctrl": cut.ctrl,
-                                         "settings": cut.settings or None})
+                windows.append(rt.twin.as_window({"q": cut.q, "qd": cut.qd, "ctrl": cut.ctrl,
+                                                  "settings": cut.settings or None}))
+                todo.append(rt)
             except WindowError as e:
                 rt.last_update = {"accepted": False, "reason": str(e)}
-            rt.windows += 1
-        rt.applied_seq = cut.last_seq
-        if report is not None:
-            rt.rejected += not report.accepted
-            self.update_latency.append(report.latency_s)
-            rt.last_update = {k: report.as_dict()[k] for k in ("accepted", "reason", "version", "stages",
-                                                                "ess", "drift", "latency_s")}
+        reports = dict(zip((rt.robot_id for rt in todo), update_many([rt.twin for rt in todo], windows)))
+        for rt in robots:
+            cut = cuts[rt.robot_id]
+            rt.applied_seq, rt.applied_row = cut.end_seq, cut.end_row
+            rt.tail = [c for c in rt.tail if c.seq >= cut.end_seq]
+            rt.twin.mark_applied(cut.end_seq)
+            report = reports.get(rt.robot_id)
+            if report is not None:
+                rt.rejected += not report.accepted
+                self.update_latency.append(report.latency_s)
+                rt.last_update = {k: report.as_dict()[k] for k in ("accepted", "reason", "version", "stages",
+                                                                    "ess", "drift", "latency_s")}
         self._save_checkpoint()
-        if report is None:
-            return
-        post = rt.twin.posterior
-        if report.accepted:
-            try:
-                self.store.put_posterior_version(rt.robot_id, post.version, post.summary(),
-                                                 particles_blob(rt.twin.particles))
-            except StoreError as e:
-                self.error = f"{rt.robot_id}: posterior version not stored ({e})"
-            self._alerts(rt)
-        self._publish_posterior(rt)
-        self._predict(rt, cut)
+        for rt in todo:
+            post = rt.twin.posterior
+            if reports[rt.robot_id].accepted:
+                try:
+                    self.store.put_posterior_version(rt.robot_id, post.version, post.summary(),
+                                                     particles_blob(rt.twin.particles))
+                except StoreError as e:
+                    self.error = f"{rt.robot_id}: posterior version not stored ({e})"
+                self._alerts(rt)
+            self._publish_posterior(rt)
+            self._predict(rt, cuts[rt.robot_id])
 
     def _publish_posterior(self, rt: RobotTwin) -> None:
         post, rid, applied = rt.twin.posterior, rt.robot_id, rt.applied_seq

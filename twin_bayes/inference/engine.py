@@ -1,0 +1,367 @@
+"""The online posterior as a pure state machine: `init(model, key) -> TwinState` and
+`update(model, states, windows) -> (states, info)`, in the style of BlackJAX's SMC kernels.
+
+Streaming is an assumed-density filter. Each window's prior is the Gaussian of
+the posterior so far (`TwinState.prior`; the config's own prior for a fresh
+twin), widened by each parameter's random-walk drift. Its posterior is found by
+Laplace importance sampling (`inference.laplace`: Newton to the mode under
+`lax.while_loop`, draws from the Laplace Gaussian weighted by target /
+proposal); where the weights degenerate, or the config sets `laplace = false`,
+tempered SMC from draws of the window prior takes over (`inference.smc`).
+Predictive surprise (the negative log evidence per observation) is scored
+against a running baseline; a run of surprising windows is a change point, and
+the window is then refitted from the config's prior (the past is forgotten).
+The update gate accepts a posterior only when it is finite, reached β = 1, has
+few divergent moves and enough effective samples; otherwise the state keeps
+the previous posterior, flagged stale with a reason code (`REASONS`), and the
+window goes into the state's ring of pending windows for a retry.
+
+`update` takes a leading robot axis (R, ...) on states and windows: one call
+updates every robot of a design (`jax.vmap` per phase; the optional phases,
+drift refit and tempering, run only where some robot needs them). The model is
+a pytree whose numbers are traced, so every config and robot of one design and
+batch size shares the same executables (`propose_jit`, `temper_jit`, `finish_jit`).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from twin_bayes.inference.laplace import Laplace, best_start, find_mode, importance_update
+from twin_bayes.inference.posterior import Particles
+from twin_bayes.inference.smc import GaussianPrior, gaussian_prior, tempered_update
+from twin_bayes.models import TwinModel, Window
+
+# Step size of the one-step HMC move, in units where the mass matrix whitens the cloud.
+INITIAL_STEP = 0.5
+# Windows of the surprise baseline (a robust running median), and pending windows kept for a retry.
+SURPRISE_HISTORY = 20
+PENDING = 4
+# Why an update was refused: index = TwinState.reason / UpdateInfo.reason (0: accepted).
+# The last three refuse batch fits only (`batch.gate`).
+REASONS = ("", "non-finite particles or weights", "tempering stopped before beta = 1 (window too informative)",
+           "too many divergent moves", "effective sample size below the gate's minimum",
+           "chains did not mix (R-hat above the gate's maximum)", "non-finite loss")
+ENGINES = ("laplace-is", "smc")
+
+
+class Surprise(NamedTuple):
+    """Running baseline of per-observation surprise: history (H,) (NaN where empty), count () values
+    stored so far, run () consecutive surprising windows."""
+
+    history: jnp.ndarray
+    count: jnp.ndarray
+    run: jnp.ndarray
+
+
+class Pending(NamedTuple):
+    """A ring of refused windows (P, ...) for a retry: valid (P,), order (P,) arrival number (−1: empty)."""
+
+    windows: Window
+    order: jnp.ndarray
+
+
+class TwinState(NamedTuple):
+    """Everything the next update needs, as arrays (D = estimated parameters + noise scales).
+
+    particles: posterior particles (N, D) and normalised log weights (N,), unconstrained;
+    prior: the Gaussian of the posterior so far (exact = True: the config's own prior);
+    step_size (): the tempered moves' step; surprise: the drift detector's baseline;
+    pending: refused windows; key: PRNG key; version (): accepted updates (plus restores);
+    applied_seq (): last telemetry chunk applied (−1: none; kept by the service);
+    stale (): the last update was refused; reason (): why (index into REASONS).
+    """
+
+    particles: Particles
+    prior: GaussianPrior
+    step_size: jnp.ndarray
+    surprise: Surprise
+    pending: Pending
+    key: jnp.ndarray
+    version: jnp.ndarray
+    applied_seq: jnp.ndarray
+    stale: jnp.ndarray
+    reason: jnp.ndarray
+
+
+class UpdateInfo(NamedTuple):
+    """What one update did, all scalars: accepted, reason (REASONS), engine (ENGINES), SMC stages, β,
+    mean move acceptance, divergent share, ESS, surprise (nats per observation), Newton iterations,
+    drift (a change point was declared and the past forgotten)."""
+
+    accepted: jnp.ndarray
+    reason: jnp.ndarray
+    engine: jnp.ndarray
+    stages: jnp.ndarray
+    beta: jnp.ndarray
+    acceptance: jnp.ndarray
+    divergent: jnp.ndarray
+    ess: jnp.ndarray
+    surprise: jnp.ndarray
+    newton_steps: jnp.ndarray
+    drift: jnp.ndarray
+
+
+def empty_window(model: TwinModel) -> Window:
+    """A window of zeros (mask 0) with the model's shapes."""
+    r, T = model.robot, model.window_samples
+    n_seg = (T - 1) // model.segment_steps
+    c = sum(r.nq if ch == "q" else r.nv for ch in model.channels)
+    z = lambda *shape: jnp.zeros(shape)  # noqa: E731
+    return Window(z(T, r.nq), z(T, r.nv), z(T, r.nu), z(T), z(len(model.setting_names)),
+                  z(n_seg, model.segment_steps * c, r.nq + r.nv))
+
+
+def init(model: TwinModel, key) -> TwinState:
+    """A fresh twin: N draws of the config's prior, equally weighted, at version 0."""
+    key, sub = jax.random.split(key)
+    n, d = model.particles, model.dim
+    z = model.sample_prior(sub, n)
+    ring = jax.tree.map(lambda x: jnp.zeros((PENDING,) + x.shape, x.dtype), empty_window(model))
+    return _strong(TwinState(Particles(z, jnp.full(n, -jnp.log(n))), GaussianPrior(jnp.zeros(d), jnp.eye(d), jnp.asarray(True)),
+                     jnp.asarray(INITIAL_STEP), init_surprise(), Pending(ring, jnp.full(PENDING, -1)), key,
+                     jnp.asarray(0), jnp.asarray(-1), jnp.asarray(False), jnp.asarray(0)))
+
+
+def _strong(tree):
+    """Every leaf as a strongly typed array: Python scalars make weakly typed ones, and a state whose
+    leaves change weak type between updates would compile the update again."""
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), tree)
+
+
+def init_surprise() -> Surprise:
+    return Surprise(jnp.full(SURPRISE_HISTORY, jnp.nan), jnp.asarray(0), jnp.asarray(0))
+
+
+def from_particles(state: TwinState, particles: Particles, version) -> TwinState:
+    """The state with its posterior replaced by particles (a restore from particles alone): the window
+    prior becomes their Gaussian."""
+    return _strong(state._replace(particles=particles,
+                                  prior=gaussian_prior(particles, jnp.zeros(particles.z.shape[1]), False),
+                                  version=version, stale=False, reason=0))
+
+
+def window_prior(model: TwinModel, state: TwinState) -> GaussianPrior:
+    """The prior of the next window: the state's Gaussian widened by each parameter's drift (D,) sd."""
+    g = state.prior
+    cov = g.chol @ g.chol.T + jnp.diag(model.numbers.drift ** 2)
+    return GaussianPrior(g.mean, jnp.linalg.cholesky(cov), g.exact)
+
+
+# --- the phases of one update, per robot ---------------------------------------------------
+class _Proposal(NamedTuple):
+    """A candidate posterior and what it took: particles, the Gaussian it leaves as the next prior,
+    the linearised windows (1, ...), its Laplace fit, and the update's account."""
+
+    particles: Particles
+    gauss: GaussianPrior
+    windows: Window
+    lap: Laplace
+    info: UpdateInfo
+
+
+def _stacked(model: TwinModel, window: Window, z_lin) -> Window:
+    """The window with start-state sensitivities at z_lin, as a batch of one (1, ...)."""
+    return jax.tree.map(lambda x: x[None], model.with_state_jacobian(window, z_lin))
+
+
+def _laplace(model: TwinModel, g: GaussianPrior, window: Window, z_start, key) -> _Proposal:
+    """Mode, curvature and importance draws of one window's posterior under prior g, Newton from z_start.
+
+    Start-state sensitivities are linearised at z_start, then once more at the mode: a loop of two
+    rounds, so that the Newton iteration compiles once.
+    """
+    def round_(_, carry):
+        z, _, _ = carry
+        windows = _stacked(model, window, z)
+        lap = find_mode(model, z, windows, g)
+        return lap.mean, windows, lap
+
+    d = z_start.shape[0]
+    start = (z_start, jax.tree.map(lambda x: x[None], window), Laplace(z_start, jnp.eye(d), jnp.asarray(0)))
+    _, windows, lap = jax.lax.fori_loop(0, 2, round_, start)
+    new, ess, log_evidence = importance_update(model, key, lap, windows, g, model.particles)
+    r = model.robot
+    n_obs = jnp.sum(window.mask) * sum({"q": r.nq, "qd": r.nv}[c] for c in model.channels)
+    f, i = jnp.asarray(0.0), jnp.asarray(0)
+    info = UpdateInfo(jnp.asarray(False), i, i, jnp.asarray(1), jnp.asarray(1.0), jnp.asarray(jnp.nan), f, ess,
+                      -log_evidence / n_obs, lap.iterations, jnp.asarray(False))
+    return _Proposal(new, GaussianPrior(lap.mean, lap.chol, jnp.asarray(False)), windows, lap, info)
+
+
+def _score_surprise(model: TwinModel, s: Surprise, value) -> tuple[Surprise, jnp.ndarray]:
+    """Record value; high when it lies drift_sigma robust sds above the baseline (≥ 3 values)."""
+    med = jnp.nanmedian(s.history)
+    mad = 1.4826 * jnp.nanmedian(jnp.abs(s.history - med)) + 0.05 * jnp.abs(med) + 1e-6
+    high = jnp.isfinite(value) & (s.count >= 3) & (value > med + model.numbers.drift_sigma * mad)
+    keep = jnp.isfinite(value) & ~high
+    history = jnp.where(keep, s.history.at[s.count % SURPRISE_HISTORY].set(value), s.history)
+    return Surprise(history, s.count + keep, jnp.where(high, s.run + 1, 0)), high
+
+
+def _laplace_passes(model: TwinModel, g: GaussianPrior, surprise: Surprise, window: Window, z_start, keys):
+    """The Laplace update; where its surprise completes a run of surprising windows (a change point),
+    a second pass under the config's own prior (the past forgotten), Newton from the first pass's mode.
+
+    Returns (proposal with its account, the prior it used, the surprise baseline after it). The
+    passes are a `while_loop`, so the update compiles one Laplace step.
+    """
+    fresh = g._replace(exact=jnp.asarray(True))
+    pick = lambda c, a, b: jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)  # noqa: E731
+
+    def body(carry):
+        k, prop, _, s, drift = carry
+        first = k == 0
+        g_k = pick(first, g, fresh)
+        new = _laplace(model, g_k, window, jnp.where(first, z_start, prop.lap.mean), keys[k])
+        scored, high = _score_surprise(model, s, new.info.surprise)
+        drift = jnp.where(first, high & (scored.run >= model.numbers.drift_windows), drift)
+        s = pick(first, pick(drift, init_surprise(), scored), s)
+        new = new._replace(info=new.info._replace(surprise=jnp.where(first, new.info.surprise, prop.info.surprise),
+                                                  drift=drift))
+        return k + 1, new, g_k, s, drift
+
+    blank = _laplace_shapes(model, g, window, z_start)
+    carry = (jnp.asarray(0), blank, g, surprise, jnp.asarray(False))
+    _, prop, g_used, surprise, _ = jax.lax.while_loop(lambda c: (c[0] == 0) | ((c[0] == 1) & c[4]), body, carry)
+    return prop, g_used, surprise
+
+
+def _laplace_shapes(model: TwinModel, g: GaussianPrior, window: Window, z) -> _Proposal:
+    """A proposal of zeros with `_laplace`'s shapes and dtypes (a loop's initial carry)."""
+    shapes = jax.eval_shape(lambda: _laplace(model, g, window, z, jax.random.PRNGKey(0)))
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+
+
+def _temper(model: TwinModel, state: TwinState, g: GaussianPrior, prop: _Proposal, key):
+    """Tempered SMC from fresh draws of the window prior g (the config's prior where g.exact)."""
+    k1, k2 = jax.random.split(key)
+    n, d = model.particles, model.dim
+    z0 = jnp.where(g.exact, model.sample_prior(k1, n), g.mean + jax.random.normal(k1, (n, d)) @ g.chol.T)
+    new, t = tempered_update(model, k2, z0, prop.windows, g, state.step_size, model.numbers.max_stages,
+                             model.mcmc_steps)
+    info = prop.info._replace(engine=jnp.asarray(1), stages=t.stages, beta=t.beta, acceptance=t.acceptance,
+                              divergent=t.divergent, ess=t.ess)
+    return prop._replace(particles=new, gauss=gaussian_prior(new, jnp.zeros(d), False), info=info), t.step_size
+
+
+def gate(model: TwinModel, p: Particles, beta, divergent, ess) -> jnp.ndarray:
+    """0 when a candidate posterior may be accepted, else the first failed check (index into REASONS)."""
+    nums = model.numbers
+    checks = jnp.stack([~(jnp.all(jnp.isfinite(p.z)) & jnp.all(jnp.isfinite(p.log_weights))), beta < 1.0,
+                        divergent > nums.max_divergent, ess < nums.min_ess * p.z.shape[0]])
+    return jnp.where(jnp.any(checks), jnp.argmax(checks) + 1, 0)
+
+
+def _push(pending: Pending, window: Window) -> Pending:
+    """Keep window in the ring: in an empty slot (order −1), else over the oldest entry."""
+    slot = jnp.argmin(pending.order)
+    windows = jax.tree.map(lambda ring, w: ring.at[slot].set(w), pending.windows, window)
+    return Pending(windows, pending.order.at[slot].set(jnp.max(pending.order) + 1))
+
+
+def _finish(model: TwinModel, state: TwinState, window: Window, prop: _Proposal, surprise: Surprise, key, step):
+    """Gate the proposal; the next state and the update's account."""
+    info = prop.info
+    reason = gate(model, prop.particles, info.beta, info.divergent, info.ess)
+    ok = reason == 0
+    pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)  # noqa: E731
+    new = TwinState(pick(prop.particles, state.particles), pick(prop.gauss, state.prior), step, surprise,
+                    pick(state.pending, _push(state.pending, window)), key, state.version + ok,
+                    state.applied_seq, ~ok, reason)
+    return new, info._replace(accepted=ok, reason=reason)
+
+
+# --- the batched update -----------------------------------------------------------------------
+def _select(flags, a, b):
+    """Per robot (flags (R,)): a where the flag is set, else b (pytrees with a leading robot axis)."""
+    return jax.tree.map(lambda x, y: jnp.where(flags.reshape(flags.shape + (1,) * (x.ndim - 1)), x, y), a, b)
+
+
+def _where_any(flags, run, current):
+    """run() where any robot's flag is set (each robot takes run's result where its flag is), else current."""
+    return jax.lax.cond(jnp.any(flags), lambda: _select(flags, run(), current), lambda: current)
+
+
+class Proposal(NamedTuple):
+    """Phase one of an update, per robot (R, ...): the Laplace candidate, the window prior it used,
+    the surprise baseline after it, whether it must be tempered, and the keys left for the rest."""
+
+    prop: _Proposal
+    prior: GaussianPrior
+    surprise: Surprise
+    temper: jnp.ndarray
+    keys: jnp.ndarray
+
+
+def propose(model: TwinModel, states: TwinState, windows: Window) -> Proposal:
+    """The Laplace phase for every robot (states and windows with a robot axis (R, ...))."""
+    per = lambda f, *axes: jax.vmap(f, in_axes=(None,) + axes)  # noqa: E731
+    keys = jax.vmap(lambda k: jax.random.split(k, 5))(states.key)          # (R, 5, 2)
+    g = per(window_prior, 0)(model, states)
+    z_ref = jax.vmap(lambda p: jnp.exp(p.log_weights) @ p.z)(states.particles)
+    # From the config's wide prior, Newton starts at the best particle (start-state noise left out).
+    z_start = _where_any(g.exact, lambda: per(best_start, 0, 0, 0)(model, states.particles.z,
+                                                                   jax.tree.map(lambda x: x[:, None], windows), g),
+                         z_ref)
+    prop, g, surprise = per(_laplace_passes, 0, 0, 0, 0, 0)(model, g, states.surprise, windows, z_start,
+                                                            keys[:, 1:3])
+    temper = ~(model.laplace & (prop.info.ess >= model.numbers.target_ess * model.particles))
+    return Proposal(prop, g, surprise, temper, keys)
+
+
+def temper(model: TwinModel, states: TwinState, p: Proposal) -> tuple[Proposal, TwinState]:
+    """Tempered SMC for the robots whose Laplace weights degenerated (`p.temper`); the others keep
+    their Laplace candidate. The step size learned is kept in `states` (returned with the proposal)."""
+    per = lambda f, *axes: jax.vmap(f, in_axes=(None,) + axes)  # noqa: E731
+    prop, step = per(_temper, 0, 0, 0, 0)(model, states, p.prior, p.prop, p.keys[:, 3])
+    prop, step = _select(p.temper, (prop, step), (p.prop, states.step_size))
+    return p._replace(prop=prop), states._replace(step_size=step)
+
+
+def finish(model: TwinModel, states: TwinState, windows: Window, p: Proposal) -> tuple[TwinState, UpdateInfo]:
+    """Gate every robot's candidate: the next states and the updates' accounts."""
+    return jax.vmap(_finish, in_axes=(None, 0, 0, 0, 0, 0, 0))(model, states, windows, p.prop, p.surprise,
+                                                                p.keys[:, 0], states.step_size)
+
+
+propose_jit, temper_jit, finish_jit = jax.jit(propose), jax.jit(temper), jax.jit(finish)
+
+
+def update(model: TwinModel, states: TwinState, windows: Window) -> tuple[TwinState, UpdateInfo]:
+    """Bring one window per robot into its posterior; states and windows carry a robot axis (R, ...).
+
+    windows come from `TwinModel.window` (validated, padded), stacked. Three compiled phases:
+    `propose` (Laplace), `temper` (only when some robot's importance weights degenerate; it compiles
+    the first time one does) and `finish` (the gate). Deterministic: the same states and windows give
+    the same result; a refused window leaves the posterior as it was (stale).
+    """
+    p = propose_jit(model, states, windows)
+    if bool(jnp.any(p.temper)):
+        p, states = temper_jit(model, states, p)
+    return finish_jit(model, states, windows, p)
+
+
+def state_arrays(state: TwinState) -> dict[str, np.ndarray]:
+    """The state's leaves by their path (e.g. ".particles.z"), for a checkpoint."""
+    return {jax.tree_util.keystr(path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+
+def state_from_arrays(template: TwinState, arrays: dict[str, np.ndarray]) -> TwinState:
+    """The inverse of `state_arrays`, checked against a template state (`init` of the same model):
+    ValueError names a missing leaf or one of another shape or dtype."""
+    leaves = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
+        name = jax.tree_util.keystr(path)
+        if name not in arrays:
+            raise ValueError(f"state has no {name}")
+        a = np.asarray(arrays[name])
+        if a.shape != np.shape(leaf) or a.dtype != np.asarray(leaf).dtype:
+            raise ValueError(f"state {name}: {a.dtype}{list(a.shape)}, expected "
+                             f"{np.asarray(leaf).dtype}{list(np.shape(leaf))}")
+        leaves.append(jnp.asarray(a))
+    return jax.tree.unflatten(jax.tree.structure(template), leaves)

@@ -1,0 +1,69 @@
+"""`twin-bayes warmup`: compile a config's update and predictive into the persistent cache.
+
+A fresh service (or `fit`) spends its first minutes compiling; run at install time, this makes
+those minutes happen once per design and machine. The compiled executables land in
+$JAX_COMPILATION_CACHE_DIR (default ~/.cache/twin-bayes/jax), where every later process of the
+same twin-bayes, JAX and machine finds them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+# The service's default prediction horizon (`service.worker.WorkerSettings.horizon_s`), s.
+HORIZON_S = 0.05
+
+
+def cmd_warmup(args) -> int:
+    from twin_bayes.config import ConfigError, load_config
+    try:
+        cfg = load_config(args.config)
+        sizes = sorted({int(x) for x in args.robots.split(",")})
+    except (ConfigError, ValueError) as e:
+        print(f"twin-bayes warmup: {e}", flush=True)
+        return 2
+    if any(n < 1 for n in sizes):
+        print("twin-bayes warmup: --robots takes positive robot counts, e.g. 1,4,16", flush=True)
+        return 2
+    out = warmup(cfg, sizes, args.horizon)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def warmup(cfg, robot_counts, horizon_s: float) -> dict:
+    """Run one update per robot count (batched as the service batches) and one prediction, on a
+    window emulated at the nominal parameters; the wall time of each (compile included)."""
+    import numpy as np
+
+    from twin_bayes.inference import Twin
+    from twin_bayes.inference.twin import update_many
+    from twin_bayes.service.worker import QUANTILES
+    from twin_bayes.sim.emulator import emulate
+    t0 = time.perf_counter()
+    first = Twin(cfg)
+    m = first.model
+    traj = emulate(m.robot, {}, (m.window_samples - 1) * m.robot.dt, seed=0, settings=dict(cfg.settings))
+    window = first.as_window({"q": traj.q, "qd": traj.qd, "ctrl": traj.ctrl}, dict(cfg.settings) or None)
+    timings = {"load_s": time.perf_counter() - t0}
+    for n in robot_counts:
+        twins = [first] + [Twin(cfg, m) for _ in range(n - 1)]
+        start = time.perf_counter()
+        update_many(twins, [window] * n)
+        timings[f"update_{n}_robots_s"] = time.perf_counter() - start
+    h = max(1, int(round(horizon_s / m.robot.dt)))
+    start = time.perf_counter()
+    first.predict(traj.q[-1], traj.qd[-1], np.repeat(traj.ctrl[-1:], h, axis=0), QUANTILES, dict(cfg.settings) or None)
+    timings["predict_s"] = time.perf_counter() - start
+    return {"config": str(cfg.source), "robot_counts": list(robot_counts), "horizon_s": horizon_s, **timings}
+
+
+def register(sub: argparse._SubParsersAction) -> dict:
+    w = sub.add_parser("warmup", help="compile a config's update and predictions into the persistent cache",
+                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    w.add_argument("--config", required=True, help="twin config TOML (or a shipped config name)")
+    w.add_argument("--robots", default="1", help="comma-separated robot counts a service will batch (each "
+                   "count compiles one executable; counts round up to 1, 2, 4, 8, 16, 32, 64)")
+    w.add_argument("--horizon", type=float, default=HORIZON_S,
+                   help="prediction horizon the service publishes (s)")
+    return {"warmup": cmd_warmup}
