@@ -92,6 +92,7 @@ class InferenceSection(_Strict):
     max_latency_s: float = Field(0.02, ge=0)
     min_ess: float = Field(0.1, gt=0, le=1)
     max_divergent: float = Field(0.25, ge=0, le=1)
+    max_rhat: float = Field(1.05, gt=1)
     drift_sigma: float = Field(4.0, gt=0)
     drift_windows: int = Field(2, ge=1)
     seed: int = 0

@@ -1,4 +1,4 @@
-"""Robots: an MJCF file, its Brax System, its parameter layout and actuator model."""
+"""Robots: an MJCF or URDF file, its Brax System, its parameter layout and actuator model."""
 from __future__ import annotations
 
 import copy
@@ -26,14 +26,19 @@ SHIPPED = {
     "arm2": ROBOTS_DIR / "arm2" / "arm2.xml",
     "humanoid": ROBOTS_DIR / "humanoid" / "humanoid.xml",
     "humanoid_fixed": ROBOTS_DIR / "humanoid" / "humanoid_fixed.xml",
+    "arm3": ROBOTS_DIR / "arm3" / "arm3.urdf",
+    "panda": ROBOTS_DIR / "panda" / "panda.xml",
 }
+DESCRIPTION_SUFFIXES = (".xml", ".urdf")
 ACTUATOR_KEY = "twin_bayes.actuator"
+INERTIA_KEY = "twin_bayes.inertia"
 
 
 @dataclass(frozen=True, eq=False)
 class Robot:
     """A robot twin's simulator: immutable, hashable by identity, safe as a jit static argument.
 
+    `mjcf_path` is the description it was loaded from (an MJCF or a URDF file).
     `mj_model` and `sys` hold the nominal parameters. `grad_mode` is
     "reverse" when the model has no constraint rows, or when its constraint
     solver takes a single (warm-started) Newton iteration per step: then
@@ -132,25 +137,31 @@ def _has_constraint_rows(sys) -> bool:
     return mjx.make_data(sys)._impl.efc_J.shape[0] > 0
 
 
-def _custom(m: mujoco.MjModel) -> tuple[str | None, dict[str, float]]:
-    """The MJCF's <custom> declarations: actuator model name and numeric defaults."""
-    text = {mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_TEXT, i): i for i in range(m.ntext)}
-    name = None
-    if ACTUATOR_KEY in text:
-        i = text[ACTUATOR_KEY]
+def _custom(m: mujoco.MjModel) -> tuple[dict[str, str], dict[str, float | np.ndarray]]:
+    """The MJCF's <custom> declarations: texts {key: value} (actuator and inertia model) and numeric
+    defaults {kind: value}, one number, or one per actuator (`data` with nu numbers)."""
+    text = {}
+    for i in range(m.ntext):
         adr, size = m.text_adr[i], m.text_size[i]
-        name = bytes(m.text_data[adr: adr + size - 1]).decode()
+        text[mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_TEXT, i)] = bytes(m.text_data[adr: adr + size - 1]).decode()
     numeric = {}
     for i in range(m.nnumeric):
         key = mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_NUMERIC, i) or ""
         if key.startswith("twin_bayes."):
-            numeric[key.removeprefix("twin_bayes.")] = float(m.numeric_data[m.numeric_adr[i]])
-    return name, numeric
+            data = np.array(m.numeric_data[m.numeric_adr[i]: m.numeric_adr[i] + m.numeric_size[i]])
+            if len(data) not in (1, m.nu):
+                raise ValueError(f"numeric {key}: {len(data)} values; give 1 or one per actuator ({m.nu})")
+            numeric[key.removeprefix("twin_bayes.")] = float(data[0]) if len(data) == 1 else data
+    return text, numeric
 
 
 def load_robot(name_or_path: str | Path, actuator: str | None = None, dtype=jnp.float64,
                solver_iterations: int | None = None) -> Robot:
-    """Load a shipped robot by name or any MJCF file by path.
+    """Load a shipped robot by name, or any MJCF (`.xml`) or URDF (`.urdf`) file by path.
+
+    URDF is compiled by MuJoCo with static links kept (each link stays a body named as
+    the link) and one torque motor (gear 1) added per hinge or slide joint, named as
+    the joint (`_compile_urdf`).
 
     The actuator model comes from `actuator`, else the MJCF's
     `<text name="twin_bayes.actuator" data="..."/>`, else "torque".
@@ -166,30 +177,60 @@ def load_robot(name_or_path: str | Path, actuator: str | None = None, dtype=jnp.
     path = SHIPPED.get(str(name_or_path))
     if path is None:
         path = Path(name_or_path).expanduser()
-        if path.suffix.lower() != ".xml" or not path.is_file():
+        if path.suffix.lower() not in DESCRIPTION_SUFFIXES or not path.is_file():
             raise ValueError(f"unknown robot {str(name_or_path)!r}: not a shipped robot "
-                             f"({', '.join(SHIPPED)}) and not an MJCF file")
+                             f"({', '.join(SHIPPED)}) and not an MJCF (.xml) or URDF (.urdf) file")
     if solver_iterations is not None and solver_iterations < 1:
         raise ValueError(f"solver_iterations must be at least 1, got {solver_iterations}")
     return _load(path.resolve(), actuator, jnp.dtype(dtype), solver_iterations)
 
 
+def _compile_urdf(path: Path) -> mujoco.MjModel:
+    """A URDF file compiled by MuJoCo, with a torque motor on every hinge and slide joint.
+
+    MuJoCo's URDF reader fuses links joined by fixed joints into their parent unless
+    told not to (`<mujoco><compiler fusestatic="false"/></mujoco>` in the file); it is
+    told here, so every link keeps its name. URDF has no actuators: each 1-dof joint
+    gets a motor named as the joint, control = joint torque (N·m) or force (N).
+    Free (floating) joints get none.
+    """
+    spec = mujoco.MjSpec.from_file(str(path))
+    spec.compiler.fusestatic = False
+    spec.compiler.discardvisual = True
+    one_dof = (mujoco.mjtJoint.mjJNT_HINGE, mujoco.mjtJoint.mjJNT_SLIDE)
+    for joint in spec.joints:
+        if joint.type in one_dof:
+            motor = spec.add_actuator(name=joint.name, target=joint.name, trntype=mujoco.mjtTrn.mjTRN_JOINT)
+            motor.gear[0] = 1.0
+    return spec.compile()
+
+
+def _compile(path: Path) -> mujoco.MjModel:
+    try:
+        if path.suffix.lower() == ".urdf":
+            return _compile_urdf(path)
+        return mujoco.MjModel.from_xml_path(str(path))
+    except ValueError as err:
+        kind = "URDF" if path.suffix.lower() == ".urdf" else "MJCF"
+        raise ValueError(f"{path}: {kind} does not compile: {err}") from None
+
+
 @lru_cache(maxsize=None)
 def _load(path: Path, actuator: str | None, dtype: jnp.dtype, solver_iterations: int | None) -> Robot:
-    try:
-        base = mujoco.MjModel.from_xml_path(str(path))
-    except ValueError as err:
-        raise ValueError(f"{path}: MJCF does not compile: {err}") from None
+    base = _compile(path)
     if solver_iterations is not None:
         base.opt.iterations = solver_iterations
-    declared, numeric = _custom(base)
-    model = get_actuator_model(actuator or declared or "torque")
+    text, numeric = _custom(base)
+    model = get_actuator_model(actuator or text.get(ACTUATOR_KEY) or "torque")
     if model.needs_state:
         bad = [a for a in range(base.nu) if base.actuator_trntype[a] != mujoco.mjtTrn.mjTRN_JOINT
                or base.actuator_gear[a, 0] != 1.0]
         if bad:
             raise ValueError(f"{path}: the {model.name} actuator model needs joint motors with gear 1")
-    layout = ParamLayout(base, model, numeric)
+    try:
+        layout = ParamLayout(base, model, numeric, inertia=text.get(INERTIA_KEY, "scale"))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     mj_model = _copy_model(base)
     for field, value in model_fields(layout, jnp.asarray(layout.nominal)).items():
         getattr(mj_model, field)[:] = np.asarray(value)
