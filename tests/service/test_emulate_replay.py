@@ -97,6 +97,8 @@ def test_the_shipped_misspecified_truth_and_its_round_trip(arm2, tmp_path):
     assert truth.params["latency_s"] == 0.004 and truth.noise == {"q": 0.002, "qd": 0.02}
     write_truth(tmp_path / "again.toml", truth)
     assert read_truth(tmp_path / "again.toml", arm2) == truth
+    write_truth(tmp_path / "bare.toml", truth.params)  # {name: value} alone, as the demo writes it
+    assert read_truth(tmp_path / "bare.toml", arm2).params == truth.params
     (tmp_path / "broken.toml").write_text("[misspecified\n")
     with pytest.raises(ValueError, match="broken.toml: not valid TOML"):
         read_truth(tmp_path / "broken.toml", arm2)
