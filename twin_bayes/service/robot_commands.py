@@ -65,6 +65,9 @@ def register(sub) -> dict:
     w.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: run until "
                                                              "Ctrl-C)")
     w.add_argument("--topic", action="append", default=None, help="topic prefix, e.g. posterior/ (default: all)")
+    w.add_argument("--foxglove", type=int, nargs="?", const=8765, default=None, metavar="PORT",
+                   help="also serve the twin to Foxglove over WebSocket on 127.0.0.1:PORT (default 8765)")
+    w.add_argument("--mcap", default=None, metavar="FILE", help="also record the Foxglove channels to an MCAP file")
     _curve_args(w)
     return {"emulate": cmd_emulate, "replay": cmd_replay, "watch": cmd_watch}
 
@@ -194,9 +197,13 @@ def cmd_watch(args) -> int:
     from twin_bayes.service.watch import watch
     try:
         curve = _keys(args, "watch")
+        sink = None
+        if args.foxglove is not None or args.mcap is not None:
+            from twin_bayes.service.foxglove import FoxgloveSink
+            sink = FoxgloveSink(args.foxglove, args.mcap)
         client = TwinClient(args.query, timeout_s=3.0, retries=1, curve=curve) if args.query else None
         sub = Subscriber(args.endpoint, args.topic or ("",), client, curve=curve)
-    except (KeysError, ValueError, OSError, zmq.ZMQError) as e:
+    except (KeysError, ValueError, OSError, RuntimeError, zmq.ZMQError) as e:  # RuntimeError: port taken
         return _bad(str(e))
     if client is not None:  # robots known up front get a snapshot with the first message
         try:
@@ -204,10 +211,12 @@ def cmd_watch(args) -> int:
         except (TwinTimeout, ServiceError, zmq.ZMQError) as e:
             print(f"warning: no health from {args.query} ({e})", file=sys.stderr)
     try:
-        watch(sub, args.seconds, args.json)
+        watch(sub, args.seconds, args.json, sink=sink)
     except KeyboardInterrupt:
         pass
     finally:
+        if sink is not None:
+            sink.close()
         sub.close()
         if client is not None:
             client.close()

@@ -128,11 +128,13 @@ class WatchView:
 
 
 def watch(subscriber: Subscriber, seconds: float | None = None, as_json: bool = False,
-          out: TextIO = sys.stdout, until: Callable[[], bool] | None = None) -> WatchView:
+          out: TextIO = sys.stdout, until: Callable[[], bool] | None = None,
+          sink: Callable[[Event], None] | None = None) -> WatchView:
     """Show the stream until `seconds` have passed (None: until interrupted) or `until()` is true
     (asked at least every 0.2 s); returns the final view.
 
     as_json: print one JSON object per message (snapshots included) instead of the live view.
+    sink: also called with every event (e.g. `service.foxglove.FoxgloveSink`).
     """
     view = WatchView()
     deadline = math.inf if seconds is None else time.monotonic() + seconds
@@ -140,7 +142,10 @@ def watch(subscriber: Subscriber, seconds: float | None = None, as_json: bool = 
     def events():
         while (left := deadline - time.monotonic()) > 0 and not (until is not None and until()):
             try:
-                yield from subscriber.recv(min(0.2, left))
+                for event in subscriber.recv(min(0.2, left)):
+                    if sink is not None:
+                        sink(event)
+                    yield event
             except (ProtocolError, ServiceError, TwinTimeout) as e:  # a bad message or a failed resync
                 view.problems.append(f"{type(e).__name__}: {e}")
 
