@@ -5,7 +5,7 @@ import pytest
 
 from twin_bayes.service import protocol
 from twin_bayes.service.ingest import Ingest, RobotShape
-from twin_bayes.service.plan import Plan, horizon_commands, plan_of
+from twin_bayes.service.plan import horizon_commands, plan_of
 from twin_bayes.service.store import TelemetryStore
 
 DT = 0.002
@@ -91,9 +91,19 @@ def test_the_robot_side_needs_a_start_time_and_a_plan_is_only_allowed_on_telemet
         protocol.query("arm", 0, "predict", {"plan": np.full((2, 2), np.inf)})
 
 
-def test_horizon_commands_lay_the_plan_over_the_horizon():
-    plan = Plan(t=0.1 + DT * np.arange(4), ctrl=np.arange(8.0).reshape(4, 2))
-    hold = np.array([-1.0, -1.0])
-    got = horizon_commands(plan, 0.1 - DT, hold, 7, DT)  # one step before the plan, then past its end
-    np.testing.assert_array_equal(got, [[-1, -1], [0, 1], [2, 3], [4, 5], [6, 7], [6, 7], [6, 7]])
-    np.testing.assert_array_equal(horizon_commands(None, 0.1, hold, 3, DT), np.full((3, 2), -1.0))
+def test_horizon_commands_follow_the_chunk_then_its_plan_then_hold(ingest):
+    ctrl = np.arange(20.0).reshape(10, 2)                                  # rows at t = 0..9 dt
+    t = DT * np.arange(10)
+    plan = 100 + np.arange(8.0).reshape(4, 2)                              # rows at t = 10..13 dt
+    ingest.handle(protocol.telemetry("arm", 0, t, np.zeros((10, 2)), np.zeros((10, 2)), ctrl,
+                                     plan=plan, plan_t0=10 * DT))
+    ingest.handle(protocol.telemetry("arm", 1, t + 10 * DT, np.zeros((10, 2)), np.zeros((10, 2)), ctrl))
+    with_plan, without = ingest.store.get_chunks("arm")
+    got = horizon_commands(with_plan, 8 * DT, 8, DT)                      # from row 8: 2 rows, the plan, held
+    np.testing.assert_array_equal(got, [ctrl[8], ctrl[9], plan[0], plan[1], plan[2], plan[3], plan[3], plan[3]])
+    np.testing.assert_array_equal(horizon_commands(without, 19 * DT, 3, DT), np.repeat(ctrl[-1:], 3, axis=0))
+    restating = np.array([[-1.0, -1.0], [7.0, 7.0]])                     # from t[-1]: its row 0 restates
+    ingest.handle(protocol.telemetry("arm", 2, t + 20 * DT, np.zeros((10, 2)), np.zeros((10, 2)), ctrl,
+                                     plan=restating, plan_t0=29 * DT))
+    last = ingest.store.get_chunks("arm", after_seq=1)[0]
+    np.testing.assert_array_equal(horizon_commands(last, 29 * DT, 3, DT), [ctrl[9], [7, 7], [7, 7]])

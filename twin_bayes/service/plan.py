@@ -4,8 +4,8 @@ On the wire a chunk may carry the array `plan` (H, nu), its row k the command th
 at time `plan_t0 + k·dt` (body key `plan_t0`, s; dt the robot's sample interval). Ingest checks it
 against the robot (`check_plan`): a bad plan is dropped and answered with `bad_plan`, while the
 chunk's telemetry is stored and acked as usual. A stored chunk holds the plan as `plan` (H, nu)
-and its times `plan_t` (H,) s; `plan_of(chunk)` reads them back, and `horizon_commands` lays a plan
-over a prediction horizon.
+and its times `plan_t` (H,) s; `plan_of(chunk)` reads them back, and `horizon_commands` gives the
+commands of a prediction horizon from a chunk's own commands and its plan.
 """
 from __future__ import annotations
 
@@ -61,16 +61,14 @@ def plan_of(chunk: Message) -> Plan | None:
     return Plan(np.asarray(chunk.arrays["plan_t"], np.float64), np.asarray(chunk.arrays["plan"], np.float64))
 
 
-def horizon_commands(plan: Plan | None, t_first: float, hold: np.ndarray, steps: int, dt: float) -> np.ndarray:
-    """Commands (steps, nu) for the times t_first + j·dt, j = 0..steps-1, under `plan`.
-
-    Each time takes the plan row nearest to it; times before the plan's first row take `hold`
-    (nu,) (e.g. the last command sent), times past its last row hold that row. Without a plan,
-    every row is `hold`.
-    """
-    hold = np.asarray(hold, np.float64)
-    if plan is None:
-        return np.repeat(hold[None, :], steps, axis=0)
-    k = np.rint((t_first + dt * np.arange(steps) - plan.t[0]) / dt).astype(np.int64)
-    out = plan.ctrl[np.clip(k, 0, len(plan.t) - 1)]
-    return np.where((k < 0)[:, None], hold[None, :], out)
+def horizon_commands(chunk: Message, t_first: float, steps: int, dt: float) -> np.ndarray:
+    """Commands (steps, nu) for the times t_first + j·dt, j = 0..steps-1, as a stored `chunk` (the one
+    holding a window's last sample) knows them: its own ctrl rows where they cover the time, then
+    its plan, then the last of these held. Without a plan the chunk's last command is held."""
+    t, ctrl = np.asarray(chunk.arrays["t"], np.float64), np.asarray(chunk.arrays["ctrl"], np.float64)
+    plan = plan_of(chunk)
+    if plan is not None:
+        later = plan.t > t[-1] + 0.5 * dt  # a plan from t[-1] repeats the chunk's last command
+        t, ctrl = np.concatenate([t, plan.t[later]]), np.concatenate([ctrl, plan.ctrl[later]])
+    rows = np.rint((t_first + dt * np.arange(steps) - t[0]) / dt).astype(np.int64)
+    return ctrl[np.clip(rows, 0, len(t) - 1)]
