@@ -4,6 +4,7 @@ import json
 import socket
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 
 import numpy as np
@@ -15,7 +16,8 @@ from twin_bayes.cli import main
 from twin_bayes.service import protocol
 from twin_bayes.service import ros2_keys as keys
 from twin_bayes.service.ros2 import BridgeSettings, Ros2Bridge
-from twin_bayes.service.ros2_inbound import Rejected, Sampler, robot_joints, trajectory_command
+from twin_bayes.service.ros2_inbound import Rejected, Sampler, decode, robot_joints, trajectory_command
+from twin_bayes.service.ros2_inbound import joint_state as joint_state_of
 from twin_bayes.service.server import ServiceSettings, TwinService
 from twin_bayes.service.worker import WorkerSettings
 from twin_bayes.sim.emulator import emulate
@@ -311,3 +313,28 @@ def test_ros2_robot_into_the_service_advances_the_posterior_and_predictions_come
     pred = predictions[-1]
     assert list(pred.joint_names) == JOINTS and len(pred.points) == round(0.05 / 0.002)  # the service's horizon
     assert all(np.isfinite(p.positions).all() and len(p.positions) == 2 for p in pred.points)
+
+
+def test_fuzzed_cdr_is_only_ever_rejected():
+    robot, rng = robot_joints("arm2"), np.random.default_rng(0)
+    good = joint_state(T0_NS, [1.0, 2.0], [3.0, 4.0])
+    codes = Counter()
+    for _ in range(2000):
+        raw = bytearray(good)
+        for _ in range(rng.integers(1, 4)):
+            i = int(rng.integers(4, len(raw)))
+            if rng.random() < 0.3:
+                raw[i:i + 4] = b"\xff\xff\xff\x7f"  # a huge sequence or string length
+            elif rng.random() < 0.5:
+                raw = raw[:i]
+            else:
+                raw[i] = int(rng.integers(256))
+            if len(raw) < 8:
+                break
+        try:
+            joint_state_of(decode(bytes(raw), keys.JOINT_STATE, "jazzy"), robot)
+            codes["used"] += 1
+        except Rejected as e:
+            codes[e.code] += 1
+    assert set(codes) <= {"used", "bad_cdr", "bad_message", "missing_joints", "non_finite"}
+    assert codes["bad_cdr"] > 1000
