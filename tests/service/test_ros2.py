@@ -251,6 +251,34 @@ def twin_status(raw: bytes) -> tuple[int, str, dict[str, str]]:
     return int(twin.level), twin.message, {v.key: v.value for v in twin.values}
 
 
+def test_cli_bridges_until_its_seconds_and_prints_its_counters(ros, router_peer, capsys):
+    session, endpoint = ros
+    peer = router_peer()
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.linger = 0
+    pub_addr = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+
+    def robot():
+        wait_for_subscriptions(session)
+        for k in range(30):
+            session.put(key("/arm/commands", keys.FLOAT_ARRAY), command([k, k]))
+            session.put(key("/arm/joint_states", keys.JOINT_STATE), joint_state(T0_NS + k * DT_NS, [k, k], [0, 0]))
+        session.put(key("/arm/joint_states", keys.STRING), b"\x00\x01\x00\x00")  # another type on the topic
+
+    thread = threading.Thread(target=robot)
+    thread.start()
+    try:
+        assert main(["ros2", "--config", "arm2", "--robot-id", "arm-1", "--joint-states", "/arm/joint_states",
+                     "--commands", "/arm/commands", "--zenoh-endpoint", endpoint, "--service-ingest", peer.endpoint,
+                     "--service-pub", pub_addr, "--service-query", "", "--seconds", "3"]) == 0
+    finally:
+        thread.join()
+        pub.close()
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["received"] == {"joint_states": 31, "commands": 30} and out["rejected"] == {"wrong_type": 1}
+    assert out["link"]["acked"] == 1 and sum(c.n for c in peer.chunks.values()) == 29  # sent when it stopped
+
+
 def test_cli_rejects_bad_input_without_a_traceback(capsys):
     assert main(["ros2", "--config", "humanoid", "--robot-id", "h1"]) == 2
     assert "hinge and slide joints only" in capsys.readouterr().err

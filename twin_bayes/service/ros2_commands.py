@@ -67,12 +67,14 @@ def cmd_ros2(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         stats = bridge.run(stop, args.seconds)
     except zenoh.ZError as e:  # e.g. an endpoint that cannot be opened
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(json.dumps({"robot_id": args.robot_id, **stats}), flush=True)
     return 0
