@@ -1,18 +1,72 @@
 """`twin-bayes` command line: demo | check-sim | fit | fit-fleet | evaluate | report, plus the commands of
-the modules in `COMMAND_MODULES` (each has `register(subparsers) -> {name: handler}`)."""
+the modules in `COMMAND_MODULES` (each has `register(subparsers) -> {name: handler}`).
+
+Building the parser loads no JAX (nor numpy): every handler imports what it needs, so `twin-bayes
+--help` is fast and the robot-side commands (replay, keys, watch) never load JAX. A module in
+`COMMAND_MODULES` keeps its `register` as light (imports inside its handlers). Handlers raise
+ValueError (ConfigError, DataError, WindowError, ... are ValueErrors) or FileNotFoundError for bad
+input: `main` prints it and exits 2.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
-
-import numpy as np
 
 EXIT_BAD_INPUT = 2
 COMMAND_MODULES: tuple[str, ...] = ("twin_bayes.service.commands", "twin_bayes.service.robot_commands", "twin_bayes.service.ros2_commands", "twin_bayes.policy.commands")
+NUTS_WARMUP = 300
+NUTS_SAMPLES = 300
+#: fit options (argparse dest) that apply to some engines only -> those engines
+ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {"stream": ("smc",), "adam_steps": ("svi", "whole-log"),
+                                              "warmup": ("nuts",), "samples": ("nuts",)}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help, except for required options, flags, options without a
+    default value (their help says what happens without them) and help that names its default itself."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        default = action.default
+        if action.required or default is None or default is False or default is argparse.SUPPRESS or default == [] \
+                or "default" in help:
+            return help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of `twin-bayes` and of every subcommand: `HelpFormatter` unless told otherwise."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def check_engine_options(args: argparse.Namespace, engine: str) -> None:
+    """ValueError if an option of `ENGINE_OPTIONS` is given for an engine it does not apply to."""
+    for dest, engines in ENGINE_OPTIONS.items():
+        if getattr(args, dest, None) not in (None, False) and engine not in engines:
+            raise ValueError(f"--{dest.replace('_', '-')} applies to --engine {' or '.join(engines)}, "
+                             f"not to {engine}")
+
+
+def use_compilation_cache() -> None:
+    """JAX's persistent compilation cache for the commands that run JAX (~/.cache/twin-bayes/jax unless
+    $JAX_COMPILATION_CACHE_DIR says otherwise; executables that took 0.5 s or more to compile), set
+    through the environment that JAX reads when it is first imported, so that commands that never
+    import JAX do not import it for this."""
+    if "jax" in sys.modules:
+        from twin_bayes.compiled import enable_cache
+        enable_cache()
+        return
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "twin-bayes" / "jax"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
 def _print(obj, as_json: bool, table=None) -> None:
@@ -66,19 +120,19 @@ def cmd_check_sim(args) -> int:
 
 
 # --- data to windows ----------------------------------------------------------------------
-def _windows(twin, traj):
-    """Cut a trajectory into the twin's fixed windows (overlapping by one sample)."""
+def _windows(twin, trajs, final: bool = True):
+    """The recordings cut into the twin's fixed windows by the shared cutter (`data.windows`; windows
+    share their boundary sample). final=False leaves the last recording's remainder out, as a service
+    streaming the same log would (`fit --stream`)."""
+    from twin_bayes.data import trajectory_windows
     from twin_bayes.models import WindowError
-    T = twin.model.window_samples
+    m = twin.model
     out = []
-    for start in range(0, len(traj.t) - 1, T - 1):
-        stop = min(start + T, len(traj.t))
-        if stop - start < twin.model.segment_steps + 1:
-            break
+    for w in trajectory_windows(trajs, m.window_samples, m.segment_steps + 1, m.robot.dt, final):
         try:
-            out.append(twin.window(traj.q[start:stop], traj.qd[start:stop], traj.ctrl[start:stop], traj.settings))
+            out.append(twin.window(w["q"], w["qd"], w["ctrl"], w["settings"]))
         except WindowError as err:
-            raise WindowError(f"{traj.source} rows {start}..{stop}: {err}") from None
+            raise WindowError(f"window at t = {w['t'][0]:.3f}..{w['t'][-1]:.3f} s: {err}") from None
     return out
 
 
@@ -94,14 +148,16 @@ def cmd_fit(args) -> int:
     from twin_bayes.diagnostics import divergences, load_netcdf, summarize
     from twin_bayes.inference.store import NETCDF, save_posterior
     cfg = load_config(args.config)
+    engine = args.engine or cfg.inference.engine
+    check_engine_options(args, engine)
     twin = Twin(cfg)
     trajs = _read(args.data)
-    engine = args.engine or cfg.inference.engine
-    windows = [] if engine == "whole-log" else [w for tr in trajs for w in _windows(twin, tr)]
+    windows = [] if engine == "whole-log" else _windows(twin, trajs, final=not args.stream)
     start = time.perf_counter()
     kwargs = {}
     if engine == "nuts":
-        kwargs = {"num_warmup": args.warmup, "num_samples": args.samples}
+        kwargs = {"num_warmup": NUTS_WARMUP if args.warmup is None else args.warmup,
+                  "num_samples": NUTS_SAMPLES if args.samples is None else args.samples}
     elif engine == "svi" and args.adam_steps is not None:
         kwargs = {"steps": args.adam_steps}
     if engine == "whole-log":
@@ -115,6 +171,10 @@ def cmd_fit(args) -> int:
     else:
         res = twin.fit(windows, engine=engine, **kwargs)
         info, evaluations = res.info, res.evaluations
+        if info["refused"]:
+            print(f"fit refused ({engine}): {info['refused'][0]}: {info['refused'][1]}; nothing written",
+                  file=sys.stderr)
+            return 1
     wall = time.perf_counter() - start
     out = Path(args.out)
     save_posterior(twin, out, engine=info.get("engine", engine))
@@ -150,7 +210,7 @@ def cmd_fit_fleet(args) -> int:
     check_robot_ids(ids)
     fleet = FleetModel(TwinModel(cfg), len(ids))
     twin = Twin(cfg, fleet.model)
-    windows = [[w for tr in _read(r[1:]) for w in _windows(twin, tr)] for r in args.robot]
+    windows = [_windows(twin, _read(r[1:])) for r in args.robot]
     empty = [i for i, ws in zip(ids, windows) if not ws]
     if empty:
         raise ValueError(f"--robot {empty[0]}: no window of at least {fleet.model.segment_steps + 1} samples "
@@ -172,6 +232,8 @@ def cmd_fit_fleet(args) -> int:
 # --- evaluate ------------------------------------------------------------------------------
 def evaluate_trajectory(twin, traj, draws_per_particle: int = 8) -> dict:
     """Predict a whole recording from its first state under its commands; score against it."""
+    import numpy as np
+
     from twin_bayes.diagnostics import band_coverage, crps_ensemble
     b = twin.predict(traj.q[0], traj.qd[0], traj.ctrl[:-1], quantiles=(0.05, 0.25, 0.5, 0.75, 0.95),
                      settings=traj.settings, draws_per_particle=draws_per_particle)
@@ -184,6 +246,8 @@ def evaluate_trajectory(twin, traj, draws_per_particle: int = 8) -> dict:
 
 
 def cmd_evaluate(args) -> int:
+    import numpy as np
+
     from twin_bayes import Twin
     from twin_bayes.config import load_config
     from twin_bayes.inference.store import load_posterior
@@ -229,61 +293,64 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="twin-bayes", description="A probabilistic digital twin for robots.")
-    sub = p.add_subparsers(dest="command", required=True)
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    """The `twin-bayes` parser and its handlers {command: handler(args) -> exit status}."""
+    p = Parser(prog="twin-bayes", description="A probabilistic digital twin for robots.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     d = sub.add_parser("demo", help="emulated robot -> twin service -> live view -> posterior against the hidden truth")
     d.add_argument("--config", default="arm2", help="twin config (shipped name or file)")
     d.add_argument("--seconds", type=float, default=5.0, help="robot time to stream (rounded to whole windows)")
     d.add_argument("--seed", type=int, default=0, help="seed of the hidden truth, excitation and noise")
-    d.add_argument("--out", default="out/demo")
+    d.add_argument("--out", default="out/demo", help="directory of the HTML report")
     c = sub.add_parser("check-sim", help="Brax twin against native MuJoCo, physics directions, gradients")
-    c.add_argument("--robot", required=True)
-    c.add_argument("--json", action="store_true")
-    c.add_argument("--no-gradients", action="store_true")
+    c.add_argument("--robot", required=True, help="shipped robot name or MJCF file")
+    c.add_argument("--json", action="store_true", help="print the results as JSON")
+    c.add_argument("--no-gradients", action="store_true", help="skip the gradient check against finite differences")
     f = sub.add_parser("fit", help="posterior from recorded data")
-    f.add_argument("--config", required=True)
-    f.add_argument("--data", nargs="+", required=True)
-    f.add_argument("--out", required=True)
+    f.add_argument("--config", required=True, help="twin config (shipped name or file)")
+    f.add_argument("--data", nargs="+", required=True, help="recordings (.npz, bam .json)")
+    f.add_argument("--out", required=True, help="directory for particles.npz, posterior.nc, summary.json")
     f.add_argument("--engine", choices=("smc", "nuts", "svi", "whole-log"),
                    help="whole-log: each recording simulated open loop from its first state, plus a learned "
                         "model error (inference.whole_log); the others fit windows (default: the config's)")
     f.add_argument("--stream", action="store_true", help="smc: feed windows one by one (online) instead of all at once")
     f.add_argument("--adam-steps", type=int, help="Adam steps of svi (default 1500) and of whole-log before its "
                                                     "Newton polish (default 50)")
-    f.add_argument("--warmup", type=int, default=300)
-    f.add_argument("--samples", type=int, default=300)
-    f.add_argument("--json", action="store_true")
+    f.add_argument("--warmup", type=int, help=f"nuts: warm-up steps per chain (default: {NUTS_WARMUP})")
+    f.add_argument("--samples", type=int, help=f"nuts: draws per chain (default: {NUTS_SAMPLES})")
+    f.add_argument("--json", action="store_true", help="print the summary as JSON")
     ff = sub.add_parser("fit-fleet", help="hierarchical posterior of a fleet of robots of one design (NUTS)")
     ff.add_argument("--config", required=True, help="twin config with a [fleet] section")
     ff.add_argument("--robot", nargs="+", action="append", required=True, metavar=("ID", "FILE"),
                     help="a robot id and its recordings; repeat for each robot")
-    ff.add_argument("--out", required=True)
-    ff.add_argument("--warmup", type=int, default=300)
-    ff.add_argument("--samples", type=int, default=300)
-    ff.add_argument("--chains", type=int, default=2)
-    ff.add_argument("--json", action="store_true")
+    ff.add_argument("--out", required=True, help="directory of the per-robot and population posteriors")
+    ff.add_argument("--warmup", type=int, default=NUTS_WARMUP, help="NUTS warm-up steps per chain")
+    ff.add_argument("--samples", type=int, default=NUTS_SAMPLES, help="NUTS draws per chain")
+    ff.add_argument("--chains", type=int, default=2, help="NUTS chains")
+    ff.add_argument("--json", action="store_true", help="print the summary as JSON")
     e = sub.add_parser("evaluate", help="predict recordings from their first state; MAE, band coverage, CRPS")
-    e.add_argument("--config", required=True)
-    e.add_argument("--posterior", required=True)
-    e.add_argument("--data", nargs="+", required=True)
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--config", required=True, help="twin config (shipped name or file)")
+    e.add_argument("--posterior", required=True, help="directory written by `twin-bayes fit`")
+    e.add_argument("--data", nargs="+", required=True, help="held-out recordings (.npz, bam .json)")
+    e.add_argument("--json", action="store_true", help="print the scores as JSON")
     r = sub.add_parser("report", help="HTML report of a fitted posterior")
-    r.add_argument("--posterior", required=True)
-    r.add_argument("--out", required=True)
+    r.add_argument("--posterior", required=True, help="directory written by `twin-bayes fit`")
+    r.add_argument("--out", required=True, help="directory of index.html and its PNGs")
     commands = {"demo": cmd_demo, "check-sim": cmd_check_sim, "fit": cmd_fit, "fit-fleet": cmd_fit_fleet,
                 "evaluate": cmd_evaluate, "report": cmd_report}
     for module in COMMAND_MODULES:
         commands.update(importlib.import_module(module).register(sub))
+    return p, commands
+
+
+def main(argv=None) -> int:
+    p, commands = build_parser()
     args = p.parse_args(argv)
-    from twin_bayes.compiled import enable_cache
-    enable_cache()
-    from twin_bayes.config import ConfigError
-    from twin_bayes.data import DataError
-    from twin_bayes.models import WindowError
+    use_compilation_cache()
+    warnings.filterwarnings("ignore", "ArviZ is undergoing a major refactor", FutureWarning)  # on import, every run
     try:
         return commands[args.command](args)
-    except (ConfigError, DataError, WindowError, ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"twin-bayes {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

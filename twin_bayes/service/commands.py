@@ -1,4 +1,8 @@
-"""CLI commands `twin-bayes serve` and `twin-bayes keys` (registered through cli.COMMAND_MODULES)."""
+"""CLI commands `twin-bayes serve` and `twin-bayes keys` (registered through cli.COMMAND_MODULES).
+
+serve prints one JSON line once it listens: ready, robots, the bound endpoints (ingest, query, pub and,
+with --metrics-port, metrics) and the absolute paths of its store and checkpoints.
+"""
 from __future__ import annotations
 
 import json
@@ -8,6 +12,8 @@ import threading
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+STORE = "twin-store.db"
+CHECKPOINTS = "checkpoints"
 
 
 def register(sub) -> dict:
@@ -15,23 +21,34 @@ def register(sub) -> dict:
     p.add_argument("--config", action="append", required=True, metavar="[ROBOT_ID=]CONFIG",
                    help="twin config (file or shipped name); robot_id defaults to the config's name; repeat "
                         "for several robots")
-    p.add_argument("--store", default="twin-store.db", help="SQLite telemetry store (WAL)")
-    p.add_argument("--ingest", default="tcp://127.0.0.1:5555")
-    p.add_argument("--pub", default="tcp://127.0.0.1:5556")
-    p.add_argument("--query", default="tcp://127.0.0.1:5557")
-    p.add_argument("--checkpoints", default="checkpoints", help="checkpoint directory ('' for none)")
-    p.add_argument("--curve-keys", default=None, help="key directory of `twin-bayes keys`: turns CURVE on")
+    p.add_argument("--store", default=STORE, help="SQLite telemetry store (WAL), created with its directory if "
+                                                  "missing; relative to the working directory")
+    p.add_argument("--ingest", default="tcp://127.0.0.1:5555", help="telemetry ROUTER address (port * picks one)")
+    p.add_argument("--pub", default="tcp://127.0.0.1:5556", help="PUB address of posteriors, predictions, alerts")
+    p.add_argument("--query", default="tcp://127.0.0.1:5557", help="query ROUTER address")
+    p.add_argument("--checkpoints", default=CHECKPOINTS, help="checkpoint directory, relative to the working "
+                                                              "directory ('' for none)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics on this port (0: a free one; default: off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics server")
+    p.add_argument("--curve-keys", default=None, help="key directory of `twin-bayes keys`: turns CURVE on "
+                                                      "(default: off)")
     p.add_argument("--silent-after", type=float, default=10.0, help="s without chunks before a robot is reported")
     p.add_argument("--health-every", type=float, default=1.0, help="s between health messages")
     p.add_argument("--horizon", type=float, default=0.05, help="s predicted after each window")
-    p.add_argument("--alert-probability", type=float, default=0.9)
-    p.add_argument("--retain-chunks", type=int, default=None, help="keep this many newest chunks per robot")
-    p.add_argument("--retain-versions", type=int, default=None, help="keep this many posterior versions")
-    p.add_argument("--max-store-bytes", type=int, default=None)
-    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--alert-probability", type=float, default=0.9,
+                   help="P(outside the healthy band) that raises a maintenance alert")
+    p.add_argument("--retain-chunks", type=int, default=None, help="keep this many newest chunks per robot "
+                                                                  "(default: all)")
+    p.add_argument("--retain-versions", type=int, default=None, help="keep this many posterior versions "
+                                                                    "(default: all)")
+    p.add_argument("--max-store-bytes", type=int, default=None,
+                   help="cap on the store's size: writes past it fail like a full disk (default: none)")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: run until "
+                                                             "SIGINT/SIGTERM)")
     k = sub.add_parser("keys", help="generate CURVE certificates (0600) and the allow-list")
     k.add_argument("names", nargs="+", help="'server' and/or robot ids / client names")
-    k.add_argument("--dir", required=True)
+    k.add_argument("--dir", required=True, help="key directory (created; allowed/ holds the public keys)")
     return {"serve": cmd_serve, "keys": cmd_keys}
 
 
@@ -66,12 +83,21 @@ def cmd_serve(args) -> int:
             protocol.encode("ack", rid, 0, status="stored")  # robot_id must be a valid wire id
     except (ConfigError, ValueError) as e:
         return _bad(str(e))
-    worker = WorkerSettings(checkpoints=Path(args.checkpoints) if args.checkpoints else None,
+    if args.metrics_port is not None and not 0 <= args.metrics_port < 65536:
+        return _bad(f"--metrics-port {args.metrics_port}: not a port number")
+    store = Path(args.store).resolve()
+    checkpoints = Path(args.checkpoints).resolve() if args.checkpoints else None
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return _bad(f"--store {args.store}: {e}")
+    worker = WorkerSettings(checkpoints=checkpoints,
                             horizon_s=args.horizon, alert_probability=args.alert_probability,
                             retain_chunks=args.retain_chunks, retain_versions=args.retain_versions)
-    settings = ServiceSettings(configs, Path(args.store), args.ingest, args.pub, args.query,
+    settings = ServiceSettings(configs, store, args.ingest, args.pub, args.query,
                                Path(args.curve_keys) if args.curve_keys else None, args.silent_after,
-                               args.health_every, max_store_bytes=args.max_store_bytes, worker=worker)
+                               args.health_every, max_store_bytes=args.max_store_bytes, worker=worker,
+                               metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     try:
         service = TwinService(settings).start()
     except (KeysError, StoreError, RuntimeError) as e:
@@ -79,7 +105,8 @@ def cmd_serve(args) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    print(json.dumps({"ready": True, "robots": sorted(configs), **service.endpoints}), flush=True)
+    print(json.dumps({"ready": True, "robots": sorted(configs), **service.endpoints, "store": str(store),
+                      "checkpoints": None if checkpoints is None else str(checkpoints)}), flush=True)
     done.wait(args.seconds)
     service.stop()
     return 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from twin_bayes.service import protocol
+from twin_bayes.service.metrics import ServiceMetrics
 from twin_bayes.service.plan import BAD_PLAN, check_plan, stored_arrays
 from twin_bayes.service.store import StoreConflictError, StoreWriteError, TelemetryStore
 
@@ -64,6 +65,7 @@ class Ingest:
     rejected: Counter = field(default_factory=Counter)
     links: dict[str, RobotLink] = field(default_factory=dict)
     store_error: str = ""                    # last write failure; "" once a write succeeds again
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)   # the same counts, for Prometheus
 
     def __post_init__(self) -> None:
         for rid in self.shapes:
@@ -71,6 +73,7 @@ class Ingest:
 
     def _reject(self, robot_id: str, seq: int, code: str, detail: str) -> list[list[bytes]]:
         self.rejected[code] += 1
+        self.metrics.observe_rejection("ingest", code)
         return [protocol.error(robot_id, seq, code, detail[:2000])]
 
     def handle(self, frames: Sequence, user_id: str | None = None) -> list[list[bytes]]:
@@ -115,15 +118,18 @@ class Ingest:
         link.last_seen = time.monotonic()
         if not new:
             link.duplicates += 1
+            self.metrics.observe_duplicate()
             return [*plan_error, protocol.ack(rid, seq, duplicate=True)]
         link.chunks += 1
         link.samples += msg.n
+        self.metrics.observe_chunk(rid, msg.n)
         self.notify(rid)
         replies = [*plan_error, protocol.ack(rid, seq)]
         if seq > link.highest + 1:
             missing = self.store.missing_seqs(rid, seq - 1)
             if missing:
                 link.resends += 1
+                self.metrics.observe_resend_request(rid)
                 replies.append(protocol.resend(rid, missing))
         link.highest = max(link.highest, seq)
         return replies

@@ -8,6 +8,10 @@ Threads and sockets:
                     what the other threads queued in the outbox, publishes health.
     inference       `service.worker.Worker`: windows -> Twin.update -> checkpoint -> outbox.
     predict         `service.queries.Predictor`: predict queries -> outbox.
+    metrics         with `metrics_port`: prometheus_client's HTTP server of `/metrics`.
+
+Every count goes into one `service.metrics.ServiceMetrics` (`TwinService.metrics_registry`), read by
+both the `metrics` query and `/metrics`.
 
 ZeroMQ sockets are not thread-safe, so only the I/O thread touches them; the
 others hand work over through `Outbox` (a queue plus a wake-up message on a
@@ -20,13 +24,11 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 
 from twin_bayes.config import TwinConfig
@@ -34,6 +36,7 @@ from twin_bayes.inference import Twin
 from twin_bayes.models import TwinModel
 from twin_bayes.service import auth, protocol
 from twin_bayes.service.ingest import Ingest, RobotShape
+from twin_bayes.service.metrics import ServiceMetrics
 from twin_bayes.service.queries import Predictor, QueryError, answer_now, jsonable
 from twin_bayes.service.store import TelemetryStore
 from twin_bayes.service.worker import Worker, WorkerSettings
@@ -52,7 +55,8 @@ class ServiceSettings:
     health_every_s: period of the health topic; sndhwm: PUB queue per subscriber
     (messages beyond it are dropped for that subscriber, never waited for); sndbuf:
     the PUB kernel send buffer in bytes (None: the OS default);
-    max_store_bytes: cap on the SQLite file (writes past it fail like a full disk).
+    max_store_bytes: cap on the SQLite file (writes past it fail like a full disk);
+    metrics_port: serve Prometheus `/metrics` on metrics_host:metrics_port (0: a free port; None: off).
     """
 
     configs: Mapping[str, TwinConfig]
@@ -67,6 +71,8 @@ class ServiceSettings:
     sndbuf: int | None = None
     max_store_bytes: int | None = None
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 class Outbox:
@@ -78,7 +84,7 @@ class Outbox:
         self._local = threading.local()
 
     def put(self, item: tuple) -> None:
-        self.items.put(item)
+        self.items.put((time.monotonic(), item))
         sock = getattr(self._local, "sock", None)
         if sock is None:
             sock = self._local.sock = self.ctx.socket(zmq.PUSH)
@@ -111,21 +117,18 @@ class TwinService:
         self.store = TelemetryStore(settings.store, settings.max_store_bytes)
         self.ctx = zmq.Context()
         self.outbox = Outbox(self.ctx)
+        self.metrics_registry = ServiceMetrics()
         self.twins = {rid: Twin(cfg, models[rid]) for rid, cfg in configs.items()}
-        self.worker = Worker(self.store, self.twins,
-                             lambda kind, rid, build: self.outbox.put(("pub", kind, rid, build)),
-                             settings.worker)
+        self.worker = Worker(self.store, self.twins, self._from_worker, settings.worker)
         self.predictor = Predictor(self.worker.robots, lambda env, frames: self.outbox.put(("reply", env, frames)))
         shapes = {rid: RobotShape(t.model.robot.nq, t.model.robot.nv, t.model.robot.nu, t.model.robot.dt,
                                   t.model.window_samples, t.model.setting_names) for rid, t in self.twins.items()}
         self.keys = auth.load(settings.curve_keys, auth.SERVER) if settings.curve_keys else None
         owners = auth.owners(settings.curve_keys) if settings.curve_keys else None
-        self.ingest = Ingest(self.store, shapes, self.worker.notify, owners)
+        self.ingest = Ingest(self.store, shapes, self.worker.notify, owners, metrics=self.metrics_registry)
         self.endpoints: dict[str, str] = {}
         self.pub_seq = -1
-        self.counters: Counter = Counter()
-        self.queries: Counter = Counter()
-        self.published: Counter = Counter()
+        self._alerts_seen: dict[str, set[str]] = {rid: set() for rid in configs}
         self.started = time.time()
         self._auth = None
         self._ready = threading.Event()
@@ -144,6 +147,13 @@ class TwinService:
         if not self._ready.wait(timeout_s) or self._failure is not None:
             self.stop()
             raise RuntimeError(f"service did not start: {self._failure}")
+        if self.settings.metrics_port is not None:
+            try:
+                self.endpoints["metrics"] = self.metrics_registry.start_http(self.settings.metrics_port,
+                                                                             self.settings.metrics_host)
+            except OSError as e:
+                self.stop()
+                raise RuntimeError(f"service did not start: metrics on port {self.settings.metrics_port}: {e}") from e
         return self
 
     def stop(self) -> None:
@@ -152,6 +162,7 @@ class TwinService:
             self._io.join()
         self.worker.stop()
         self.predictor.stop()
+        self.metrics_registry.stop_http()
         if self._auth is not None:
             self._auth.stop()
         self.ctx.destroy(linger=0)
@@ -203,7 +214,7 @@ class TwinService:
                 self._turn(poller, ingest, query, pub, wake)
             except Exception:  # the loop must outlive any bug
                 log.exception("I/O loop turn failed")
-                self.counters["internal_errors"] += 1
+                self.metrics_registry.observe_internal_error()
 
     def _turn(self, poller: zmq.Poller, ingest: zmq.Socket, query: zmq.Socket, pub: zmq.Socket,
               wake: zmq.Socket) -> None:
@@ -231,7 +242,7 @@ class TwinService:
                 handle(sock, frames)
             except Exception:  # the loop must outlive any bug in one handler
                 log.exception("handler failed")
-                self.counters["internal_errors"] += 1
+                self.metrics_registry.observe_internal_error()
 
     @staticmethod
     def _split(frames: list, req: bool = False) -> tuple[list, list]:
@@ -249,7 +260,7 @@ class TwinService:
 
     def _on_ingest(self, sock: zmq.Socket, frames: list) -> None:
         envelope, body = self._split(frames)
-        self.counters["ingest_messages"] += 1
+        self.metrics_registry.observe_message(sum(len(f) for f in body))
         user = self._user_id(body[0]) if body else None
         for reply in self.ingest.handle(body, user):
             sock.send_multipart([*envelope, *reply])
@@ -259,38 +270,58 @@ class TwinService:
         try:
             msg = protocol.decode(body)
         except protocol.ProtocolError as e:
-            self.counters[f"query_rejected:{e.code}"] += 1
+            self.metrics_registry.observe_rejection("query", e.code)
             sock.send_multipart([*envelope, *protocol.error(protocol.FLEET, 0, e.code, e.detail)])
             return
         try:
             if msg.type != "query":
                 raise QueryError("wrong_socket", f"the query socket takes queries, not {msg.type}")
-            self.queries[msg.extra["op"]] += 1
+            self.metrics_registry.observe_query(str(msg.extra["op"]))
             reply = answer_now(msg, self.worker.robots, self.health, self.metrics, self.pub_seq)
             if reply is None:
                 self.predictor.submit([f.bytes for f in envelope], msg)
                 return
         except QueryError as e:
-            self.counters[f"query_rejected:{e.code}"] += 1
+            self.metrics_registry.observe_rejection("query", e.code)
             reply = protocol.error(msg.robot_id, msg.seq, e.code, e.detail)
         sock.send_multipart([*envelope, *reply])
 
     def _flush_outbox(self, pub: zmq.Socket, query: zmq.Socket) -> None:
         while True:
             try:
-                item = self.outbox.items.get_nowait()
+                handed_over, item = self.outbox.items.get_nowait()
             except queue.Empty:
                 return
             if item[0] == "pub":
-                self._publish(pub, *item[1:])
+                self._publish(pub, *item[1:], handed_over=handed_over)
             else:
                 query.send_multipart([*item[1], *item[2]])
 
-    def _publish(self, pub: zmq.Socket, kind: str, robot_id: str, build: Callable[[int], list[bytes]]) -> None:
+    def _publish(self, pub: zmq.Socket, kind: str, robot_id: str, build: Callable[[int], list[bytes]],
+                 handed_over: float | None = None) -> None:
+        """Send on PUB; handed_over: monotonic s at which another thread queued it (None: this thread, now)."""
         self.pub_seq += 1
         frames = build(self.pub_seq)
         pub.send_multipart([protocol.topic(kind, robot_id), *frames])  # PUB drops at HWM, never blocks
-        self.published[kind] += 1
+        self.metrics_registry.observe_publish(kind, 0.0 if handed_over is None else time.monotonic() - handed_over)
+
+    def _from_worker(self, kind: str, robot_id: str, build: Callable[[int], list[bytes]]) -> None:
+        """The worker's publish hook (inference thread): queue the message for PUB. Until the worker
+        records into `metrics_registry` itself, a posterior message (one per Twin.update) is where its
+        update, calibration and alerts are observed: the worker thread has just set them."""
+        if kind == "posterior":
+            self._observe_update(self.worker.robots[robot_id])
+        self.outbox.put(("pub", kind, robot_id, build))
+
+    def _observe_update(self, rt) -> None:
+        m, rid, last = self.metrics_registry, rt.robot_id, rt.last_update
+        if "latency_s" in last:
+            m.observe_update(rid, last["latency_s"], last["accepted"])
+        cal = rt.calibration.as_dict()
+        m.set_calibration(rid, cal.get("coverage_50", float("nan")), cal.get("coverage_90", float("nan")))
+        active = set(rt.alerts)
+        m.set_alerts(rid, len(active), len(active - self._alerts_seen[rid]))
+        self._alerts_seen[rid] = active
 
     # --- health and metrics -------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -311,16 +342,7 @@ class TwinService:
                          "alerts": [a for r in robots.values() for a in r["alerts"]]})
 
     def metrics(self) -> dict[str, Any]:
-        """Counters: messages, rejections by code, stored chunks/samples, queries, publications, latencies."""
-        links = self.ingest.links.values()
-        lat = np.asarray(self.worker.update_latency)
-        return jsonable({
-            **self.counters,
-            "rejected": dict(self.ingest.rejected), "rejected_total": sum(self.ingest.rejected.values()),
-            "chunks_stored": sum(x.chunks for x in links), "samples_stored": sum(x.samples for x in links),
-            "duplicates": sum(x.duplicates for x in links), "resend_requests": sum(x.resends for x in links),
-            "queries": dict(self.queries), "published": dict(self.published), "pub_seq": self.pub_seq,
-            "windows": sum(rt.windows for rt in self.worker.robots.values()),
-            "update_latency_s": {"n": len(lat), "p50": float(np.median(lat)) if len(lat) else None,
-                                 "max": float(lat.max()) if len(lat) else None},
-        })
+        """Counters from `metrics_registry` (messages, rejections by code, stored chunks/samples, queries,
+        publications, updates and their latency), plus pub_seq and the windows applied."""
+        return jsonable({**self.metrics_registry.query_body(), "pub_seq": self.pub_seq,
+                         "windows": sum(rt.windows for rt in self.worker.robots.values())})
