@@ -67,7 +67,8 @@ def register(sub) -> dict:
     w.add_argument("--topic", action="append", default=None, help="topic prefix, e.g. posterior/ (default: all)")
     w.add_argument("--foxglove", type=int, nargs="?", const=8765, default=None, metavar="PORT",
                    help="also serve the twin to Foxglove over WebSocket on 127.0.0.1:PORT (default 8765)")
-    w.add_argument("--mcap", default=None, metavar="FILE", help="also record the Foxglove channels to an MCAP file")
+    w.add_argument("--mcap", default=None, metavar="FILE",
+                   help="also record the Foxglove channels to an MCAP file (default: none)")
     _curve_args(w)
     return {"emulate": cmd_emulate, "replay": cmd_replay, "watch": cmd_watch}
 

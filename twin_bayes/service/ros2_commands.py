@@ -23,7 +23,7 @@ def register(sub) -> dict:
     p.add_argument("--command-type", choices=("float64_multi_array", "joint_trajectory"),
                    default="float64_multi_array",
                    help="std_msgs/Float64MultiArray (one value per actuator) or trajectory_msgs/JointTrajectory")
-    p.add_argument("--imu", default=None, help="sensor_msgs/Imu topic (sent as imu_gyro, imu_accel)")
+    p.add_argument("--imu", default=None, help="sensor_msgs/Imu topic (sent as imu_gyro, imu_accel; default: none)")
     p.add_argument("--domain", type=int, default=0, help="ROS_DOMAIN_ID")
     p.add_argument("--distro", choices=("humble", "jazzy", "kilted", "rolling"), default="jazzy",
                    help="humble: key expressions carry TypeHashNotSupported instead of RIHS01 hashes")
@@ -31,8 +31,8 @@ def register(sub) -> dict:
                    help="zenoh router or peer to connect to (default tcp/127.0.0.1:7447; repeatable)")
     p.add_argument("--zenoh-listen", action="append", default=None, metavar="LOCATOR",
                    help="where this peer listens (default tcp/127.0.0.1:0)")
-    p.add_argument("--service-ingest", default="tcp://127.0.0.1:5555")
-    p.add_argument("--service-pub", default="tcp://127.0.0.1:5556")
+    p.add_argument("--service-ingest", default="tcp://127.0.0.1:5555", help="the twin service's ingest address")
+    p.add_argument("--service-pub", default="tcp://127.0.0.1:5556", help="the twin service's PUB address")
     p.add_argument("--service-query", default="tcp://127.0.0.1:5557",
                    help="asked for the next chunk number on start ('' for none: start at --first-seq)")
     p.add_argument("--namespace", default=None, help="ROS namespace of the outputs (default /twin/<robot id>)")
@@ -40,9 +40,12 @@ def register(sub) -> dict:
                    help="known constant of the robot, e.g. servo_kp=400 (repeatable)")
     p.add_argument("--chunk-samples", type=int, default=None, help="samples per chunk (default: 0.1 s worth)")
     p.add_argument("--max-gap", type=float, default=0.05, help="s between joint states that starts a new grid")
-    p.add_argument("--first-seq", type=int, default=None, help="number of the first chunk")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--curve-keys", default=None, metavar="DIR", help="key directory of `twin-bayes keys`: CURVE on")
+    p.add_argument("--first-seq", type=int, default=None,
+                   help="number of the first chunk (default: one above the highest the service stores)")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: run until "
+                                                             "SIGINT/SIGTERM)")
+    p.add_argument("--curve-keys", default=None, metavar="DIR",
+                   help="key directory of `twin-bayes keys`: CURVE on (default: off)")
     p.add_argument("--key-name", default=None, help="certificate name in DIR (default: the robot id)")
     return {"ros2": cmd_ros2}
 
