@@ -259,8 +259,9 @@ def test_cli_bridges_until_its_seconds_and_prints_its_counters(ros, router_peer,
     pub_addr = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
 
     def robot():
-        wait_for_subscriptions(session)
+        wait_for_subscriptions(session, 3)
         for k in range(30):
+            session.put(key("/arm/imu", keys.IMU), imu(T0_NS + k * DT_NS - 1000 * (k == 5) * DT_NS, k))  # 5: too old
             session.put(key("/arm/commands", keys.FLOAT_ARRAY), command([k, k]))
             session.put(key("/arm/joint_states", keys.JOINT_STATE), joint_state(T0_NS + k * DT_NS, [k, k], [0, 0]))
         session.put(key("/arm/joint_states", keys.STRING), b"\x00\x01\x00\x00")  # another type on the topic
@@ -270,13 +271,30 @@ def test_cli_bridges_until_its_seconds_and_prints_its_counters(ros, router_peer,
     try:
         assert main(["ros2", "--config", "arm2", "--robot-id", "arm-1", "--joint-states", "/arm/joint_states",
                      "--commands", "/arm/commands", "--zenoh-endpoint", endpoint, "--service-ingest", peer.endpoint,
-                     "--service-pub", pub_addr, "--service-query", "", "--seconds", "3"]) == 0
+                     "--service-pub", pub_addr, "--service-query", "", "--imu", "/arm/imu", "--seconds", "3"]) == 0
     finally:
         thread.join()
         pub.close()
     out = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert out["received"] == {"joint_states": 31, "commands": 30} and out["rejected"] == {"wrong_type": 1}
-    assert out["link"]["acked"] == 1 and sum(c.n for c in peer.chunks.values()) == 29  # sent when it stopped
+    assert out["received"] == {"joint_states": 31, "commands": 30, "imu": 30}
+    assert out["rejected"] == {"wrong_type": 1, "out_of_order": 1}
+    assert out["link"]["acked"] == 1 and list(peer.chunks) == [0]  # sent when it stopped
+    chunk = peer.chunks[0].arrays
+    np.testing.assert_array_equal(chunk["q"][:, 0], np.arange(29))
+    gyro_x = chunk["imu_gyro"][:, 0]  # the reading latest at each joint state; the stale one at 5 was dropped
+    np.testing.assert_array_equal(gyro_x, np.where(np.arange(29) == 5, 4, np.arange(29)))
+    np.testing.assert_array_equal(chunk["imu_accel"][:, 2], gyro_x + 9.81)
+
+
+def imu(t_ns: int, x: float) -> bytes:
+    Header, Time = TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
+    Vector3, Quaternion = TS.types["geometry_msgs/msg/Vector3"], TS.types["geometry_msgs/msg/Quaternion"]
+    msg = TS.types[keys.IMU](header=Header(stamp=Time(sec=t_ns // 10**9, nanosec=t_ns % 10**9), frame_id="imu"),
+                             orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0), orientation_covariance=np.zeros(9),
+                             angular_velocity=Vector3(x=float(x), y=0.0, z=0.0), angular_velocity_covariance=np.zeros(9),
+                             linear_acceleration=Vector3(x=0.0, y=0.0, z=x + 9.81),
+                             linear_acceleration_covariance=np.zeros(9))
+    return bytes(TS.serialize_cdr(msg, keys.IMU))
 
 
 def test_cli_rejects_bad_input_without_a_traceback(capsys):
