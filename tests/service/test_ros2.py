@@ -291,7 +291,8 @@ def imu(t_ns: int, x: float) -> bytes:
     Vector3, Quaternion = TS.types["geometry_msgs/msg/Vector3"], TS.types["geometry_msgs/msg/Quaternion"]
     msg = TS.types[keys.IMU](header=Header(stamp=Time(sec=t_ns // 10**9, nanosec=t_ns % 10**9), frame_id="imu"),
                              orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0), orientation_covariance=np.zeros(9),
-                             angular_velocity=Vector3(x=float(x), y=0.0, z=0.0), angular_velocity_covariance=np.zeros(9),
+                             angular_velocity=Vector3(x=float(x), y=0.0, z=0.0),
+                             angular_velocity_covariance=np.zeros(9),
                              linear_acceleration=Vector3(x=0.0, y=0.0, z=x + 9.81),
                              linear_acceleration_covariance=np.zeros(9))
     return bytes(TS.serialize_cdr(msg, keys.IMU))
