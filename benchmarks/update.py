@@ -94,12 +94,37 @@ def with_particles(cfg, n: int):
     return cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"particles": n})})
 
 
-def windows_of(traj, T: int, count: int, start: int = 0):
-    """Consecutive windows of T samples sharing their boundary sample (window k starts at k·(T-1))."""
+def windows_of(traj, T: int, count: int):
+    """The first `count` windows of the shared cutter (T samples, sharing their boundary sample)."""
+    from twin_bayes.data import consecutive_windows
+    return [(w["q"], w["qd"], w["ctrl"]) for w in consecutive_windows(traj.q, traj.qd, traj.ctrl, T)[:count]]
+
+
+def run_batched(cfg, model, counts, data, warmup: int, meter: "CompileMeter") -> list[dict]:
+    """Throughput of `update_many`: R twins (seeds 0..R-1) each given the same windows in one batched
+    call per window; latency per call and windows per second, after `warmup` untimed calls."""
+    from twin_bayes.inference import Twin
+    from twin_bayes.inference.twin import update_many
     out = []
-    for k in range(start, start + count):
-        s = k * (T - 1)
-        out.append((traj.q[s:s + T], traj.qd[s:s + T], traj.ctrl[s:s + T]))
+    for r in counts:
+        twins = [Twin(cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"seed": i})}), model)
+                 for i in range(r)]
+        lat, compile_s = [], 0.0
+        for i, (q, qd, u) in enumerate(data):
+            w = twins[0].window(q, qd, u)
+            meter.take()
+            t0 = time.perf_counter()
+            reports = update_many(twins, [w] * r)
+            wall = time.perf_counter() - t0
+            compile_s += meter.take()["total_s"]
+            if i >= warmup:
+                lat.append(wall)
+            print(f"  R={r:3d} window {i:2d}: {wall:8.3f} s ({sum(x.accepted for x in reports)}/{r} accepted)",
+                  flush=True)
+        med = float(np.median(lat))
+        out.append({"robots": r, "median_batch_latency_s": med, "p90_batch_latency_s": pct(lat, 90),
+                    "windows_per_s": r / med, "robots_in_real_time": r * cfg.inference.window_s / med,
+                    "compile_s": compile_s})
     return out
 
 
@@ -174,6 +199,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="emulator seed (excitation and noise) and twin seed")
     ap.add_argument("--truth", choices=["nominal", "prior"], default="nominal",
                     help="hidden true parameters: the robot's nominal values or one draw from the prior")
+    ap.add_argument("--robots", type=int, nargs="*", default=[],
+                    help="also measure batched updates (update_many) of this many robots at once")
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 timed windows, first particle count only")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/update.json"))
     args = ap.parse_args(argv)
@@ -211,6 +238,7 @@ def main(argv=None):
     results = []
     for n in args.particles:
         results.append(run_particles(cfg, model, n, data, args.warmup, args.seed, meter))
+    batched = run_batched(cfg, model, args.robots, data, args.warmup, meter) if args.robots else []
 
     out = {
         "benchmark": "update",
@@ -227,6 +255,7 @@ def main(argv=None):
         "compilation_cache_entries_before": cache_files_before,
         "compilation_cache_entries_after": len(os.listdir(cache)) if os.path.isdir(cache) else 0,
         "results": results,
+        "batched": batched,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))
@@ -243,6 +272,9 @@ def main(argv=None):
               f"{c1['latency_s']:>10.2f} {c1['compile']['total_s']:>10.2f} {s['median_latency_s']:>9.3f} "
               f"{s['p90_latency_s']:>8.3f} {s['median_stages']:>7.1f} {s['median_latency_per_stage_s']:>8.3f} "
               f"{s['real_time_factor']:>6.2f} {r['first_window_from_prior_no_compile']['latency_s']:>10.2f}")
+    for b in batched:
+        print(f"batch of {b['robots']:3d}: {b['median_batch_latency_s']:.3f} s per call, "
+              f"{b['windows_per_s']:.1f} windows/s, {b['robots_in_real_time']:.1f} robots in real time")
     print(f"\nRTF = window duration ({cfg.inference.window_s} s) / median steady latency. JSON: {args.out}")
 
 

@@ -61,13 +61,14 @@ def test_fit_evaluate_report(recorded, capsys):
     assert summary["evaluations"] == 300
     params = summary["parameters"]
     assert set(params) >= {"body_mass:upper_arm", "noise:q"}
-    assert abs(params["body_mass:upper_arm"]["mean"] - truth["body_mass:upper_arm"]) < 0.1
+    for name in load_config(cfg).parameters:      # every hidden truth inside its 90 % interval
+        assert params[name]["q05"] <= truth[name] <= params[name]["q95"], (name, params[name], truth[name])
     assert (d / "post" / "posterior.nc").is_file() and (d / "post" / "particles.npz").is_file()
     assert main(["evaluate", "--config", str(cfg), "--posterior", str(d / "post"), "--data", str(files[1]),
                  "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["overall"]["mae_q"] < 0.05
-    assert 0.0 <= ev["overall"]["coverage90"] <= 1.0 and ev["overall"]["crps_q"] > 0
+    assert 0.75 <= ev["overall"]["coverage90"] <= 1.0 and ev["overall"]["crps_q"] > 0    # held-out bands hold
     assert main(["report", "--posterior", str(d / "post"), "--out", str(d / "report")]) == 0
     assert (d / "report" / "index.html").stat().st_size > 0
 

@@ -327,7 +327,7 @@ def test_duplicates_shuffled_give_the_same_posterior_and_the_service_publishes(c
             results[name] = (snap.arrays["values"].copy(), snap.arrays["weights"].copy(), snap.extra["version"])
             r = h["robots"][RID]
             assert r["posterior_version"] == WINDOWS and r["applied_seq"] == APPLIED and r["rejected_windows"] == 0
-            assert 0.0 <= r["calibration"]["coverage_90"] <= 1.0
+            assert r["calibration"]["n_batches"] == 1 and 0.0 <= r["calibration"]["coverage_90"] <= 1.0
             assert len(svc.store.scores(RID)) == 1
             assert [a["parameter"] for a in h["alerts"]] == ["dof_damping:shoulder"]
             assert h["alerts"][0]["p_outside"] > 0.9 and len(h["alerts"][0]["trend"]) >= 1
@@ -452,3 +452,28 @@ def test_kill_9_loses_no_acked_chunk_applies_nothing_twice_and_gives_the_uninter
     from twin_bayes.service.worker import StoreMismatch
     with pytest.raises(StoreMismatch, match="another checkpoint directory"):
         start(cfg, model, tmp_path, name="fresh", worker=WorkerSettings(checkpoints=ckpt))
+
+
+def test_a_log_served_and_the_same_log_fitted_with_stream_give_the_same_posterior(cfg, model, chunks, tmp_path,
+                                                                                   capsys):
+    """One window cutter for every path: the chunks streamed to the service, and their samples as one
+    recording through `twin-bayes fit --stream`, make the same windows and the same posterior."""
+    from twin_bayes.cli import main
+    from twin_bayes.data import Trajectory, write_npz
+    from twin_bayes.inference import Twin
+    from twin_bayes.inference.store import load_posterior
+    with serving(cfg, model, tmp_path, name="served-log") as (svc, _):
+        acked(svc.endpoints["ingest"], chunks)
+        with TwinClient(svc.endpoints["query"], timeout_s=30) as client:
+            wait_for(client, lambda h: h["robots"][RID]["windows"] >= WINDOWS)
+        served = svc.twins[RID].posterior
+    msgs = [protocol.decode(c) for c in chunks]
+    log = Trajectory(*(np.concatenate([m.arrays[k] for m in msgs]) for k in ("t", "q", "qd", "ctrl")))
+    write_npz(tmp_path / "log.npz", log)
+    assert main(["fit", "--config", str(cfg.source), "--data", str(tmp_path / "log.npz"), "--stream",
+                 "--out", str(tmp_path / "fitted"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["windows"] == WINDOWS
+    fitted = load_posterior(Twin(cfg, model), tmp_path / "fitted").posterior
+    assert fitted.version == served.version == WINDOWS
+    np.testing.assert_allclose(fitted.values, served.values, rtol=1e-9, atol=1e-12)

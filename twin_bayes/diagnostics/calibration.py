@@ -85,13 +85,17 @@ def log_score(samples: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return logsumexp(-0.5 * z**2, axis=0) - np.log(s * h * np.sqrt(2 * np.pi))
 
 
+#: Bins of the probability-integral-transform histogram (each observation's rank among its draws).
+PIT_BINS = 10
+
+
 @dataclass
 class OnlineCalibration:
     """Running calibration of published predictions, updated as their truth arrives.
 
     ``update(samples (S, ...), observed (...))`` scores one prediction; ``as_dict()``
-    gives coverage of the central ``levels`` bands, mean CRPS and mean log score
-    over every finite observed point so far.
+    gives coverage of the central ``levels`` bands, mean CRPS, mean log score and the
+    PIT histogram over every finite observed point so far (NaN observations are skipped).
     """
 
     levels: tuple[float, ...] = (0.5, 0.9)
@@ -100,6 +104,7 @@ class OnlineCalibration:
     crps_sum: float = 0.0
     log_score_sum: float = 0.0
     inside: dict[float, int] = field(default_factory=dict)
+    pit: list[int] = field(default_factory=lambda: [0] * PIT_BINS)   # PIT histogram: flat when calibrated
 
     def update(self, samples: np.ndarray, observed: np.ndarray) -> dict[str, float]:
         """Add one batch; returns that batch's own scores (same keys as ``as_dict``)."""
@@ -109,6 +114,9 @@ class OnlineCalibration:
         batch.crps_sum = float(np.sum(crps_ensemble(x, y)[ok]))
         batch.log_score_sum = float(np.sum(log_score(x, y)[ok]))
         batch.inside = {lv: int(np.sum(_inside(x, y, lv)[ok])) for lv in self.levels}
+        pit = np.mean(x <= y[None], axis=0)[ok]
+        batch.pit = np.bincount(np.minimum((pit * PIT_BINS).astype(int), PIT_BINS - 1), minlength=PIT_BINS).tolist()
+        self.pit = [a + b for a, b in zip(self.pit, batch.pit)]
         self.n_batches += 1
         self.n_points += batch.n_points
         self.crps_sum += batch.crps_sum
@@ -129,4 +137,5 @@ class OnlineCalibration:
             out[f"coverage_{round(100 * lv)}"] = mean(self.inside.get(lv, 0))
         out["crps"] = mean(self.crps_sum)
         out["log_score"] = mean(self.log_score_sum)
+        out["pit_histogram"] = list(self.pit)
         return out

@@ -309,7 +309,7 @@ def propose(model: TwinModel, states: TwinState, windows: Window) -> Proposal:
                          z_ref)
     prop, g, surprise = per(_laplace_passes, 0, 0, 0, 0, 0)(model, g, states.surprise, windows, z_start,
                                                             keys[:, 1:3])
-    temper = ~(model.laplace & (prop.info.ess >= model.numbers.target_ess * model.particles))
+    temper = ~(model.numbers.laplace & (prop.info.ess >= model.numbers.target_ess * model.particles))
     return Proposal(prop, g, surprise, temper, keys)
 
 

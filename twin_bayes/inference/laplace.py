@@ -5,7 +5,8 @@ with g the window's prior (`smc.GaussianPrior`; the config's own prior when
 `g.exact`). Newton steps use the exact gradient and the Gauss–Newton
 curvature (`value_grad_curvature`: one forward-mode pass through the
 simulator, which every robot supports), damped Levenberg–Marquardt style on
-its eigenvalues so that steps stay uphill far from the mode. At the mode,
+its eigenvalues so that steps stay uphill far from the mode (the first of the trial
+dampings that climbs is taken). At the mode,
 N(mode, H⁻¹) is the
 Laplace approximation; draws from it (widened by `PROPOSAL_SCALE`) weighted by
 target / proposal are exact importance samples of the window posterior, and
@@ -73,7 +74,9 @@ def newton_step(model: TwinModel, z, damping, windows: Window, g: GaussianPrior)
 
     The curvature is the Gauss–Newton −∇² log target with eigenvalues reflected to positive
     (|λ|, floored), so every trial step is an ascent direction; trial k adds
-    `damping` × DAMPINGS[k] × the largest eigenvalue to the curvature.
+    `damping` × DAMPINGS[k] × the largest eigenvalue to the curvature. Trials are evaluated in
+    order until one climbs (one simulation where the Newton step is good, as it is near a
+    mode); the values of trials not evaluated are −inf.
     """
     f = partial(log_target, model, g, windows)
     value, grad, hess = value_grad_curvature(model, g, windows, z)
@@ -82,8 +85,19 @@ def newton_step(model: TwinModel, z, damping, windows: Window, g: GaussianPrior)
     damp = damping * jnp.asarray(DAMPINGS)[:, None] * jnp.max(lam)
     steps = ((vec.T @ grad)[None, :] / (lam[None, :] + damp)) @ vec.T
     trials = z[None, :] + steps
+
+    def evaluate(carry):
+        k, values = carry
+        v = f(trials[k])
+        return k + 1, values.at[k].set(jnp.where(jnp.isfinite(v), v, -jnp.inf))
+
+    def climbing(carry):
+        k, values = carry
+        return (k < len(DAMPINGS)) & ~jnp.any(values > value)
+
+    _, values = jax.lax.while_loop(climbing, evaluate, (jnp.asarray(0), jnp.full(len(DAMPINGS), -jnp.inf)))
     curvature = (vec * lam) @ vec.T
-    return value, trials, jax.vmap(f)(trials), curvature
+    return value, trials, values, curvature
 
 
 class _Newton(NamedTuple):

@@ -27,8 +27,7 @@ class Bands(NamedTuple):
     samples_qd: np.ndarray
 
 
-@partial(jax.jit, static_argnums=1)
-def predictive_samples(model: TwinModel, draws_per_particle: int, key, z, q0, qd0, commands, settings):
+def _samples(model: TwinModel, draws_per_particle: int, key, z, q0, qd0, commands, settings):
     """Rollouts of particles z (M, D), K = draws_per_particle each: noise-free (M·K, T, ·) and noisy (M·K, T, ·).
 
     The measured start state (q0 (nq,), qd0 (nv,)) carries the same sensor noise
@@ -52,12 +51,34 @@ def predictive_samples(model: TwinModel, draws_per_particle: int, key, z, q0, qd
     return q, qd, noisy[0], noisy[1]
 
 
-def bands(model: TwinModel, key, z, q0, qd0, commands, settings, quantiles=(0.05, 0.5, 0.95),
-          draws_per_particle: int = 8) -> Bands:
-    """Quantile bands of the predictive from equally weighted particles z (M, D)."""
-    q, qd, sq, sqd = predictive_samples(model, draws_per_particle, key, jnp.asarray(z), jnp.asarray(q0),
-                                        jnp.asarray(qd0), jnp.asarray(commands), jnp.asarray(settings))
+predictive_samples = jax.jit(_samples, static_argnums=1)
+
+
+@partial(jax.jit, static_argnums=1)
+def predictive_samples_many(model: TwinModel, draws_per_particle: int, keys, z, q0, qd0, commands, settings):
+    """`predictive_samples` for R robots of one model at once: every argument after the draws has a
+    leading robot axis (keys (R, 2), z (R, M, D), q0 (R, nq), qd0 (R, nv), commands (R, T, nu),
+    settings (R, K))."""
+    return jax.vmap(lambda *a: _samples(model, draws_per_particle, *a))(keys, z, q0, qd0, commands, settings)
+
+
+def _bands(quantiles, q, qd, sq, sqd) -> Bands:
     sq, sqd = np.asarray(sq), np.asarray(sqd)
     qs = np.asarray(quantiles)
     return Bands(tuple(float(x) for x in quantiles), np.quantile(sq, qs, axis=0), np.quantile(sqd, qs, axis=0),
                  np.asarray(q).mean(0), np.asarray(qd).mean(0), sq, sqd)
+
+
+def bands(model: TwinModel, key, z, q0, qd0, commands, settings, quantiles=(0.05, 0.5, 0.95),
+          draws_per_particle: int = 8) -> Bands:
+    """Quantile bands of the predictive from equally weighted particles z (M, D)."""
+    return _bands(quantiles, *predictive_samples(model, draws_per_particle, key, jnp.asarray(z), jnp.asarray(q0),
+                                                 jnp.asarray(qd0), jnp.asarray(commands), jnp.asarray(settings)))
+
+
+def bands_many(model: TwinModel, keys, z, q0, qd0, commands, settings, quantiles=(0.05, 0.5, 0.95),
+               draws_per_particle: int = 8) -> list[Bands]:
+    """`bands` for R robots of one model in one call (arguments as in `predictive_samples_many`)."""
+    out = jax.device_get(predictive_samples_many(model, draws_per_particle, *(jnp.asarray(a) for a in (
+        keys, z, q0, qd0, commands, settings))))
+    return [_bands(quantiles, *(x[r] for x in out)) for r in range(len(z))]

@@ -16,7 +16,7 @@ from twin_bayes.inference import batch, engine
 from twin_bayes.inference.discrepancy import ModelError, add_model_error
 from twin_bayes.inference.engine import REASONS, TwinState
 from twin_bayes.inference.posterior import Particles, Posterior
-from twin_bayes.inference.predictive import Bands, bands
+from twin_bayes.inference.predictive import Bands, bands, bands_many
 from twin_bayes.models import TwinModel, Window, WindowError
 
 # Robot batches are padded to these sizes, so a fleet compiles a handful of executables per design.
@@ -191,6 +191,13 @@ class Twin:
         `key`: PRNG key of the predictive draws; None takes the twin's next key (then
         predictions and updates share one key stream).
         """
+        q0, qd0, commands = self._check_start(q0, qd0, commands)
+        key = self._next_key() if key is None else key
+        settings = self.model.settings_vector(settings)
+        b = bands(self.model, key, self._draws(), q0, qd0, commands, settings, quantiles, draws_per_particle)
+        return self._with_model_error(b, key, settings)
+
+    def _check_start(self, q0, qd0, commands):
         r = self.model.robot
         commands = np.asarray(commands, dtype=np.float64)
         if commands.ndim != 2 or commands.shape[1] != r.nu or not np.isfinite(commands).all():
@@ -198,14 +205,16 @@ class Twin:
         q0, qd0 = np.asarray(q0, np.float64), np.asarray(qd0, np.float64)
         if q0.shape != (r.nq,) or qd0.shape != (r.nv,) or not (np.isfinite(q0).all() and np.isfinite(qd0).all()):
             raise ValueError(f"q0, qd0 must be finite with shapes ({r.nq},), ({r.nv},)")
-        idx = self.posterior.resample(np.random.default_rng(self.posterior.version))
-        z = self.particles.z[idx]
-        key = self._next_key() if key is None else key
-        settings = self.model.settings_vector(settings)
-        b = bands(self.model, key, z, q0, qd0, commands, settings, quantiles, draws_per_particle)
+        return q0, qd0, commands
+
+    def _draws(self):
+        """Equally weighted particles (N, D): the posterior resampled (systematic, seeded by its version)."""
+        return self.particles.z[self.posterior.resample(np.random.default_rng(self.posterior.version))]
+
+    def _with_model_error(self, b: Bands, key, settings) -> Bands:
         if self.model_error is None:
             return b
-        return add_model_error(b, self.model_error, jax.random.fold_in(key, 1), settings, r.dt)
+        return add_model_error(b, self.model_error, jax.random.fold_in(key, 1), settings, self.model.robot.dt)
 
 
 def _bucket(n: int) -> int:
@@ -236,6 +245,29 @@ def update_many(twins: Sequence[Twin], windows: Sequence[Window]) -> list[Update
             twin.state = jax.tree.map(lambda x, k=k: jnp.asarray(x[k]), new)
             reports[i] = _report(jax.tree.map(lambda x, k=k: x[k], info), old, twin.posterior, latency)
     return reports
+
+
+def predict_many(twins: Sequence[Twin], starts: Sequence[tuple], commands: Sequence[np.ndarray], keys,
+                 quantiles=(0.05, 0.5, 0.95), settings: Sequence[dict | None] | None = None,
+                 draws_per_particle: int = 8) -> list[Bands]:
+    """`Twin.predict` for many twins in one call per model: starts [(q0, qd0)], commands [(T, nu)] of one
+    length T, keys [PRNG key], settings [dict or None]; padded to `BATCH_SIZES` like `update_many`."""
+    settings = settings or [None] * len(twins)
+    out: list[Bands | None] = [None] * len(twins)
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(twins):
+        groups.setdefault(id(t.model), []).append(i)
+    for idx in groups.values():
+        rows = idx + [idx[0]] * (_bucket(len(idx)) - len(idx))
+        checked = [twins[i]._check_start(*starts[i], commands[i]) for i in rows]
+        vectors = [twins[i].model.settings_vector(settings[i]) for i in rows]
+        stack = lambda xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
+        b = bands_many(twins[idx[0]].model, stack([keys[i] for i in rows]), stack([twins[i]._draws() for i in rows]),
+                       stack([c[0] for c in checked]), stack([c[1] for c in checked]),
+                       stack([c[2] for c in checked]), stack(vectors), quantiles, draws_per_particle)
+        for k, i in enumerate(idx):
+            out[i] = twins[i]._with_model_error(b[k], keys[i], vectors[k])
+    return out
 
 
 def _report(info: engine.UpdateInfo, old: Posterior, new: Posterior, latency_s: float) -> UpdateReport:

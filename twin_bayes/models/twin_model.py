@@ -93,7 +93,6 @@ class Design(NamedTuple):
     student_t: bool
     particles: int
     mcmc_steps: int
-    laplace: bool
 
 
 class Numbers(NamedTuple):
@@ -103,7 +102,8 @@ class Numbers(NamedTuple):
     prior_low, prior_high (D,): bounds (truncnormal, uniform; ±inf elsewhere); base_theta (P,): the
     robot's parameter vector with the config's fixed settings; default_settings (K,); drift (D,):
     random-walk sd per window (unconstrained units); df: Student-t degrees of freedom; the rest are
-    the update gate's and drift detector's thresholds (`InferenceSection`).
+    the update gate's and drift detector's thresholds and whether Laplace proposals are used
+    (`InferenceSection`).
     """
 
     prior_loc: jnp.ndarray
@@ -120,6 +120,7 @@ class Numbers(NamedTuple):
     drift_sigma: jnp.ndarray
     drift_windows: jnp.ndarray
     max_stages: jnp.ndarray
+    laplace: jnp.ndarray
 
 
 def _prior_numbers(spec: PriorSpec, nominal: float) -> tuple[str, float, float, float, float]:
@@ -161,14 +162,14 @@ class TwinModel:
             tuple(r.layout.index[n] for n in param_names), setting_names,
             tuple(r.layout.index[n] for n in setting_names), window_samples, inf.segment_steps,
             int(math.ceil(inf.max_latency_s / r.dt)) + 1, tuple(obs.channels), obs.noise == "student_t",
-            inf.particles, inf.mcmc_steps, inf.laplace)
+            inf.particles, inf.mcmc_steps)
         f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
         drift = [cfg.parameters[n].drift for n in param_names] + [0.0] * len(obs.channels)
         self.numbers = Numbers(
             *(f64([p[i] for p in priors]) for i in range(1, 5)), np.asarray(r.to_vector(base)),
             f64([base[n] for n in setting_names]), f64(drift), f64(obs.df), f64(inf.target_ess),
             f64(inf.min_ess), f64(inf.max_divergent), f64(inf.drift_sigma), np.int64(inf.drift_windows),
-            np.int64(inf.max_stages))
+            np.int64(inf.max_stages), np.bool_(inf.laplace))
 
     # --- pytree ------------------------------------------------------------------------
     def tree_flatten(self):

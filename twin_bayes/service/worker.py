@@ -32,16 +32,18 @@ from twin_bayes.data.windows import cut_windows
 from twin_bayes.diagnostics.calibration import OnlineCalibration
 from twin_bayes.inference import Twin, engine
 from twin_bayes.inference.posterior import Particles
-from twin_bayes.inference.twin import update_many
+from twin_bayes.inference.twin import predict_many, update_many
 from twin_bayes.models import WindowError
 from twin_bayes.service import checkpoint, protocol
 from twin_bayes.service.ingest import SETTING
+from twin_bayes.service.plan import horizon_commands
 from twin_bayes.service.protocol import Message
 from twin_bayes.service.store import StoreError, TelemetryStore
 
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+VALIDATION_DRAWS = 2   # predictive draws per posterior particle when a window is re-predicted
 FETCH = 1024  # chunks read from the store per pass
 RETENTION_EVERY_S = 10.0
 Publish = Callable[[str, str, Callable[[int], list[bytes]]], None]
@@ -49,9 +51,12 @@ Publish = Callable[[str, str, Callable[[int], list[bytes]]], None]
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """horizon_s: length of each published prediction (commands held at their latest value);
+    """horizon_s: length of each published prediction (under the commands the service knows: the stored
+    chunk's own, then the robot's plan, then the last held);
     alert_probability: P(outside the healthy band) that raises a maintenance alert;
-    retain_chunks / retain_versions: store retention (None keeps everything)."""
+    retain_chunks / retain_versions: store retention (None keeps everything);
+    validate: re-predict every applied window from its start under its real commands and score it
+    (health's model_calibration)."""
 
     checkpoints: Path | None = None
     keep_checkpoints: int = checkpoint.KEEP
@@ -61,6 +66,7 @@ class WorkerSettings:
     retain_chunks: int | None = None
     retain_versions: int | None = None
     seed: int = 0
+    validate: bool = True
 
 
 class StoreMismatch(RuntimeError):
@@ -140,7 +146,8 @@ class RobotTwin:
     tail: list = field(default_factory=list)   # fetched chunks from applied_seq on, seq order
     fetched_seq: int = -1
     pending: Pending | None = None
-    calibration: OnlineCalibration = field(default_factory=OnlineCalibration)
+    calibration: OnlineCalibration = field(default_factory=OnlineCalibration)       # of the forecasts
+    model_calibration: OnlineCalibration = field(default_factory=OnlineCalibration)  # of the windows re-predicted
     trend: dict[str, deque] = field(default_factory=dict)
     alerts: dict[str, dict] = field(default_factory=dict)
     last_update: dict[str, Any] = field(default_factory=dict)
@@ -149,7 +156,8 @@ class RobotTwin:
         p = self.twin.posterior
         return {"posterior_version": p.version, "stale": p.stale, "reason": p.reason,
                 "applied_seq": self.applied_seq, "windows": self.windows, "rejected_windows": self.rejected,
-                "calibration": self.calibration.as_dict(), "alerts": list(self.alerts.values()),
+                "calibration": self.calibration.as_dict(), "model_calibration": self.model_calibration.as_dict(),
+                "alerts": list(self.alerts.values()),
                 "last_update": self.last_update}
 
 
@@ -254,7 +262,7 @@ class Worker:
                 problems.append(f"{rid}: {e}")
                 continue
             rt.applied_seq, rt.applied_row = int(meta["applied_seq"]), int(meta["applied_row"])
-            rt.fetched_seq = rt.applied_seq - 1
+            rt.fetched_seq = max(rt.applied_seq - 1, -1)    # the next fetch starts at the applied chunk
             rt.windows, rt.rejected = int(meta["windows"]), int(meta["rejected"])
             rt.predictions = int(meta["predictions"])
         self.checkpoint_status = {"resumed": True, "path": str(ck.path), "step": ck.step,
@@ -337,7 +345,9 @@ class Worker:
                     self.error = f"{rt.robot_id}: posterior version not stored ({e})"
                 self._alerts(rt)
             self._publish_posterior(rt)
-            self._predict(rt, cuts[rt.robot_id])
+        self._predict(todo, cuts)
+        if self.settings.validate:
+            self._validate(todo, cuts)
 
     def _publish_posterior(self, rt: RobotTwin) -> None:
         post, rid, applied = rt.twin.posterior, rt.robot_id, rt.applied_seq
@@ -346,20 +356,51 @@ class Worker:
             rid, seq, post.version, summary, stale=stale, reason=reason, applied_seq=applied))
 
     # --- predictions and their scores ---------------------------------------------------
-    def _predict(self, rt: RobotTwin, cut: Cut) -> None:
-        model = rt.twin.model
-        dt = model.robot.dt
-        h = max(1, int(round(self.settings.horizon_s / dt)))
-        commands = np.repeat(cut.ctrl[-1:], h, axis=0)
-        key = jax.random.fold_in(jax.random.PRNGKey(self.settings.seed), rt.predictions)
-        b = rt.twin.predict(cut.q[-1], cut.qd[-1], commands, QUANTILES, cut.settings or None, key=key)
-        t = cut.t[-1] + dt * np.arange(1, h + 1)
-        pid, rid, version = rt.predictions, rt.robot_id, rt.twin.posterior.version
-        rt.predictions += 1
-        rt.pending = Pending(pid, t, np.concatenate([b.samples_q, b.samples_qd], axis=-1))
-        arrays = {"t": t, "q_bands": b.q, "qd_bands": b.qd, "ctrl": commands}
-        self.publish("prediction", rid, lambda seq: protocol.prediction(
-            rid, seq, version, arrays, quantiles=list(QUANTILES), prediction_id=pid))
+    def _predict(self, robots: list[RobotTwin], cuts: dict[str, Cut]) -> None:
+        """Publish each robot's prediction over the horizon after its window, all in one call per design:
+        under the commands the service knows (the stored chunk's own rows, then the robot's plan, then
+        the last held; `service.plan.horizon_commands`), from the window's last measured state."""
+        if not robots:
+            return
+        horizons = {id(rt.twin.model): max(1, int(round(self.settings.horizon_s / rt.twin.model.robot.dt)))
+                    for rt in robots}
+        commands, keys, starts, settings = [], [], [], []
+        for rt in robots:
+            cut, dt = cuts[rt.robot_id], rt.twin.model.robot.dt
+            commands.append(horizon_commands(rt.tail[0], float(cut.t[-1]), horizons[id(rt.twin.model)], dt))
+            keys.append(jax.random.fold_in(jax.random.PRNGKey(self.settings.seed), rt.predictions))
+            starts.append((cut.q[-1], cut.qd[-1]))
+            settings.append(cut.settings or None)
+        for rt, b, ctrl in zip(robots, predict_many([rt.twin for rt in robots], starts, commands, keys, QUANTILES,
+                                                    settings), commands):
+            cut, dt = cuts[rt.robot_id], rt.twin.model.robot.dt
+            t = cut.t[-1] + dt * np.arange(1, len(ctrl) + 1)
+            pid, rid, version = rt.predictions, rt.robot_id, rt.twin.posterior.version
+            rt.predictions += 1
+            rt.pending = Pending(pid, t, np.concatenate([b.samples_q, b.samples_qd], axis=-1))
+            arrays = {"t": t, "q_bands": b.q, "qd_bands": b.qd, "ctrl": ctrl}
+            self.publish("prediction", rid, lambda seq, rid=rid, version=version, arrays=arrays, pid=pid:
+                         protocol.prediction(rid, seq, version, arrays, quantiles=list(QUANTILES), prediction_id=pid))
+
+    def _validate(self, robots: list[RobotTwin], cuts: dict[str, Cut]) -> None:
+        """Model calibration: each window just applied, predicted again open loop from its first measured
+        state under the commands really applied, by the posterior it produced, and scored against what
+        was measured (`RobotTwin.model_calibration`). Unlike the forecast score, this measures the twin:
+        no command was guessed. Windows are padded to the full length (masked), so one executable serves."""
+        commands, observed, keys, starts, settings = [], [], [], [], []
+        for rt in robots:
+            cut, n = cuts[rt.robot_id], rt.twin.model.window_samples - 1
+            pad = n - (len(cut.t) - 1)
+            commands.append(np.concatenate([cut.ctrl[:-1], np.repeat(cut.ctrl[-2:-1], pad, axis=0)]))
+            seen = np.concatenate([cut.q[1:], cut.qd[1:]], axis=-1)
+            observed.append(np.concatenate([seen, np.full((pad, seen.shape[1]), np.nan)]))
+            keys.append(jax.random.fold_in(jax.random.PRNGKey(self.settings.seed + 1), rt.windows))
+            starts.append((cut.q[0], cut.qd[0]))
+            settings.append(cut.settings or None)
+        bands = predict_many([rt.twin for rt in robots], starts, commands, keys, QUANTILES, settings,
+                             draws_per_particle=VALIDATION_DRAWS)
+        for rt, b, seen in zip(robots, bands, observed):
+            rt.model_calibration.update(np.concatenate([b.samples_q, b.samples_qd], axis=-1), seen)
 
     def _score(self, rt: RobotTwin, cut: Cut) -> None:
         """Score the pending prediction against the window that follows it, if it covers the horizon."""
