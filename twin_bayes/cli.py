@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
-COMMAND_MODULES: tuple[str, ...] = ("twin_bayes.service.commands", "twin_bayes.service.robot_commands", "twin_bayes.service.ros2_commands", "twin_bayes.policy.commands")
+COMMAND_MODULES: tuple[str, ...] = ("twin_bayes.service.commands", "twin_bayes.service.robot_commands", "twin_bayes.service.ros2_commands", "twin_bayes.policy.commands", "twin_bayes.service.warmup")
 NUTS_WARMUP = 300
 NUTS_SAMPLES = 300
 #: fit options (argparse dest) that apply to some engines only -> those engines

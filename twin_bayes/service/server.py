@@ -141,7 +141,14 @@ class TwinService:
     def start(self, timeout_s: float = 30.0) -> TwinService:
         if self.settings.curve_keys is not None:
             self._auth = auth.start_authenticator(self.ctx, self.settings.curve_keys)
-        self.worker.start()
+        try:
+            self.worker.start()     # resumes from the checkpoints: refuses those of another store
+        except Exception:
+            if self._auth is not None:
+                self._auth.stop()
+            self.ctx.destroy(linger=0)
+            self.store.close()
+            raise
         self.predictor.start()
         self._io.start()
         if not self._ready.wait(timeout_s) or self._failure is not None:

@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS posteriors (
     blob BLOB NOT NULL,
     PRIMARY KEY (robot_id, version)
 );
+CREATE TABLE IF NOT EXISTS identity (
+    store_id TEXT NOT NULL  -- one row: checkpoints name the store they belong to
+);
+INSERT INTO identity (store_id) SELECT lower(hex(randomblob(16))) WHERE NOT EXISTS (SELECT 1 FROM identity);
 CREATE TABLE IF NOT EXISTS scores (
     robot_id TEXT NOT NULL,
     pred_seq INTEGER NOT NULL,
@@ -105,7 +109,8 @@ class TelemetryStore:
     """Telemetry chunks, posterior versions and prediction scores in one SQLite file.
 
     `max_bytes` caps the database size (SQLite max_page_count); writes past it
-    raise StoreWriteError exactly as a full disk does.
+    raise StoreWriteError exactly as a full disk does. `store_id` is the file's random identity,
+    made when the file is created: a checkpoint carries it, and is refused by any other store.
     """
 
     def __init__(self, path: str | Path, max_bytes: int | None = None) -> None:
@@ -124,6 +129,7 @@ class TelemetryStore:
             self._conn.executescript(
                 f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
             self.set_max_bytes(max_bytes)
+            self.store_id: str = self._one("SELECT store_id FROM identity")
         except sqlite3.Error as e:
             self._conn.close()
             raise StoreWriteError(f"{self.path}: cannot open ({e})") from e
