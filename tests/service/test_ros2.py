@@ -237,7 +237,8 @@ def test_service_stream_comes_out_as_ros2_messages_with_attachments(ros, router_
     cube = bands.data[off:].reshape(5, 3, 4)
     np.testing.assert_array_equal(cube[0, :, :2], -1.0)
     np.testing.assert_array_equal(cube[4, :, 2:], 10.0)
-    assert json.loads(TS.deserialize_cdr(got["alerts"][0], keys.STRING).data)["parameter"] == "dof_damping:shoulder"
+    assert json.loads(TS.deserialize_cdr(got["alerts"][0], keys.STRING).data) == {
+        "robot_id": "arm-1", "parameter": "dof_damping:shoulder", "active": True, "p_outside": 0.95}
     level, message, values = twin_status(got["diagnostics"][0])
     assert message == "posterior v4" and values["coverage_90"] == "0.9" and values["windows"] == "4"
     for payload, att in got.values():

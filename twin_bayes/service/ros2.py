@@ -216,7 +216,8 @@ class Ros2Bridge:
             for name, payload in prediction_messages(m, self.robot, self.settings.distro):
                 self._publish(name, payload)
         elif kind == "alert" and m.robot_id == self.settings.robot_id:
-            self._publish("alerts", string_message(self.settings.distro, {"robot_id": m.robot_id, **m.extra}))
+            body = {k: v for k, v in m.extra.items() if k != "op"}
+            self._publish("alerts", string_message(self.settings.distro, {"robot_id": m.robot_id, **body}))
         elif kind == "health":
             self._health, self._health_at = dict(m.extra), time.monotonic()
 
