@@ -252,6 +252,11 @@ def cmd_evaluate(args) -> int:
     from twin_bayes.config import load_config
     from twin_bayes.inference.store import load_posterior
     twin = load_posterior(Twin(load_config(args.config)), args.posterior)
+    if args.horizon is not None:   # multiple shooting: restarted from the measured state every horizon
+        from twin_bayes.diagnostics.shooting import horizon_report
+        out, rows, columns = horizon_report(twin, _read(args.data), args.horizon)
+        _print(out, args.json, _param_table(f"held-out prediction, restarted every {args.horizon} s", rows, columns))
+        return 0
     per_file = [evaluate_trajectory(twin, tr) for tr in _read(args.data)]
     overall = {k: float(np.mean([f[k] for f in per_file])) for k in ("mae_q", "coverage50", "coverage90", "crps_q")}
     out = {"posterior": str(args.posterior), "files": per_file, "overall": overall}
@@ -333,6 +338,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     e.add_argument("--posterior", required=True, help="directory written by `twin-bayes fit`")
     e.add_argument("--data", nargs="+", required=True, help="held-out recordings (.npz, bam .json)")
     e.add_argument("--json", action="store_true", help="print the scores as JSON")
+    e.add_argument("--horizon", type=float, default=None, metavar="S",
+                   help="restart from the measured state every S seconds and score each joint at the horizon's "
+                        "end (RMSE, MAE) and over it (50/90%% band coverage, CRPS); default: each recording whole")
     r = sub.add_parser("report", help="HTML report of a fitted posterior")
     r.add_argument("--posterior", required=True, help="directory written by `twin-bayes fit`")
     r.add_argument("--out", required=True, help="directory of index.html and its PNGs")

@@ -1,6 +1,12 @@
 """The parameter map: named physical quantities <-> a flat vector <-> MuJoCo model fields.
 
-Names are `<kind>:<MJCF element name>` (`latency_s` alone). A `ParamLayout` is
+Names are `<kind>:<MJCF element name>` (`latency_s` alone). A robot whose MJCF declares
+`<text name="twin_bayes.inertia" data="cholesky"/>` exposes each body's full inertial instead of
+`body_mass`/`body_inertia_scale`/`body_com_*`: mass m, centre of mass c and the upper-triangular
+Cholesky factor L of the mass distribution's covariance about c (Σ_c / m = L Lᵀ, m²). Positive
+m and diag(L) make every value a physical body (positive mass, positive definite inertia
+I_c = m (tr(LLᵀ) 1 − LLᵀ), triangle inequalities held): the log-Cholesky parametrisation of the
+pseudo-inertia (Rucker & Wensing 2022) with the COM and the log-mass pulled out. A `ParamLayout` is
 built once per robot from its `MjModel`; `model_fields(layout, theta)` is a pure
 JAX function from the flat vector `theta` (P,) to the full model arrays it
 determines, which `twin_bayes.sim.rollout` writes into the Brax `System` with
@@ -11,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+import jax
 import jax.numpy as jnp
 import mujoco
 import numpy as np
@@ -31,10 +38,24 @@ MODEL_KINDS: dict[str, tuple[str, bool]] = {
     "geom_friction": ("1", True),
     "latency_s": ("s", True),
     "sensor_bias": ("rad", False),
+    "inertial_mass": ("kg", True),
+    "inertial_com_x": ("m", False),
+    "inertial_com_y": ("m", False),
+    "inertial_com_z": ("m", False),
+    "inertial_chol_xx": ("m", True),
+    "inertial_chol_yy": ("m", True),
+    "inertial_chol_zz": ("m", True),
+    "inertial_chol_xy": ("m", False),
+    "inertial_chol_xz": ("m", False),
+    "inertial_chol_yz": ("m", False),
 }
+# The full-inertial kinds in the order model_fields reads them: mass, COM (3), L's upper triangle (6).
+INERTIAL_KINDS = ("inertial_mass", "inertial_com_x", "inertial_com_y", "inertial_com_z", "inertial_chol_xx",
+                  "inertial_chol_xy", "inertial_chol_xz", "inertial_chol_yy", "inertial_chol_yz", "inertial_chol_zz")
+INERTIA_MODELS = ("scale", "cholesky")
 # Fields of the Brax System / MjModel that parameters write.
 WRITTEN_FIELDS = (
-    "body_mass", "body_inertia", "body_ipos", "dof_damping", "dof_armature",
+    "body_mass", "body_inertia", "body_ipos", "body_iquat", "dof_damping", "dof_armature",
     "dof_frictionloss", "actuator_gainprm", "geom_friction",
 )
 
@@ -63,6 +84,59 @@ def _scalar_joints(m: mujoco.MjModel) -> list[tuple[int, str]]:
             if int(m.jnt_type[j]) in one_dof and _name(m, mujoco.mjtObj.mjOBJ_JOINT, j)]
 
 
+def _quat_to_mat(q: np.ndarray) -> np.ndarray:
+    m = np.zeros(9)
+    mujoco.mju_quat2Mat(m, np.asarray(q, np.float64))
+    return m.reshape(3, 3)
+
+
+def inertial_cholesky(mass: float, inertia: np.ndarray, iquat: np.ndarray) -> np.ndarray:
+    """L's upper triangle (l_xx, l_xy, l_xz, l_yy, l_yz, l_zz) (m) of a body's principal moments
+    `inertia` (3,) (kg·m²) in the frame `iquat` (4,): the inverse of `body_inertial`."""
+    rot = _quat_to_mat(iquat)
+    i_c = rot @ np.diag(inertia) @ rot.T
+    sigma = 0.5 * np.trace(i_c) * np.eye(3) - i_c                 # ∫ r rᵀ dm about the COM
+    flip = np.eye(3)[::-1]
+    upper = flip @ np.linalg.cholesky(flip @ (sigma / mass) @ flip) @ flip
+    return upper[np.triu_indices(3)]
+
+
+def body_inertial(values: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Bodies' full inertials (B, 10) in `INERTIAL_KINDS` order -> mass (B,), COM (B, 3), principal
+    moments (B, 3) and the quaternion (B, 4) of the principal axes, as MuJoCo stores them."""
+    mass, com = values[:, 0], values[:, 1:4]
+    rows, cols = np.triu_indices(3)
+    chol = jnp.zeros(values.shape[:1] + (3, 3), values.dtype).at[:, rows, cols].set(values[:, 4:])
+    sigma = chol @ jnp.swapaxes(chol, 1, 2)
+    # Equal principal moments (a symmetric body) would make the eigenvectors' derivative 0/0: a
+    # split of 1e-10 of the trace keeps it finite, changes the physics by no more than that, and
+    # keeps sigma positive definite (so the triangle inequalities hold).
+    sigma = sigma + 1e-10 * jnp.trace(sigma, axis1=1, axis2=2)[:, None, None] * jnp.diag(
+        jnp.arange(3.0, dtype=values.dtype))
+    eye = jnp.eye(3, dtype=values.dtype)
+    i_c = mass[:, None, None] * (jnp.trace(sigma, axis1=1, axis2=2)[:, None, None] * eye - sigma)
+    moments, axes = jnp.linalg.eigh(i_c)
+    axes = axes.at[:, :, 2].multiply(jnp.sign(jnp.linalg.det(axes))[:, None])    # a rotation
+    return mass, com, moments, jax.vmap(_mat_to_quat)(axes)
+
+
+def _mat_to_quat(r: jnp.ndarray) -> jnp.ndarray:
+    """Unit quaternion (w, x, y, z) of a rotation matrix (3, 3); the branch with the largest pivot."""
+    tr = jnp.trace(r)
+    root = lambda x: jnp.sqrt(jnp.maximum(x, 1e-12))  # noqa: E731  (finite gradients in unused branches)
+    s0, s1, s2, s3 = root(1 + tr) * 2, root(1 + r[0, 0] - r[1, 1] - r[2, 2]) * 2, \
+        root(1 - r[0, 0] + r[1, 1] - r[2, 2]) * 2, root(1 - r[0, 0] - r[1, 1] + r[2, 2]) * 2
+    cands = jnp.stack([
+        jnp.stack([s0 / 4, (r[2, 1] - r[1, 2]) / s0, (r[0, 2] - r[2, 0]) / s0, (r[1, 0] - r[0, 1]) / s0]),
+        jnp.stack([(r[2, 1] - r[1, 2]) / s1, s1 / 4, (r[0, 1] + r[1, 0]) / s1, (r[0, 2] + r[2, 0]) / s1]),
+        jnp.stack([(r[0, 2] - r[2, 0]) / s2, (r[0, 1] + r[1, 0]) / s2, s2 / 4, (r[1, 2] + r[2, 1]) / s2]),
+        jnp.stack([(r[1, 0] - r[0, 1]) / s3, (r[0, 2] + r[2, 0]) / s3, (r[1, 2] + r[2, 1]) / s3, s3 / 4]),
+    ])
+    pivot = jnp.argmax(jnp.stack([tr, r[0, 0], r[1, 1], r[2, 2]]))
+    q = cands[pivot]
+    return q / jnp.linalg.norm(q)
+
+
 class ParamLayout:
     """Every parameter a robot exposes, in vector order, and the index arrays that write them.
 
@@ -72,8 +146,11 @@ class ParamLayout:
     """
 
     def __init__(self, base: mujoco.MjModel, actuator: ActuatorModel,
-                 actuator_defaults: Mapping[str, float]):
+                 actuator_defaults: Mapping[str, float | np.ndarray], inertia: str = "scale"):
+        if inertia not in INERTIA_MODELS:
+            raise ValueError(f"unknown inertia model {inertia!r}; choose one of {INERTIA_MODELS}")
         self.actuator = actuator
+        self.inertia = inertia
         self.base = {f: np.array(getattr(base, f), dtype=np.float64) for f in WRITTEN_FIELDS}
         self.nq, self.nv, self.nu = base.nq, base.nv, base.nu
         self.act_qadr = np.array([base.jnt_qposadr[base.actuator_trnid[a, 0]] for a in range(base.nu)])
@@ -87,7 +164,11 @@ class ParamLayout:
 
         for b in range(1, base.nbody):
             name = _name(base, mujoco.mjtObj.mjOBJ_BODY, b)
-            if name and base.body_mass[b] > 0:
+            if name and base.body_mass[b] > 0 and inertia == "cholesky":
+                chol = inertial_cholesky(base.body_mass[b], base.body_inertia[b], base.body_iquat[b])
+                for kind, value in zip(INERTIAL_KINDS, [base.body_mass[b], *base.body_ipos[b], *chol]):
+                    add(kind, name, b, value)
+            elif name and base.body_mass[b] > 0:
                 add("body_mass", name, b, base.body_mass[b])
                 add("body_inertia_scale", name, b, 1.0)
                 for axis in "xyz":
@@ -111,11 +192,12 @@ class ParamLayout:
             name = _name(base, mujoco.mjtObj.mjOBJ_GEOM, g)
             if name and (base.geom_contype[g] or base.geom_conaffinity[g]):
                 add("geom_friction", name, g, base.geom_friction[g, 0])
-        for kind in actuator.kinds:
+        for kind in actuator.kinds:   # a default is one number for every actuator or one per actuator
+            default = np.broadcast_to(np.asarray(actuator_defaults.get(kind, actuator.defaults[kind]),
+                                                 np.float64), (base.nu,))
             for a in range(base.nu):
-                add(kind, _name(base, mujoco.mjtObj.mjOBJ_ACTUATOR, a), a,
-                    actuator_defaults.get(kind, actuator.defaults[kind]),
-                    unit=actuator.units.get(kind, ""), positive=True)
+                add(kind, _name(base, mujoco.mjtObj.mjOBJ_ACTUATOR, a), a, default[a],
+                    unit=actuator.units.get(kind, ""), positive=kind not in actuator.signed)
         add("latency_s", "", 0, 0.0)
         for j, name in _scalar_joints(base):
             add("sensor_bias", name, base.jnt_qposadr[j], 0.0)
@@ -152,6 +234,7 @@ class ParamLayout:
 def model_fields(layout: ParamLayout, theta: jnp.ndarray) -> dict[str, jnp.ndarray]:
     """The model arrays determined by theta (P,): {field name: full array}.
 
+    Full inertials (`inertial_*`) write mass, COM, principal moments and axes (`body_inertial`);
     body_mass scales the body's inertia by the same ratio (mass distribution
     kept); body_inertia_scale multiplies the inertia alone; body_com_* offsets
     the centre of mass (m); actuator-model kinds listed in `dof_terms` add to
@@ -159,6 +242,14 @@ def model_fields(layout: ParamLayout, theta: jnp.ndarray) -> dict[str, jnp.ndarr
     """
     dt = theta.dtype
     f = {k: jnp.asarray(v, dt) for k, v in layout.base.items()}
+    if layout.inertia == "cholesky":
+        pos = np.stack([layout.of_kind(k)[0] for k in INERTIAL_KINDS], axis=1)      # (B, 10)
+        ids = layout.of_kind("inertial_mass")[1]
+        mass, com, moments, quat = body_inertial(theta[pos])
+        f["body_mass"] = f["body_mass"].at[ids].set(mass)
+        f["body_ipos"] = f["body_ipos"].at[ids].set(com)
+        f["body_inertia"] = f["body_inertia"].at[ids].set(moments)
+        f["body_iquat"] = f["body_iquat"].at[ids].set(quat)
     ones = jnp.ones(len(f["body_mass"]), dt)
     pos, ids = layout.of_kind("body_mass")
     mass_ratio = ones.at[ids].set(theta[pos] / f["body_mass"][ids])
@@ -179,3 +270,13 @@ def model_fields(layout: ParamLayout, theta: jnp.ndarray) -> dict[str, jnp.ndarr
     pos, ids = layout.of_kind("geom_friction")
     f["geom_friction"] = f["geom_friction"].at[ids, 0].set(theta[pos])
     return f
+
+
+def physical_margins(layout: ParamLayout, theta) -> dict[str, float]:
+    """How far theta (P,) is inside physics for every full-inertial body: the smallest mass (kg),
+    principal moment and triangle-inequality margin I_j + I_k − I_i (kg·m²); all must be ≥ 0."""
+    idx = np.stack([layout.of_kind(k)[0] for k in INERTIAL_KINDS], axis=1)
+    mass, _, moments, _ = (np.asarray(a) for a in body_inertial(jnp.asarray(theta)[idx]))
+    total = moments.sum(axis=1, keepdims=True)
+    return {"min_mass": float(mass.min()), "min_moment": float(moments.min()),
+            "min_triangle": float((total - 2 * moments).min())}
