@@ -210,7 +210,7 @@ def test_emulate_truth_with_plans_into_the_service(tmp_path, service_model, caps
             link.drain(10.0)
         chunks = service.store.get_chunks("arm2")
         rejected = dict(service.ingest.rejected)
-    assert code == 0 and summary["chunks"] == 3 and summary["rejected"] == 0
+    assert code == 0 and summary["chunks"] == 3 and summary["rejected"] == summary["plans_rejected"] == 0
     assert [c.seq for c in chunks] == [0, 1, 2, 3]
     arm2 = service_model.robot
     for c in chunks[:3]:

@@ -1,6 +1,7 @@
 """CLI commands `twin-bayes emulate`, `replay` and `watch` (registered through cli.COMMAND_MODULES).
 
-emulate and replay print one JSON line when done: chunks, samples, resent, acked, rejected, errors.
+emulate and replay print one JSON line when done: chunks, samples, resent, acked, rejected, plans_rejected,
+errors.
 """
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ def _deliver(link, send) -> int:
     s = link.stats
     print(json.dumps({"robot_id": link.robot_id, "chunks": chunks, "next_seq": link.next_seq, "resent": s.resent,
                       "acked": s.acked, "duplicates": s.duplicates, "rejected": s.rejected,
+                      "plans_rejected": s.plans_rejected,
                       "errors": [list(x) for x in s.errors[-10:]]}), flush=True)
     if problem or s.rejected:
         print(f"error: {problem or f'{s.rejected} chunks rejected by the service'}", file=sys.stderr)
