@@ -13,7 +13,8 @@ from twin_bayes.cli import ENGINE_OPTIONS, build_parser, main
 
 JAX_FREE = ("twin_bayes", "twin_bayes.cli", "twin_bayes.service.robot_link", "twin_bayes.service.replay",
             "twin_bayes.service.robot_commands", "twin_bayes.service.commands", "twin_bayes.service.auth",
-            "twin_bayes.service.watch", "twin_bayes.data")
+            "twin_bayes.service.watch", "twin_bayes.service.client", "twin_bayes.service.ros2",
+            "twin_bayes.service.ros2_commands", "twin_bayes.service.foxglove", "twin_bayes.data")
 
 
 def imported_modules(code: str) -> set[str]:
