@@ -117,7 +117,10 @@ def horizon_report(twin, trajectories, horizon_s: float) -> tuple[dict, list, li
     per_file = [evaluate(predict, on_grid(tr, twin.model.robot.dt), steps) for tr in trajectories]
     pooled = overall(per_file)
     out = {"horizon_s": horizon_s, "horizon_steps": steps, "files": per_file, "overall": pooled}
-    joints = [f"q{j}" for j in range(len(pooled["rmse_end"]))]
+    robot = twin.model.robot
+    named = [sp.element for sp in robot.specs if sp.kind == "sensor_bias"]     # one per hinge/slide joint
+    joints = named if len(named) == len(pooled["rmse_end"]) else [f"q[{j}]" for j in range(len(pooled["rmse_end"]))]
+    out["joints"] = joints
     rows = [(j, pooled["rmse_end"][i], pooled["mae_end"][i], pooled["coverage50"][i], pooled["coverage90"][i],
              pooled["crps"][i]) for i, j in enumerate(joints)]
     rows.append(("all", pooled["rmse_end_all"], float(np.mean(pooled["mae_end"])), pooled["coverage50_all"],

@@ -276,6 +276,8 @@ def physical_margins(layout: ParamLayout, theta) -> dict[str, float]:
     """How far theta (P,) is inside physics for every full-inertial body: the smallest mass (kg),
     principal moment and triangle-inequality margin I_j + I_k − I_i (kg·m²); all must be ≥ 0."""
     idx = np.stack([layout.of_kind(k)[0] for k in INERTIAL_KINDS], axis=1)
+    if not idx.size:
+        raise ValueError("this robot has no full-inertial parameters (MJCF text twin_bayes.inertia = cholesky)")
     mass, _, moments, _ = (np.asarray(a) for a in body_inertial(jnp.asarray(theta)[idx]))
     total = moments.sum(axis=1, keepdims=True)
     return {"min_mass": float(mass.min()), "min_moment": float(moments.min()),
