@@ -477,3 +477,24 @@ def test_a_log_served_and_the_same_log_fitted_with_stream_give_the_same_posterio
     fitted = load_posterior(Twin(cfg, model), tmp_path / "fitted").posterior
     assert fitted.version == served.version == WINDOWS
     np.testing.assert_allclose(fitted.values, served.values, rtol=1e-9, atol=1e-12)
+
+
+def test_a_robot_starts_from_an_offline_posterior_with_its_model_error(cfg, model, chunks, tmp_path):
+    """`serve --posterior ROBOT=DIR`: the service starts the robot from a fitted posterior (the whole
+    state, its model error too) and hands both back in its snapshot."""
+    from twin_bayes.inference import Twin
+    from twin_bayes.inference.discrepancy import ModelError
+    from twin_bayes.inference.store import save_posterior
+    from twin_bayes.service.worker import stored_windows
+    offline = Twin(cfg, model)
+    for c in stored_windows([protocol.decode(c) for c in chunks], model)[:1]:
+        offline.update({"q": c.q, "qd": c.qd, "ctrl": c.ctrl})
+    offline.model_error = ModelError(np.array([0.01, 0.02]), 0.3, np.zeros(0), np.zeros(0))
+    save_posterior(offline, tmp_path / "offline")
+    with serving(cfg, model, tmp_path, name="from-offline", posteriors={RID: tmp_path / "offline"}) as (svc, _):
+        with TwinClient(svc.endpoints["query"], timeout_s=30) as client:
+            snap = client.snapshot(RID)
+    assert snap.extra["version"] == 1 and snap.extra["model_error"] == offline.model_error.as_dict()
+    np.testing.assert_array_equal(snap.arrays["values"], offline.posterior.values)
+    with pytest.raises(ValueError, match="particles.npz"):
+        start(cfg, model, tmp_path, name="missing", posteriors={RID: tmp_path / "nowhere"})

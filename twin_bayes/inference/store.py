@@ -9,18 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from twin_bayes.diagnostics import save_netcdf, to_inference_data
+from twin_bayes.inference.engine import state_arrays, state_from_arrays
 from twin_bayes.inference.discrepancy import ModelError
 from twin_bayes.inference.posterior import Particles
 from twin_bayes.inference.twin import Twin
 
 PARTICLES = "particles.npz"
+STATE = "state.npz"
 NETCDF = "posterior.nc"
 SUMMARY = "summary.json"
 MODEL_ERROR = "model_error.json"
 
 
 def save_posterior(twin: Twin, out: str | Path, summary: dict | None = None, engine: str = "particles") -> Path:
-    """Write particles.npz (exact state), posterior.nc (ArviZ), summary.json and, where the twin has a
+    """Write particles.npz, state.npz (the whole TwinState), posterior.nc (ArviZ), summary.json and, where the twin has a
     model error (`Twin.model_error`), model_error.json into out/ (a stale model_error.json is removed).
 
     posterior.nc names the engine of a batch fit with chains; a particle posterior is labelled `engine`."""
@@ -30,6 +32,7 @@ def save_posterior(twin: Twin, out: str | Path, summary: dict | None = None, eng
     p = twin.particles
     np.savez(out / PARTICLES, z=np.asarray(p.z), log_weights=np.asarray(p.log_weights),
              names=np.array(post.names), version=post.version)
+    np.savez(out / STATE, **state_arrays(twin.state))
     res = twin.last_batch
     if res is not None and res.chains is not None:
         values = np.asarray(jnp.stack([twin.model.constrain(z) for z in res.chains.reshape(-1, twin.model.dim)]))
@@ -79,5 +82,12 @@ def load_posterior(twin: Twin, directory: str | Path) -> Twin:
         except (OSError, ValueError) as err:
             raise ValueError(f"{me_path}: {err}") from None
     twin.restore(Particles(jnp.asarray(z), jnp.asarray(log_w)), version)
+    state_path = Path(directory) / STATE
+    if state_path.exists():     # the whole TwinState: the window prior (e.g. a Laplace Gaussian) too
+        try:
+            with np.load(state_path, allow_pickle=False) as arrays:
+                twin.state = state_from_arrays(twin.state, dict(arrays))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{state_path}: not a state of this config's twin ({err})") from None
     twin.model_error = model_error
     return twin

@@ -24,6 +24,7 @@ import optax
 
 from twin_bayes.inference.discrepancy import fit_model_error
 from twin_bayes.inference.posterior import Particles
+from twin_bayes.inference.smc import GaussianPrior
 from twin_bayes.models import TwinModel
 from twin_bayes.sim.rollout import simulate
 
@@ -167,6 +168,13 @@ def fit(model: TwinModel, rec: Recordings, adam_steps: int = 50, learning_rate: 
     return WholeLogFit(full(z), chol, temper, resid, adam_steps + steps, evaluations + 1)
 
 
+def _positive_chol(chol: jnp.ndarray) -> jnp.ndarray:
+    """The Laplace Cholesky factor with the unestimated noise scales' zero rows given a tiny scale, so that
+    it is a valid window prior for streaming on (their values stay put)."""
+    d = jnp.diag(chol)
+    return chol + jnp.diag(jnp.where(d > 0, 0.0, 1e-6))
+
+
 def particles(result: WholeLogFit, key, n: int) -> Particles:
     """n equally weighted draws (n, D) of the Laplace approximation N(mode, chol cholᵀ)."""
     eps = jax.random.normal(key, (n, result.mode.shape[0]))
@@ -181,6 +189,7 @@ def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = 10) -
     rec = stack(twin.model, trajectories)
     res = fit(twin.model, rec, adam_steps=adam_steps, newton_steps=newton_steps)
     twin.restore(particles(res, jax.random.PRNGKey(twin.cfg.inference.seed), twin.cfg.inference.particles), 1)
+    twin.state = twin.state._replace(prior=GaussianPrior(res.mode, _positive_chol(res.chol), jnp.asarray(False)))
     twin.model_error = fit_model_error(res.residuals, rec.mask, rec.settings, twin.model.robot.dt)
     steps = int(np.sum(np.asarray(rec.mask)))
     return {"engine": "whole-log", "method": "whole-log Laplace (Adam + damped Newton)",

@@ -252,7 +252,7 @@ class TwinModel:
 
     def theta(self, values: jnp.ndarray, settings: jnp.ndarray) -> jnp.ndarray:
         """Full robot parameter vector (P,) from constrained values (D,) and settings (K,)."""
-        th = self.base_theta.at[np.asarray(self.free_idx)].set(values[: len(self.free_idx)])
+        th = jnp.asarray(self.base_theta).at[np.asarray(self.free_idx)].set(values[: len(self.free_idx)])
         return th.at[np.asarray(self.setting_idx, dtype=np.int64)].set(settings)
 
     def noise(self, values: jnp.ndarray) -> dict[str, jnp.ndarray]:

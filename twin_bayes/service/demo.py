@@ -47,13 +47,11 @@ class DemoResult:
 
 
 def stream_plan(model: TwinModel, seconds: float) -> tuple[int, int, int]:
-    """(windows, chunk_samples, chunks): `seconds` rounded to whole windows of whole chunks, plus
-    one chunk more when a window does not end on a chunk boundary (a window is cut only once
-    the next chunk would overflow it)."""
+    """(windows, chunk_samples, chunks): `seconds` rounded to whole windows, and the whole chunks that
+    hold them (windows share their boundary sample: w windows need w·(T − 1) + 1 samples)."""
     chunk = max(1, round(CHUNK_S / model.robot.dt))
     windows = max(1, round(seconds / model.cfg.inference.window_s))
-    per_window = model.window_samples // chunk
-    return windows, chunk, windows * per_window + int(model.window_samples % chunk != 0)
+    return windows, chunk, -(-(windows * (model.window_samples - 1) + 1) // chunk)
 
 
 def _check_simulator(model: TwinModel) -> None:

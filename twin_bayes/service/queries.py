@@ -36,7 +36,8 @@ def robot_of(msg: protocol.Message, robots: dict[str, RobotTwin]) -> RobotTwin:
 
 
 def snapshot(msg: protocol.Message, rt: RobotTwin, pub_seq: int) -> list[bytes]:
-    """Posterior snapshot: summary in the body; values (N, D) physical units and weights (N,).
+    """Posterior snapshot: summary and the model error of its predictions (or None) in the body; values
+    (N, D) physical units and weights (N,).
 
     `pub_seq` is the publisher's last sequence number: a resyncing subscriber drops
     published messages up to it."""
@@ -44,7 +45,8 @@ def snapshot(msg: protocol.Message, rt: RobotTwin, pub_seq: int) -> list[bytes]:
     return protocol.reply(msg.robot_id, msg.seq, "posterior", {"values": post.values, "weights": post.weights},
                           version=post.version, names=list(post.names), summary=post.summary(),
                           stale=post.stale, reason=post.reason, applied_seq=rt.applied_seq,
-                          pub_seq=pub_seq, alerts=list(rt.alerts.values()))
+                          pub_seq=pub_seq, alerts=list(rt.alerts.values()),
+                          model_error=None if rt.twin.model_error is None else rt.twin.model_error.as_dict())
 
 
 def _predict_inputs(msg: protocol.Message, rt: RobotTwin) -> tuple[np.ndarray, ...]:

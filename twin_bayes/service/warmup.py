@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> dict:
                        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     w.add_argument("--config", required=True, help="twin config TOML (or a shipped config name)")
     w.add_argument("--robots", default="1", help="comma-separated robot counts a service will batch (each "
-                   "count compiles one executable; counts round up to 1, 2, 4, 8, 16, 32, 64)")
+                   "count compiles its executables; counts round up to 1, 4, 16, 64)")
     w.add_argument("--horizon", type=float, default=HORIZON_S,
                    help="prediction horizon the service publishes (s)")
     return {"warmup": cmd_warmup}

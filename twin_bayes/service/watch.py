@@ -2,7 +2,8 @@
 
 The view shows, per robot, each parameter's posterior (mean, 90% interval, a sparkline of the
 mean over the last versions), the latest prediction (median and 90% band at the end of its
-horizon) and the service's health (status, problems, band coverage, alerts).
+horizon) and the service's health (status, problems, band coverage of the re-predicted windows and of
+the forecasts, alerts).
 """
 from __future__ import annotations
 
@@ -101,12 +102,16 @@ class WatchView:
         if not h:
             return ["health: (none yet)"]
         lines = [f"health: {h.get('status')}" + "".join(f"\n  ! {p}" for p in h.get("problems", []))]
+        def coverage(cal) -> str:
+            return ", ".join(f"{k} {v:.2f}" for k, v in (cal or {}).items()
+                             if k.startswith("coverage") and isinstance(v, float) and math.isfinite(v))
+
         for rid, r in (h.get("robots") or {}).items():
-            cal = r.get("calibration") or {}
-            cov = ", ".join(f"{k} {v:.2f}" for k, v in cal.items()
-                            if k.startswith("coverage") and isinstance(v, float) and math.isfinite(v))
+            model, forecast = coverage(r.get("model_calibration")), coverage(r.get("calibration"))
             lines.append(f"  {rid}: chunks {r.get('chunks')}, windows {r.get('windows')}, "
-                         f"posterior v{r.get('posterior_version')}" + (f", band coverage {cov}" if cov else ""))
+                         f"posterior v{r.get('posterior_version')}"
+                         + (f", model calibration {model}" if model else "")
+                         + (f", forecast {forecast}" if forecast else ""))
         return lines
 
     def _alert_lines(self) -> list[str]:

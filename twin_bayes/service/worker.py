@@ -315,7 +315,6 @@ class Worker:
             cut = cuts[rt.robot_id]
             if not cut.usable:
                 continue
-            rt.windows += 1
             try:
                 windows.append(rt.twin.as_window({"q": cut.q, "qd": cut.qd, "ctrl": cut.ctrl,
                                                   "settings": cut.settings or None}))
@@ -326,6 +325,7 @@ class Worker:
         for rt in robots:
             cut = cuts[rt.robot_id]
             rt.applied_seq, rt.applied_row = cut.end_seq, cut.end_row
+            rt.windows += cut.usable
             rt.tail = [c for c in rt.tail if c.seq >= cut.end_seq]
             rt.twin.mark_applied(cut.end_seq)
             report = reports.get(rt.robot_id)
@@ -345,6 +345,9 @@ class Worker:
                     self.error = f"{rt.robot_id}: posterior version not stored ({e})"
                 self._alerts(rt)
             self._publish_posterior(rt)
+            cut, rid = cuts[rt.robot_id], rt.robot_id     # the measured window, for live views (Foxglove)
+            self.publish("telemetry", rid, lambda seq, rid=rid, c=cut: protocol.telemetry(rid, seq, c.t, c.q, c.qd,
+                                                                                          c.ctrl))
         self._predict(todo, cuts)
         if self.settings.validate:
             self._validate(todo, cuts)
