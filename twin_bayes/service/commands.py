@@ -21,6 +21,9 @@ def register(sub) -> dict:
     p.add_argument("--config", action="append", required=True, metavar="[ROBOT_ID=]CONFIG",
                    help="twin config (file or shipped name); robot_id defaults to the config's name; repeat "
                         "for several robots")
+    p.add_argument("--posterior", action="append", default=[], metavar="ROBOT_ID=DIR",
+                   help="start robot_id from a posterior written by `twin-bayes fit` (model error included); "
+                        "repeat for several robots; a checkpoint of this store, if any, is newer and wins")
     p.add_argument("--store", default=STORE, help="SQLite telemetry store (WAL), created with its directory if "
                                                   "missing; relative to the working directory")
     p.add_argument("--ingest", default="tcp://127.0.0.1:5555", help="telemetry ROUTER address (port * picks one)")
@@ -83,6 +86,12 @@ def cmd_serve(args) -> int:
             protocol.encode("ack", rid, 0, status="stored")  # robot_id must be a valid wire id
     except (ConfigError, ValueError) as e:
         return _bad(str(e))
+    posteriors = {}
+    for spec in args.posterior:
+        rid, _, directory = spec.partition("=")
+        if rid not in configs or not directory:
+            return _bad(f"--posterior {spec}: expected ROBOT_ID=DIR with a robot_id of --config ({sorted(configs)})")
+        posteriors[rid] = Path(directory)
     if args.metrics_port is not None and not 0 <= args.metrics_port < 65536:
         return _bad(f"--metrics-port {args.metrics_port}: not a port number")
     store = Path(args.store).resolve()
@@ -97,10 +106,11 @@ def cmd_serve(args) -> int:
     settings = ServiceSettings(configs, store, args.ingest, args.pub, args.query,
                                Path(args.curve_keys) if args.curve_keys else None, args.silent_after,
                                args.health_every, max_store_bytes=args.max_store_bytes, worker=worker,
-                               metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+                               metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                               posteriors=posteriors)
     try:
         service = TwinService(settings).start()
-    except (KeysError, StoreError, RuntimeError) as e:
+    except (KeysError, StoreError, RuntimeError, ValueError) as e:
         return _bad(str(e))
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -56,7 +56,9 @@ class ServiceSettings:
     (messages beyond it are dropped for that subscriber, never waited for); sndbuf:
     the PUB kernel send buffer in bytes (None: the OS default);
     max_store_bytes: cap on the SQLite file (writes past it fail like a full disk);
-    metrics_port: serve Prometheus `/metrics` on metrics_host:metrics_port (0: a free port; None: off).
+    metrics_port: serve Prometheus `/metrics` on metrics_host:metrics_port (0: a free port; None: off);
+    posteriors: robot_id -> a directory of `twin-bayes fit` the robot starts from (its model error too;
+    a checkpoint of the store, when there is one, is newer and wins).
     """
 
     configs: Mapping[str, TwinConfig]
@@ -73,6 +75,7 @@ class ServiceSettings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    posteriors: Mapping[str, Path] = field(default_factory=dict)
 
 
 class Outbox:
@@ -114,11 +117,14 @@ class TwinService:
             if key not in shared:
                 shared[key] = TwinModel(cfg)
             models.setdefault(rid, shared[key])
+        self.twins = {rid: Twin(cfg, models[rid]) for rid, cfg in configs.items()}
+        for rid, directory in settings.posteriors.items():
+            from twin_bayes.inference.store import load_posterior
+            load_posterior(self.twins[rid], directory)     # ValueError names the file and the problem
         self.store = TelemetryStore(settings.store, settings.max_store_bytes)
         self.ctx = zmq.Context()
         self.outbox = Outbox(self.ctx)
         self.metrics_registry = ServiceMetrics()
-        self.twins = {rid: Twin(cfg, models[rid]) for rid, cfg in configs.items()}
         self.worker = Worker(self.store, self.twins, self._from_worker, settings.worker)
         self.predictor = Predictor(self.worker.robots, lambda env, frames: self.outbox.put(("reply", env, frames)))
         shapes = {rid: RobotShape(t.model.robot.nq, t.model.robot.nv, t.model.robot.nu, t.model.robot.dt,
