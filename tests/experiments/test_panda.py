@@ -110,7 +110,7 @@ def test_scores_of_a_calibrated_ensemble():
 
 
 @needs_log
-@pytest.mark.slow     # ~5 min on 2 cores: one Gauss-Newton step on the reduced twin
+@pytest.mark.slow     # 73 s on 2 shared cores: one Gauss-Newton step on the reduced twin
 def test_panda_study_beats_the_published_model(tmp_path):
     subprocess.run([sys.executable, str(REPO / "experiments" / "panda_real.py"), "--gn-steps", "1", "--out",
                     str(tmp_path)], check=True, cwd=REPO)
@@ -140,3 +140,13 @@ def test_horizon_report_restarts_a_twin_from_the_measured_state(tmp_path):
     assert out["overall"]["rmse_end_all"] < 0.5 * whole["mae_q"]
     with pytest.raises(ValueError, match="whole number"):
         shooting.horizon_report(twin, [rec], 0.0031)
+
+
+@pytest.mark.slow     # 81 s, most of it the MJX compile of the 7-dof arm's gradient
+def test_full_inertial_and_friction_gradients_match_finite_differences():
+    """Reverse mode through eigh (principal axes) and the friction against central differences."""
+    robot = load_robot("panda")
+    names = ["inertial_mass:link7", "inertial_com_y:link6", "inertial_chol_zz:link7", "inertial_chol_xy:link6",
+             "joint_friction_coulomb:joint7", "joint_friction_offset:joint5", "torque_offset:joint6"]
+    for param, g in checks.gradient_check(robot, names=names, steps=30).items():
+        assert abs(g["ad"]) > 1e-8 and g["rel_err"] < 1e-4, (param, g)
