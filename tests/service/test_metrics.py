@@ -11,7 +11,7 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from twin_bayes.service import protocol
-from twin_bayes.service.client import ServiceError, TwinClient
+from twin_bayes.service.client import ServiceError, Subscriber, TwinClient
 from twin_bayes.service.server import ServiceSettings, TwinService
 from twin_bayes.service.worker import WorkerSettings
 from twin_bayes.sim.emulator import emulate
@@ -41,6 +41,7 @@ def test_metrics_over_http_match_the_service_counts(service_model, chunks, tmp_p
                                "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", metrics_port=0,
                                worker=WorkerSettings(checkpoints=tmp_path / "ckpt"))
     svc = TwinService(settings, {RID: service_model}).start()
+    sub = Subscriber(svc.endpoints["pub"], ["prediction/"])   # the last message of each applied window
     robot = zmq.Context.instance().socket(zmq.DEALER)
     robot.linger = 0
     robot.connect(svc.endpoints["ingest"])
@@ -58,9 +59,9 @@ def test_metrics_over_http_match_the_service_counts(service_model, chunks, tmp_p
         codes = sorted(m.extra.get("code", m.extra.get("status", "")) for m in replies)
         assert codes == sorted(["stored"] * N_CHUNKS + ["duplicate"] * 2 + ["bad_header"] * 2 + ["unknown_robot"])
         with TwinClient(svc.endpoints["query"], timeout_s=30) as client:
-            deadline = time.monotonic() + 1800   # bounds a hang only: the first window compiles for minutes
-            while client.health()["robots"][RID]["windows"] < WINDOWS and time.monotonic() < deadline:
-                time.sleep(0.2)
+            deadline, predictions = time.monotonic() + 1800, 0   # bounds a hang only: compiles take minutes
+            while predictions < WINDOWS and time.monotonic() < deadline:
+                predictions += len(sub.recv(1.0))
             with pytest.raises(ServiceError, match="unknown op"):
                 client.request("launch")
             health = client.health()
@@ -68,6 +69,7 @@ def test_metrics_over_http_match_the_service_counts(service_model, chunks, tmp_p
             query = client.metrics()
     finally:
         robot.close()
+        sub.close()
         svc.stop()
 
     def value(name, **labels):
@@ -108,4 +110,5 @@ def test_metrics_over_http_match_the_service_counts(service_model, chunks, tmp_p
         assert value("twin_bayes_published_total", kind=kind) == WINDOWS == query["published"][kind]
         assert value("twin_bayes_publish_lag_seconds_count", kind=kind) == WINDOWS
     assert value("twin_bayes_published_total", kind="health") >= 1
-    assert value("twin_bayes_queries_total", op="health") >= 2
+    assert value("twin_bayes_queries_total", op="health") == 1 == query["queries"]["health"]
+    assert value("twin_bayes_queries_total", op="launch") == 1 and query["queries"]["metrics"] == 1   # itself
