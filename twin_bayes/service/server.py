@@ -125,7 +125,7 @@ class TwinService:
         self.ctx = zmq.Context()
         self.outbox = Outbox(self.ctx)
         self.metrics_registry = ServiceMetrics()
-        self.worker = Worker(self.store, self.twins, self._from_worker, settings.worker)
+        self.worker = Worker(self.store, self.twins, self._from_worker, settings.worker, self.metrics_registry)
         self.predictor = Predictor(self.worker.robots, lambda env, frames: self.outbox.put(("reply", env, frames)))
         shapes = {rid: RobotShape(t.model.robot.nq, t.model.robot.nv, t.model.robot.nu, t.model.robot.dt,
                                   t.model.window_samples, t.model.setting_names) for rid, t in self.twins.items()}
@@ -134,7 +134,6 @@ class TwinService:
         self.ingest = Ingest(self.store, shapes, self.worker.notify, owners, metrics=self.metrics_registry)
         self.endpoints: dict[str, str] = {}
         self.pub_seq = -1
-        self._alerts_seen: dict[str, set[str]] = {rid: set() for rid in configs}
         self.started = time.time()
         self._auth = None
         self._ready = threading.Event()
@@ -319,22 +318,8 @@ class TwinService:
         self.metrics_registry.observe_publish(kind, 0.0 if handed_over is None else time.monotonic() - handed_over)
 
     def _from_worker(self, kind: str, robot_id: str, build: Callable[[int], list[bytes]]) -> None:
-        """The worker's publish hook (inference thread): queue the message for PUB. Until the worker
-        records into `metrics_registry` itself, a posterior message (one per Twin.update) is where its
-        update, calibration and alerts are observed: the worker thread has just set them."""
-        if kind == "posterior":
-            self._observe_update(self.worker.robots[robot_id])
+        """The worker's publish hook (inference thread): queue the message for PUB."""
         self.outbox.put(("pub", kind, robot_id, build))
-
-    def _observe_update(self, rt) -> None:
-        m, rid, last = self.metrics_registry, rt.robot_id, rt.last_update
-        if "latency_s" in last:
-            m.observe_update(rid, last["latency_s"], last["accepted"])
-        cal = rt.calibration.as_dict()
-        m.set_calibration(rid, cal.get("coverage_50", float("nan")), cal.get("coverage_90", float("nan")))
-        active = set(rt.alerts)
-        m.set_alerts(rid, len(active), len(active - self._alerts_seen[rid]))
-        self._alerts_seen[rid] = active
 
     # --- health and metrics -------------------------------------------------------------
     def health(self) -> dict[str, Any]:

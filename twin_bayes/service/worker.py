@@ -36,6 +36,7 @@ from twin_bayes.inference.twin import predict_many, update_many
 from twin_bayes.models import WindowError
 from twin_bayes.service import checkpoint, protocol
 from twin_bayes.service.ingest import SETTING
+from twin_bayes.service.metrics import ServiceMetrics
 from twin_bayes.service.plan import horizon_commands
 from twin_bayes.service.protocol import Message
 from twin_bayes.service.store import StoreError, TelemetryStore
@@ -171,8 +172,9 @@ def particles_blob(p: Particles) -> bytes:
 
 class Worker:
     def __init__(self, store: TelemetryStore, twins: dict[str, Twin], publish: Publish,
-                 settings: WorkerSettings = WorkerSettings()):
+                 settings: WorkerSettings = WorkerSettings(), metrics: ServiceMetrics | None = None):
         self.store = store
+        self.metrics = metrics or ServiceMetrics()
         self.settings = settings
         self.publish = publish
         self.robots = {rid: RobotTwin(rid, twin) for rid, twin in twins.items()}
@@ -332,6 +334,7 @@ class Worker:
             if report is not None:
                 rt.rejected += not report.accepted
                 self.update_latency.append(report.latency_s)
+                self.metrics.observe_update(rt.robot_id, report.latency_s, report.accepted)
                 rt.last_update = {k: report.as_dict()[k] for k in ("accepted", "reason", "version", "stages",
                                                                     "ess", "drift", "latency_s")}
         self._save_checkpoint()
@@ -417,6 +420,8 @@ class Worker:
             return
         observed = np.concatenate([cut.q, cut.qd], axis=-1)[i:i + len(p.t)]
         s = rt.calibration.update(p.samples, observed)
+        c = rt.calibration.as_dict()
+        self.metrics.set_calibration(rt.robot_id, c["coverage_50"], c["coverage_90"])
         try:
             self.store.put_score(rt.robot_id, p.prediction_id, float(p.t[-1] - p.t[0] + dt),
                                  s["coverage_50"], s["coverage_90"], s["crps"], s["log_score"])
@@ -449,6 +454,7 @@ class Worker:
             if changed:
                 rid = rt.robot_id
                 self.publish("alert", rid, lambda seq, a=alert: protocol.reply(rid, seq, "alert", **a))
+        self.metrics.set_alerts(rt.robot_id, len(alerts), len(set(alerts) - set(rt.alerts)))
         rt.alerts = alerts
 
     def _retention(self) -> None:
