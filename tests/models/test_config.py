@@ -132,8 +132,8 @@ def test_unknown_setting_name_is_a_config_error(tmp_path):
 
 def test_unknown_robot_names_robot_name(tmp_path):
     data = arm2_data()
-    data["robot"]["name"] = "arm3"
-    with pytest.raises(ConfigError, match=r"robot\.name.*arm3"):
+    data["robot"]["name"] = "arm9"     # arm3 is a shipped (URDF) robot
+    with pytest.raises(ConfigError, match=r"robot\.name.*arm9"):
         load_config(write(tmp_path, data))
 
 
