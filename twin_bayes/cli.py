@@ -23,7 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = ("twin_bayes.service.commands", "twin_bayes.s
 NUTS_WARMUP = 300
 NUTS_SAMPLES = 300
 #: fit options (argparse dest) that apply to some engines only -> those engines
-ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {"stream": ("smc",), "adam_steps": ("svi", "whole-log"),
+ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {"adam_steps": ("svi", "whole-log"),
                                               "warmup": ("nuts",), "samples": ("nuts",)}
 
 
@@ -123,7 +123,7 @@ def cmd_check_sim(args) -> int:
 def _windows(twin, trajs, final: bool = True):
     """The recordings cut into the twin's fixed windows by the shared cutter (`data.windows`; windows
     share their boundary sample). final=False leaves the last recording's remainder out, as a service
-    streaming the same log would (`fit --stream`)."""
+    streaming the same log would (`fit --engine stream`)."""
     from twin_bayes.data import trajectory_windows
     from twin_bayes.models import WindowError
     m = twin.model
@@ -152,7 +152,7 @@ def cmd_fit(args) -> int:
     check_engine_options(args, engine)
     twin = Twin(cfg)
     trajs = _read(args.data)
-    windows = [] if engine == "whole-log" else _windows(twin, trajs, final=not args.stream)
+    windows = [] if engine == "whole-log" else _windows(twin, trajs, final=engine != "stream")
     start = time.perf_counter()
     kwargs = {}
     if engine == "nuts":
@@ -164,9 +164,10 @@ def cmd_fit(args) -> int:
         from twin_bayes.inference.whole_log import fit_twin
         info = fit_twin(twin, trajs, **({} if args.adam_steps is None else {"adam_steps": args.adam_steps}))
         evaluations = info["simulator_evaluations"]
-    elif engine == "smc" and args.stream:
+    elif engine == "stream":
         reports = [twin.update(w).as_dict() for w in windows]
-        info = {"engine": "smc-stream", "windows": len(reports), "accepted": sum(r["accepted"] for r in reports)}
+        info = {"engine": "stream", "windows": len(reports), "accepted": sum(r["accepted"] for r in reports),
+                "tempered": sum(r["engine"] == "smc" for r in reports)}
         evaluations = None
     else:
         res = twin.fit(windows, engine=engine, **kwargs)
@@ -315,10 +316,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     f.add_argument("--config", required=True, help="twin config (shipped name or file)")
     f.add_argument("--data", nargs="+", required=True, help="recordings (.npz, bam .json)")
     f.add_argument("--out", required=True, help="directory for particles.npz, posterior.nc, summary.json")
-    f.add_argument("--engine", choices=("smc", "nuts", "svi", "whole-log"),
-                   help="whole-log: each recording simulated open loop from its first state, plus a learned "
-                        "model error (inference.whole_log); the others fit windows (default: the config's)")
-    f.add_argument("--stream", action="store_true", help="smc: feed windows one by one (online) instead of all at once")
+    f.add_argument("--engine", choices=("stream", "smc", "nuts", "svi", "whole-log"),
+                   help="stream: the service's online engine, window by window (the same windows and posterior "
+                        "as the log streamed to `serve`); smc, nuts, svi: one batch fit of all windows; "
+                        "whole-log: each recording simulated open loop from its first state, plus a learned "
+                        "model error (inference.whole_log) (default: the config's inference.engine)")
     f.add_argument("--adam-steps", type=int, help="Adam steps of svi (default 1500) and of whole-log before its "
                                                     "Newton polish (default 50)")
     f.add_argument("--warmup", type=int, help=f"nuts: warm-up steps per chain (default: {NUTS_WARMUP})")

@@ -77,9 +77,15 @@ class ObservationSection(_Strict):
 
 
 class InferenceSection(_Strict):
-    """Inference settings. Windows are `window_s` long and cut into segments of `segment_steps`."""
+    """Inference settings. Windows are `window_s` long and cut into segments of `segment_steps`.
 
-    engine: Literal["smc", "nuts", "svi"] = "smc"
+    `engine` is what `twin-bayes fit` uses by default: stream (the service's online engine, window by
+    window), smc, nuts or svi (one batch fit of all windows), or whole-log (each recording open loop,
+    with a learned model error: the honest choice for a rig whose model class is known to be wrong).
+    The service always streams.
+    """
+
+    engine: Literal["stream", "smc", "nuts", "svi", "whole-log"] = "stream"
     particles: int = Field(32, ge=4)
     window_s: float = Field(1.0, gt=0)
     segment_steps: int = Field(25, ge=1)

@@ -86,8 +86,8 @@ def test_every_option_has_help_and_shows_its_default():
 
 
 @pytest.mark.parametrize("engine, option", [("svi", ["--warmup", "10"]), ("nuts", ["--adam-steps", "5"]),
-                                            ("nuts", ["--stream"]), ("whole-log", ["--samples", "5"]),
-                                            (None, ["--warmup", "10"])])   # the config's engine: smc
+                                            ("stream", ["--samples", "5"]), ("whole-log", ["--samples", "5"]),
+                                            (None, ["--warmup", "10"])])   # the config's engine: stream
 def test_an_option_of_another_engine_exits_2(engine, option, tmp_path, capsys):
     args = ["fit", "--config", "arm2", "--data", str(tmp_path / "never-read.npz"), "--out", str(tmp_path / "o")]
     assert main(args + (["--engine", engine] if engine else []) + option) == 2

@@ -21,7 +21,7 @@ from twin_bayes.sim.emulator import emulate, excitation
 from twin_bayes.sim.robot import ROBOTS_DIR
 from twin_bayes.sim.truth import Misspecification
 
-MISSPECIFIED_ARM2 = ROBOTS_DIR / "arm2" / "truth_misspecified.toml"
+MISSPECIFIED_ARM2 = ROBOTS_DIR / "arm2" / "truths" / "misspecified.toml"   # not a twin config: kept out of robots/*/*.toml
 
 
 def stream_of(peer):

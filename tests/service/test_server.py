@@ -457,7 +457,7 @@ def test_kill_9_loses_no_acked_chunk_applies_nothing_twice_and_gives_the_uninter
 def test_a_log_served_and_the_same_log_fitted_with_stream_give_the_same_posterior(cfg, model, chunks, tmp_path,
                                                                                    capsys):
     """One window cutter for every path: the chunks streamed to the service, and their samples as one
-    recording through `twin-bayes fit --stream`, make the same windows and the same posterior."""
+    recording through `twin-bayes fit --engine stream`, make the same windows and the same posterior."""
     from twin_bayes.cli import main
     from twin_bayes.data import Trajectory, write_npz
     from twin_bayes.inference import Twin
@@ -470,7 +470,7 @@ def test_a_log_served_and_the_same_log_fitted_with_stream_give_the_same_posterio
     msgs = [protocol.decode(c) for c in chunks]
     log = Trajectory(*(np.concatenate([m.arrays[k] for m in msgs]) for k in ("t", "q", "qd", "ctrl")))
     write_npz(tmp_path / "log.npz", log)
-    assert main(["fit", "--config", str(cfg.source), "--data", str(tmp_path / "log.npz"), "--stream",
+    assert main(["fit", "--config", str(cfg.source), "--data", str(tmp_path / "log.npz"), "--engine", "stream",
                  "--out", str(tmp_path / "fitted"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["windows"] == WINDOWS

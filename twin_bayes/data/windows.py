@@ -1,4 +1,4 @@
-"""The one window cutter: telemetry samples -> twin windows, for `fit`, `fit --stream`, the service,
+"""The one window cutter: telemetry samples -> twin windows, for `fit`, `fit --engine stream`, the service,
 replay and the experiments alike.
 
 Samples fall into runs: evenly spaced (|Δt − dt| ≤ dt/2) with one group (a recording, or one set of
