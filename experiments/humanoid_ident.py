@@ -20,8 +20,9 @@ buckling with the feet sliding on the floor, where torso mass and foot friction 
 
 Writes experiments/results/humanoid_ident.json (every config studied so far: configs may run as separate,
 parallel processes) and humanoid_ident.png (prior vs posterior of each config's first seed, truth marked).
-The script sets NPROC (XLA's intra-op pool size) to at least 8: with one pool thread per core, the humanoid
-Newton steps deadlock on 2 cores (two batched LAPACK solves each wait for pool threads that the other holds).
+twin_bayes._jax sets NPROC (XLA's intra-op pool size) to at least 8: with one pool thread per core, the
+humanoid Newton steps deadlock on 2 cores (two batched LAPACK solves each wait for pool threads that the other
+holds).
 """
 from __future__ import annotations
 
@@ -33,11 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-# jaxlib's batched LAPACK kernels wait for their pieces inside XLA's intra-op pool (NPROC threads, default one
-# per core): on 2 cores two such kernels in a humanoid Newton step can hold the whole pool and hang forever.
-# Read when JAX makes its CPU client, so it is set before anything computes.
-os.environ.setdefault("NPROC", str(max(8, os.cpu_count() or 1)))
-
+from twin_bayes import _jax  # noqa: E402,F401  (first: NPROC against the 2-core LAPACK deadlock, float64)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 

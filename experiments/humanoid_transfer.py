@@ -21,12 +21,9 @@ stand through a 0.1 s forward push of 60 N, and squat and rise in 1.2 s, both wi
 Writes experiments/results/humanoid_transfer[_quick].json and _push.png / _squat.png.
 """
 import json
-import os
 from pathlib import Path
 
-# The humanoid's batched LAPACK kernels can deadlock XLA's intra-op pool on 2 cores (see humanoid_ident.py).
-os.environ.setdefault("NPROC", str(max(8, os.cpu_count() or 1)))
-
+from twin_bayes import _jax  # noqa: F401  (first: NPROC against the 2-core LAPACK deadlock, float64)
 from twin_bayes.compiled import release_compiled_code  # noqa: E402
 from twin_bayes.config import load_config  # noqa: E402
 from twin_bayes.inference import Twin  # noqa: E402

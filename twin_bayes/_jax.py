@@ -7,14 +7,23 @@ finite differences, where float32 round-off (~1e-7 relative per step, compoundin
 integrator) swamps the signal of small parameters such as armature and friction; likelihoods sum
 thousands of residuals of millimetre size.
 
+NPROC: see below (a deadlock of batched LAPACK kernels on small machines).
+
 MJX prints on stdout that its optional GPU backend (warp, mujoco_warp) is missing when it is
 imported; that import is done here with stdout captured, so the command line's machine-readable
 stdout and its stderr stay clean.
 """
 import contextlib
 import io
+import os
 
-import jax
+# jaxlib's batched LAPACK kernels (a batch of robots' or particles' Cholesky and eigen-decompositions)
+# wait for their pieces inside XLA's intra-op thread pool, NPROC threads (default one per core): on a
+# 2-core machine two such kernels can hold the whole pool and hang forever. XLA reads NPROC when JAX
+# makes its CPU client, so it is set here, before anything computes.
+os.environ.setdefault("NPROC", str(max(8, os.cpu_count() or 1)))
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
