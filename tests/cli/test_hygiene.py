@@ -93,7 +93,7 @@ def test_an_option_of_another_engine_exits_2(engine, option, tmp_path, capsys):
     assert main(args + (["--engine", engine] if engine else []) + option) == 2
     err = capsys.readouterr().err
     dest = option[0][2:].replace("-", "_")
-    assert f"{option[0]} applies to --engine {' or '.join(ENGINE_OPTIONS[dest])}, not to {engine or 'smc'}" in err
+    assert f"{option[0]} applies to --engine {' or '.join(ENGINE_OPTIONS[dest])}, not to {engine or 'stream'}" in err
     assert not (tmp_path / "o").exists()
 
 

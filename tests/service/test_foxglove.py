@@ -78,10 +78,10 @@ def test_mcap_of_a_live_service_has_every_channel_and_schema(tmp_path, service_m
             sink.close()
             sub.close()
     channels, counts, last = read_mcap(path)
-    # an MCAP holds the channels that got messages: all but measured, which the service's PUB stream
-    # does not carry (test_watch_cli_writes_the_mcap feeds it); the healthy band of dof_damping:shoulder
-    # that nominal data violates raises an alert
-    wanted = {"/twin/health"} | {f"/twin/arm-7/{k}" for k in ROBOT_CHANNELS if k != "measured"} | \
+    # an MCAP holds the channels that got messages: every one (measured from the service's telemetry
+    # topic, each applied window); the healthy band of dof_damping:shoulder that nominal data violates
+    # raises an alert
+    wanted = {"/twin/health"} | {f"/twin/arm-7/{k}" for k in ROBOT_CHANNELS} | \
         {f"/twin/arm-7/posterior/{n}" for n in service_model.names}
     assert wanted == set(channels)
     for topic, (channel, schema) in channels.items():
@@ -90,6 +90,7 @@ def test_mcap_of_a_live_service_has_every_channel_and_schema(tmp_path, service_m
         assert channel.message_encoding == "json" and schema.encoding == "jsonschema"
         assert json.loads(schema.data) == SCHEMAS[kind], topic
     assert counts["/twin/arm-7/posterior"] >= 1 and counts["/twin/arm-7/prediction/median"] >= 1
+    assert counts["/twin/arm-7/measured"] >= 1
     assert all(counts.get(f"/twin/arm-7/posterior/{n}", 0) == counts["/twin/arm-7/posterior"]
                for n in service_model.names)
     median, bands = last["/twin/arm-7/prediction/median"], last["/twin/arm-7/prediction/bands"]
