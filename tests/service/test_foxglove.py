@@ -72,7 +72,8 @@ def test_mcap_of_a_live_service_has_every_channel_and_schema(tmp_path, service_m
         feeder.start()
         try:  # the first window compiles the update kernels: minutes, once per test session
             watch(sub, seconds=900, out=open(tmp_path / "watch.jsonl", "w"), as_json=True,
-                  until=lambda: sink.logged.get("/twin/arm-7/prediction/bands", 0) >= 1, sink=sink)
+                  until=lambda: sink.logged.get("/twin/arm-7/prediction/bands", 0) >= 1
+                  and sink.logged.get("/twin/health", 0) >= 1, sink=sink)   # health comes once a second
         finally:
             feeder.join()
             sink.close()
