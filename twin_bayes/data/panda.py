@@ -10,32 +10,21 @@ at the logged times.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from twin_bayes.data.npz import read_npz
-from twin_bayes.data.shared import DATA_ENV
+from twin_bayes.data.shared import shared_data_dir
 from twin_bayes.data.trajectory import DataError, Trajectory
 
 LOG_NAME = "exciting_traj_first14s.npz"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def panda_dir() -> Path | None:
-    """``$TWIN_BAYES_DATA/franka_panda`` when the variable is set, else the first
-    ``shared/data/franka_panda`` walking up from the repository root; None where absent."""
-    root = os.environ.get(DATA_ENV)
-    if root:
-        folder = Path(root) / "franka_panda"
-        return folder if folder.is_dir() else None
-    for base in (_REPO_ROOT, *_REPO_ROOT.parents):
-        folder = base / "shared" / "data" / "franka_panda"
-        if folder.is_dir():
-            return folder
-    return None
+    """The shared ``franka_panda`` folder, or None where it is absent (`data.shared.shared_data_dir`)."""
+    return shared_data_dir("franka_panda")
 
 
 def panda_log() -> Path | None:

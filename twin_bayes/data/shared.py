@@ -10,28 +10,33 @@ from pathlib import Path
 
 from twin_bayes.data.trajectory import DataError
 
-#: Environment variable naming the data root (the folder that holds ``bam_xl330/``).
+#: Environment variable naming the data root (the folder that holds ``bam_xl330/``, ``franka_panda/``).
 DATA_ENV = "TWIN_BAYES_DATA"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _HEAD_BYTES = 4096
 _KP = re.compile(rb'"kp"\s*:\s*(-?[0-9][0-9.eE+-]*)')
 
 
-def bam_xl330_dir() -> Path | None:
-    """The XL330 servo-pendulum log folder, or None where it is absent.
+def shared_data_dir(name: str) -> Path | None:
+    """The shared data set folder `name` (e.g. "bam_xl330", "franka_panda"), or None where it is absent.
 
-    ``$TWIN_BAYES_DATA/bam_xl330`` when the variable is set (no fallback); otherwise the first
-    ``shared/data/bam_xl330`` found walking up from the repository root (``<repo>/../shared/...``).
+    ``$TWIN_BAYES_DATA/<name>`` when the variable is set (no fallback); otherwise the first
+    ``shared/data/<name>`` found walking up from the repository root (``<repo>/../shared/...``).
     """
     root = os.environ.get(DATA_ENV)
     if root:
-        folder = Path(root) / "bam_xl330"
+        folder = Path(root) / name
         return folder if folder.is_dir() else None
     for base in (_REPO_ROOT, *_REPO_ROOT.parents):
-        folder = base / "shared" / "data" / "bam_xl330"
+        folder = base / "shared" / "data" / name
         if folder.is_dir():
             return folder
     return None
+
+
+def bam_xl330_dir() -> Path | None:
+    """The XL330 servo-pendulum log folder, or None where it is absent (`shared_data_dir`)."""
+    return shared_data_dir("bam_xl330")
 
 
 @functools.lru_cache(maxsize=None)
