@@ -210,16 +210,15 @@ def _laplace_passes(model: TwinModel, g: GaussianPrior, surprise: Surprise, wind
     passes are a `while_loop`, so the update compiles one Laplace step.
     """
     fresh = g._replace(exact=jnp.asarray(True))
-    pick = lambda c, a, b: jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)  # noqa: E731
 
     def body(carry):
         k, prop, _, s, drift = carry
         first = k == 0
-        g_k = pick(first, g, fresh)
+        g_k = _where(first, g, fresh)
         new = _laplace(model, g_k, window, jnp.where(first, z_start, prop.lap.mean), keys[k])
         scored, high = _score_surprise(model, s, new.info.surprise)
         drift = jnp.where(first, high & (scored.run >= model.numbers.drift_windows), drift)
-        s = pick(first, pick(drift, init_surprise(), scored), s)
+        s = _where(first, _where(drift, init_surprise(), scored), s)
         new = new._replace(info=new.info._replace(surprise=jnp.where(first, new.info.surprise, prop.info.surprise),
                                                   drift=drift))
         return k + 1, new, g_k, s, drift
@@ -268,14 +267,18 @@ def _finish(model: TwinModel, state: TwinState, window: Window, prop: _Proposal,
     info = prop.info
     reason = gate(model, prop.particles, info.beta, info.divergent, info.ess)
     ok = reason == 0
-    pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)  # noqa: E731
-    new = TwinState(pick(prop.particles, state.particles), pick(prop.gauss, state.prior), step, surprise,
-                    pick(state.pending, _push(state.pending, window)), key, state.version + ok,
+    new = TwinState(_where(ok, prop.particles, state.particles), _where(ok, prop.gauss, state.prior), step,
+                    surprise, _where(ok, state.pending, _push(state.pending, window)), key, state.version + ok,
                     state.applied_seq, ~ok, reason)
     return new, info._replace(accepted=ok, reason=reason)
 
 
 # --- the batched update -----------------------------------------------------------------------
+def _where(flag, a, b):
+    """a where the scalar flag is set, else b (pytrees of one robot)."""
+    return jax.tree.map(lambda x, y: jnp.where(flag, x, y), a, b)
+
+
 def _select(flags, a, b):
     """Per robot (flags (R,)): a where the flag is set, else b (pytrees with a leading robot axis)."""
     return jax.tree.map(lambda x, y: jnp.where(flags.reshape(flags.shape + (1,) * (x.ndim - 1)), x, y), a, b)

@@ -226,6 +226,16 @@ def _bucket(n: int) -> int:
     return next((b for b in BATCH_SIZES if b >= n), -(-n // top) * top)
 
 
+def _batches(twins: Sequence[Twin]):
+    """Per model shared by twins: (indices of its twins, rows of the padded batch: those indices, then the
+    first repeated up to the `BATCH_SIZES` bucket)."""
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(twins):
+        groups.setdefault(id(t.model), []).append(i)
+    for idx in groups.values():
+        yield idx, idx + [idx[0]] * (_bucket(len(idx)) - len(idx))
+
+
 def update_many(twins: Sequence[Twin], windows: Sequence[Window]) -> list[UpdateReport]:
     """One window into each twin, in one batched update per model (twins sharing a `TwinModel`).
 
@@ -233,13 +243,9 @@ def update_many(twins: Sequence[Twin], windows: Sequence[Window]) -> list[Update
     (repeating the first twin, whose extra results are dropped) so a fleet reuses executables.
     """
     reports: list[UpdateReport | None] = [None] * len(twins)
-    groups: dict[int, list[int]] = {}
-    for i, t in enumerate(twins):
-        groups.setdefault(id(t.model), []).append(i)
-    for idx in groups.values():
+    for idx, rows in _batches(twins):
         start = time.perf_counter()
         model = twins[idx[0]].model
-        rows = idx + [idx[0]] * (_bucket(len(idx)) - len(idx))
         states = jax.tree.map(lambda *x: jnp.stack(x), *[twins[i].state for i in rows])
         stacked = jax.tree.map(lambda *x: jnp.stack(x), *[windows[i] for i in rows])
         new, info = engine.update(model, states, stacked)
@@ -259,11 +265,7 @@ def predict_many(twins: Sequence[Twin], starts: Sequence[tuple], commands: Seque
     length T, keys [PRNG key], settings [dict or None]; padded to `BATCH_SIZES` like `update_many`."""
     settings = settings or [None] * len(twins)
     out: list[Bands | None] = [None] * len(twins)
-    groups: dict[int, list[int]] = {}
-    for i, t in enumerate(twins):
-        groups.setdefault(id(t.model), []).append(i)
-    for idx in groups.values():
-        rows = idx + [idx[0]] * (_bucket(len(idx)) - len(idx))
+    for idx, rows in _batches(twins):
         checked = [twins[i]._check_start(*starts[i], commands[i]) for i in rows]
         vectors = [twins[i].model.settings_vector(settings[i]) for i in rows]
         stack = lambda xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
