@@ -5,7 +5,8 @@ with that many arm2 twins (robot ids arm-00 .., one shared model, 1 s windows of
 fresh SQLite store with synchronous=FULL, checkpoints on); this process plays the robots (one DEALER
 each, chunks of 167 samples = 1/3 s, every chunk kept until acked, each robot at its own real-time
 rate) and a PUB subscriber. The compiled executables come from the persistent cache, filled first by
-`twin-bayes warmup --config arm2 --robots 1,4,16,64` (its wall time is reported: the cold compile).
+`twin-bayes warmup --config arm2 --robots 1,4,16,64` (its wall time is reported: the cold compile;
+on CPU the service batches 4 robots per call on two threads, so buckets 1 and 4 compile).
 
 Per robot count, after --settle seconds, over --seconds of steady state: ack latency p50/p99 (send
 -> ack, the chunk fsynced in SQLite in between), update-to-publish latency p50/p99 (ack of the chunk
@@ -137,12 +138,10 @@ class Fleet:
 
 
 def warmup(counts: list[int]) -> float:
-    """`twin-bayes warmup` for every batch size the service may use up to max(counts); wall time (s)."""
-    from twin_bayes.inference.twin import BATCH_SIZES
-    sizes = [b for b in BATCH_SIZES if b <= max(counts)]
+    """`twin-bayes warmup` for the robot counts (batched as the service batches them); wall time (s)."""
     start = time.monotonic()
     subprocess.run([sys.executable, "-m", "twin_bayes.cli", "warmup", "--config", "arm2", "--robots",
-                    ",".join(map(str, sizes))], check=True, stdout=subprocess.DEVNULL)
+                    ",".join(map(str, counts))], check=True, stdout=subprocess.DEVNULL)
     return time.monotonic() - start
 
 

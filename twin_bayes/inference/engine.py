@@ -20,7 +20,8 @@ window goes into the state's ring of pending windows for a retry.
 updates every robot of a design (`jax.vmap` per phase; the optional phases,
 drift refit and tempering, run only where some robot needs them). The model is
 a pytree whose numbers are traced, so every config and robot of one design and
-batch size shares the same executables (`propose_jit`, `temper_jit`, `finish_jit`).
+batch size shares the same executables (`propose_jit`, `temper_jit`, `finish_jit`: `compiled.Phase`s,
+kept across processes).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from twin_bayes.compiled import phase
 from twin_bayes.inference.laplace import Laplace, best_start, find_mode, importance_update
 from twin_bayes.inference.posterior import Particles
 from twin_bayes.inference.smc import GaussianPrior, gaussian_prior, tempered_update
@@ -117,13 +119,18 @@ def empty_window(model: TwinModel) -> Window:
 
 def init(model: TwinModel, key) -> TwinState:
     """A fresh twin: N draws of the config's prior, equally weighted, at version 0."""
+    return _strong(_init_jit(model, key))
+
+
+@jax.jit
+def _init_jit(model: TwinModel, key) -> TwinState:
     key, sub = jax.random.split(key)
     n, d = model.particles, model.dim
     z = model.sample_prior(sub, n)
     ring = jax.tree.map(lambda x: jnp.zeros((PENDING,) + x.shape, x.dtype), empty_window(model))
-    return _strong(TwinState(Particles(z, jnp.full(n, -jnp.log(n))), GaussianPrior(jnp.zeros(d), jnp.eye(d), jnp.asarray(True)),
+    return TwinState(Particles(z, jnp.full(n, -jnp.log(n))), GaussianPrior(jnp.zeros(d), jnp.eye(d), jnp.asarray(True)),
                      jnp.asarray(INITIAL_STEP), init_surprise(), Pending(ring, jnp.full(PENDING, -1)), key,
-                     jnp.asarray(0), jnp.asarray(-1), jnp.asarray(False), jnp.asarray(0)))
+                     jnp.asarray(0), jnp.asarray(-1), jnp.asarray(False), jnp.asarray(0))
 
 
 def _strong(tree):
@@ -163,26 +170,10 @@ class _Proposal(NamedTuple):
     info: UpdateInfo
 
 
-def _stacked(model: TwinModel, window: Window, z_lin) -> Window:
-    """The window with start-state sensitivities at z_lin, as a batch of one (1, ...)."""
-    return jax.tree.map(lambda x: x[None], model.with_state_jacobian(window, z_lin))
-
-
 def _laplace(model: TwinModel, g: GaussianPrior, window: Window, z_start, key) -> _Proposal:
-    """Mode, curvature and importance draws of one window's posterior under prior g, Newton from z_start.
-
-    Start-state sensitivities are linearised at z_start, then once more at the mode: a loop of two
-    rounds, so that the Newton iteration compiles once.
-    """
-    def round_(_, carry):
-        z, _, _ = carry
-        windows = _stacked(model, window, z)
-        lap = find_mode(model, z, windows, g)
-        return lap.mean, windows, lap
-
-    d = z_start.shape[0]
-    start = (z_start, jax.tree.map(lambda x: x[None], window), Laplace(z_start, jnp.eye(d), jnp.asarray(0)))
-    _, windows, lap = jax.lax.fori_loop(0, 2, round_, start)
+    """Mode, curvature and importance draws of one window's posterior under prior g, Newton from
+    z_start; start-state sensitivities are linearised at the mode (`laplace.find_mode`)."""
+    lap, windows = find_mode(model, z_start, jax.tree.map(lambda x: x[None], window), g)
     new, ess, log_evidence = importance_update(model, key, lap, windows, g, model.particles)
     r = model.robot
     n_obs = jnp.sum(window.mask) * sum({"q": r.nq, "qd": r.nv}[c] for c in model.channels)
@@ -221,18 +212,29 @@ def _laplace_passes(model: TwinModel, g: GaussianPrior, surprise: Surprise, wind
         s = _where(first, _where(drift, init_surprise(), scored), s)
         new = new._replace(info=new.info._replace(surprise=jnp.where(first, new.info.surprise, prop.info.surprise),
                                                   drift=drift))
-        return k + 1, new, g_k, s, drift
+        return k + 1, _like(new, blank), g_k, s, drift
 
-    blank = _laplace_shapes(model, g, window, z_start)
+    blank = _blank(model, window, z_start)
     carry = (jnp.asarray(0), blank, g, surprise, jnp.asarray(False))
     _, prop, g_used, surprise, _ = jax.lax.while_loop(lambda c: (c[0] == 0) | ((c[0] == 1) & c[4]), body, carry)
     return prop, g_used, surprise
 
 
-def _laplace_shapes(model: TwinModel, g: GaussianPrior, window: Window, z) -> _Proposal:
-    """A proposal of zeros with `_laplace`'s shapes and dtypes (a loop's initial carry)."""
-    shapes = jax.eval_shape(lambda: _laplace(model, g, window, z, jax.random.PRNGKey(0)))
-    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+def _blank(model: TwinModel, window: Window, z) -> _Proposal:
+    """A proposal of zeros with `_laplace`'s shapes and dtypes (a loop's initial carry), built by hand:
+    `jax.eval_shape` of `_laplace` would trace the whole update a second time."""
+    n, d = model.particles, z.shape[0]
+    zeros = lambda *shape, dtype=z.dtype: jnp.zeros(shape, dtype)  # noqa: E731
+    b, i, f = jnp.bool_, jnp.int64, z.dtype
+    info = UpdateInfo(*(zeros(dtype=t) for t in (b, i, i, i, f, f, f, f, f, i, b)))
+    return _Proposal(Particles(zeros(n, d), zeros(n)), GaussianPrior(zeros(d), zeros(d, d), zeros(dtype=b)),
+                     jax.tree.map(lambda x: jnp.zeros((1,) + x.shape, x.dtype), window),
+                     Laplace(zeros(d), zeros(d, d), zeros(dtype=i)), info)
+
+
+def _like(tree, template):
+    """tree's leaves in template's dtypes (strongly typed), so that a loop's carry keeps its type."""
+    return jax.tree.map(lambda x, t: jnp.asarray(x).astype(t.dtype), tree, template)
 
 
 def _temper(model: TwinModel, state: TwinState, g: GaussianPrior, prop: _Proposal, key):
@@ -331,7 +333,7 @@ def finish(model: TwinModel, states: TwinState, windows: Window, p: Proposal) ->
                                                                 p.keys[:, 0], states.step_size)
 
 
-propose_jit, temper_jit, finish_jit = jax.jit(propose), jax.jit(temper), jax.jit(finish)
+propose_jit, temper_jit, finish_jit = phase(propose), phase(temper), phase(finish)
 
 
 def update(model: TwinModel, states: TwinState, windows: Window) -> tuple[TwinState, UpdateInfo]:

@@ -4,7 +4,7 @@ The target is log g(z) + Σ_b log p(window_b | z) in unconstrained space (D,),
 with g the window's prior (`smc.GaussianPrior`; the config's own prior when
 `g.exact`). Newton steps use the exact gradient and the Gauss–Newton
 curvature (`value_grad_curvature`: one forward-mode pass through the
-simulator, which every robot supports), damped Levenberg–Marquardt style on
+simulator, which every robot supports, also giving the start-state sensitivities at the iterate), damped Levenberg–Marquardt style on
 its eigenvalues so that steps stay uphill far from the mode (the first of the trial
 dampings that climbs is taken). At the mode,
 N(mode, H⁻¹) is the
@@ -44,21 +44,20 @@ def log_target(model: TwinModel, g: GaussianPrior, windows: Window, z):
 
 
 def value_grad_curvature(model: TwinModel, g: GaussianPrior, windows: Window, z):
-    """log target at z (D,), its gradient (D,) and its Gauss–Newton Hessian (D, D).
+    """log target at z (D,), its gradient (D,), its Gauss–Newton Hessian (D, D), and the windows
+    (B, ...) with their start-state sensitivities at z.
 
-    One forward-mode pass (D tangents) through the simulator gives the
-    segment predictions and their Jacobian in z. The target with the
-    predictions linearised at z has the same value and gradient at z, and its
-    Hessian, cheap because no simulator is inside, is exact in the prior, the
-    noise scales and the likelihood's dependence on the predictions. It leaves
-    out only the simulator's own second derivatives weighted by the residuals,
-    small near a mode that fits; the importance weights correct what is left.
+    One forward-mode pass (D + nq + nv tangents) through the simulator gives the segment
+    predictions, their Jacobian in z and their sensitivity to the start states
+    (`TwinModel.linearised_predictions`). The target is that of the windows with start-state
+    sensitivities at z. With the predictions linearised at z it has the same value and gradient
+    at z, and its Hessian, cheap because no simulator is inside, is exact in the prior, the
+    noise scales and the likelihood's dependence on the predictions. It leaves out only the
+    simulator's own second derivatives weighted by the residuals, small near a mode that fits;
+    the importance weights correct what is left.
     """
-    def predict(x):
-        return jax.vmap(model.segment_predictions, in_axes=(None, 0))(x, windows)
-
-    pred, tangent = jax.linearize(predict, z)
-    jac = jax.vmap(tangent, out_axes=-1)(jnp.eye(z.shape[0]))     # each leaf (..., D)
+    pred, jac, state_jac = jax.vmap(model.linearised_predictions, in_axes=(None, 0))(z, windows)
+    windows = windows._replace(state_jac=jax.lax.stop_gradient(state_jac))
 
     def linearised(x):
         q, qd = jax.tree.map(lambda p, j: p + j @ (x - z), pred, jac)
@@ -66,20 +65,22 @@ def value_grad_curvature(model: TwinModel, g: GaussianPrior, windows: Window, z)
         return window_log_prior(model, g, x) + jnp.sum(ll)
 
     value, grad = jax.value_and_grad(linearised)(z)
-    return value, grad, jax.hessian(linearised)(z)
+    return value, grad, jax.hessian(linearised)(z), windows
 
 
 def newton_step(model: TwinModel, z, damping, windows: Window, g: GaussianPrior):
-    """Damped Newton steps from z (D,): (value at z, trial points (K, D), their values (K,), curvature (D, D)).
+    """Damped Newton steps from z (D,): (value at z, trial points (K, D), their values (K,), curvature
+    (D, D), the windows with start-state sensitivities at z).
 
     The curvature is the Gauss–Newton −∇² log target with eigenvalues reflected to positive
     (|λ|, floored), so every trial step is an ascent direction; trial k adds
     `damping` × DAMPINGS[k] × the largest eigenvalue to the curvature. Trials are evaluated in
     order until one climbs (one simulation where the Newton step is good, as it is near a
-    mode); the values of trials not evaluated are −inf.
+    mode); the values of trials not evaluated are −inf. Values are those of the target with
+    the start-state sensitivities at z.
     """
+    value, grad, hess, windows = value_grad_curvature(model, g, windows, z)
     f = partial(log_target, model, g, windows)
-    value, grad, hess = value_grad_curvature(model, g, windows, z)
     lam, vec = jnp.linalg.eigh(-hess)
     lam = jnp.maximum(jnp.abs(lam), 1e-8 * jnp.max(jnp.abs(lam)) + 1e-12)
     damp = damping * jnp.asarray(DAMPINGS)[:, None] * jnp.max(lam)
@@ -97,7 +98,7 @@ def newton_step(model: TwinModel, z, damping, windows: Window, g: GaussianPrior)
 
     _, values = jax.lax.while_loop(climbing, evaluate, (jnp.asarray(0), jnp.full(len(DAMPINGS), -jnp.inf)))
     curvature = (vec * lam) @ vec.T
-    return value, trials, values, curvature
+    return value, trials, values, curvature, windows
 
 
 class _Newton(NamedTuple):
@@ -106,20 +107,23 @@ class _Newton(NamedTuple):
     damping: jnp.ndarray
     done: jnp.ndarray
     curvature: jnp.ndarray
+    state_jac: jnp.ndarray
 
 
 def find_mode(model: TwinModel, z0, windows: Window, g: GaussianPrior, max_iter: int = 100,
-              tol: float = 1e-4) -> Laplace:
-    """Damped Newton from z0 (D,) to the mode, under `lax.while_loop`.
+              tol: float = 1e-4) -> tuple[Laplace, Window]:
+    """Damped Newton from z0 (D,) to the mode, under `lax.while_loop`; returns the Laplace fit and
+    the windows (B, ...) with their start-state sensitivities at the mode.
 
-    Stops when half the squared Newton decrement, the log density a Newton
-    step would still gain, is below `tol`, or when no trial step climbs at the
-    largest damping; the curvature of that last point gives the covariance.
+    Each step linearises the start-state sensitivities at its own point, so the mode found is
+    that of the target linearised at the mode itself. Stops when half the squared Newton
+    decrement, the log density a Newton step would still gain, is below `tol`, or when no trial
+    step climbs at the largest damping; the curvature of that last point gives the covariance.
     """
     dampings = jnp.asarray(DAMPINGS)
 
     def body(s: _Newton) -> _Newton:
-        value, trials, values, curv = newton_step(model, s.z, s.damping, windows, g)
+        value, trials, values, curv, lin = newton_step(model, s.z, s.damping, windows, g)
         newton = trials[0] - s.z
         converged = 0.5 * newton @ curv @ newton < tol
         values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
@@ -130,15 +134,16 @@ def find_mode(model: TwinModel, z0, windows: Window, g: GaussianPrior, max_iter:
         factor = jnp.where(best > 0, dampings[best], 0.01)
         damping = jnp.where(converged, s.damping, jnp.where(
             climbs, jnp.clip(s.damping * factor, 1e-9, 1e6), jnp.minimum(s.damping * 1e3, 1e6)))
-        return _Newton(s.it + 1, jnp.where(move, trials[best], s.z), damping, done, curv)
+        return _Newton(s.it + 1, jnp.where(move, trials[best], s.z), damping, done, curv, lin.state_jac)
 
     z0 = jnp.asarray(z0)
     d = z0.shape[0]
-    start = _Newton(jnp.asarray(0), z0, jnp.asarray(1e-3, z0.dtype), jnp.asarray(False), jnp.eye(d, dtype=z0.dtype))
+    start = _Newton(jnp.asarray(0), z0, jnp.asarray(1e-3, z0.dtype), jnp.asarray(False), jnp.eye(d, dtype=z0.dtype),
+                    windows.state_jac)
     s = jax.lax.while_loop(lambda s: ~s.done & (s.it < max_iter), body, start)
     cov = jnp.linalg.inv(s.curvature)
     chol = jnp.linalg.cholesky(0.5 * (cov + cov.T))
-    return Laplace(s.z, chol, s.it)
+    return Laplace(s.z, chol, s.it), windows._replace(state_jac=s.state_jac)
 
 
 def best_start(model: TwinModel, z, windows: Window, g: GaussianPrior) -> jnp.ndarray:

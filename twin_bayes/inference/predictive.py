@@ -1,13 +1,13 @@
 """The predictive: rollouts of posterior particles plus observation noise, as quantile bands."""
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from twin_bayes.compiled import phase
 from twin_bayes.models import TwinModel
 
 
@@ -51,10 +51,10 @@ def _samples(model: TwinModel, draws_per_particle: int, key, z, q0, qd0, command
     return q, qd, noisy[0], noisy[1]
 
 
-predictive_samples = jax.jit(_samples, static_argnums=1)
+predictive_samples = phase(_samples, static_argnums=(1,))
 
 
-@partial(jax.jit, static_argnums=1)
+@phase(static_argnums=(1,))
 def predictive_samples_many(model: TwinModel, draws_per_particle: int, keys, z, q0, qd0, commands, settings):
     """`predictive_samples` for R robots of one model at once: every argument after the draws has a
     leading robot axis (keys (R, 2), z (R, M, D), q0 (R, nq), qd0 (R, nv), commands (R, T, nu),

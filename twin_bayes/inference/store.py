@@ -3,8 +3,10 @@ and the learned model error of its predictions (JSON) where the twin has one."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -54,10 +56,14 @@ def save_posterior(twin: Twin, out: str | Path, summary: dict | None = None, eng
 
 
 def _prior_draws(twin: Twin, n: int = 2000) -> dict[str, np.ndarray]:
-    import jax
-    z = twin.model.sample_prior(jax.random.PRNGKey(12345), n)
-    values = np.asarray(jax.vmap(twin.model.constrain)(z))
+    values = np.asarray(_prior_values(twin.model, jax.random.PRNGKey(12345), n))
     return {name: values[:, i] for i, name in enumerate(twin.model.names)}
+
+
+@partial(jax.jit, static_argnums=2)
+def _prior_values(model, key, n: int):
+    """n prior draws (n, D), constrained."""
+    return jax.vmap(model.constrain)(model.sample_prior(key, n))
 
 
 def load_posterior(twin: Twin, directory: str | Path) -> Twin:

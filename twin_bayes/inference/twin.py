@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,24 +227,40 @@ def _bucket(n: int) -> int:
     return next((b for b in BATCH_SIZES if b >= n), -(-n // top) * top)
 
 
-def _batches(twins: Sequence[Twin]):
-    """Per model shared by twins: (indices of its twins, rows of the padded batch: those indices, then the
-    first repeated up to the `BATCH_SIZES` bucket)."""
+def _batches(twins: Sequence[Twin], max_batch: int):
+    """Per model shared by twins, in pieces of at most max_batch twins: (indices of its twins, rows of
+    the padded batch: those indices, then the first repeated up to the `BATCH_SIZES` bucket)."""
     groups: dict[int, list[int]] = {}
     for i, t in enumerate(twins):
         groups.setdefault(id(t.model), []).append(i)
-    for idx in groups.values():
-        yield idx, idx + [idx[0]] * (_bucket(len(idx)) - len(idx))
+    for group in groups.values():
+        for k in range(0, len(group), max_batch):
+            idx = group[k:k + max_batch]
+            yield idx, idx + [idx[0]] * (_bucket(len(idx)) - len(idx))
 
 
-def update_many(twins: Sequence[Twin], windows: Sequence[Window]) -> list[UpdateReport]:
-    """One window into each twin, in one batched update per model (twins sharing a `TwinModel`).
+def _each(batches, run, executor: Executor | None) -> None:
+    """run(idx, rows) for every batch: in order here, or concurrently on the executor's threads (the
+    compiled update releases the GIL, so batches on two threads use two cores)."""
+    if executor is None:
+        for idx, rows in batches:
+            run(idx, rows)
+    else:
+        for done in [executor.submit(run, idx, rows) for idx, rows in batches]:
+            done.result()
 
-    Windows must already be validated (`Twin.as_window`). Batches are padded to `BATCH_SIZES`
-    (repeating the first twin, whose extra results are dropped) so a fleet reuses executables.
+
+def update_many(twins: Sequence[Twin], windows: Sequence[Window], max_batch: int = BATCH_SIZES[-1],
+                executor: Executor | None = None) -> list[UpdateReport]:
+    """One window into each twin, in batched updates per model (twins sharing a `TwinModel`).
+
+    Windows must already be validated (`Twin.as_window`). Batches hold at most max_batch twins and
+    are padded to `BATCH_SIZES` (repeating the first twin, whose extra results are dropped) so a
+    fleet reuses executables; with an executor they run concurrently. A twin's latency is its batch's.
     """
     reports: list[UpdateReport | None] = [None] * len(twins)
-    for idx, rows in _batches(twins):
+
+    def run(idx, rows):
         start = time.perf_counter()
         model = twins[idx[0]].model
         states = jax.tree.map(lambda *x: jnp.stack(x), *[twins[i].state for i in rows])
@@ -255,17 +272,21 @@ def update_many(twins: Sequence[Twin], windows: Sequence[Window]) -> list[Update
             twin, old = twins[i], twins[i].posterior
             twin.state = jax.tree.map(lambda x, k=k: jnp.asarray(x[k]), new)
             reports[i] = _report(jax.tree.map(lambda x, k=k: x[k], info), old, twin.posterior, latency)
+
+    _each(_batches(twins, max_batch), run, executor)
     return reports
 
 
 def predict_many(twins: Sequence[Twin], starts: Sequence[tuple], commands: Sequence[np.ndarray], keys,
                  quantiles=(0.05, 0.5, 0.95), settings: Sequence[dict | None] | None = None,
-                 draws_per_particle: int = 8) -> list[Bands]:
-    """`Twin.predict` for many twins in one call per model: starts [(q0, qd0)], commands [(T, nu)] of one
-    length T, keys [PRNG key], settings [dict or None]; padded to `BATCH_SIZES` like `update_many`."""
+                 draws_per_particle: int = 8, max_batch: int = BATCH_SIZES[-1],
+                 executor: Executor | None = None) -> list[Bands]:
+    """`Twin.predict` for many twins in batched calls per model: starts [(q0, qd0)], commands [(T, nu)] of
+    one length T, keys [PRNG key], settings [dict or None]; batched like `update_many`."""
     settings = settings or [None] * len(twins)
     out: list[Bands | None] = [None] * len(twins)
-    for idx, rows in _batches(twins):
+
+    def run(idx, rows):
         checked = [twins[i]._check_start(*starts[i], commands[i]) for i in rows]
         vectors = [twins[i].model.settings_vector(settings[i]) for i in rows]
         stack = lambda xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
@@ -274,6 +295,8 @@ def predict_many(twins: Sequence[Twin], starts: Sequence[tuple], commands: Seque
                        stack([c[2] for c in checked]), stack(vectors), quantiles, draws_per_particle)
         for k, i in enumerate(idx):
             out[i] = twins[i]._with_model_error(b[k], keys[i], vectors[k])
+
+    _each(_batches(twins, max_batch), run, executor)
     return out
 
 

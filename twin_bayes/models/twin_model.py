@@ -289,6 +289,39 @@ class TwinModel:
         q0, qd0, u, _, _ = self._segments(w)
         return shoot(self.robot, theta, q0, qd0, u, self.history, free=self.free_idx, state_grad=False)
 
+    def linearised_predictions(self, z: jnp.ndarray, w: Window):
+        """Segment predictions at z (D,) with their sensitivities, from one forward-mode pass.
+
+        Returns (q (S, L, nq), qd (S, L, nv)), their Jacobians in z ((S, L, nq, D), (S, L, nv, D);
+        zero in the noise scales), and the sensitivity of the observed predictions to each segment's start state
+        (S, L·C, nq + nv), laid out as `Window.state_jac`. The start-state tangents shift every
+        segment's start at once; segments are independent, so each sees only its own.
+        """
+        r, d, p = self.robot, z.shape[0], len(self.free_idx)
+        q0, qd0, u, _, _ = self._segments(w)
+
+        def predict(x, dq0, dqd0):       # the noise scales (z[p:]) do not enter the predictions
+            theta = self.theta(self.constrain(z.at[:p].set(x)), w.settings)
+            return shoot(r, theta, q0 + dq0, qd0 + dqd0, u, self.history, free=self.free_idx, state_grad=True)
+
+        pred, tangent = jax.linearize(predict, z[:p], jnp.zeros(r.nq, z.dtype), jnp.zeros(r.nv, z.dtype))
+        eye = jnp.eye(p + r.nq + r.nv, dtype=z.dtype)
+        jq, jqd = jax.vmap(lambda e: tangent(e[:p], e[p:p + r.nq], e[p + r.nq:]), out_axes=-1)(eye)
+        n, L = jq.shape[0], jq.shape[1]
+        state_jac = self._observed_jacobian(jq[..., p:], jqd[..., p:]).reshape(n, L * self._width, -1)
+        in_z = lambda j: jnp.concatenate([j[..., :p], jnp.zeros(j.shape[:-1] + (d - p,), j.dtype)], -1)  # noqa: E731
+        return pred, (in_z(jq), in_z(jqd)), state_jac
+
+    @property
+    def _width(self) -> int:
+        """Observed channels per sample, C."""
+        return sum(self.robot.nq if c == "q" else self.robot.nv for c in self.channels)
+
+    def _observed_jacobian(self, jq, jqd):
+        """Jacobians of the observed channels: (..., L, C, K) from (..., L, nq, K), (..., L, nv, K)."""
+        parts = {"q": jq, "qd": jqd}
+        return jnp.concatenate([parts[c] for c in self.channels], axis=-2)
+
     def log_lik(self, z: jnp.ndarray, w: Window) -> jnp.ndarray:
         """Multiple-shooting log-likelihood of window w at parameters z (D,)."""
         return self.segment_log_lik(z, *self.segment_predictions(z, w), w)

@@ -32,29 +32,38 @@ def cmd_warmup(args) -> int:
 
 
 def warmup(cfg, robot_counts, horizon_s: float) -> dict:
-    """Run one update per robot count (batched as the service batches) and one prediction, on a
-    window emulated at the nominal parameters; the wall time of each (compile included)."""
+    """Run one update per robot count, batched as the service batches on this machine
+    (`worker.parallelism`), then the service's two predictions (the horizon after a window, and the
+    window re-predicted for model calibration), on a window emulated at the nominal parameters;
+    the wall time of each (compile included)."""
+    import jax
     import numpy as np
 
     from twin_bayes.inference import Twin
-    from twin_bayes.inference.twin import update_many
-    from twin_bayes.service.worker import QUANTILES
+    from twin_bayes.inference.twin import predict_many, update_many
+    from twin_bayes.service.worker import QUANTILES, VALIDATION_DRAWS, parallelism
     from twin_bayes.sim.emulator import emulate
     t0 = time.perf_counter()
     first = Twin(cfg)
     m = first.model
     traj = emulate(m.robot, {}, (m.window_samples - 1) * m.robot.dt, seed=0, settings=dict(cfg.settings))
     window = first.as_window({"q": traj.q, "qd": traj.qd, "ctrl": traj.ctrl}, dict(cfg.settings) or None)
-    timings = {"load_s": time.perf_counter() - t0}
+    max_batch, _ = parallelism()
+    timings = {"load_s": time.perf_counter() - t0, "max_batch": max_batch}
+    twins = [first]
     for n in robot_counts:
-        twins = [first] + [Twin(cfg, m) for _ in range(n - 1)]
+        twins += [Twin(cfg, m) for _ in range(n - len(twins))]
         start = time.perf_counter()
-        update_many(twins, [window] * n)
+        update_many(twins[:n], [window] * n, max_batch)
         timings[f"update_{n}_robots_s"] = time.perf_counter() - start
+    settings = dict(cfg.settings) or None
     h = max(1, int(round(horizon_s / m.robot.dt)))
-    start = time.perf_counter()
-    first.predict(traj.q[-1], traj.qd[-1], np.repeat(traj.ctrl[-1:], h, axis=0), QUANTILES, dict(cfg.settings) or None)
-    timings["predict_s"] = time.perf_counter() - start
+    for label, commands, start, draws in (("predict_s", np.repeat(traj.ctrl[-1:], h, axis=0), -1, 8),
+                                          ("validate_s", traj.ctrl[:-1], 0, VALIDATION_DRAWS)):
+        t = time.perf_counter()
+        predict_many([first], [(traj.q[start], traj.qd[start])], [commands], [jax.random.PRNGKey(0)], QUANTILES,
+                     [settings], draws_per_particle=draws, max_batch=max_batch)
+        timings[label] = time.perf_counter() - t
     return {"config": str(cfg.source), "robot_counts": list(robot_counts), "horizon_s": horizon_s, **timings}
 
 

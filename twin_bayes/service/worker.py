@@ -3,8 +3,8 @@
 One `RobotTwin` per robot. The thread wakes when ingest stores a chunk
 (`notify(robot_id)`), cuts each ready robot's stored samples into its next
 window (`data.windows.cut_windows`, the cutter every path shares; windows share
-their boundary sample), updates all of them in one batched call per design
-(`inference.update_many`), checkpoints every twin's whole `TwinState` with the
+their boundary sample), updates all of them in batched calls per design
+(`inference.update_many`; on CPU batches of 4 robots on two threads, `parallelism`), checkpoints every twin's whole `TwinState` with the
 position of its next window and the store's identity, and hands posterior,
 prediction and alert messages to the I/O thread through
 `publish(type, robot_id, build)` (build(seq) -> frames). It never touches a
@@ -15,11 +15,13 @@ uninterrupted run would have; a checkpoint of another store is refused.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,7 +46,7 @@ from twin_bayes.service.store import StoreError, TelemetryStore
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-VALIDATION_DRAWS = 2   # predictive draws per posterior particle when a window is re-predicted
+VALIDATION_DRAWS = 1   # predictive draws per posterior particle when a window is re-predicted
 FETCH = 1024  # chunks read from the store per pass
 RETENTION_EVERY_S = 10.0
 Publish = Callable[[str, str, Callable[[int], list[bytes]]], None]
@@ -57,7 +59,8 @@ class WorkerSettings:
     alert_probability: P(outside the healthy band) that raises a maintenance alert;
     retain_chunks / retain_versions: store retention (None keeps everything);
     validate: re-predict every applied window from its start under its real commands and score it
-    (health's model_calibration)."""
+    (health's model_calibration);
+    max_batch, threads: robots per batched call and threads running the batches (None: `parallelism()`)."""
 
     checkpoints: Path | None = None
     keep_checkpoints: int = checkpoint.KEEP
@@ -68,6 +71,18 @@ class WorkerSettings:
     retain_versions: int | None = None
     seed: int = 0
     validate: bool = True
+    max_batch: int | None = None
+    threads: int | None = None
+
+
+def parallelism() -> tuple[int, int]:
+    """(robots per batch, threads) for this machine. On CPU a batch of 4 robots already fills a core
+    (their particles are batched too) and larger ones gain nothing, so batches of 4 run on up to two
+    threads, one per core (the rest of the service needs little); an accelerator gains from large
+    batches on one thread."""
+    if jax.default_backend() == "cpu":
+        return 4, max(1, min(2, os.cpu_count() or 1))
+    return 64, 1
 
 
 class StoreMismatch(RuntimeError):
@@ -185,6 +200,10 @@ class Worker:
         self._retained_at = -RETENTION_EVERY_S
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="twin-inference", daemon=True)
+        batch, threads = parallelism()
+        self.max_batch = settings.max_batch or batch
+        threads = settings.threads or threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="twin-batch") if threads > 1 else None
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -198,6 +217,8 @@ class Worker:
         self._stopping.set()
         self.inbox.put(None)
         self._thread.join()
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def notify(self, robot_id: str) -> None:
         """Called by ingest (any thread) after a chunk of robot_id is durable."""
@@ -323,7 +344,8 @@ class Worker:
                 todo.append(rt)
             except WindowError as e:
                 rt.last_update = {"accepted": False, "reason": str(e)}
-        reports = dict(zip((rt.robot_id for rt in todo), update_many([rt.twin for rt in todo], windows)))
+        reports = dict(zip((rt.robot_id for rt in todo), update_many([rt.twin for rt in todo], windows,
+                                                                                    self.max_batch, self._pool)))
         for rt in robots:
             cut = cuts[rt.robot_id]
             rt.applied_seq, rt.applied_row = cut.end_seq, cut.end_row
@@ -377,8 +399,9 @@ class Worker:
             keys.append(jax.random.fold_in(jax.random.PRNGKey(self.settings.seed), rt.predictions))
             starts.append((cut.q[-1], cut.qd[-1]))
             settings.append(cut.settings or None)
-        for rt, b, ctrl in zip(robots, predict_many([rt.twin for rt in robots], starts, commands, keys, QUANTILES,
-                                                    settings), commands):
+        bands = predict_many([rt.twin for rt in robots], starts, commands, keys, QUANTILES, settings,
+                             max_batch=self.max_batch, executor=self._pool)
+        for rt, b, ctrl in zip(robots, bands, commands):
             cut, dt = cuts[rt.robot_id], rt.twin.model.robot.dt
             t = cut.t[-1] + dt * np.arange(1, len(ctrl) + 1)
             pid, rid, version = rt.predictions, rt.robot_id, rt.twin.posterior.version
@@ -404,7 +427,7 @@ class Worker:
             starts.append((cut.q[0], cut.qd[0]))
             settings.append(cut.settings or None)
         bands = predict_many([rt.twin for rt in robots], starts, commands, keys, QUANTILES, settings,
-                             draws_per_particle=VALIDATION_DRAWS)
+                             draws_per_particle=VALIDATION_DRAWS, max_batch=self.max_batch, executor=self._pool)
         for rt, b, seen in zip(robots, bands, observed):
             rt.model_calibration.update(np.concatenate([b.samples_q, b.samples_qd], axis=-1), seen)
 

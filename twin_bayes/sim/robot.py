@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import difflib
 import warnings
 from dataclasses import dataclass
@@ -55,6 +57,18 @@ class Robot:
     actuator: ActuatorModel
     grad_mode: str
     dtype: jnp.dtype
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A digest of everything compiled code of this robot depends on: the compiled MuJoCo model
+        (with its nominal parameters and custom data), the actuator model, dtype and gradient mode."""
+        buffer = np.empty(mujoco.mj_sizeModel(self.mj_model), dtype=np.uint8)
+        mujoco.mj_saveModel(self.mj_model, None, buffer)
+        extra = repr((self.actuator.name, str(self.dtype), self.grad_mode, self.layout.names)).encode()
+        return hashlib.sha256(buffer.tobytes() + extra).hexdigest()[:32]
+
+    def __repr__(self) -> str:
+        return f"Robot({self.name!r}, {self.fingerprint})"
 
     @property
     def param_names(self) -> tuple[str, ...]:

@@ -47,9 +47,16 @@ def delay_commands(commands: Array, latency_s: Array, dt: float) -> Array:
     return (1.0 - frac) * now + frac * before
 
 
+@partial(jax.jit, static_argnums=(0, 5))
 def _simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array,
               history: int) -> tuple[Array, Array]:
-    """Open-loop rollout from a measured state; commands (history + T, nu) are delayed here."""
+    """Open-loop rollout from a measured state; commands (history + T, nu) are delayed here.
+
+    Jitted (the robot and history static), so that the MJX step is traced in Python once per robot
+    and shape: an update uses the rollout in many places (segments, sensitivities, trial points,
+    importance draws), and JAX transforms the one cached jaxpr for each instead of tracing MJX
+    again, which is what a fresh process's first update spent most of its time on.
+    """
     commands = delay_commands(commands, robot.layout.latency(theta), robot.dt)[history:]
     sys = system(robot, theta)
     bias = robot.layout.sensor_bias(theta)
