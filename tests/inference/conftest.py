@@ -83,6 +83,7 @@ def cache_sizes() -> dict[str, int]:
         "temper": engine.temper_jit._cache_size(),
         "constrain_all": twin_module.constrain_all._cache_size(),
         "predictive_samples": predictive.predictive_samples._cache_size(),
+        "predictive_samples_many": predictive.predictive_samples_many._cache_size(),
     }
 
 

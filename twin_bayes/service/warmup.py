@@ -32,38 +32,44 @@ def cmd_warmup(args) -> int:
 
 
 def warmup(cfg, robot_counts, horizon_s: float) -> dict:
-    """Run one update per robot count, batched as the service batches on this machine
-    (`worker.parallelism`), then the service's two predictions (the horizon after a window, and the
-    window re-predicted for model calibration), on a window emulated at the nominal parameters;
-    the wall time of each (compile included)."""
+    """For each robot count, batched as the service batches on this machine (`worker.parallelism`):
+    one update, the tempered phase (compiled by the service only when some robot's importance
+    weights degenerate, typically on a first window), and the service's two predictions (the
+    horizon after a window, and the window re-predicted for model calibration), on a window
+    emulated at the nominal parameters; the wall time of each count (compile included)."""
     import jax
     import numpy as np
 
-    from twin_bayes.inference import Twin
-    from twin_bayes.inference.twin import predict_many, update_many
+    from twin_bayes.inference import Twin, engine
+    from twin_bayes.inference.twin import _batches, predict_many, update_many
     from twin_bayes.service.worker import QUANTILES, VALIDATION_DRAWS, parallelism
     from twin_bayes.sim.emulator import emulate
     t0 = time.perf_counter()
     first = Twin(cfg)
     m = first.model
     traj = emulate(m.robot, {}, (m.window_samples - 1) * m.robot.dt, seed=0, settings=dict(cfg.settings))
-    window = first.as_window({"q": traj.q, "qd": traj.qd, "ctrl": traj.ctrl}, dict(cfg.settings) or None)
-    max_batch, _ = parallelism()
-    timings = {"load_s": time.perf_counter() - t0, "max_batch": max_batch}
-    twins = [first]
-    for n in robot_counts:
-        twins += [Twin(cfg, m) for _ in range(n - len(twins))]
-        start = time.perf_counter()
-        update_many(twins[:n], [window] * n, max_batch)
-        timings[f"update_{n}_robots_s"] = time.perf_counter() - start
     settings = dict(cfg.settings) or None
+    window = first.as_window({"q": traj.q, "qd": traj.qd, "ctrl": traj.ctrl}, settings)
+    max_batch, _ = parallelism()
     h = max(1, int(round(horizon_s / m.robot.dt)))
-    for label, commands, start, draws in (("predict_s", np.repeat(traj.ctrl[-1:], h, axis=0), -1, 8),
-                                          ("validate_s", traj.ctrl[:-1], 0, VALIDATION_DRAWS)):
-        t = time.perf_counter()
-        predict_many([first], [(traj.q[start], traj.qd[start])], [commands], [jax.random.PRNGKey(0)], QUANTILES,
-                     [settings], draws_per_particle=draws, max_batch=max_batch)
-        timings[label] = time.perf_counter() - t
+    predictions = ((np.repeat(traj.ctrl[-1:], h, axis=0), -1, 8), (traj.ctrl[:-1], 0, VALIDATION_DRAWS))
+    timings = {"load_s": time.perf_counter() - t0, "max_batch": max_batch}
+    twins, tempered = [first], set()
+    stack = lambda xs: jax.tree.map(lambda *x: jax.numpy.stack(x), *xs)  # noqa: E731
+    for n in robot_counts:
+        start = time.perf_counter()
+        twins += [Twin(cfg, m) for _ in range(n - len(twins))]
+        for idx, rows in _batches(twins[:n], max_batch):
+            if len(rows) not in tempered:     # once per batch size: it compiles, and it runs for long
+                tempered.add(len(rows))
+                states, windows = stack([twins[i].state for i in rows]), stack([window] * len(rows))
+                engine.temper_jit(m, states, engine.propose_jit(m, states, windows))
+        update_many(twins[:n], [window] * n, max_batch)
+        for commands, row, draws in predictions:
+            predict_many(twins[:n], [(traj.q[row], traj.qd[row])] * n, [commands] * n,
+                         [jax.random.PRNGKey(k) for k in range(n)], QUANTILES, [settings] * n,
+                         draws_per_particle=draws, max_batch=max_batch)
+        timings[f"robots_{n}_s"] = time.perf_counter() - start
     return {"config": str(cfg.source), "robot_counts": list(robot_counts), "horizon_s": horizon_s, **timings}
 
 

@@ -58,8 +58,10 @@ class WorkerSettings:
     chunk's own, then the robot's plan, then the last held);
     alert_probability: P(outside the healthy band) that raises a maintenance alert;
     retain_chunks / retain_versions: store retention (None keeps everything);
-    validate: re-predict every applied window from its start under its real commands and score it
-    (health's model_calibration);
+    validate: re-predict applied windows from their start under their real commands and score them
+    (health's model_calibration): every window while the robots fit in one batch, else one batch of
+    robots per turn, those validated longest ago first (the score is a sample of windows, the
+    update's throughput is kept);
     max_batch, threads: robots per batched call and threads running the batches (None: `parallelism()`)."""
 
     checkpoints: Path | None = None
@@ -164,6 +166,7 @@ class RobotTwin:
     pending: Pending | None = None
     calibration: OnlineCalibration = field(default_factory=OnlineCalibration)       # of the forecasts
     model_calibration: OnlineCalibration = field(default_factory=OnlineCalibration)  # of the windows re-predicted
+    validated_turn: int = -1      # the worker's turn that last re-predicted one of its windows
     trend: dict[str, deque] = field(default_factory=dict)
     alerts: dict[str, dict] = field(default_factory=dict)
     last_update: dict[str, Any] = field(default_factory=dict)
@@ -198,6 +201,7 @@ class Worker:
         self.error = ""
         self.update_latency: deque[float] = deque(maxlen=256)
         self._retained_at = -RETENTION_EVERY_S
+        self._turn = 0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="twin-inference", daemon=True)
         batch, threads = parallelism()
@@ -374,8 +378,12 @@ class Worker:
             self.publish("telemetry", rid, lambda seq, rid=rid, c=cut: protocol.telemetry(rid, seq, c.t, c.q, c.qd,
                                                                                           c.ctrl))
         self._predict(todo, cuts)
-        if self.settings.validate:
-            self._validate(todo, cuts)
+        if self.settings.validate and todo:   # a budget of one batch per turn, the longest unvalidated first
+            self._turn += 1
+            chosen = sorted(todo, key=lambda rt: rt.validated_turn)[:self.max_batch]
+            for rt in chosen:
+                rt.validated_turn = self._turn
+            self._validate(chosen, cuts)
 
     def _publish_posterior(self, rt: RobotTwin) -> None:
         post, rid, applied = rt.twin.posterior, rt.robot_id, rt.applied_seq
