@@ -333,7 +333,7 @@ class Worker:
         return next_cut(rt.tail, rt.applied_row if rt.applied_seq >= 0 else 0, rt.twin.model)
 
     def _apply(self, cuts: dict[str, Cut]) -> None:
-        """Score, update (one batched call per design), checkpoint, store and publish the robots' windows."""
+        """Score, update (batched per design), checkpoint, store and publish the robots' windows."""
         robots = [self.robots[rid] for rid in cuts]
         for rt in robots:
             self._score(rt, cuts[rt.robot_id])
