@@ -111,10 +111,9 @@ def empty_window(model: TwinModel) -> Window:
     """A window of zeros (mask 0) with the model's shapes."""
     r, T = model.robot, model.window_samples
     n_seg = (T - 1) // model.segment_steps
-    c = sum(r.nq if ch == "q" else r.nv for ch in model.channels)
     z = lambda *shape: jnp.zeros(shape)  # noqa: E731
     return Window(z(T, r.nq), z(T, r.nv), z(T, r.nu), z(T), z(len(model.setting_names)),
-                  z(n_seg, model.segment_steps * c, r.nq + r.nv))
+                  z(n_seg, model.segment_steps * model.observed_width, r.nq + r.nv))
 
 
 def init(model: TwinModel, key) -> TwinState:
@@ -175,8 +174,7 @@ def _laplace(model: TwinModel, g: GaussianPrior, window: Window, z_start, key) -
     z_start; start-state sensitivities are linearised at the mode (`laplace.find_mode`)."""
     lap, windows = find_mode(model, z_start, jax.tree.map(lambda x: x[None], window), g)
     new, ess, log_evidence = importance_update(model, key, lap, windows, g, model.particles)
-    r = model.robot
-    n_obs = jnp.sum(window.mask) * sum({"q": r.nq, "qd": r.nv}[c] for c in model.channels)
+    n_obs = jnp.sum(window.mask) * model.observed_width
     f, i = jnp.asarray(0.0), jnp.asarray(0)
     info = UpdateInfo(jnp.asarray(False), i, i, jnp.asarray(1), jnp.asarray(1.0), jnp.asarray(jnp.nan), f, ess,
                       -log_evidence / n_obs, lap.iterations, jnp.asarray(False))

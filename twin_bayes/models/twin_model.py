@@ -20,7 +20,7 @@ from numpyro.distributions.transforms import biject_to
 
 from twin_bayes.config import PriorSpec, TwinConfig
 from twin_bayes.sim import Robot, segment, shoot
-from twin_bayes.sim.rollout import rollout, simulate
+from twin_bayes.sim.rollout import rollout
 
 
 class WindowError(ValueError):
@@ -262,22 +262,21 @@ class TwinModel:
     def _segments(self, w: Window):
         return segment(w.q, w.qd, w.ctrl, self.segment_steps, self.history)
 
-    def _observed(self, q, qd):
-        """Stack the observed channels: (..., L, C) with C = nq and/or nv columns."""
+    def _observed(self, q, qd, axis: int = -1):
+        """Stack the observed channels along axis: (..., L, C) with C = nq and/or nv columns (axis −2
+        for Jacobians (..., L, C, K))."""
         parts = {"q": q, "qd": qd}
-        return jnp.concatenate([parts[c] for c in self.channels], axis=-1)
+        return jnp.concatenate([parts[c] for c in self.channels], axis=axis)
+
+    @property
+    def observed_width(self) -> int:
+        """Observed channels per sample, C."""
+        return sum(self.robot.nq if c == "q" else self.robot.nv for c in self.channels)
 
     def state_jacobian(self, z: jnp.ndarray, w: Window) -> jnp.ndarray:
-        """d(observed segment predictions)/d(start state): (S, L·C, nq + nv), at parameters z."""
-        r = self.robot
-        theta = self.theta(self.constrain(z), w.settings)
-        q0, qd0, u, _, _ = self._segments(w)
-
-        def out(x0, useg):
-            q, qd = simulate(r, theta, x0[: r.nq], x0[r.nq:], useg, self.history, free=(), state_grad=True)
-            return self._observed(q, qd).reshape(-1)
-
-        return jax.vmap(jax.jacfwd(out))(jnp.concatenate([q0, qd0], axis=-1), u)
+        """d(observed segment predictions)/d(start state): (S, L·C, nq + nv), at parameters z
+        (from `linearised_predictions`, the one forward-mode pass)."""
+        return self.linearised_predictions(z, w)[2]
 
     def with_state_jacobian(self, w: Window, z_ref: jnp.ndarray) -> Window:
         return w._replace(state_jac=jax.lax.stop_gradient(state_jacobian_jit(self, z_ref, w)))
@@ -308,19 +307,9 @@ class TwinModel:
         eye = jnp.eye(p + r.nq + r.nv, dtype=z.dtype)
         jq, jqd = jax.vmap(lambda e: tangent(e[:p], e[p:p + r.nq], e[p + r.nq:]), out_axes=-1)(eye)
         n, L = jq.shape[0], jq.shape[1]
-        state_jac = self._observed_jacobian(jq[..., p:], jqd[..., p:]).reshape(n, L * self._width, -1)
+        state_jac = self._observed(jq[..., p:], jqd[..., p:], axis=-2).reshape(n, L * self.observed_width, -1)
         in_z = lambda j: jnp.concatenate([j[..., :p], jnp.zeros(j.shape[:-1] + (d - p,), j.dtype)], -1)  # noqa: E731
         return pred, (in_z(jq), in_z(jqd)), state_jac
-
-    @property
-    def _width(self) -> int:
-        """Observed channels per sample, C."""
-        return sum(self.robot.nq if c == "q" else self.robot.nv for c in self.channels)
-
-    def _observed_jacobian(self, jq, jqd):
-        """Jacobians of the observed channels: (..., L, C, K) from (..., L, nq, K), (..., L, nv, K)."""
-        parts = {"q": jq, "qd": jqd}
-        return jnp.concatenate([parts[c] for c in self.channels], axis=-2)
 
     def log_lik(self, z: jnp.ndarray, w: Window) -> jnp.ndarray:
         """Multiple-shooting log-likelihood of window w at parameters z (D,)."""
@@ -414,8 +403,7 @@ class TwinModel:
         padded = {k: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for k, a in out.items()}
         mask = np.concatenate([np.ones(n), np.zeros(pad)])
         n_seg = (T - 1) // self.segment_steps
-        c = sum(r.nq if ch == "q" else r.nv for ch in self.channels)
-        jac = jnp.zeros((n_seg, self.segment_steps * c, r.nq + r.nv))
+        jac = jnp.zeros((n_seg, self.segment_steps * self.observed_width, r.nq + r.nv))
         return Window(jnp.asarray(padded["q"]), jnp.asarray(padded["qd"]), jnp.asarray(padded["ctrl"]),
                       jnp.asarray(mask), jnp.asarray(self.settings_vector(settings)), jac)
 
