@@ -8,7 +8,7 @@ import numpy as np
 from twin_bayes.inference import Twin
 from twin_bayes.inference.twin import predict_many, update_many
 from twin_bayes.service.warmup import warmup
-from twin_bayes.service.worker import QUANTILES, VALIDATION_DRAWS, parallelism
+from twin_bayes.service.worker import PREDICTION_DRAWS, QUANTILES, VALIDATION_DRAWS, parallelism
 
 ROBOTS = 6      # on CPU: a batch of 4 and one of 2, both padded to 4
 
@@ -27,10 +27,14 @@ def test_after_warmup_a_fleet_updates_and_predicts_without_compiling(small_cfg, 
         starts = [(last["q"][-1], last["qd"][-1])] * ROBOTS
         keys = [jax.random.PRNGKey(k) for k in range(ROBOTS)]
         horizon = [np.repeat(last["ctrl"][-1:], 25, axis=0)] * ROBOTS          # 0.05 s at 500 Hz
-        bands = predict_many(twins, starts, horizon, keys, QUANTILES, max_batch=max_batch, executor=pool)
+        bands = predict_many(twins, starts, horizon, keys, QUANTILES, draws_per_particle=PREDICTION_DRAWS,
+                             max_batch=max_batch, executor=pool)
         window = [last["ctrl"][:-1]] * ROBOTS                                  # the window re-predicted
         again = predict_many(twins, starts, window, keys, QUANTILES, draws_per_particle=VALIDATION_DRAWS,
                              max_batch=max_batch, executor=pool)
+        one = predict_many(twins[:1], starts[:1], window[:1], keys[:1], QUANTILES,     # an idle robot's alone
+                           draws_per_particle=VALIDATION_DRAWS, max_batch=max_batch)
     assert bands[0].q.shape == (len(QUANTILES), 25, model.robot.nq)
-    assert again[0].samples_q.shape[0] == model.particles * VALIDATION_DRAWS
+    assert bands[0].samples_q.shape[0] == model.particles * PREDICTION_DRAWS
+    assert again[0].samples_q.shape[0] == one[0].samples_q.shape[0] == model.particles * VALIDATION_DRAWS
     assert helpers.cache_sizes() == before, (before, helpers.cache_sizes())

@@ -317,7 +317,8 @@ def test_duplicates_shuffled_give_the_same_posterior_and_the_service_publishes(c
             assert sorted(m.seq for m in acks) == sorted(order)
             assert sum(m.extra["status"] == "stored" for m in acks) == N_CHUNKS
             h = wait_for(client, lambda h: h["robots"][RID]["windows"] == WINDOWS
-                         and h["robots"][RID]["calibration"]["n_batches"] == 1)
+                         and h["robots"][RID]["calibration"]["n_batches"] == 1
+                         and h["robots"][RID]["model_calibration"]["n_batches"] >= 1)
             kept = list(range(N_CHUNKS - retain, N_CHUNKS)) if retain else list(range(N_CHUNKS))
             deadline = time.monotonic() + 30
             while [c.seq for c in svc.store.get_chunks(RID)] != kept and time.monotonic() < deadline:
@@ -328,6 +329,11 @@ def test_duplicates_shuffled_give_the_same_posterior_and_the_service_publishes(c
             r = h["robots"][RID]
             assert r["posterior_version"] == WINDOWS and r["applied_seq"] == APPLIED and r["rejected_windows"] == 0
             assert r["calibration"]["n_batches"] == 1 and 0.0 <= r["calibration"]["coverage_90"] <= 1.0
+            # idle work: the newest applied window re-predicted (an older one only if the worker idled
+            # between the two), every sample of it scored; the model is exact, so its bands hold the data
+            mc = r["model_calibration"]
+            assert 1 <= mc["n_batches"] <= WINDOWS and mc["n_points"] == mc["n_batches"] * 250 * 4
+            assert 0.75 <= mc["coverage_90"] <= 1.0 and mc["coverage_50"] < mc["coverage_90"]
             assert len(svc.store.scores(RID)) == 1
             assert [a["parameter"] for a in h["alerts"]] == ["dof_damping:shoulder"]
             assert h["alerts"][0]["p_outside"] > 0.9 and len(h["alerts"][0]["trend"]) >= 1

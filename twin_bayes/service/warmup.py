@@ -35,14 +35,15 @@ def warmup(cfg, robot_counts, horizon_s: float) -> dict:
     """For each robot count, batched as the service batches on this machine (`worker.parallelism`):
     one update, the tempered phase (compiled by the service only when some robot's importance
     weights degenerate, typically on a first window), and the service's two predictions (the
-    horizon after a window, and the window re-predicted for model calibration), on a window
+    horizon after a window, and the window re-predicted for model calibration, for one robot and
+    for a batch), on a window
     emulated at the nominal parameters; the wall time of each count (compile included)."""
     import jax
     import numpy as np
 
     from twin_bayes.inference import Twin, engine
     from twin_bayes.inference.twin import _batches, predict_many, update_many
-    from twin_bayes.service.worker import QUANTILES, VALIDATION_DRAWS, parallelism
+    from twin_bayes.service.worker import PREDICTION_DRAWS, QUANTILES, VALIDATION_DRAWS, parallelism
     from twin_bayes.sim.emulator import emulate
     t0 = time.perf_counter()
     first = Twin(cfg)
@@ -52,7 +53,7 @@ def warmup(cfg, robot_counts, horizon_s: float) -> dict:
     window = first.as_window({"q": traj.q, "qd": traj.qd, "ctrl": traj.ctrl}, settings)
     max_batch, _ = parallelism()
     h = max(1, int(round(horizon_s / m.robot.dt)))
-    predictions = ((np.repeat(traj.ctrl[-1:], h, axis=0), -1, 8), (traj.ctrl[:-1], 0, VALIDATION_DRAWS))
+    predictions = ((np.repeat(traj.ctrl[-1:], h, axis=0), -1, PREDICTION_DRAWS), (traj.ctrl[:-1], 0, VALIDATION_DRAWS))
     timings = {"load_s": time.perf_counter() - t0, "max_batch": max_batch}
     twins, tempered = [first], set()
     stack = lambda xs: jax.tree.map(lambda *x: jax.numpy.stack(x), *xs)  # noqa: E731
@@ -65,10 +66,11 @@ def warmup(cfg, robot_counts, horizon_s: float) -> dict:
                 states, windows = stack([twins[i].state for i in rows]), stack([window] * len(rows))
                 engine.temper_jit(m, states, engine.propose_jit(m, states, windows))
         update_many(twins[:n], [window] * n, max_batch)
-        for commands, row, draws in predictions:
-            predict_many(twins[:n], [(traj.q[row], traj.qd[row])] * n, [commands] * n,
-                         [jax.random.PRNGKey(k) for k in range(n)], QUANTILES, [settings] * n,
-                         draws_per_particle=draws, max_batch=max_batch)
+        for (commands, row, draws), counts in zip(predictions, ((n,), (1, n))):
+            for k in counts:    # windows are re-predicted when idle, from one robot's to a batch's
+                predict_many(twins[:k], [(traj.q[row], traj.qd[row])] * k, [commands] * k,
+                             [jax.random.PRNGKey(i) for i in range(k)], QUANTILES, [settings] * k,
+                             draws_per_particle=draws, max_batch=max_batch)
         timings[f"robots_{n}_s"] = time.perf_counter() - start
     return {"config": str(cfg.source), "robot_counts": list(robot_counts), "horizon_s": horizon_s, **timings}
 

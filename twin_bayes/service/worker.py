@@ -8,7 +8,8 @@ their boundary sample), updates all of them in batched calls per design
 position of its next window and the store's identity, and hands posterior,
 prediction and alert messages to the I/O thread through
 `publish(type, robot_id, build)` (build(seq) -> frames). It never touches a
-socket. On start it resumes from the newest valid checkpoint and re-applies
+socket. Re-predicting applied windows for model calibration is the thread's idle work: it runs
+when no robot has a window ready, so it never delays an update. On start it resumes from the newest valid checkpoint and re-applies
 the stored chunks after it, so a restart gives the posteriors an
 uninterrupted run would have; a checkpoint of another store is refused.
 """
@@ -46,6 +47,7 @@ from twin_bayes.service.store import StoreError, TelemetryStore
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+PREDICTION_DRAWS = 2   # predictive draws per posterior particle of a published prediction
 VALIDATION_DRAWS = 1   # predictive draws per posterior particle when a window is re-predicted
 FETCH = 1024  # chunks read from the store per pass
 RETENTION_EVERY_S = 10.0
@@ -59,9 +61,11 @@ class WorkerSettings:
     alert_probability: P(outside the healthy band) that raises a maintenance alert;
     retain_chunks / retain_versions: store retention (None keeps everything);
     validate: re-predict applied windows from their start under their real commands and score them
-    (health's model_calibration): every window while the robots fit in one batch, else one batch of
-    robots per turn, those validated longest ago first (the score is a sample of windows, the
-    update's throughput is kept);
+    (health's model_calibration), as idle work: when no robot has a window ready, one batch of
+    robots' newest applied windows, those validated longest ago first (every window while the
+    worker keeps up with time to spare, else a sample of them; the update's throughput is kept);
+    prediction_draws: predictive draws per posterior particle of each published prediction (the
+    rollouts and so the cost grow with it; 2 × 32 particles: 64 draws per band);
     max_batch, threads: robots per batched call and threads running the batches (None: `parallelism()`)."""
 
     checkpoints: Path | None = None
@@ -73,6 +77,7 @@ class WorkerSettings:
     retain_versions: int | None = None
     seed: int = 0
     validate: bool = True
+    prediction_draws: int = PREDICTION_DRAWS
     max_batch: int | None = None
     threads: int | None = None
 
@@ -166,7 +171,7 @@ class RobotTwin:
     pending: Pending | None = None
     calibration: OnlineCalibration = field(default_factory=OnlineCalibration)       # of the forecasts
     model_calibration: OnlineCalibration = field(default_factory=OnlineCalibration)  # of the windows re-predicted
-    validated_turn: int = -1      # the worker's turn that last re-predicted one of its windows
+    validated_round: int = -1     # the last validation round that re-predicted one of its windows
     trend: dict[str, deque] = field(default_factory=dict)
     alerts: dict[str, dict] = field(default_factory=dict)
     last_update: dict[str, Any] = field(default_factory=dict)
@@ -200,8 +205,9 @@ class Worker:
         self.checkpoint_status: dict[str, Any] = {}
         self.error = ""
         self.update_latency: deque[float] = deque(maxlen=256)
+        self._unvalidated: dict[str, Cut] = {}     # robot -> its newest applied window not yet re-predicted
         self._retained_at = -RETENTION_EVERY_S
-        self._turn = 0
+        self._rounds = 0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="twin-inference", daemon=True)
         batch, threads = parallelism()
@@ -235,7 +241,8 @@ class Worker:
         retaining = bool(self.settings.retain_chunks or self.settings.retain_versions)
         while True:
             try:  # with retention, wake up idle too: retention postponed by its interval is then due
-                ready.add(self.inbox.get(block=not ready, timeout=RETENTION_EVERY_S if retaining else None))
+                idle = not ready and not self._unvalidated
+                ready.add(self.inbox.get(block=idle, timeout=RETENTION_EVERY_S if retaining and idle else None))
                 while True:
                     ready.add(self.inbox.get_nowait())
             except queue.Empty:
@@ -252,6 +259,8 @@ class Worker:
                         cuts[rid] = cut
                 if cuts:
                     self._apply(cuts)
+                elif self._unvalidated:
+                    self._validate_idle()
             except Exception as e:  # keep serving; the failure shows in health
                 log.exception("inference failed")
                 self.error = f"{type(e).__name__}: {e}"
@@ -378,12 +387,8 @@ class Worker:
             self.publish("telemetry", rid, lambda seq, rid=rid, c=cut: protocol.telemetry(rid, seq, c.t, c.q, c.qd,
                                                                                           c.ctrl))
         self._predict(todo, cuts)
-        if self.settings.validate and todo:   # a budget of one batch per turn, the longest unvalidated first
-            self._turn += 1
-            chosen = sorted(todo, key=lambda rt: rt.validated_turn)[:self.max_batch]
-            for rt in chosen:
-                rt.validated_turn = self._turn
-            self._validate(chosen, cuts)
+        if self.settings.validate:
+            self._unvalidated.update((rt.robot_id, cuts[rt.robot_id]) for rt in todo)
 
     def _publish_posterior(self, rt: RobotTwin) -> None:
         post, rid, applied = rt.twin.posterior, rt.robot_id, rt.applied_seq
@@ -408,7 +413,8 @@ class Worker:
             starts.append((cut.q[-1], cut.qd[-1]))
             settings.append(cut.settings or None)
         bands = predict_many([rt.twin for rt in robots], starts, commands, keys, QUANTILES, settings,
-                             max_batch=self.max_batch, executor=self._pool)
+                             draws_per_particle=self.settings.prediction_draws, max_batch=self.max_batch,
+                             executor=self._pool)
         for rt, b, ctrl in zip(robots, bands, commands):
             cut, dt = cuts[rt.robot_id], rt.twin.model.robot.dt
             t = cut.t[-1] + dt * np.arange(1, len(ctrl) + 1)
@@ -418,6 +424,16 @@ class Worker:
             arrays = {"t": t, "q_bands": b.q, "qd_bands": b.qd, "ctrl": ctrl}
             self.publish("prediction", rid, lambda seq, rid=rid, version=version, arrays=arrays, pid=pid:
                          protocol.prediction(rid, seq, version, arrays, quantiles=list(QUANTILES), prediction_id=pid))
+
+    def _validate_idle(self) -> None:
+        """Re-predict one batch of the waiting windows, of the robots validated longest ago."""
+        self._rounds += 1
+        chosen = sorted((self.robots[rid] for rid in self._unvalidated),
+                        key=lambda rt: rt.validated_round)[:self.max_batch]
+        cuts = {rt.robot_id: self._unvalidated.pop(rt.robot_id) for rt in chosen}
+        for rt in chosen:
+            rt.validated_round = self._rounds
+        self._validate(chosen, cuts)
 
     def _validate(self, robots: list[RobotTwin], cuts: dict[str, Cut]) -> None:
         """Model calibration: each window just applied, predicted again open loop from its first measured
@@ -431,7 +447,7 @@ class Worker:
             commands.append(np.concatenate([cut.ctrl[:-1], np.repeat(cut.ctrl[-2:-1], pad, axis=0)]))
             seen = np.concatenate([cut.q[1:], cut.qd[1:]], axis=-1)
             observed.append(np.concatenate([seen, np.full((pad, seen.shape[1]), np.nan)]))
-            keys.append(jax.random.fold_in(jax.random.PRNGKey(self.settings.seed + 1), rt.windows))
+            keys.append(jax.random.fold_in(jax.random.PRNGKey(self.settings.seed + 1), cut.end_seq))
             starts.append((cut.q[0], cut.qd[0]))
             settings.append(cut.settings or None)
         bands = predict_many([rt.twin for rt in robots], starts, commands, keys, QUANTILES, settings,
