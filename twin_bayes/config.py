@@ -6,10 +6,13 @@ a full example; shipped configs live next to each robot in
 """
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
+from statistics import NormalDist
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from twin_bayes.sim import Robot, load_robot
@@ -50,6 +53,19 @@ class PriorSpec(_Strict):
         if self.dist == "lognormal" and self.loc is not None and self.loc <= 0:
             raise ValueError("lognormal needs a positive loc (the median)")
         return self
+
+    def draw(self, nominal: float, rng: np.random.Generator) -> float:
+        """One draw of this prior (`loc` defaulting to `nominal`), with NumPy: what an emulated robot's
+        hidden truth is drawn from (truncnormal by the inverse CDF, so any bounds work)."""
+        loc = nominal if self.loc is None else self.loc
+        if self.dist == "lognormal":
+            return float(math.exp(math.log(loc) + self.scale * rng.standard_normal()))
+        if self.dist == "normal":
+            return float(loc + self.scale * rng.standard_normal())
+        if self.dist == "truncnormal":
+            d = NormalDist(loc, self.scale)
+            return float(d.inv_cdf(rng.uniform(d.cdf(self.low), d.cdf(self.high))))
+        return float(rng.uniform(self.low, self.high))
 
 
 class RobotSection(_Strict):

@@ -14,7 +14,8 @@ from twin_bayes.cli import ENGINE_OPTIONS, build_parser, main
 JAX_FREE = ("twin_bayes", "twin_bayes.cli", "twin_bayes.service.robot_link", "twin_bayes.service.replay",
             "twin_bayes.service.robot_commands", "twin_bayes.service.commands", "twin_bayes.service.auth",
             "twin_bayes.service.watch", "twin_bayes.service.client", "twin_bayes.service.ros2",
-            "twin_bayes.service.ros2_commands", "twin_bayes.service.foxglove", "twin_bayes.data")
+            "twin_bayes.service.ros2_commands", "twin_bayes.service.foxglove", "twin_bayes.data",
+            "twin_bayes.service.emulate", "twin_bayes.sim", "twin_bayes.config")
 
 
 def imported_modules(code: str) -> set[str]:
@@ -29,6 +30,20 @@ def test_the_robot_side_imports_no_jax(module):
     loaded = imported_modules(f"import {module}")
     assert module in loaded
     assert not {m for m in loaded if m == "jax" or m.startswith(("jax.", "jaxlib", "mujoco.mjx", "numpyro"))}
+
+
+def test_an_emulated_robot_steps_without_jax():
+    """`twin-bayes emulate`'s robot side whole: config, robot, a truth drawn from the prior, native steps
+    of a servo (its actuator model evaluated every step, with latency) and of a torque arm."""
+    code = ("import sys\nfrom twin_bayes.config import load_config\nfrom twin_bayes.service import emulate\n"
+            "from twin_bayes.sim import load_robot\n"
+            "for robot, config in (('servo_pendulum', 'xl330_coulomb'), ('arm2', 'arm2')):\n"
+            "    r = load_robot(robot)\n"
+            "    truth = {**emulate.draw_truth(load_config(config), r, 0), 'latency_s': 0.004}\n"
+            "    assert emulate.EmulatedRobot(r, truth, 0).chunk(20)['q'].shape == (20, r.nq)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'numpyro', 'brax')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]", run.stdout
 
 
 def test_building_the_parser_imports_no_jax():

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from twin_bayes.sim import checks, load_robot, rollout, segment, shoot
+from twin_bayes.sim import checks, load_robot
+from twin_bayes.sim.rollout import rollout, segment, shoot
 from twin_bayes.sim.robot import rollout_jit
 
 
@@ -46,6 +47,30 @@ def test_parameter_names_and_vectors_round_trip():
     assert "dof_damping:servo" not in servo.param_names
     # friction loss is a parameter only where MuJoCo's friction constraint exists
     assert "dof_frictionloss:elbow" not in robot.param_names
+
+
+@pytest.mark.parametrize("name", ["arm2", "servo_pendulum", "panda"])
+def test_the_numpy_formulas_of_the_emulator_are_the_twins(name):
+    """The parameter map, the actuator model and command latency run on NumPy in the emulator (no
+    JAX) and under jit in the twin: the same numbers, full inertials (panda) included."""
+    from twin_bayes.sim import delay_commands, model_fields
+    robot = load_robot(name)
+    theta = robot.to_vector(checks.perturbed(robot, 1))
+    fields = model_fields(robot.layout, theta)
+    traced = jax.jit(lambda th: model_fields(robot.layout, th))(jnp.asarray(theta))
+    assert all(isinstance(v, np.ndarray) for v in fields.values())
+    for k, v in fields.items():
+        np.testing.assert_allclose(v, traced[k], rtol=1e-12, atol=1e-15, err_msg=k)
+    rng = np.random.default_rng(0)
+    u, q, qd = (rng.normal(size=(6, robot.nu)) for _ in range(3))
+    act = robot.layout.actuator_params(theta)
+    torque = robot.actuator.torque(u, q, qd, act)
+    np.testing.assert_allclose(torque, jax.jit(robot.actuator.torque)(u, q, qd, act), rtol=1e-12, atol=1e-15)
+    assert isinstance(torque, np.ndarray)
+    delayed = delay_commands(u, 1.6 * robot.dt, robot.dt)
+    np.testing.assert_allclose(delayed, jax.jit(delay_commands, static_argnums=2)(u, 1.6 * robot.dt, robot.dt),
+                               rtol=1e-12)
+    np.testing.assert_allclose(delayed[2:], 0.4 * u[1:-1] + 0.6 * u[:-2], rtol=1e-12)   # 1.6 steps late
 
 
 def test_body_mass_scales_inertia_and_writes_native_model():
@@ -118,11 +143,11 @@ def test_new_parameters_or_data_never_recompile():
     robot = load_robot("servo_pendulum")
     rng = np.random.default_rng(0)
     robot.rollout(robot.nominal(), np.zeros(1), np.zeros(1), rng.normal(size=(50, 1)))
-    before = rollout_jit._cache_size()
+    before = rollout_jit()._cache_size()
     for seed in range(3):
         theta = checks.perturbed(robot, seed)
         robot.rollout(theta, rng.normal(size=1), rng.normal(size=1), rng.normal(size=(50, 1)))
-    assert rollout_jit._cache_size() == before
+    assert rollout_jit()._cache_size() == before
 
 
 def test_multiple_shooting_segments_match_single_rollouts():

@@ -19,8 +19,8 @@ import numpyro.distributions as dist
 from numpyro.distributions.transforms import biject_to
 
 from twin_bayes.config import PriorSpec, TwinConfig
-from twin_bayes.sim import Robot, segment, shoot
-from twin_bayes.sim.rollout import rollout
+from twin_bayes.sim import Robot
+from twin_bayes.sim.rollout import rollout, segment, shoot
 
 
 class WindowError(ValueError):

@@ -51,16 +51,13 @@ class Drift:
 
 
 def draw_truth(cfg: TwinConfig, robot: Robot, seed: int) -> dict[str, float]:
-    """True parameters: the robot's nominal values with the config's estimated ones drawn from its prior."""
-    import jax
-
-    from twin_bayes.models import TwinModel
-
-    model = TwinModel(cfg, robot)
-    values = np.asarray(model.constrain(model.sample_prior(jax.random.PRNGKey(seed), 1)[0]))
-    truth = dict(robot.nominal())
+    """True parameters: the robot's nominal values with the config's estimated ones drawn from its prior
+    (`PriorSpec.draw`, seeded by seed)."""
+    rng = np.random.default_rng(seed)
+    nominal = robot.nominal()
+    truth = dict(nominal)
     truth.update(cfg.settings)
-    truth.update({n: float(v) for n, v in zip(model.param_names, values)})
+    truth.update({n: spec.draw(nominal[n], rng) for n, spec in cfg.parameters.items()})
     return {k: float(v) for k, v in truth.items()}
 
 

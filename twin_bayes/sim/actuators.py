@@ -6,22 +6,23 @@ and velocities (rad/s) of the joints the actuators drive, as the robot's
 sensors report them. Parameters are named `<kind>:<actuator name>`; the model's
 `dof_terms` says which kinds also act through MuJoCo joint fields (armature,
 friction, damping) so that stiction and implicit damping stay MuJoCo's own.
+The formulas run on NumPy (the native emulator) and under JAX (the twin) alike (`sim.arrays`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
-
-import jax.numpy as jnp
+from typing import Any, Callable, Mapping
 
 from twin_bayes.data.bam import SERVO_TORQUE_OFF
+from twin_bayes.sim.arrays import namespace
 
-Array = jnp.ndarray
+Array = Any   # a NumPy or a JAX array
 
 # Dynamixel firmware: duty = g * kp * (goal - q), with g in 1/(rad * kp unit):
 # 4096 encoder ticks per turn, P gain scaled by 1/256 and duty by 1/885 (the XL330's PWM limit);
 # the published bam model of this servo uses the same g (≈ 2.88e-3) and a duty limit of 1.
-DYNAMIXEL_DUTY_PER_RAD_PER_KP = (4096.0 / (2.0 * jnp.pi)) / (256.0 * 885.0)
+DYNAMIXEL_DUTY_PER_RAD_PER_KP = (4096.0 / (2.0 * math.pi)) / (256.0 * 885.0)
 # A servo goal at or above SERVO_TORQUE_OFF (rad) means "torque off" (defined with the recordings
 # that mark it, twin_bayes.data.bam, which load no JAX).
 
@@ -33,8 +34,9 @@ def direct_torque(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -
 
 def pd_servo(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Array:
     """Position servo: kp (N·m/rad) on position error, kd (N·m·s/rad) on velocity, clipped."""
+    xp = namespace(command, q, qd, *p.values())
     tau = p["pd_kp"] * (command - q) - p["pd_kd"] * qd
-    return jnp.clip(tau, -p["pd_torque_limit"], p["pd_torque_limit"])
+    return xp.clip(tau, -p["pd_torque_limit"], p["pd_torque_limit"])
 
 
 def dc_servo(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Array:
@@ -45,10 +47,11 @@ def dc_servo(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Arr
     Rotor armature, Coulomb and viscous friction act through the joint
     (`dof_terms`), not here. τ = 0 while the command is `SERVO_TORQUE_OFF`.
     """
-    duty = jnp.clip(DYNAMIXEL_DUTY_PER_RAD_PER_KP * p["servo_kp"] * (command - q), -1.0, 1.0)
+    xp = namespace(command, q, qd, *p.values())
+    duty = xp.clip(DYNAMIXEL_DUTY_PER_RAD_PER_KP * p["servo_kp"] * (command - q), -1.0, 1.0)
     volts = p["servo_vin"] * duty
     tau = p["servo_kt"] * (volts - p["servo_kt"] * qd) / p["servo_R"]
-    return jnp.where(command >= SERVO_TORQUE_OFF, 0.0, tau)
+    return xp.where(command >= SERVO_TORQUE_OFF, 0.0, tau)
 
 
 # Friction inside the actuator torque uses a smooth sign, tanh(ω / ε) with ε in rad/s: the model then
@@ -63,12 +66,13 @@ FRICTION_SIGN_VELOCITY = 0.05
 
 
 def _sign(qd: Array) -> Array:
-    return jnp.tanh(qd / FRICTION_SIGN_VELOCITY)
+    return namespace(qd).tanh(qd / FRICTION_SIGN_VELOCITY)
 
 
 def _stribeck(qd: Array, p: Mapping[str, Array]) -> Array:
     """Stribeck friction magnitude f_s · exp(−(ω/ω_s)²) (N·m): extra friction at low speed."""
-    return p["servo_friction_stribeck"] * jnp.exp(-((qd / p["servo_stribeck_velocity"]) ** 2))
+    xp = namespace(qd, *p.values())
+    return p["servo_friction_stribeck"] * xp.exp(-((qd / p["servo_stribeck_velocity"]) ** 2))
 
 
 def dc_servo_coulomb(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -> Array:
@@ -91,7 +95,7 @@ def dc_servo_load(command: Array, q: Array, qd: Array, p: Mapping[str, Array]) -
     |τ_ext − τ| ≈ 2 |τ|, so μ ≈ 2 μ' (published range μ' ∈ [0, 0.5]: μ ∈ [0, 1]).
     """
     tau = dc_servo(command, q, qd, p)
-    friction = p["servo_friction_coulomb"] + _stribeck(qd, p) + p["servo_friction_load"] * jnp.abs(tau)
+    friction = p["servo_friction_coulomb"] + _stribeck(qd, p) + p["servo_friction_load"] * abs(tau)
     return tau - friction * _sign(qd)
 
 
@@ -104,8 +108,9 @@ def joint_torque_friction(command: Array, q: Array, qd: Array, p: Mapping[str, A
     ε = 2/α it is the sigmoid friction A/(1 + e^{−α(ω+φ)}) − A/(1 + e^{−αφ}) of the Panda's
     published identification (Gaz et al., RA-L 2019) plus a viscous term.
     """
+    xp = namespace(command, qd, *p.values())
     phi, eps = p["joint_friction_offset"], p["joint_friction_width"]
-    coulomb = p["joint_friction_coulomb"] * (jnp.tanh((qd + phi) / eps) - jnp.tanh(phi / eps))
+    coulomb = p["joint_friction_coulomb"] * (xp.tanh((qd + phi) / eps) - xp.tanh(phi / eps))
     return command - p["torque_offset"] - coulomb - p["joint_friction_viscous"] * qd
 
 

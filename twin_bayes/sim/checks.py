@@ -91,7 +91,7 @@ def gradient_check(robot: Robot, names=None, steps: int = 100, seed: int = 0, re
     """
     names = names or [n for n, s in zip(robot.param_names, robot.specs) if s.kind not in SETTINGS_KINDS]
     free = tuple(robot.layout.index[n] for n in names)
-    theta0 = robot.to_vector(perturbed(robot, seed, spread=0.1))
+    theta0 = jnp.asarray(robot.to_vector(perturbed(robot, seed, spread=0.1)))
     q0, qd0 = start_state(robot)
     u = jnp.asarray(random_commands(robot, steps, seed))
     f = jax.jit(partial(_loss, robot, free, steps, theta0, jnp.asarray(q0), jnp.asarray(qd0), u))

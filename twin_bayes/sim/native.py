@@ -3,7 +3,7 @@ stepped chunk by chunk for the emulator.
 
 The same parameter values are written into a copy of the robot's `MjModel`
 (`Robot.model_with`); for actuator models that need the state (servos), the
-same actuator formula is evaluated each step on the native state (jitted: one dispatch per step).
+same actuator formula is evaluated each step on the native state (NumPy: no JAX is loaded).
 A `Misspecification` (twin_bayes.sim.truth) adds physics outside the twin's model class: friction
 loss written into the native model, and backlash between the joint and what reads it.
 """
@@ -12,12 +12,11 @@ from __future__ import annotations
 import copy
 import math
 
-import jax
 import mujoco
 import numpy as np
 
+from twin_bayes.sim.latency import delay_commands
 from twin_bayes.sim.robot import Robot
-from twin_bayes.sim.rollout import delay_commands
 from twin_bayes.sim.truth import Misspecification, scalar_joint
 
 
@@ -46,7 +45,6 @@ class NativeRobot:
                  misspecified: Misspecification | None = None):
         self.robot = robot
         self.misspecified = misspecified or Misspecification()
-        self.torque = jax.jit(robot.actuator.torque)
         self.data: mujoco.MjData | None = None
         self.set_params(theta, model)
         self.data.qpos[:] = np.asarray(q0, np.float64) - self.bias
@@ -61,7 +59,7 @@ class NativeRobot:
     def set_params(self, theta, model: mujoco.MjModel | None = None) -> None:
         """Switch to parameters `theta` (e.g. drift), keeping the physical state (measured q shifts with bias)."""
         r = self.robot
-        vec = r.to_vector(theta)
+        vec = np.asarray(r.to_vector(theta), np.float64)
         self.model = model if model is not None else r.model_with(vec)
         if self.misspecified.frictionloss:
             self.model = copy.deepcopy(self.model) if model is not None else self.model
@@ -73,9 +71,9 @@ class NativeRobot:
         if old is not None:
             self.data.qpos[:], self.data.qvel[:], self.data.act[:] = old.qpos, old.qvel, old.act
             self.data.time = old.time
-        self.bias = np.asarray(r.layout.sensor_bias(vec))
+        self.bias = r.layout.sensor_bias(vec)
         self.latency = float(r.layout.latency(vec))
-        self.act = {k: np.asarray(v) for k, v in r.layout.actuator_params(vec).items()}
+        self.act = r.layout.actuator_params(vec)
 
     def measure(self) -> tuple[np.ndarray, np.ndarray]:
         """Current q (nq,) as the sensors report it (bias and backlash included) and qd (nv,)."""
@@ -97,14 +95,14 @@ class NativeRobot:
         commands = np.asarray(commands, np.float64).reshape(-1, r.nu)
         keep = len(self.history)
         full = np.concatenate([self.history, commands])
-        u = np.asarray(delay_commands(full, self.latency, r.dt))[keep:]
+        u = delay_commands(full, self.latency, r.dt)[keep:]
         self.history = full[-(math.ceil(self.latency / r.dt) + 1):]
         qadr, dofadr = r.layout.act_qadr, r.layout.act_dofadr
         qs, qds = np.empty((len(u), m.nq)), np.empty((len(u), m.nv))
         for t, ut in enumerate(u):
             if r.actuator.needs_state:
                 q_read, qd_read = self.measure()
-                ut = np.asarray(self.torque(ut, q_read[qadr], qd_read[dofadr], self.act))
+                ut = r.actuator.torque(ut, q_read[qadr], qd_read[dofadr], self.act)
             d.ctrl[:] = ut
             mujoco.mj_step(m, d)
             self._follow_play()

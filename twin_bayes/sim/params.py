@@ -8,21 +8,23 @@ m and diag(L) make every value a physical body (positive mass, positive definite
 I_c = m (tr(LLᵀ) 1 − LLᵀ), triangle inequalities held): the log-Cholesky parametrisation of the
 pseudo-inertia (Rucker & Wensing 2022) with the COM and the log-mass pulled out. A `ParamLayout` is
 built once per robot from its `MjModel`; `model_fields(layout, theta)` is a pure
-JAX function from the flat vector `theta` (P,) to the full model arrays it
+function from the flat vector `theta` (P,) to the full model arrays it
 determines, which `twin_bayes.sim.rollout` writes into the Brax `System` with
-`tree_replace` and `twin_bayes.sim.native` into a native `MjModel`.
+`tree_replace` (traced by JAX) and `twin_bayes.sim.native` into a native `MjModel` (NumPy: the
+emulator loads no JAX; `sim.arrays`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
-import jax
-import jax.numpy as jnp
 import mujoco
 import numpy as np
 
 from twin_bayes.sim.actuators import ActuatorModel
+from twin_bayes.sim.arrays import add_at, namespace, put
+
+Array = Any   # a NumPy or a JAX array
 
 # kind -> (unit, positive). Positive kinds get log-normal priors by default.
 MODEL_KINDS: dict[str, tuple[str, bool]] = {
@@ -101,40 +103,44 @@ def inertial_cholesky(mass: float, inertia: np.ndarray, iquat: np.ndarray) -> np
     return upper[np.triu_indices(3)]
 
 
-def body_inertial(values: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+def body_inertial(values: Array) -> tuple[Array, Array, Array, Array]:
     """Bodies' full inertials (B, 10) in `INERTIAL_KINDS` order -> mass (B,), COM (B, 3), principal
     moments (B, 3) and the quaternion (B, 4) of the principal axes, as MuJoCo stores them."""
+    xp = namespace(values)
     mass, com = values[:, 0], values[:, 1:4]
     rows, cols = np.triu_indices(3)
-    chol = jnp.zeros(values.shape[:1] + (3, 3), values.dtype).at[:, rows, cols].set(values[:, 4:])
-    sigma = chol @ jnp.swapaxes(chol, 1, 2)
+    chol = put(xp.zeros(values.shape[:1] + (3, 3), dtype=values.dtype), (slice(None), rows, cols), values[:, 4:])
+    sigma = chol @ xp.swapaxes(chol, 1, 2)
     # Equal principal moments (a symmetric body) would make the eigenvectors' derivative 0/0: a
     # split of 1e-10 of the trace keeps it finite, changes the physics by no more than that, and
     # keeps sigma positive definite (so the triangle inequalities hold).
-    sigma = sigma + 1e-10 * jnp.trace(sigma, axis1=1, axis2=2)[:, None, None] * jnp.diag(
-        jnp.arange(3.0, dtype=values.dtype))
-    eye = jnp.eye(3, dtype=values.dtype)
-    i_c = mass[:, None, None] * (jnp.trace(sigma, axis1=1, axis2=2)[:, None, None] * eye - sigma)
-    moments, axes = jnp.linalg.eigh(i_c)
-    axes = axes.at[:, :, 2].multiply(jnp.sign(jnp.linalg.det(axes))[:, None])    # a rotation
-    return mass, com, moments, jax.vmap(_mat_to_quat)(axes)
+    trace = xp.trace(sigma, axis1=1, axis2=2)[:, None, None]
+    sigma = sigma + 1e-10 * trace * xp.diag(xp.arange(3.0, dtype=values.dtype))
+    eye = xp.eye(3, dtype=values.dtype)
+    i_c = mass[:, None, None] * (xp.trace(sigma, axis1=1, axis2=2)[:, None, None] * eye - sigma)
+    moments, axes = xp.linalg.eigh(i_c)
+    axes = axes * xp.stack([xp.ones_like(mass), xp.ones_like(mass), xp.sign(xp.linalg.det(axes))], -1)[:, None, :]
+    return mass, com, moments, _mat_to_quat(axes)
 
 
-def _mat_to_quat(r: jnp.ndarray) -> jnp.ndarray:
-    """Unit quaternion (w, x, y, z) of a rotation matrix (3, 3); the branch with the largest pivot."""
-    tr = jnp.trace(r)
-    root = lambda x: jnp.sqrt(jnp.maximum(x, 1e-12))  # noqa: E731  (finite gradients in unused branches)
-    s0, s1, s2, s3 = root(1 + tr) * 2, root(1 + r[0, 0] - r[1, 1] - r[2, 2]) * 2, \
-        root(1 - r[0, 0] + r[1, 1] - r[2, 2]) * 2, root(1 - r[0, 0] - r[1, 1] + r[2, 2]) * 2
-    cands = jnp.stack([
-        jnp.stack([s0 / 4, (r[2, 1] - r[1, 2]) / s0, (r[0, 2] - r[2, 0]) / s0, (r[1, 0] - r[0, 1]) / s0]),
-        jnp.stack([(r[2, 1] - r[1, 2]) / s1, s1 / 4, (r[0, 1] + r[1, 0]) / s1, (r[0, 2] + r[2, 0]) / s1]),
-        jnp.stack([(r[0, 2] - r[2, 0]) / s2, (r[0, 1] + r[1, 0]) / s2, s2 / 4, (r[1, 2] + r[2, 1]) / s2]),
-        jnp.stack([(r[1, 0] - r[0, 1]) / s3, (r[0, 2] + r[2, 0]) / s3, (r[1, 2] + r[2, 1]) / s3, s3 / 4]),
-    ])
-    pivot = jnp.argmax(jnp.stack([tr, r[0, 0], r[1, 1], r[2, 2]]))
-    q = cands[pivot]
-    return q / jnp.linalg.norm(q)
+def _mat_to_quat(r: Array) -> Array:
+    """Unit quaternions (w, x, y, z) (B, 4) of rotation matrices (B, 3, 3); per matrix the branch with
+    the largest pivot."""
+    xp = namespace(r)
+    tr = r[:, 0, 0] + r[:, 1, 1] + r[:, 2, 2]
+    root = lambda x: xp.sqrt(xp.maximum(x, 1e-12))  # noqa: E731  (finite gradients in unused branches)
+    s0, s1, s2, s3 = root(1 + tr) * 2, root(1 + r[:, 0, 0] - r[:, 1, 1] - r[:, 2, 2]) * 2, \
+        root(1 - r[:, 0, 0] + r[:, 1, 1] - r[:, 2, 2]) * 2, root(1 - r[:, 0, 0] - r[:, 1, 1] + r[:, 2, 2]) * 2
+    e = lambda i, j: r[:, i, j]  # noqa: E731
+    cands = xp.stack([
+        xp.stack([s0 / 4, (e(2, 1) - e(1, 2)) / s0, (e(0, 2) - e(2, 0)) / s0, (e(1, 0) - e(0, 1)) / s0], -1),
+        xp.stack([(e(2, 1) - e(1, 2)) / s1, s1 / 4, (e(0, 1) + e(1, 0)) / s1, (e(0, 2) + e(2, 0)) / s1], -1),
+        xp.stack([(e(0, 2) - e(2, 0)) / s2, (e(0, 1) + e(1, 0)) / s2, s2 / 4, (e(1, 2) + e(2, 1)) / s2], -1),
+        xp.stack([(e(1, 0) - e(0, 1)) / s3, (e(0, 2) + e(2, 0)) / s3, (e(1, 2) + e(2, 1)) / s3, s3 / 4], -1),
+    ], 1)                                                                           # (B, 4 branches, 4)
+    pivot = xp.argmax(xp.stack([tr, r[:, 0, 0], r[:, 1, 1], r[:, 2, 2]], -1), axis=-1)
+    q = xp.take_along_axis(cands, pivot[:, None, None], axis=1)[:, 0]
+    return q / xp.linalg.norm(q, axis=-1, keepdims=True)
 
 
 class ParamLayout:
@@ -217,21 +223,21 @@ class ParamLayout:
         empty = np.zeros(0, dtype=np.int64)
         return self._by_kind.get(kind, (empty, empty))
 
-    def actuator_params(self, theta: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    def actuator_params(self, theta: Array) -> dict[str, Array]:
         """Actuator-model parameters, {kind: (nu,)}, from theta (P,)."""
         return {k: theta[self.of_kind(k)[0]] for k in self.actuator.kinds}
 
-    def sensor_bias(self, theta: jnp.ndarray) -> jnp.ndarray:
+    def sensor_bias(self, theta: Array) -> Array:
         """Joint-position sensor bias (nq,) in rad: measured q = true q + bias."""
         pos, qadr = self.of_kind("sensor_bias")
-        return jnp.zeros(self.nq, theta.dtype).at[qadr].set(theta[pos])
+        return put(namespace(theta).zeros(self.nq, dtype=theta.dtype), qadr, theta[pos])
 
-    def latency(self, theta: jnp.ndarray) -> jnp.ndarray:
+    def latency(self, theta: Array) -> Array:
         """Command latency (s), a scalar."""
         return theta[self.index["latency_s"]]
 
 
-def model_fields(layout: ParamLayout, theta: jnp.ndarray) -> dict[str, jnp.ndarray]:
+def model_fields(layout: ParamLayout, theta: Array) -> dict[str, Array]:
     """The model arrays determined by theta (P,): {field name: full array}.
 
     Full inertials (`inertial_*`) write mass, COM, principal moments and axes (`body_inertial`);
@@ -240,35 +246,32 @@ def model_fields(layout: ParamLayout, theta: jnp.ndarray) -> dict[str, jnp.ndarr
     the centre of mass (m); actuator-model kinds listed in `dof_terms` add to
     the dof field of the joint their actuator drives.
     """
-    dt = theta.dtype
-    f = {k: jnp.asarray(v, dt) for k, v in layout.base.items()}
+    xp, dt = namespace(theta), theta.dtype
+    f = {k: xp.asarray(v, dtype=dt) for k, v in layout.base.items()}
     if layout.inertia == "cholesky":
         pos = np.stack([layout.of_kind(k)[0] for k in INERTIAL_KINDS], axis=1)      # (B, 10)
         ids = layout.of_kind("inertial_mass")[1]
-        mass, com, moments, quat = body_inertial(theta[pos])
-        f["body_mass"] = f["body_mass"].at[ids].set(mass)
-        f["body_ipos"] = f["body_ipos"].at[ids].set(com)
-        f["body_inertia"] = f["body_inertia"].at[ids].set(moments)
-        f["body_iquat"] = f["body_iquat"].at[ids].set(quat)
-    ones = jnp.ones(len(f["body_mass"]), dt)
+        for field, value in zip(("body_mass", "body_ipos", "body_inertia", "body_iquat"), body_inertial(theta[pos])):
+            f[field] = put(f[field], ids, value)
+    ones = xp.ones(len(f["body_mass"]), dtype=dt)
     pos, ids = layout.of_kind("body_mass")
-    mass_ratio = ones.at[ids].set(theta[pos] / f["body_mass"][ids])
-    f["body_mass"] = f["body_mass"].at[ids].set(theta[pos])
+    mass_ratio = put(ones, ids, theta[pos] / f["body_mass"][ids])
+    f["body_mass"] = put(f["body_mass"], ids, theta[pos])
     pos, ids = layout.of_kind("body_inertia_scale")
-    f["body_inertia"] = f["body_inertia"] * (mass_ratio * ones.at[ids].set(theta[pos]))[:, None]
+    f["body_inertia"] = f["body_inertia"] * (mass_ratio * put(ones, ids, theta[pos]))[:, None]
     for axis, kind in enumerate(("body_com_x", "body_com_y", "body_com_z")):
         pos, ids = layout.of_kind(kind)
-        f["body_ipos"] = f["body_ipos"].at[ids, axis].add(theta[pos])
+        f["body_ipos"] = add_at(f["body_ipos"], (ids, axis), theta[pos])
     for kind in ("dof_damping", "dof_armature", "dof_frictionloss"):
         pos, ids = layout.of_kind(kind)
-        f[kind] = f[kind].at[ids].set(theta[pos])
+        f[kind] = put(f[kind], ids, theta[pos])
     for kind, field in layout.actuator.dof_terms.items():
         pos, _ = layout.of_kind(kind)
-        f[field] = f[field].at[layout.act_dofadr].add(theta[pos])
+        f[field] = add_at(f[field], layout.act_dofadr, theta[pos])
     pos, ids = layout.of_kind("actuator_gain")
-    f["actuator_gainprm"] = f["actuator_gainprm"].at[ids, 0].set(theta[pos])
+    f["actuator_gainprm"] = put(f["actuator_gainprm"], (ids, 0), theta[pos])
     pos, ids = layout.of_kind("geom_friction")
-    f["geom_friction"] = f["geom_friction"].at[ids, 0].set(theta[pos])
+    f["geom_friction"] = put(f["geom_friction"], (ids, 0), theta[pos])
     return f
 
 
@@ -278,7 +281,7 @@ def physical_margins(layout: ParamLayout, theta) -> dict[str, float]:
     idx = np.stack([layout.of_kind(k)[0] for k in INERTIAL_KINDS], axis=1)
     if not idx.size:
         raise ValueError("this robot has no full-inertial parameters (MJCF text twin_bayes.inertia = cholesky)")
-    mass, _, moments, _ = (np.asarray(a) for a in body_inertial(jnp.asarray(theta)[idx]))
+    mass, _, moments, _ = body_inertial(np.asarray(theta, np.float64)[idx])
     total = moments.sum(axis=1, keepdims=True)
     return {"min_mass": float(mass.min()), "min_moment": float(moments.min()),
             "min_triangle": float((total - 2 * moments).min())}

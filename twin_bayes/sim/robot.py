@@ -1,4 +1,8 @@
-"""Robots: an MJCF or URDF file, its Brax System, its parameter layout and actuator model."""
+"""Robots: an MJCF or URDF file, its parameter layout and actuator model, and its Brax System.
+
+Loading a robot needs MuJoCo and NumPy only (the native emulator runs on that); the Brax System and
+everything JAX are built on first use (`Robot.sys`).
+"""
 from __future__ import annotations
 
 import copy
@@ -11,15 +15,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
-import jax
-import jax.numpy as jnp
 import mujoco
 import numpy as np
-from brax.io import mjcf
-from mujoco import mjx
 
-from twin_bayes.sim import rollout as _rollout
 from twin_bayes.sim.actuators import ActuatorModel, get_actuator_model
+from twin_bayes.sim.arrays import namespace
 from twin_bayes.sim.params import ParamLayout, ParamSpec, model_fields
 
 ROBOTS_DIR = Path(__file__).resolve().parent.parent / "robots"
@@ -41,9 +41,9 @@ class Robot:
     """A robot twin's simulator: immutable, hashable by identity, safe as a jit static argument.
 
     `mjcf_path` is the description it was loaded from (an MJCF or a URDF file).
-    `mj_model` and `sys` hold the nominal parameters. `grad_mode` is
-    "reverse" when the model has no constraint rows, or when its constraint
-    solver takes a single (warm-started) Newton iteration per step: then
+    `mj_model` and `sys` (the Brax System, built with JAX on first use) hold the nominal
+    parameters. `grad_mode` is "reverse" when the model has no constraint rows, or when its
+    constraint solver takes a single (warm-started) Newton iteration per step: then
     reverse-mode autodiff passes through the scan. It is "forward" when MJX's
     iterative constraint solver runs (friction loss, joint limits, contacts):
     then gradients come from forward-mode sensitivities behind a `custom_vjp`.
@@ -52,11 +52,30 @@ class Robot:
     name: str
     mjcf_path: Path
     mj_model: mujoco.MjModel
-    sys: object
     layout: ParamLayout
     actuator: ActuatorModel
-    grad_mode: str
-    dtype: jnp.dtype
+    dtype: np.dtype
+
+    @functools.cached_property
+    def sys(self):
+        """The Brax System (MJX) of the nominal model, in `dtype`."""
+        from twin_bayes import _jax  # noqa: F401  (float64; first, before any array)
+        import jax
+        import jax.numpy as jnp
+        from brax.io import mjcf
+        # often first asked for inside a trace: computed eagerly all the same, never as tracers
+        with warnings.catch_warnings(), jax.ensure_compile_time_eval():
+            warnings.filterwarnings("ignore", message="Brax System, piplines and environments")  # MJX is what we use
+            sys = mjcf.load_model(self.mj_model)
+            return jax.tree.map(lambda x: x.astype(self.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, sys)
+
+    @functools.cached_property
+    def grad_mode(self) -> str:
+        import jax
+        from mujoco import mjx
+        with jax.ensure_compile_time_eval():
+            rows = mjx.make_data(self.sys)._impl.efc_J.shape[0] > 0
+        return "forward" if rows and self.mj_model.opt.iterations > 1 else "reverse"
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -98,10 +117,10 @@ class Robot:
         """{name: nominal value} from the MJCF and the actuator model's defaults."""
         return dict(zip(self.param_names, self.layout.nominal.tolist()))
 
-    def to_vector(self, theta: Mapping[str, float] | jnp.ndarray) -> jnp.ndarray:
+    def to_vector(self, theta: Mapping[str, float] | np.ndarray) -> np.ndarray:
         """Flat vector (P,) from a {name: value} dict (missing names keep nominal) or a vector."""
         if not isinstance(theta, Mapping):
-            vec = jnp.asarray(theta, self.dtype)
+            vec = namespace(theta).asarray(theta, dtype=self.dtype)
             if vec.shape[-1:] != (len(self.param_names),):
                 raise ValueError(f"{self.name}: theta has shape {vec.shape}, expected (..., {len(self.param_names)})")
             return vec
@@ -109,9 +128,9 @@ class Robot:
         vec = self.layout.nominal.copy()
         for k, v in theta.items():
             vec[self.layout.index[k]] = v
-        return jnp.asarray(vec, self.dtype)
+        return vec.astype(self.dtype)
 
-    def to_dict(self, theta: jnp.ndarray) -> dict[str, float]:
+    def to_dict(self, theta: np.ndarray) -> dict[str, float]:
         return dict(zip(self.param_names, np.asarray(theta, dtype=np.float64).tolist()))
 
     def check_names(self, names) -> None:
@@ -124,13 +143,14 @@ class Robot:
             hints = {n: hint(n) for n in unknown}
             raise KeyError(f"{self.name} has no parameter(s) {unknown}; did you mean: {hints}")
 
-    def rollout(self, theta, q0, qd0, commands) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Simulate commands (T, nu) from measured q0 (nq,), qd0 (nv,): q (T, nq), qd (T, nv)."""
-        commands = jnp.asarray(commands, self.dtype)
+    def rollout(self, theta, q0, qd0, commands):
+        """Simulate commands (T, nu) from measured q0 (nq,), qd0 (nv,) in the twin (MJX): q (T, nq),
+        qd (T, nv), JAX arrays."""
+        commands = np.asarray(commands, self.dtype)
         if commands.ndim != 2 or commands.shape[1] != self.nu:
             raise ValueError(f"{self.name}: commands must have shape (T, {self.nu}), got {commands.shape}")
-        return rollout_jit(self, self.to_vector(theta), jnp.asarray(q0, self.dtype),
-                           jnp.asarray(qd0, self.dtype), commands)
+        return rollout_jit()(self, self.to_vector(theta), np.asarray(q0, self.dtype),
+                              np.asarray(qd0, self.dtype), commands)
 
     def model_with(self, theta) -> mujoco.MjModel:
         """A native MjModel copy with theta written into the same fields as the Brax System."""
@@ -140,15 +160,17 @@ class Robot:
         return m
 
 
-rollout_jit = jax.jit(_rollout.rollout, static_argnums=0)
+@lru_cache(maxsize=None)
+def rollout_jit():
+    """`sim.rollout.rollout` jitted (the robot static), made on first use: loading a robot imports no JAX."""
+    import jax
+
+    from twin_bayes.sim.rollout import rollout
+    return jax.jit(rollout, static_argnums=0)
 
 
 def _copy_model(m: mujoco.MjModel) -> mujoco.MjModel:
     return copy.deepcopy(m)
-
-
-def _has_constraint_rows(sys) -> bool:
-    return mjx.make_data(sys)._impl.efc_J.shape[0] > 0
 
 
 def _custom(m: mujoco.MjModel) -> tuple[dict[str, str], dict[str, float | np.ndarray]]:
@@ -169,7 +191,7 @@ def _custom(m: mujoco.MjModel) -> tuple[dict[str, str], dict[str, float | np.nda
     return text, numeric
 
 
-def load_robot(name_or_path: str | Path, actuator: str | None = None, dtype=jnp.float64,
+def load_robot(name_or_path: str | Path, actuator: str | None = None, dtype=np.float64,
                solver_iterations: int | None = None) -> Robot:
     """Load a shipped robot by name, or any MJCF (`.xml`) or URDF (`.urdf`) file by path.
 
@@ -196,7 +218,7 @@ def load_robot(name_or_path: str | Path, actuator: str | None = None, dtype=jnp.
                              f"({', '.join(SHIPPED)}) and not an MJCF (.xml) or URDF (.urdf) file")
     if solver_iterations is not None and solver_iterations < 1:
         raise ValueError(f"solver_iterations must be at least 1, got {solver_iterations}")
-    return _load(path.resolve(), actuator, jnp.dtype(dtype), solver_iterations)
+    return _load(path.resolve(), actuator, np.dtype(dtype), solver_iterations)
 
 
 def _compile_urdf(path: Path) -> mujoco.MjModel:
@@ -230,7 +252,7 @@ def _compile(path: Path) -> mujoco.MjModel:
 
 
 @lru_cache(maxsize=None)
-def _load(path: Path, actuator: str | None, dtype: jnp.dtype, solver_iterations: int | None) -> Robot:
+def _load(path: Path, actuator: str | None, dtype: np.dtype, solver_iterations: int | None) -> Robot:
     base = _compile(path)
     if solver_iterations is not None:
         base.opt.iterations = solver_iterations
@@ -246,12 +268,7 @@ def _load(path: Path, actuator: str | None, dtype: jnp.dtype, solver_iterations:
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     mj_model = _copy_model(base)
-    for field, value in model_fields(layout, jnp.asarray(layout.nominal)).items():
-        getattr(mj_model, field)[:] = np.asarray(value)
-    with warnings.catch_warnings():  # Brax asks users to prefer MJX: its MJX pipeline is what we use
-        warnings.filterwarnings("ignore", message="Brax System, piplines and environments")
-        sys = mjcf.load_model(mj_model)
-    sys = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, sys)
+    for field, value in model_fields(layout, layout.nominal).items():
+        getattr(mj_model, field)[:] = value
     name = next((k for k, v in SHIPPED.items() if v == path), path.stem)
-    grad_mode = "forward" if _has_constraint_rows(sys) and base.opt.iterations > 1 else "reverse"
-    return Robot(name, path, mj_model, sys, layout, model, grad_mode, dtype)
+    return Robot(name, path, mj_model, layout, model, dtype)

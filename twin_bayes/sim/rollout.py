@@ -10,6 +10,8 @@ model timestep (one `mj_step`).
 """
 from __future__ import annotations
 
+from twin_bayes import _jax  # noqa: F401, I001  (float64; first, before any array)
+
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,7 @@ import numpy as np
 from brax.mjx import pipeline
 from jax.custom_derivatives import SymbolicZero
 
+from twin_bayes.sim.latency import delay_commands
 from twin_bayes.sim.params import model_fields
 
 if TYPE_CHECKING:
@@ -30,21 +33,6 @@ Array = jnp.ndarray
 def system(robot: Robot, theta: Array):
     """The Brax System with theta (P,) written into its model fields."""
     return robot.sys.tree_replace(model_fields(robot.layout, theta))
-
-
-def delay_commands(commands: Array, latency_s: Array, dt: float) -> Array:
-    """Commands (T, nu) as the actuators see them `latency_s` later (linear interpolation).
-
-    Row t becomes commands at time t·dt − latency; times before the first
-    row hold the first command.
-    """
-    shift = latency_s / dt
-    whole = jnp.floor(shift)
-    frac = shift - whole
-    idx = jnp.arange(commands.shape[0]) - whole.astype(jnp.int32)
-    now = commands[jnp.clip(idx, 0)]
-    before = commands[jnp.clip(idx - 1, 0)]
-    return (1.0 - frac) * now + frac * before
 
 
 @partial(jax.jit, static_argnums=(0, 5))
