@@ -1,5 +1,8 @@
 """Laplace proposals: a window posterior's mode by damped Newton, its curvature, importance draws.
 
+`newton_mode` is the damped Newton search over any log target with a local quadratic model;
+`find_mode` runs it on a window's target.
+
 The target is log g(z) + Σ_b log p(window_b | z) in unconstrained space (D,),
 with g the window's prior (`smc.GaussianPrior`; the config's own prior when
 `g.exact`). Newton steps use the exact gradient and the Gauss–Newton
@@ -71,20 +74,22 @@ def value_grad_curvature(model: TwinModel, g: GaussianPrior, windows: Window, z)
     return value, grad, jax.hessian(linearised)(z), windows
 
 
-def newton_step(model: TwinModel, z, damping, windows: Window, g: GaussianPrior):
-    """Damped Newton steps from z (D,): (value at z, trial points (K, D), their values (K,), curvature
-    (D, D), the windows with start-state sensitivities at z, the Newton decrement at z ()).
+def newton_step(curvature_at, target, z, damping, tol: float = TOL):
+    """Damped Newton steps from z (D,) on a log target to maximise.
 
-    The curvature is the Gauss–Newton −∇² log target with eigenvalues reflected to positive
-    (|λ|, floored), so every trial step is an ascent direction; trial k adds
-    `damping` × DAMPINGS[k] × the largest eigenvalue to the curvature (trial 0 is the pure
-    Newton step). Trials are evaluated in order until one climbs (one simulation where the
-    Newton step is good, as it is near a mode), none where z is already the mode (decrement
-    below TOL); the values of trials not evaluated are −inf. Values are those of the target
-    with the start-state sensitivities at z. The decrement is ½ ΔᵀHΔ of the pure Newton step Δ.
+    curvature_at(z) -> (value, gradient (D,), Hessian or its Gauss–Newton stand-in (D, D), aux):
+    the target's local model at z; target(aux, x) -> the target at x, with what aux fixes at z
+    (the windowed target's start-state sensitivities; None elsewhere). Returns (value at z,
+    trial points (K, D), their values (K,), curvature (D, D), aux, the Newton decrement at z ()).
+
+    The curvature is −∇² with eigenvalues reflected to positive (|λ|, floored), so every trial
+    step is an ascent direction; trial k adds `damping` × DAMPINGS[k] × the largest eigenvalue
+    to the curvature (trial 0 is the pure Newton step). Trials are evaluated in order until one
+    climbs (one simulation where the Newton step is good, as it is near a mode), none where z
+    is already the mode (decrement below tol); the values of trials not evaluated are −inf. The
+    decrement is ½ ΔᵀHΔ of the pure Newton step Δ.
     """
-    value, grad, hess, windows = value_grad_curvature(model, g, windows, z)
-    f = partial(log_target, model, g, windows)
+    value, grad, hess, aux = curvature_at(z)
     lam, vec = jnp.linalg.eigh(-hess)
     lam = jnp.maximum(jnp.abs(lam), 1e-8 * jnp.max(jnp.abs(lam)) + 1e-12)
     damp = damping * jnp.asarray(DAMPINGS)[:, None] * jnp.max(lam)
@@ -94,16 +99,16 @@ def newton_step(model: TwinModel, z, damping, windows: Window, g: GaussianPrior)
 
     def evaluate(carry):
         k, values = carry
-        v = f(trials[k])
+        v = target(aux, trials[k])
         return k + 1, values.at[k].set(jnp.where(jnp.isfinite(v), v, -jnp.inf))
 
     def climbing(carry):
         k, values = carry
-        return (k < len(DAMPINGS)) & ~jnp.any(values > value) & (decrement >= TOL)
+        return (k < len(DAMPINGS)) & ~jnp.any(values > value) & (decrement >= tol)
 
     _, values = jax.lax.while_loop(climbing, evaluate, (jnp.asarray(0), jnp.full(len(DAMPINGS), -jnp.inf)))
     curvature = (vec * lam) @ vec.T
-    return value, trials, values, curvature, windows, decrement
+    return value, trials, values, curvature, aux, decrement
 
 
 class _Newton(NamedTuple):
@@ -112,47 +117,62 @@ class _Newton(NamedTuple):
     damping: jnp.ndarray
     done: jnp.ndarray
     curvature: jnp.ndarray
-    state_jac: jnp.ndarray
+    aux: object
 
 
-def find_mode(model: TwinModel, z0, windows: Window, g: GaussianPrior,
-              max_iter: int = 100) -> tuple[Laplace, Window]:
-    """Damped Newton from z0 (D,) to the mode, under `lax.while_loop`; returns the Laplace fit and
-    the windows (B, ...) with their start-state sensitivities at the last point linearised.
+def newton_mode(curvature_at, target, z0, aux0, max_iter: int = 100, tol: float = TOL) -> tuple[Laplace, object]:
+    """Damped Newton from z0 (D,) to the mode of a log target, under `lax.while_loop` (curvature_at,
+    target as in `newton_step`; aux0: an aux of curvature_at's shape). Returns the Laplace fit and
+    the aux of the last point linearised.
 
-    Each step linearises the start-state sensitivities at its own point. Stops at a point whose
-    Newton decrement δ is below TOL; after a pure Newton step whose gain matched the quadratic
-    model's δ to ε with 9ε² < 4·TOL·δ (a cubic remainder ε leaves a gradient whose decrement is
-    about 9ε²/4δ: the step landed within TOL of the mode, so one more linearisation would only
-    confirm it; near a mode, as in streaming, this saves one per window); or when no trial step
-    climbs at the largest damping. The curvature and sensitivities of the last point linearised
-    give the covariance and the windows.
+    Stops at a point whose Newton decrement δ is below tol; after a pure Newton step whose gain
+    matched the quadratic model's δ to ε with 9ε² < 4·tol·δ (a cubic remainder ε leaves a
+    gradient whose decrement is about 9ε²/4δ: the step landed within tol of the mode, so one
+    more linearisation would only confirm it; near a mode, as in streaming, this saves one per
+    window); or when no trial step climbs at the largest damping. The curvature of the last
+    point linearised gives the covariance.
     """
     dampings = jnp.asarray(DAMPINGS)
 
     def body(s: _Newton) -> _Newton:
-        value, trials, values, curv, lin, decrement = newton_step(model, s.z, s.damping, windows, g)
-        converged = decrement < TOL
+        value, trials, values, curv, aux, decrement = newton_step(curvature_at, target, s.z, s.damping, tol)
+        converged = decrement < tol
         values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
         best = jnp.argmax(values)
         climbs = values[best] > value
         model_error = values[0] - value - decrement
-        last = climbs & (best == 0) & (9.0 * model_error ** 2 < 4.0 * TOL * decrement)
+        last = climbs & (best == 0) & (9.0 * model_error ** 2 < 4.0 * tol * decrement)
         done = converged | last | (~climbs & (s.damping >= 1e6))
         move = ~converged & climbs
         factor = jnp.where(best > 0, dampings[best], 0.01)
         damping = jnp.where(converged, s.damping, jnp.where(
             climbs, jnp.clip(s.damping * factor, 1e-9, 1e6), jnp.minimum(s.damping * 1e3, 1e6)))
-        return _Newton(s.it + 1, jnp.where(move, trials[best], s.z), damping, done, curv, lin.state_jac)
+        return _Newton(s.it + 1, jnp.where(move, trials[best], s.z), damping, done, curv, aux)
 
     z0 = jnp.asarray(z0)
     d = z0.shape[0]
     start = _Newton(jnp.asarray(0), z0, jnp.asarray(1e-3, z0.dtype), jnp.asarray(False), jnp.eye(d, dtype=z0.dtype),
-                    windows.state_jac)
+                    aux0)
     s = jax.lax.while_loop(lambda s: ~s.done & (s.it < max_iter), body, start)
     cov = jnp.linalg.inv(s.curvature)
     chol = jnp.linalg.cholesky(0.5 * (cov + cov.T))
-    return Laplace(s.z, chol, s.it), windows._replace(state_jac=s.state_jac)
+    return Laplace(s.z, chol, s.it), s.aux
+
+
+def find_mode(model: TwinModel, z0, windows: Window, g: GaussianPrior,
+              max_iter: int = 100) -> tuple[Laplace, Window]:
+    """The mode of a window posterior from z0 (D,) (`newton_mode` on `value_grad_curvature`); returns
+    the Laplace fit and the windows (B, ...) with their start-state sensitivities at the last
+    point linearised. Each step linearises the sensitivities at its own point."""
+    def curvature_at(z):
+        value, grad, hess, lin = value_grad_curvature(model, g, windows, z)
+        return value, grad, hess, lin.state_jac
+
+    def target(state_jac, x):
+        return log_target(model, g, windows._replace(state_jac=state_jac), x)
+
+    lap, state_jac = newton_mode(curvature_at, target, z0, windows.state_jac, max_iter)
+    return lap, windows._replace(state_jac=state_jac)
 
 
 def best_start(model: TwinModel, z, windows: Window, g: GaussianPrior) -> jnp.ndarray:
