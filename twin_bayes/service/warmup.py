@@ -35,9 +35,8 @@ def warmup(cfg, robot_counts, horizon_s: float) -> dict:
     """For each robot count, batched as the service batches on this machine (`worker.parallelism`):
     one update, the tempered phase (compiled by the service only when some robot's importance
     weights degenerate, typically on a first window), and the service's two predictions (the
-    horizon after a window, and the window re-predicted for model calibration, for one robot and
-    for a batch), on a window
-    emulated at the nominal parameters; the wall time of each count (compile included)."""
+    horizon after a window, and the window re-predicted for model calibration, one robot at a
+    time), on a window emulated at the nominal parameters; the wall time of each count (compile included)."""
     import jax
     import numpy as np
 
@@ -66,11 +65,10 @@ def warmup(cfg, robot_counts, horizon_s: float) -> dict:
                 states, windows = stack([twins[i].state for i in rows]), stack([window] * len(rows))
                 engine.temper_jit(m, states, engine.propose_jit(m, states, windows))
         update_many(twins[:n], [window] * n, max_batch)
-        for (commands, row, draws), counts in zip(predictions, ((n,), (1, n))):
-            for k in counts:    # windows are re-predicted when idle, from one robot's to a batch's
-                predict_many(twins[:k], [(traj.q[row], traj.qd[row])] * k, [commands] * k,
-                             [jax.random.PRNGKey(i) for i in range(k)], QUANTILES, [settings] * k,
-                             draws_per_particle=draws, max_batch=max_batch)
+        for (commands, row, draws), k in zip(predictions, (n, 1)):    # windows are re-predicted one by one
+            predict_many(twins[:k], [(traj.q[row], traj.qd[row])] * k, [commands] * k,
+                         [jax.random.PRNGKey(i) for i in range(k)], QUANTILES, [settings] * k,
+                         draws_per_particle=draws, max_batch=max_batch)
         timings[f"robots_{n}_s"] = time.perf_counter() - start
     return {"config": str(cfg.source), "robot_counts": list(robot_counts), "horizon_s": horizon_s, **timings}
 

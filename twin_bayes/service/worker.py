@@ -8,9 +8,9 @@ their boundary sample), updates all of them in batched calls per design
 position of its next window and the store's identity, and hands posterior,
 prediction and alert messages to the I/O thread through
 `publish(type, robot_id, build)` (build(seq) -> frames). It never touches a
-socket. Re-predicting applied windows for model calibration is the thread's idle work: it runs
-when no robot has a window ready, so it never delays an update. On start it resumes from the newest valid checkpoint and re-applies
-the stored chunks after it, so a restart gives the posteriors an
+socket. Re-predicting applied windows for model calibration is the thread's idle work: one robot's
+window at a time, when no robot has a window ready, so an update waits at most for one such
+re-prediction. On start it resumes from the newest valid checkpoint and re-applies the stored chunks after it, so a restart gives the posteriors an
 uninterrupted run would have; a checkpoint of another store is refused.
 """
 from __future__ import annotations
@@ -61,9 +61,9 @@ class WorkerSettings:
     alert_probability: P(outside the healthy band) that raises a maintenance alert;
     retain_chunks / retain_versions: store retention (None keeps everything);
     validate: re-predict applied windows from their start under their real commands and score them
-    (health's model_calibration), as idle work: when no robot has a window ready, one batch of
-    robots' newest applied windows, those validated longest ago first (every window while the
-    worker keeps up with time to spare, else a sample of them; the update's throughput is kept);
+    (health's model_calibration), as idle work: when no robot has a window ready, one robot's newest
+    applied window, the robot validated longest ago first (every window while the worker keeps up
+    with time to spare, else a sample of them; the update's throughput is kept);
     prediction_draws: predictive draws per posterior particle of each published prediction (the
     rollouts and so the cost grow with it; 2 × 32 particles: 64 draws per band);
     max_batch, threads: robots per batched call and threads running the batches (None: `parallelism()`)."""
@@ -426,14 +426,12 @@ class Worker:
                          protocol.prediction(rid, seq, version, arrays, quantiles=list(QUANTILES), prediction_id=pid))
 
     def _validate_idle(self) -> None:
-        """Re-predict one batch of the waiting windows, of the robots validated longest ago."""
+        """Re-predict the waiting window of the robot validated longest ago (one robot: a window that
+        becomes ready meanwhile waits for one robot's re-prediction, not a batch's)."""
         self._rounds += 1
-        chosen = sorted((self.robots[rid] for rid in self._unvalidated),
-                        key=lambda rt: rt.validated_round)[:self.max_batch]
-        cuts = {rt.robot_id: self._unvalidated.pop(rt.robot_id) for rt in chosen}
-        for rt in chosen:
-            rt.validated_round = self._rounds
-        self._validate(chosen, cuts)
+        rt = min((self.robots[rid] for rid in self._unvalidated), key=lambda rt: rt.validated_round)
+        rt.validated_round = self._rounds
+        self._validate([rt], {rt.robot_id: self._unvalidated.pop(rt.robot_id)})
 
     def _validate(self, robots: list[RobotTwin], cuts: dict[str, Cut]) -> None:
         """Model calibration: each window just applied, predicted again open loop from its first measured
