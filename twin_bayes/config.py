@@ -98,7 +98,10 @@ class InferenceSection(_Strict):
     `engine` is what `twin-bayes fit` uses by default: stream (the service's online engine, window by
     window), smc, nuts or svi (one batch fit of all windows), or whole-log (each recording open loop,
     with a learned model error: the honest choice for a rig whose model class is known to be wrong).
-    The service always streams.
+    The service always streams. `autocorrelation`: streaming windows' likelihoods are tempered by
+    their residuals' autocorrelation time κ (`inference.engine`), which keeps a twin whose model
+    class is wrong from growing over-confident window after window; false counts every sample as
+    independent (κ = 1).
     """
 
     engine: Literal["stream", "smc", "nuts", "svi", "whole-log"] = "stream"
@@ -108,6 +111,7 @@ class InferenceSection(_Strict):
     update_every_s: float = Field(1.0, gt=0)
     float64: bool = True
     laplace: bool = True
+    autocorrelation: bool = True
     mcmc_steps: int = Field(1, ge=1)
     target_ess: float = Field(0.5, gt=0, lt=1)
     max_stages: int = Field(30, ge=1)

@@ -8,6 +8,14 @@ Laplace importance sampling (`inference.laplace`: Newton to the mode under
 `lax.while_loop`, draws from the Laplace Gaussian weighted by target /
 proposal); where the weights degenerate, or the config sets `laplace = false`,
 tempered SMC from draws of the window prior takes over (`inference.smc`).
+Each window's likelihood is tempered by κ, the integrated autocorrelation time of
+its residuals (`Autocorrelation`): where the model class is wrong, residuals are
+model error, smooth over many samples, and a likelihood that counts them as
+independent noise is κ times too confident, window after window (κ ≈ 1 where the
+model is exact). κ is estimated at each window's mode from the standardised
+multiple-shooting residuals, pooled over recent windows in the state; where the
+window's own residuals move κ by more than `TEMPER_TOLERANCE`, the window is
+fitted again at the new κ (a fresh twin's first window, a change of regime).
 Predictive surprise (the negative log evidence per observation) is scored
 against a running baseline; a run of surprising windows is a change point, and
 the window is then refitted from the config's prior (the past is forgotten).
@@ -42,6 +50,12 @@ INITIAL_STEP = 0.5
 # Windows of the surprise baseline (a robust running median), and pending windows kept for a retry.
 SURPRISE_HISTORY = 20
 PENDING = 4
+# Memory of the residual autocorrelation estimate, per window (about ten windows), and the change of
+# κ (as a ratio) beyond which a window is fitted again at the new κ.
+AUTOCORRELATION_MEMORY = 0.9
+TEMPER_TOLERANCE = 1.25
+# Autocorrelations below this end the sum of the autocorrelation time (as in `whole_log`).
+AUTOCORRELATION_CUTOFF = 0.05
 # Why an update was refused: index = TwinState.reason / UpdateInfo.reason (0: accepted).
 # The last three refuse batch fits only (`batch.gate`).
 REASONS = ("", "non-finite particles or weights", "tempering stopped before beta = 1 (window too informative)",
@@ -59,6 +73,15 @@ class Surprise(NamedTuple):
     run: jnp.ndarray
 
 
+class Autocorrelation(NamedTuple):
+    """Running sums of the standardised residuals' lagged products (L,) (lags 0 … L − 1 within a
+    segment) and of the number of pairs at each lag (L,), each decayed by AUTOCORRELATION_MEMORY per
+    window. Empty (counts 0): κ = 1."""
+
+    products: jnp.ndarray
+    pairs: jnp.ndarray
+
+
 class Pending(NamedTuple):
     """A ring of refused windows (P, ...) for a retry: valid (P,), order (P,) arrival number (−1: empty)."""
 
@@ -72,7 +95,7 @@ class TwinState(NamedTuple):
     particles: posterior particles (N, D) and normalised log weights (N,), unconstrained;
     prior: the Gaussian of the posterior so far (exact = True: the config's own prior);
     step_size (): the tempered moves' step; surprise: the drift detector's baseline;
-    pending: refused windows; key: PRNG key; version (): accepted updates (plus restores);
+    autocorrelation: the residuals' autocorrelation (κ, the likelihood's temper); pending: refused windows; key: PRNG key; version (): accepted updates (plus restores);
     applied_seq (): last telemetry chunk applied (−1: none; kept by the service);
     stale (): the last update was refused; reason (): why (index into REASONS).
     """
@@ -81,6 +104,7 @@ class TwinState(NamedTuple):
     prior: GaussianPrior
     step_size: jnp.ndarray
     surprise: Surprise
+    autocorrelation: Autocorrelation
     pending: Pending
     key: jnp.ndarray
     version: jnp.ndarray
@@ -92,7 +116,7 @@ class TwinState(NamedTuple):
 class UpdateInfo(NamedTuple):
     """What one update did, all scalars: accepted, reason (REASONS), engine (ENGINES), SMC stages, β,
     mean move acceptance, divergent share, ESS, surprise (nats per observation), Newton iterations,
-    drift (a change point was declared and the past forgotten)."""
+    drift (a change point was declared and the past forgotten), temper κ (the likelihood's power is 1/κ)."""
 
     accepted: jnp.ndarray
     reason: jnp.ndarray
@@ -105,6 +129,7 @@ class UpdateInfo(NamedTuple):
     surprise: jnp.ndarray
     newton_steps: jnp.ndarray
     drift: jnp.ndarray
+    temper: jnp.ndarray
 
 
 def empty_window(model: TwinModel) -> Window:
@@ -113,7 +138,7 @@ def empty_window(model: TwinModel) -> Window:
     n_seg = (T - 1) // model.segment_steps
     z = lambda *shape: jnp.zeros(shape)  # noqa: E731
     return Window(z(T, r.nq), z(T, r.nv), z(T, r.nu), z(T), z(len(model.setting_names)),
-                  z(n_seg, model.segment_steps * model.observed_width, r.nq + r.nv))
+                  z(n_seg, model.segment_steps * model.observed_width, r.nq + r.nv), jnp.asarray(1.0))
 
 
 def init(model: TwinModel, key) -> TwinState:
@@ -128,7 +153,8 @@ def _init_jit(model: TwinModel, key) -> TwinState:
     z = model.sample_prior(sub, n)
     ring = jax.tree.map(lambda x: jnp.zeros((PENDING,) + x.shape, x.dtype), empty_window(model))
     return TwinState(Particles(z, jnp.full(n, -jnp.log(n))), GaussianPrior(jnp.zeros(d), jnp.eye(d), jnp.asarray(True)),
-                     jnp.asarray(INITIAL_STEP), init_surprise(), Pending(ring, jnp.full(PENDING, -1)), key,
+                     jnp.asarray(INITIAL_STEP), init_surprise(), init_autocorrelation(model),
+                     Pending(ring, jnp.full(PENDING, -1)), key,
                      jnp.asarray(0), jnp.asarray(-1), jnp.asarray(False), jnp.asarray(0))
 
 
@@ -140,6 +166,38 @@ def _strong(tree):
 
 def init_surprise() -> Surprise:
     return Surprise(jnp.full(SURPRISE_HISTORY, jnp.nan), jnp.asarray(0), jnp.asarray(0))
+
+
+def init_autocorrelation(model: TwinModel) -> Autocorrelation:
+    return Autocorrelation(jnp.zeros(model.segment_steps), jnp.zeros(model.segment_steps))
+
+
+def window_autocorrelation(model: TwinModel, z, window: Window) -> Autocorrelation:
+    """The lagged products and pair counts (L,) of one window's standardised residuals at z (D,),
+    summed over segments and observed channels (lags within a segment: each restarts from its
+    measured state)."""
+    e, m = model.standardised_residuals(z, window)                 # (S, L, C)
+    L = e.shape[1]
+
+    def lagged(x):                                                   # Σ_t x_t x_{t+k}, k < L, by FFT
+        f = jnp.fft.rfft(x, n=2 * L, axis=1)
+        return jnp.sum(jnp.fft.irfft(f * jnp.conj(f), n=2 * L, axis=1)[:, :L], axis=(0, 2))
+
+    return Autocorrelation(lagged(e), jnp.round(lagged(m)))
+
+
+def merge_autocorrelation(a: Autocorrelation, window: Autocorrelation) -> Autocorrelation:
+    return jax.tree.map(lambda x, w: AUTOCORRELATION_MEMORY * x + w, a, window)
+
+
+def autocorrelation_time(model: TwinModel, a: Autocorrelation) -> jnp.ndarray:
+    """κ () ≥ 1: 1 + 2 Σ_k ρ_k over the lags before ρ first falls below AUTOCORRELATION_CUTOFF
+    (1 where nothing is recorded yet, or where the config sets `autocorrelation = false`)."""
+    cov = a.products / jnp.maximum(a.pairs, 1e-12)
+    rho = cov[1:] / jnp.maximum(cov[0], 1e-300)
+    counted = jnp.cumprod(rho > AUTOCORRELATION_CUTOFF) * (a.pairs[1:] > 0)
+    kappa = jnp.maximum(1.0 + 2.0 * jnp.sum(rho * counted), 1.0)
+    return jnp.where(model.numbers.temper & (a.pairs[0] > 0), kappa, 1.0)
 
 
 def from_particles(state: TwinState, particles: Particles, version) -> TwinState:
@@ -170,14 +228,15 @@ class _Proposal(NamedTuple):
 
 
 def _laplace(model: TwinModel, g: GaussianPrior, window: Window, z_start, key) -> _Proposal:
-    """Mode, curvature and importance draws of one window's posterior under prior g, Newton from
-    z_start; start-state sensitivities are linearised at the mode (`laplace.find_mode`)."""
+    """Mode, curvature and importance draws of one window's posterior under prior g (the window's
+    likelihood to its power `window.weight`), Newton from z_start; start-state sensitivities are
+    linearised at the mode (`laplace.find_mode`)."""
     lap, windows = find_mode(model, z_start, jax.tree.map(lambda x: x[None], window), g)
     new, ess, log_evidence = importance_update(model, key, lap, windows, g, model.particles)
     n_obs = jnp.sum(window.mask) * model.observed_width
     f, i = jnp.asarray(0.0), jnp.asarray(0)
     info = UpdateInfo(jnp.asarray(False), i, i, jnp.asarray(1), jnp.asarray(1.0), jnp.asarray(jnp.nan), f, ess,
-                      -log_evidence / n_obs, lap.iterations, jnp.asarray(False))
+                      -log_evidence / n_obs, lap.iterations, jnp.asarray(False), 1.0 / window.weight)
     return _Proposal(new, GaussianPrior(lap.mean, lap.chol, jnp.asarray(False)), windows, lap, info)
 
 
@@ -191,31 +250,40 @@ def _score_surprise(model: TwinModel, s: Surprise, value) -> tuple[Surprise, jnp
     return Surprise(history, s.count + keep, jnp.where(high, s.run + 1, 0)), high
 
 
-def _laplace_passes(model: TwinModel, g: GaussianPrior, surprise: Surprise, window: Window, z_start, keys):
-    """The Laplace update; where its surprise completes a run of surprising windows (a change point),
-    a second pass under the config's own prior (the past forgotten), Newton from the first pass's mode.
+def _laplace_passes(model: TwinModel, g: GaussianPrior, surprise: Surprise, acorr: Autocorrelation, window: Window,
+                    z_start, keys):
+    """The Laplace update at the state's κ; a second pass, Newton from the first pass's mode, where
+    the first completes a run of surprising windows (a change point: under the config's own prior,
+    the past forgotten) or where the window's residuals move κ by more than TEMPER_TOLERANCE (at
+    the new κ).
 
-    Returns (proposal with its account, the prior it used, the surprise baseline after it). The
-    passes are a `while_loop`, so the update compiles one Laplace step.
+    Returns (proposal with its account, the prior it used, the surprise baseline and the
+    autocorrelation after it). The passes are a `while_loop`, so the update compiles one Laplace step.
     """
     fresh = g._replace(exact=jnp.asarray(True))
 
     def body(carry):
-        k, prop, _, s, drift = carry
+        k, prop, _, s, drift, kappa, _, again = carry
         first = k == 0
-        g_k = _where(first, g, fresh)
-        new = _laplace(model, g_k, window, jnp.where(first, z_start, prop.lap.mean), keys[k])
+        g_k = _where(first | ~drift, g, fresh)
+        new = _laplace(model, g_k, window._replace(weight=1.0 / kappa), jnp.where(first, z_start, prop.lap.mean),
+                       keys[k])
+        at_mode = jax.tree.map(lambda x: x[0], new.windows)          # start-state sensitivities at the mode
+        merged = merge_autocorrelation(acorr, window_autocorrelation(model, new.lap.mean, at_mode))
+        kappa_new = autocorrelation_time(model, merged)
         scored, high = _score_surprise(model, s, new.info.surprise)
         drift = jnp.where(first, high & (scored.run >= model.numbers.drift_windows), drift)
         s = _where(first, _where(drift, init_surprise(), scored), s)
+        again = first & (drift | (jnp.abs(jnp.log(kappa_new / kappa)) > jnp.log(TEMPER_TOLERANCE)))
         new = new._replace(info=new.info._replace(surprise=jnp.where(first, new.info.surprise, prop.info.surprise),
                                                   drift=drift))
-        return k + 1, _like(new, blank), g_k, s, drift
+        return k + 1, _like(new, blank), g_k, s, drift, kappa_new, merged, again
 
     blank = _blank(model, window, z_start)
-    carry = (jnp.asarray(0), blank, g, surprise, jnp.asarray(False))
-    _, prop, g_used, surprise, _ = jax.lax.while_loop(lambda c: (c[0] == 0) | ((c[0] == 1) & c[4]), body, carry)
-    return prop, g_used, surprise
+    kappa = autocorrelation_time(model, acorr)
+    carry = (jnp.asarray(0), blank, g, surprise, jnp.asarray(False), kappa, acorr, jnp.asarray(False))
+    _, prop, g_used, surprise, _, _, acorr, _ = jax.lax.while_loop(lambda c: (c[0] == 0) | c[7], body, carry)
+    return prop, g_used, surprise, acorr
 
 
 def _blank(model: TwinModel, window: Window, z) -> _Proposal:
@@ -224,7 +292,7 @@ def _blank(model: TwinModel, window: Window, z) -> _Proposal:
     n, d = model.particles, z.shape[0]
     zeros = lambda *shape, dtype=z.dtype: jnp.zeros(shape, dtype)  # noqa: E731
     b, i, f = jnp.bool_, jnp.int64, z.dtype
-    info = UpdateInfo(*(zeros(dtype=t) for t in (b, i, i, i, f, f, f, f, f, i, b)))
+    info = UpdateInfo(*(zeros(dtype=t) for t in (b, i, i, i, f, f, f, f, f, i, b, f)))
     return _Proposal(Particles(zeros(n, d), zeros(n)), GaussianPrior(zeros(d), zeros(d, d), zeros(dtype=b)),
                      jax.tree.map(lambda x: jnp.zeros((1,) + x.shape, x.dtype), window),
                      Laplace(zeros(d), zeros(d, d), zeros(dtype=i)), info)
@@ -262,13 +330,15 @@ def _push(pending: Pending, window: Window) -> Pending:
     return Pending(windows, pending.order.at[slot].set(jnp.max(pending.order) + 1))
 
 
-def _finish(model: TwinModel, state: TwinState, window: Window, prop: _Proposal, surprise: Surprise, key, step):
+def _finish(model: TwinModel, state: TwinState, window: Window, prop: _Proposal, surprise: Surprise,
+            acorr: Autocorrelation, key, step):
     """Gate the proposal; the next state and the update's account."""
     info = prop.info
     reason = gate(model, prop.particles, info.beta, info.divergent, info.ess)
     ok = reason == 0
     new = TwinState(_where(ok, prop.particles, state.particles), _where(ok, prop.gauss, state.prior), step,
-                    surprise, _where(ok, state.pending, _push(state.pending, window)), key, state.version + ok,
+                    surprise, _where(ok, acorr, state.autocorrelation),
+                    _where(ok, state.pending, _push(state.pending, window)), key, state.version + ok,
                     state.applied_seq, ~ok, reason)
     return new, info._replace(accepted=ok, reason=reason)
 
@@ -296,6 +366,7 @@ class Proposal(NamedTuple):
     prop: _Proposal
     prior: GaussianPrior
     surprise: Surprise
+    autocorrelation: Autocorrelation
     temper: jnp.ndarray
     keys: jnp.ndarray
 
@@ -310,10 +381,10 @@ def propose(model: TwinModel, states: TwinState, windows: Window) -> Proposal:
     z_start = _where_any(g.exact, lambda: per(best_start, 0, 0, 0)(model, states.particles.z,
                                                                    jax.tree.map(lambda x: x[:, None], windows), g),
                          z_ref)
-    prop, g, surprise = per(_laplace_passes, 0, 0, 0, 0, 0)(model, g, states.surprise, windows, z_start,
-                                                            keys[:, 1:3])
+    prop, g, surprise, acorr = per(_laplace_passes, 0, 0, 0, 0, 0, 0)(
+        model, g, states.surprise, states.autocorrelation, windows, z_start, keys[:, 1:3])
     temper = ~(model.numbers.laplace & (prop.info.ess >= model.numbers.target_ess * model.particles))
-    return Proposal(prop, g, surprise, temper, keys)
+    return Proposal(prop, g, surprise, acorr, temper, keys)
 
 
 def temper(model: TwinModel, states: TwinState, p: Proposal) -> tuple[Proposal, TwinState]:
@@ -327,8 +398,8 @@ def temper(model: TwinModel, states: TwinState, p: Proposal) -> tuple[Proposal, 
 
 def finish(model: TwinModel, states: TwinState, windows: Window, p: Proposal) -> tuple[TwinState, UpdateInfo]:
     """Gate every robot's candidate: the next states and the updates' accounts."""
-    return jax.vmap(_finish, in_axes=(None, 0, 0, 0, 0, 0, 0))(model, states, windows, p.prop, p.surprise,
-                                                                p.keys[:, 0], states.step_size)
+    return jax.vmap(_finish, in_axes=(None, 0, 0, 0, 0, 0, 0, 0))(model, states, windows, p.prop, p.surprise,
+                                                                   p.autocorrelation, p.keys[:, 0], states.step_size)
 
 
 propose_jit, temper_jit, finish_jit = phase(propose), phase(temper), phase(finish)

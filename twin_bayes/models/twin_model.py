@@ -36,7 +36,9 @@ class Window(NamedTuple):
     state_jac (S, L·C, nq + nv): sensitivity of each segment's predicted
     observations to its start state, at a reference parameter value
     (`TwinModel.with_state_jacobian`), used to account for the noise of the
-    measured start states.
+    measured start states; weight () the power of the window's likelihood (1 for
+    telemetry; the streaming engine sets 1/κ, κ the residuals' autocorrelation
+    time, `inference.engine`).
     """
 
     q: jnp.ndarray
@@ -45,6 +47,7 @@ class Window(NamedTuple):
     mask: jnp.ndarray
     settings: jnp.ndarray
     state_jac: jnp.ndarray
+    weight: jnp.ndarray
 
 
 @jax.jit
@@ -102,8 +105,8 @@ class Numbers(NamedTuple):
     prior_low, prior_high (D,): bounds (truncnormal, uniform; ±inf elsewhere); base_theta (P,): the
     robot's parameter vector with the config's fixed settings; default_settings (K,); drift (D,):
     random-walk sd per window (unconstrained units); df: Student-t degrees of freedom; the rest are
-    the update gate's and drift detector's thresholds and whether Laplace proposals are used
-    (`InferenceSection`).
+    the update gate's and drift detector's thresholds, whether Laplace proposals are used and
+    whether streaming windows are tempered by their residuals' autocorrelation (`InferenceSection`).
     """
 
     prior_loc: jnp.ndarray
@@ -121,6 +124,7 @@ class Numbers(NamedTuple):
     drift_windows: jnp.ndarray
     max_stages: jnp.ndarray
     laplace: jnp.ndarray
+    temper: jnp.ndarray
 
 
 def _prior_numbers(spec: PriorSpec, nominal: float) -> tuple[str, float, float, float, float]:
@@ -169,7 +173,7 @@ class TwinModel:
             *(f64([p[i] for p in priors]) for i in range(1, 5)), np.asarray(r.to_vector(base)),
             f64([base[n] for n in setting_names]), f64(drift), f64(obs.df), f64(inf.target_ess),
             f64(inf.min_ess), f64(inf.max_divergent), f64(inf.drift_sigma), np.int64(inf.drift_windows),
-            np.int64(inf.max_stages), np.bool_(inf.laplace))
+            np.int64(inf.max_stages), np.bool_(inf.laplace), np.bool_(inf.autocorrelation))
 
     # --- pytree ------------------------------------------------------------------------
     def tree_flatten(self):
@@ -315,21 +319,15 @@ class TwinModel:
         """Multiple-shooting log-likelihood of window w at parameters z (D,)."""
         return self.segment_log_lik(z, *self.segment_predictions(z, w), w)
 
-    def segment_log_lik(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, w: Window) -> jnp.ndarray:
-        """Log-likelihood of window w given its segment predictions q (S, L, nq), qd (S, L, nv).
-
-        Each segment is simulated from its measured start state. That state is
-        noisy too (same sensor noise as the observations), so each segment's
-        observations y (L·C,) are jointly Student-t (or normal) with scale
-        D + J Σ0 Jᵀ: D the per-sample noise, Σ0 the start-state noise and J
-        the start-state sensitivity in `w.state_jac` (linearised at a
-        reference value, Woodbury identities, so the cost stays O(L·C)).
-        """
+    def _segment_noise(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, w: Window):
+        """The terms of each segment's joint noise model given its predictions q (S, L, nq), qd (S, L, nv):
+        residuals (S, L·C) (0 where masked), mask (S, L·C), per-sample noise variances d (S, L·C), the
+        start-state variances (nq + nv,), the masked start-state sensitivity J (S, L·C, nq + nv), the
+        Cholesky factor of A = Σ0⁻¹ + Jᵀ D⁻¹ J (S, r, r) and Jᵀ D⁻¹ resid (S, r)."""
         r = self.robot
-        values = self.constrain(z)
+        noise = self.noise(self.constrain(z))
         _, _, _, q_tgt, qd_tgt = self._segments(w)
         n, L = q.shape[0], self.segment_steps
-        noise = self.noise(values)
         var_col = jnp.concatenate([jnp.full(r.nq if c == "q" else r.nv, noise[c] ** 2) for c in self.channels])
         mask = jnp.repeat(w.mask[1: 1 + n * L].reshape(n, L)[..., None], var_col.shape[0], axis=-1).reshape(n, -1)
         resid = (self._observed(q_tgt, qd_tgt) - self._observed(q, qd)).reshape(n, -1) * mask
@@ -339,8 +337,20 @@ class TwinModel:
         jac = w.state_jac * mask[..., None]                                              # (S, L·C, r)
         jd = jac / d[..., None]
         a = jnp.diag(1.0 / start_var)[None] + jnp.einsum("spi,spj->sij", jac, jd)         # (S, r, r)
-        b = jnp.einsum("spi,sp->si", jd, resid)
-        chol = jnp.linalg.cholesky(a)
+        return resid, mask, d, start_var, jac, jnp.linalg.cholesky(a), jnp.einsum("spi,sp->si", jd, resid)
+
+    def segment_log_lik(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, w: Window) -> jnp.ndarray:
+        """Log-likelihood of window w given its segment predictions q (S, L, nq), qd (S, L, nv), to the
+        power w.weight.
+
+        Each segment is simulated from its measured start state. That state is
+        noisy too (same sensor noise as the observations), so each segment's
+        observations y (L·C,) are jointly Student-t (or normal) with scale
+        D + J Σ0 Jᵀ: D the per-sample noise, Σ0 the start-state noise and J
+        the start-state sensitivity in `w.state_jac` (linearised at a
+        reference value, Woodbury identities, so the cost stays O(L·C)).
+        """
+        resid, mask, d, start_var, _, chol, b = self._segment_noise(z, q, qd, w)
         y = jax.scipy.linalg.solve_triangular(chol, b[..., None], lower=True)[..., 0]
         delta = jnp.sum(resid ** 2 / d, -1) - jnp.sum(y ** 2, -1)
         logdet = (jnp.sum(jnp.log(d), -1) + jnp.sum(jnp.log(start_var))
@@ -352,7 +362,19 @@ class TwinModel:
             nu = self.df
             ll = (jax.scipy.special.gammaln((nu + p) / 2) - jax.scipy.special.gammaln(nu / 2)
                   - 0.5 * p * jnp.log(nu * jnp.pi) - 0.5 * logdet - 0.5 * (nu + p) * jnp.log1p(delta / nu))
-        return jnp.sum(jnp.where(p > 0, ll, 0.0))
+        return w.weight * jnp.sum(jnp.where(p > 0, ll, 0.0))
+
+    def standardised_residuals(self, z: jnp.ndarray, w: Window) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Each segment's residuals at z (D,) with its start-state error removed (the start-state
+        offset's conditional mean A⁻¹ Jᵀ D⁻¹ resid), in units of the noise sd: (S, L, C), and their
+        mask (S, L, C). Under an exact model they are close to white noise; their autocorrelation
+        measures how far the model is from the data."""
+        q, qd = self.segment_predictions(z, w)
+        resid, mask, d, _, jac, chol, b = self._segment_noise(z, q, qd, w)
+        offset = jax.scipy.linalg.cho_solve((chol, True), b[..., None])[..., 0]          # (S, r)
+        e = (resid - jnp.einsum("spi,si->sp", jac, offset)) * mask / jnp.sqrt(d)
+        n, L = resid.shape[0], self.segment_steps
+        return e.reshape(n, L, -1), mask.reshape(n, L, -1)
 
     def log_density(self, z: jnp.ndarray, w: Window) -> jnp.ndarray:
         return self.log_prior(z) + self.log_lik(z, w)
@@ -405,13 +427,13 @@ class TwinModel:
         n_seg = (T - 1) // self.segment_steps
         jac = jnp.zeros((n_seg, self.segment_steps * self.observed_width, r.nq + r.nv))
         return Window(jnp.asarray(padded["q"]), jnp.asarray(padded["qd"]), jnp.asarray(padded["ctrl"]),
-                      jnp.asarray(mask), jnp.asarray(self.settings_vector(settings)), jac)
+                      jnp.asarray(mask), jnp.asarray(self.settings_vector(settings)), jac, jnp.asarray(1.0))
 
     def check_window(self, w: Window) -> None:
         """Raise WindowError unless a ready-made Window has this twin's shapes and finite values."""
         r, T = self.robot, self.window_samples
         expect = {"q": (T, r.nq), "qd": (T, r.nv), "ctrl": (T, r.nu), "mask": (T,),
-                  "settings": (len(self.setting_names),)}
+                  "settings": (len(self.setting_names),), "weight": ()}
         for name, shape in expect.items():
             a = np.asarray(getattr(w, name))
             if a.shape != shape:
