@@ -17,6 +17,7 @@ def test_every_window_is_accepted_and_versions_count_up(stream):
         assert r.divergent <= stream.twin.cfg.inference.max_divergent
         assert r.ess >= stream.twin.cfg.inference.min_ess * stream.twin.cfg.inference.particles
         assert np.isfinite(r.surprise)
+        assert 1.0 <= r.temper <= 1.2          # the model is exact: white residuals, no tempering
         assert set(r.changed) == set(stream.twin.model.names)
     assert stream.versions == list(range(len(stream.reports) + 1))
     assert not stream.twin.posterior.stale and not stream.twin.pending

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from twin_bayes.compiled import phase
+from twin_bayes.inference.autocorrelation import integrated_time, lagged_products
 from twin_bayes.inference.laplace import Laplace, best_start, find_mode, importance_update
 from twin_bayes.inference.posterior import Particles
 from twin_bayes.inference.smc import GaussianPrior, gaussian_prior, tempered_update
@@ -54,8 +55,6 @@ PENDING = 4
 # κ (as a ratio) beyond which a window is fitted again at the new κ.
 AUTOCORRELATION_MEMORY = 0.9
 TEMPER_TOLERANCE = 1.25
-# Autocorrelations below this end the sum of the autocorrelation time (as in `whole_log`).
-AUTOCORRELATION_CUTOFF = 0.05
 # Why an update was refused: index = TwinState.reason / UpdateInfo.reason (0: accepted).
 # The last three refuse batch fits only (`batch.gate`).
 REASONS = ("", "non-finite particles or weights", "tempering stopped before beta = 1 (window too informative)",
@@ -95,7 +94,8 @@ class TwinState(NamedTuple):
     particles: posterior particles (N, D) and normalised log weights (N,), unconstrained;
     prior: the Gaussian of the posterior so far (exact = True: the config's own prior);
     step_size (): the tempered moves' step; surprise: the drift detector's baseline;
-    autocorrelation: the residuals' autocorrelation (κ, the likelihood's temper); pending: refused windows; key: PRNG key; version (): accepted updates (plus restores);
+    autocorrelation: the residuals' autocorrelation (κ, the likelihood's temper); pending: refused
+    windows; key: PRNG key; version (): accepted updates (plus restores);
     applied_seq (): last telemetry chunk applied (−1: none; kept by the service);
     stale (): the last update was refused; reason (): why (index into REASONS).
     """
@@ -174,16 +174,9 @@ def init_autocorrelation(model: TwinModel) -> Autocorrelation:
 
 def window_autocorrelation(model: TwinModel, z, window: Window) -> Autocorrelation:
     """The lagged products and pair counts (L,) of one window's standardised residuals at z (D,),
-    summed over segments and observed channels (lags within a segment: each restarts from its
-    measured state)."""
-    e, m = model.standardised_residuals(z, window)                 # (S, L, C)
-    L = e.shape[1]
-
-    def lagged(x):                                                   # Σ_t x_t x_{t+k}, k < L, by FFT
-        f = jnp.fft.rfft(x, n=2 * L, axis=1)
-        return jnp.sum(jnp.fft.irfft(f * jnp.conj(f), n=2 * L, axis=1)[:, :L], axis=(0, 2))
-
-    return Autocorrelation(lagged(e), jnp.round(lagged(m)))
+    pooled over segments and observed channels (lags within a segment: each restarts from its
+    measured state). One more simulation of the window, at z."""
+    return Autocorrelation(*lagged_products(*model.standardised_residuals(z, window)))
 
 
 def merge_autocorrelation(a: Autocorrelation, window: Autocorrelation) -> Autocorrelation:
@@ -191,13 +184,9 @@ def merge_autocorrelation(a: Autocorrelation, window: Autocorrelation) -> Autoco
 
 
 def autocorrelation_time(model: TwinModel, a: Autocorrelation) -> jnp.ndarray:
-    """κ () ≥ 1: 1 + 2 Σ_k ρ_k over the lags before ρ first falls below AUTOCORRELATION_CUTOFF
-    (1 where nothing is recorded yet, or where the config sets `autocorrelation = false`)."""
-    cov = a.products / jnp.maximum(a.pairs, 1e-12)
-    rho = cov[1:] / jnp.maximum(cov[0], 1e-300)
-    counted = jnp.cumprod(rho > AUTOCORRELATION_CUTOFF) * (a.pairs[1:] > 0)
-    kappa = jnp.maximum(1.0 + 2.0 * jnp.sum(rho * counted), 1.0)
-    return jnp.where(model.numbers.temper & (a.pairs[0] > 0), kappa, 1.0)
+    """κ () ≥ 1 (`autocorrelation.integrated_time`); 1 where nothing is recorded yet, or where the
+    config sets `autocorrelation = false`."""
+    return jnp.where(model.numbers.temper & (a.pairs[0] > 0), integrated_time(a.products, a.pairs), 1.0)
 
 
 def from_particles(state: TwinState, particles: Particles, version) -> TwinState:

@@ -33,7 +33,7 @@ def constrain_all(model: TwinModel, z):
 
 @dataclass
 class UpdateReport:
-    """What one update did: accepted or not (and why), diagnostics, drift, what changed."""
+    """What one update did: accepted or not (and why), diagnostics, drift, what changed, the temper κ."""
 
     accepted: bool
     reason: str
@@ -50,6 +50,7 @@ class UpdateReport:
     widened: bool = False
     latency_s: float = 0.0
     changed: dict[str, dict[str, float]] = field(default_factory=dict)
+    temper: float = 1.0           # κ: the window's likelihood was raised to 1/κ (inference.engine)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -305,7 +306,7 @@ def _report(info: engine.UpdateInfo, old: Posterior, new: Posterior, latency_s: 
     return UpdateReport(accepted, REASONS[int(info.reason)], new.version, engine.ENGINES[int(info.engine)],
                         int(info.stages), float(info.beta), float(info.acceptance), float(info.divergent),
                         float(info.ess), float(info.surprise), int(info.newton_steps), bool(info.drift),
-                        bool(info.drift), latency_s, _changes(old, new))
+                        bool(info.drift), latency_s, _changes(old, new), float(info.temper))
 
 
 def _changes(old: Posterior, new: Posterior) -> dict[str, dict[str, float]]:

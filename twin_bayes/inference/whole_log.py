@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from twin_bayes.inference.autocorrelation import integrated_time, lagged_products
 from twin_bayes.inference.discrepancy import fit_model_error
 from twin_bayes.inference.posterior import Particles
 from twin_bayes.inference.smc import GaussianPrior
@@ -114,16 +115,10 @@ def log_target(model: TwinModel, rec: Recordings, temper, z):
 
 
 def autocorrelation_time(residuals: np.ndarray, mask: np.ndarray) -> float:
-    """Integrated autocorrelation time (steps) of residuals (R, T, nq): 1 + 2 Σ ρ_k, summed while ρ_k > 0.05."""
-    e = [residuals[r, mask[r] > 0, j] for r in range(residuals.shape[0]) for j in range(residuals.shape[2])]
-    var = np.mean(np.concatenate(e) ** 2)
-    tau = 1.0
-    for k in range(1, min(len(x) for x in e)):
-        rho = np.sum([np.sum(x[k:] * x[:-k]) for x in e]) / (var * sum(len(x) - k for x in e))
-        if rho < 0.05:
-            break
-        tau += 2.0 * rho
-    return float(tau)
+    """Integrated autocorrelation time (steps) of residuals (R, T, nq) with mask (R, T)
+    (`inference.autocorrelation`, the streaming engine's rule)."""
+    m = np.broadcast_to(np.asarray(mask, np.float64)[..., None], residuals.shape)
+    return float(integrated_time(*lagged_products(np.asarray(residuals) * m, m)))
 
 
 def fit(model: TwinModel, rec: Recordings, adam_steps: int = 50, learning_rate: float = 0.05,
