@@ -39,6 +39,7 @@ from twin_bayes.data import read_trajectory
 from twin_bayes.data.shared import bam_logs
 from twin_bayes.service.client import TwinClient
 from twin_bayes.service.store import TelemetryStore
+from twin_bayes.service.worker import stored_windows
 
 FIT_KP, TEST_KP = (100, 200), 400
 ROBOT_ID = "xl330"
@@ -58,9 +59,9 @@ def cli(*args: str) -> list[str]:
 
 def follow(client: TwinClient, replay: subprocess.Popen, store: Path, twin: Twin,
            timeout_s: float) -> tuple[list[dict], dict, float]:
-    """Poll the service until the replay has ended and every window its stream completed is applied;
-    returns the live posterior after each new version [{version, windows, t_s, summary}], the final
-    health and when the replay ended (time.monotonic)."""
+    """Poll the service until the replay has ended, every window its stream completed is applied and
+    the model error refitted on them; returns the live posterior after each new version [{version,
+    windows, t_s, summary}], the final health and when the replay ended (time.monotonic)."""
     history, last, ended, expected = [], -1, None, None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -75,7 +76,8 @@ def follow(client: TwinClient, replay: subprocess.Popen, store: Path, twin: Twin
             if replay.returncode != 0:
                 raise RuntimeError(f"replay failed: {replay.stderr.read()[-2000:]}")
             ended, expected = time.monotonic(), len(applied_windows(store, twin))
-        if expected is not None and robot.get("windows", 0) >= expected:    # the last version: history[-1]
+        if (expected is not None and robot.get("windows", 0) >= expected   # the last version: history[-1]
+                and robot["model_error"]["fitted_windows"] >= expected):     # refitted on all of them (idle work)
             return history, health, ended
         time.sleep(0.5)
     raise RuntimeError(f"the service did not finish within {timeout_s} s")
@@ -179,6 +181,7 @@ def run(config: str, speed: float, timeout_s: float, out: Path) -> dict:
             history, health, ended = follow(client, replay, store, twin, timeout_s)
             replay_out = json.loads(replay.stdout.read().strip().splitlines()[-1])
             metrics = client.metrics()
+            model_error = client.snapshot(ROBOT_ID).extra["model_error"]
             test = held_out(client, test_logs)
         finally:
             client.close()
@@ -192,7 +195,8 @@ def run(config: str, speed: float, timeout_s: float, out: Path) -> dict:
     for h in history:
         h["t_s"] -= start
     live = history[-1]["summary"]
-    partial = {"history": history, "health": health, "metrics": metrics, "held_out": test}   # kept if later steps fail
+    partial = {"history": history, "health": health, "metrics": metrics, "model_error": model_error,
+               "held_out": test}                                                       # kept if later steps fail
     (out / "xl330_online_live.json").write_text(json.dumps(partial, indent=2, default=float))
     print(f"service done: {robot['windows']} windows in {history[-1]['t_s']:.0f} s; offline fits ...", flush=True)
     off = offline(config, windows)
@@ -210,7 +214,7 @@ def run(config: str, speed: float, timeout_s: float, out: Path) -> dict:
         "service": {"windows": robot["windows"], "rejected_windows": robot["rejected_windows"],
                     "posterior_version": robot["posterior_version"], "online_scores": robot["calibration"],
                     "update_latency_s": metrics["update_latency_s"],
-                    "last_window_applied_after_s": history[-1]["t_s"]},
+                    "last_window_applied_after_s": history[-1]["t_s"], "model_error": model_error},
         "live_posterior": live, "live_history": history,
         "offline": {**off, "live_minus_offline_stream": difference(live, off["stream_posterior"]),
                     "live_minus_batch_smc": difference(live, off["batch_smc_posterior"]),

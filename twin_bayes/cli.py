@@ -165,7 +165,11 @@ def cmd_fit(args) -> int:
         info = fit_twin(twin, trajs, **({} if args.adam_steps is None else {"adam_steps": args.adam_steps}))
         evaluations = info["simulator_evaluations"]
     elif engine == "stream":
-        reports = [twin.update(w).as_dict() for w in windows]
+        reports = []
+        for w in windows:              # as the service: each window updates and is kept for the model error
+            reports.append(twin.update(w).as_dict())
+            twin.record_window(w)
+        twin.refit_model_error()
         info = {"engine": "stream", "windows": len(reports), "accepted": sum(r["accepted"] for r in reports),
                 "tempered": sum(r["engine"] == "smc" for r in reports)}
         evaluations = None

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from twin_bayes.config import load_config, resolve_config_path
-from twin_bayes.inference import Twin, UpdateReport, engine, predictive
+from twin_bayes.inference import Twin, UpdateReport, discrepancy, engine, predictive
 from twin_bayes.inference import twin as twin_module
 from twin_bayes.models import TwinModel
 from twin_bayes.sim.emulator import emulate
@@ -84,6 +84,7 @@ def cache_sizes() -> dict[str, int]:
         "constrain_all": twin_module.constrain_all._cache_size(),
         "predictive_samples": predictive.predictive_samples._cache_size(),
         "predictive_samples_many": predictive.predictive_samples_many._cache_size(),
+        "model_error": discrepancy.record._cache_size() + discrepancy.refit._cache_size(),
     }
 
 

@@ -1,5 +1,6 @@
 """`twin-bayes warmup` compiles what a service on this machine runs: after it, a fleet's first windows
-(tempered, from the prior), its predictions and its re-predicted windows compile nothing."""
+(tempered, from the prior), its predictions, its re-predicted windows and the model error learned
+from them compile nothing."""
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -31,6 +32,8 @@ def test_after_warmup_a_fleet_updates_and_predicts_without_compiling(small_cfg, 
                              max_batch=max_batch, executor=pool)
         again = predict_many(twins[:1], starts[:1], [last["ctrl"][:-1]], keys[:1], QUANTILES,   # a window re-predicted
                              draws_per_particle=VALIDATION_DRAWS, max_batch=max_batch)
+    twins[0].learn_model_error(windows[0])
+    assert out["model_error_s"] > 0 and twins[0].state.model_error.count == 1
     assert bands[0].q.shape == (len(QUANTILES), 25, model.robot.nq)
     assert bands[0].samples_q.shape[0] == model.particles * PREDICTION_DRAWS
     assert again[0].samples_q.shape[0] == model.particles * VALIDATION_DRAWS

@@ -30,6 +30,8 @@ def _state(i: int) -> tuple[dict[str, np.ndarray], dict]:
         "key": np.array([i, 7], dtype=np.uint32),
         "accepted": np.array([True, False]),
         "be": np.arange(4, dtype=">i8"),
+        "version": np.asarray(i),             # 0-d, as a TwinState's scalars
+        "stale": np.asarray(False),
     }
     return arrays, {"posterior_version": i, "last_seq": {"arm-1": 10 * i}, "stale": False}
 
@@ -43,6 +45,7 @@ def test_round_trip_and_rotation(tmp_path: Path) -> None:
     assert (ck.step, ck.skipped, ck.meta) == (4, [], _state(4)[1])
     for name, a in _state(4)[0].items():
         np.testing.assert_array_equal(ck.arrays[name], a)
+        assert ck.arrays[name].shape == a.shape, name
         assert ck.arrays[name].dtype == a.dtype.newbyteorder("<") and ck.arrays[name].flags.writeable
     _, meta = read(checkpoints(tmp_path)[0][1])
     assert meta["posterior_version"] == 2

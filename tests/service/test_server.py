@@ -329,11 +329,13 @@ def test_duplicates_shuffled_give_the_same_posterior_and_the_service_publishes(c
             r = h["robots"][RID]
             assert r["posterior_version"] == WINDOWS and r["applied_seq"] == APPLIED and r["rejected_windows"] == 0
             assert r["calibration"]["n_batches"] == 1 and 0.0 <= r["calibration"]["coverage_90"] <= 1.0
-            # idle work: the newest applied window re-predicted (an older one only if the worker idled
-            # between the two), every sample of it scored; the model is exact, so its bands hold the data
+            # idle work: the newest applied window re-predicted by the posterior before it (an older one
+            # only if the worker idled between the two), every sample of it scored; the model is exact, so
+            # its bands hold most of the data (one or two windows of correlated samples: 0.73 to 0.9 seen;
+            # a misspecified arm without model error covers 0.1-0.4)
             mc = r["model_calibration"]
             assert 1 <= mc["n_batches"] <= WINDOWS and mc["n_points"] == mc["n_batches"] * 250 * 4
-            assert 0.75 <= mc["coverage_90"] <= 1.0 and mc["coverage_50"] < mc["coverage_90"]
+            assert 0.6 <= mc["coverage_90"] <= 1.0 and mc["coverage_50"] < mc["coverage_90"]
             assert len(svc.store.scores(RID)) == 1
             assert [a["parameter"] for a in h["alerts"]] == ["dof_damping:shoulder"]
             assert h["alerts"][0]["p_outside"] > 0.9 and len(h["alerts"][0]["trend"]) >= 1
@@ -429,6 +431,7 @@ def test_kill_9_loses_no_acked_chunk_applies_nothing_twice_and_gives_the_uninter
             r = wait_for(client, lambda h: h["robots"][RID]["windows"] >= WINDOWS)["robots"][RID]
         assert (r["windows"], r["posterior_version"], r["applied_seq"]) == (WINDOWS, WINDOWS, APPLIED)
         assert svc.store.latest_posterior_version(RID).version == WINDOWS
+        assert "resume_error" not in svc.worker.checkpoint_status, svc.worker.checkpoint_status
         for got, want in zip(_posterior(svc), reference):
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     finally:
@@ -446,6 +449,7 @@ def test_kill_9_loses_no_acked_chunk_applies_nothing_twice_and_gives_the_uninter
     try:
         resumed = svc.worker.checkpoint_status
         assert Path(resumed["path"]) == previous and [Path(p) for p, _ in resumed["skipped"]] == [newest]
+        assert resumed["resumed"] and "resume_error" not in resumed, resumed     # the whole state came back
         with TwinClient(svc.endpoints["query"], timeout_s=30) as client:
             r = wait_for(client, lambda h: h["robots"][RID]["windows"] >= WINDOWS)["robots"][RID]
         assert (r["windows"], r["posterior_version"], r["applied_seq"]) == (WINDOWS, WINDOWS, APPLIED)
@@ -504,3 +508,40 @@ def test_a_robot_starts_from_an_offline_posterior_with_its_model_error(cfg, mode
     np.testing.assert_array_equal(snap.arrays["values"], offline.posterior.values)
     with pytest.raises(ValueError, match="particles.npz"):
         start(cfg, model, tmp_path, name="missing", posteriors={RID: tmp_path / "nowhere"})
+
+
+def test_the_service_learns_the_model_error_of_a_misspecified_robot_and_checkpoints_it(cfg, model, tmp_path):
+    """An arm that the arm2 twin cannot describe (friction loss, backlash, latency, encoder offset:
+    `truths/misspecified.toml`), streamed window by window: each window is re-predicted by the
+    posterior before it and teaches the twin its model error (`inference.discrepancy`), which the
+    snapshot hands back once MIN_WINDOWS are recorded: far above the sensor noise, since the
+    open-loop predictions stray by tens of milliradians. A restart restores it from the checkpoint."""
+    from twin_bayes.inference import engine
+    from twin_bayes.inference.discrepancy import MIN_WINDOWS, as_model_error
+    from twin_bayes.service.emulate import read_truth
+    from twin_bayes.sim.robot import ROBOTS_DIR
+    truth = read_truth(ROBOTS_DIR / "arm2" / "truths" / "misspecified.toml", model.robot)
+    n_windows, step = MIN_WINDOWS + 2, model.window_samples - 1
+    per_window = step // CHUNK                       # 250 rows: window k is complete with chunk k * 5
+    n_chunks = n_windows * per_window + 1
+    traj = emulate(model.robot, truth.params, n_chunks * CHUNK * model.robot.dt, seed=5,
+                   noise=truth.noise or None, misspecified=truth.misspecified)
+    chunks = [protocol.telemetry(RID, k, *(getattr(traj, f)[k * CHUNK:(k + 1) * CHUNK] for f in ("t", "q", "qd", "ctrl")))
+              for k in range(n_chunks)]
+    with serving(cfg, model, tmp_path, name="misspecified") as (svc, _):
+        with TwinClient(svc.endpoints["query"], timeout_s=60) as client:
+            for k in range(1, n_windows + 1):
+                acked(svc.endpoints["ingest"], chunks[(k - 1) * per_window:k * per_window + 1])
+                wait_for(client, lambda h, k=k: h["robots"][RID]["model_calibration"]["n_batches"] >= k, 300)
+            snap = client.snapshot(RID)
+            robot = client.health()["robots"][RID]
+    me, mc = snap.extra["model_error"], robot["model_calibration"]
+    assert me is not None and min(me["sd_rad"]) > 5 * cfg.observation.noise_scale["q"], me
+    assert robot["model_error"] == {**me, "windows": n_windows, "fitted_windows": n_windows}
+    assert mc["n_points"] == n_windows * step * 4
+    saved = checkpoint.load_latest(tmp_path / "misspecified-ckpt")
+    arrays = {k[len(RID) + 1:]: v for k, v in saved.arrays.items() if k.startswith(f"{RID}/")}
+    in_checkpoint = as_model_error(engine.state_from_arrays(svc.twins[RID].state, arrays).model_error)
+    with serving(cfg, model, tmp_path, name="misspecified") as (svc, _):
+        with TwinClient(svc.endpoints["query"], timeout_s=60) as client:
+            assert client.snapshot(RID).extra["model_error"] == in_checkpoint.as_dict()

@@ -9,9 +9,16 @@ process on each measured position, started at zero at the measured start state,
 so that its sd after t steps is s √(1 − φ^{2t}) (rad): it grows from zero over the time constant τ (s)
 to the stationary sd s. s may scale with the recording's settings (e.g. a firmware gain):
 log s = log s_0 + Σ_k β_k log(setting_k / reference_k) over the settings that vary among the fit
-recordings. s_0, τ and β are estimated from the residuals of open-loop rollouts of the fit recordings
-only, by the composite likelihood of their marginals e_t ~ N(0, s² (1 − φ^{2t})) (what a band must
-match; the innovations of such bursty errors are far from Gaussian).
+recordings. s_0, τ and β are estimated from the residuals e_t of open-loop predictions of measured
+recordings by the composite likelihood of their marginals e_t ~ N(0, v_t + s² (1 − φ^{2t})), where v_t
+is the variance the predictive already has (parameters and sensor noise; 0 for the residuals of one
+rollout at a mode), so that only what it leaves unexplained becomes model error (the innovations of
+such bursty errors are far from Gaussian; the marginals are what a band must match).
+
+Offline, `fit_model_error` learns it from whole recordings (`inference.whole_log`). Online, a twin
+records the windows it sees (`record`) and learns it from the recent ones predicted again by its
+posterior (`refit`; the windows and the fit are the `TwinState`'s `ModelErrorState`), and predicts
+with it once MIN_WINDOWS are recorded.
 """
 from __future__ import annotations
 
@@ -23,7 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.optimize import minimize
 
-from twin_bayes.inference.predictive import Bands
+from twin_bayes.compiled import phase
+from twin_bayes.inference.predictive import Bands, sample_predictive
+from twin_bayes.models import TwinModel
+
+# Windows the online model error is learned from (the most recent), and the fewest it is fitted on.
+WINDOWS = 32
+MIN_WINDOWS = 4
 
 
 class ModelError(NamedTuple):
@@ -61,28 +74,148 @@ class ModelError(NamedTuple):
         return me
 
 
-def fit_model_error(residuals: np.ndarray, mask: np.ndarray, settings: np.ndarray, dt: float) -> ModelError:
-    """Estimate the discrepancy from open-loop residuals (R, T, nq) with mask (R, T) and settings (R, K)."""
-    residuals, mask, settings = (np.asarray(a, np.float64) for a in (residuals, mask, settings))
-    reference = np.exp(np.mean(np.log(settings), axis=0))
-    varies = np.ptp(np.log(settings), axis=0) > 1e-9
-    x = jnp.asarray(np.log(settings / reference)[:, varies])                      # (R, K')
-    steps = jnp.arange(1, residuals.shape[1] + 1)
-    e2, m = jnp.asarray(residuals ** 2), jnp.asarray(mask)[..., None]
-    nq = residuals.shape[2]
+class ModelErrorState(NamedTuple):
+    """A twin's model error and the recent windows it learns it from (W = WINDOWS, the newest).
 
-    def nll(p):                   # p = (log s_0 (nq,), log τ, β (K',))
-        log_s = p[:nq][None, :] + (x @ p[nq + 1:])[:, None]                     # (R, nq)
+    Each window as measured: start state q0 (W, nq), qd0 (W, nv); the commands applied (W, T, nu);
+    the positions after them, observed (W, T, nq) rad, with mask (W, T); settings (W, K); count ():
+    windows recorded. The fit, as in `ModelError`: log_sd (nq,), log_time_const (), reference (K,),
+    gain (K,); known (): there is one (learned here, or set from an offline fit); fitted_count ():
+    windows recorded at its last refit here (0: none).
+    """
+
+    q0: jnp.ndarray
+    qd0: jnp.ndarray
+    commands: jnp.ndarray
+    observed: jnp.ndarray
+    mask: jnp.ndarray
+    settings: jnp.ndarray
+    count: jnp.ndarray
+    log_sd: jnp.ndarray
+    log_time_const: jnp.ndarray
+    reference: jnp.ndarray
+    gain: jnp.ndarray
+    known: jnp.ndarray
+    fitted_count: jnp.ndarray
+
+
+def init_state(model: TwinModel) -> ModelErrorState:
+    """No model error and no windows, for windows of the model's length (T = window samples − 1)."""
+    r, T, K = model.robot, model.window_samples - 1, len(model.setting_names)
+    z = lambda *shape: jnp.zeros(shape)  # noqa: E731
+    return ModelErrorState(z(WINDOWS, r.nq), z(WINDOWS, r.nv), z(WINDOWS, T, r.nu), z(WINDOWS, T, r.nq),
+                           z(WINDOWS, T), jnp.ones((WINDOWS, K)), jnp.asarray(0), z(r.nq), jnp.asarray(0.0),
+                           jnp.ones(K), z(K), jnp.asarray(False), jnp.asarray(0))
+
+
+def as_model_error(s: ModelErrorState) -> ModelError | None:
+    """The state's fit (None: not known yet)."""
+    if not bool(s.known):
+        return None
+    return ModelError(np.exp(np.asarray(s.log_sd)), float(np.exp(s.log_time_const)), np.asarray(s.reference),
+                      np.asarray(s.gain))
+
+
+def with_model_error(s: ModelErrorState, me: ModelError | None) -> ModelErrorState:
+    """The state with its fit replaced by me (None: forgotten); the recorded windows stay."""
+    if me is None:
+        return s._replace(known=jnp.asarray(False))
+    f = lambda x: jnp.asarray(np.asarray(x, np.float64)).astype(s.log_sd.dtype)  # noqa: E731
+    return s._replace(log_sd=f(np.log(me.sd)), log_time_const=f(np.log(me.time_const_s)), reference=f(me.reference),
+                      gain=f(me.gain), known=jnp.asarray(True))
+
+
+def _fit(residuals, variance, mask, settings, dt, start, tau_weight=0.0):
+    """Maximum composite likelihood (log_sd (nq,), log_time_const (), reference (K,), gain (K,)) from
+    residuals and variance (R, T, nq), mask (R, T), settings (R, K), BFGS from start (nq + 1 + K,).
+    Recordings without a masked-in step are left out; gains of settings that do not vary stay 0.
+
+    tau_weight > 0 adds a prior log τ ~ N(log(T dt), 1), τ about the recordings' span, weighted as
+    if each recording and position were one observation (tau_weight = 1 / (recordings × nq)):
+    recordings much shorter than τ tell only s² / τ (a random walk), and the prior keeps τ, and with
+    it the growth of the error beyond their span, near what they show."""
+    nq, steps = residuals.shape[2], jnp.arange(1, residuals.shape[1] + 1)
+    used = jnp.any(mask > 0, axis=1)                                              # (R,)
+    log_set = jnp.log(jnp.where(used[:, None], settings, 1.0))
+    reference = jnp.exp(jnp.sum(log_set * used[:, None], 0) / jnp.maximum(jnp.sum(used), 1))
+    x = log_set - jnp.log(reference)
+    x = jnp.where(used[:, None], x, 0.0)
+    varies = (jnp.max(jnp.where(used[:, None], x, -jnp.inf), 0) - jnp.min(jnp.where(used[:, None], x, jnp.inf), 0)) > 1e-9
+    m = mask[..., None]
+    e2 = jnp.where(m > 0, residuals ** 2, 0.0)
+
+    def nll(p):
+        log_s = p[:nq][None, :] + (x @ (p[nq + 1:] * varies))[:, None]          # (R, nq)
         phi = jnp.exp(-dt / jnp.exp(p[nq]))
-        var = jnp.exp(2 * log_s)[:, None, :] * (1 - phi ** (2 * steps))[None, :, None]
-        return jnp.sum(m * (e2 / var + jnp.log(var))) / jnp.sum(m)
+        var = variance + jnp.exp(2 * log_s)[:, None, :] * (1 - phi ** (2 * steps))[None, :, None]
+        var = jnp.where(m > 0, var, 1.0)
+        prior = tau_weight * (p[nq] - jnp.log(residuals.shape[1] * dt)) ** 2
+        return jnp.sum(m * (e2 / var + jnp.log(var))) / jnp.maximum(jnp.sum(m), 1.0) + prior
 
-    start = jnp.concatenate([jnp.log(jnp.sqrt(jnp.sum(e2 * m, (0, 1)) / jnp.sum(m))), jnp.zeros(1),
-                             jnp.zeros(int(varies.sum()))])
-    p = np.asarray(minimize(nll, start, method="BFGS").x)
-    gain = np.zeros(settings.shape[1])
-    gain[varies] = p[nq + 1:]
-    return ModelError(np.exp(p[:nq]), float(np.exp(p[nq])), reference, gain)
+    p = minimize(nll, start, method="BFGS").x
+    return p[:nq], p[nq], reference, p[nq + 1:] * varies
+
+
+def _moment_start(residuals, mask, n_settings):
+    """BFGS start: the residuals' rms as s, τ = 1 s, no gains."""
+    m = mask[..., None]
+    rms = jnp.sqrt(jnp.sum(m * residuals ** 2, (0, 1)) / jnp.maximum(jnp.sum(m), 1.0)) + 1e-9
+    return jnp.concatenate([jnp.log(rms), jnp.zeros(1 + n_settings)])
+
+
+@jax.jit
+def _fit_jit(residuals, variance, mask, settings, dt):
+    return _fit(residuals, variance, mask, settings, dt, _moment_start(residuals, mask, settings.shape[1]))
+
+
+def fit_model_error(residuals: np.ndarray, mask: np.ndarray, settings: np.ndarray, dt: float,
+                    variance: np.ndarray | None = None) -> ModelError:
+    """Estimate the discrepancy from open-loop residuals (R, T, nq) with mask (R, T), settings (R, K)
+    and the predictive's own variance (R, T, nq) rad² (None: 0)."""
+    residuals = jnp.asarray(np.asarray(residuals, np.float64))
+    variance = jnp.zeros_like(residuals) if variance is None else jnp.asarray(np.asarray(variance, np.float64))
+    log_sd, log_tau, reference, gain = _fit_jit(residuals, variance, jnp.asarray(np.asarray(mask, np.float64)),
+                                                jnp.asarray(np.asarray(settings, np.float64)), float(dt))
+    return ModelError(np.exp(np.asarray(log_sd)), float(np.exp(log_tau)), np.asarray(reference), np.asarray(gain))
+
+
+@jax.jit
+def record(s: ModelErrorState, q0, qd0, commands, observed, mask, settings) -> ModelErrorState:
+    """One window in (q0 (nq,), qd0 (nv,), commands (T, nu), observed (T, nq), mask (T,), settings (K,)),
+    over the oldest; the fit is unchanged (`refit`). Rows masked out are not looked at."""
+    slot = s.count % WINDOWS
+    put = lambda ring, x: ring.at[slot].set(x)  # noqa: E731
+    return s._replace(q0=put(s.q0, q0), qd0=put(s.qd0, qd0), commands=put(s.commands, commands),
+                      observed=put(s.observed, jnp.where(mask[:, None] > 0, observed, 0.0)), mask=put(s.mask, mask),
+                      settings=put(s.settings, settings), count=s.count + 1)
+
+
+def _refit(model: TwinModel, s: ModelErrorState, z) -> ModelErrorState:
+    """Once MIN_WINDOWS are recorded: every recorded window predicted again open loop by the equally
+    weighted particles z (M, D) (the posterior now; one draw each, sensor noise included), and the
+    model error refitted on their residuals from the predictive mean above the predictive's own
+    variance (BFGS from the last fit where known; τ under `_fit`'s prior, since windows are short)."""
+
+    def fit(s):
+        keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), s.count), WINDOWS)
+        predict = lambda k, a, b, c, st: sample_predictive(model, 1, k, z, a, b, c, st)[2]  # noqa: E731
+        q = jax.vmap(predict)(keys, s.q0, s.qd0, s.commands, s.settings)               # (W, M, T, nq)
+        m = s.mask[..., None] > 0
+        residuals = jnp.where(m, s.observed - q.mean(1), 0.0)
+        variance = jnp.where(m, q.var(1), 0.0)
+        start = jnp.where(s.known, jnp.concatenate([s.log_sd, s.log_time_const[None], s.gain]),
+                          _moment_start(residuals, s.mask, s.settings.shape[1]))
+        weight = 1.0 / (jnp.minimum(s.count, WINDOWS) * residuals.shape[2])
+        log_sd, log_tau, reference, gain = _fit(residuals, variance, s.mask, s.settings, model.robot.dt, start, weight)
+        ok = jnp.all(jnp.isfinite(log_sd)) & jnp.isfinite(log_tau) & jnp.all(jnp.isfinite(gain))
+        new = s._replace(log_sd=log_sd, log_time_const=log_tau, reference=reference, gain=gain, known=True,
+                         fitted_count=s.count)
+        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, s)
+
+    return jax.lax.cond(s.count >= MIN_WINDOWS, fit, lambda s: s, s)
+
+
+refit = phase(_refit)
 
 
 @partial(jax.jit, static_argnums=3)

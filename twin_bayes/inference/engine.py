@@ -41,6 +41,7 @@ import numpy as np
 
 from twin_bayes.compiled import phase
 from twin_bayes.inference.autocorrelation import integrated_time, lagged_products
+from twin_bayes.inference.discrepancy import ModelErrorState, init_state as init_model_error
 from twin_bayes.inference.laplace import Laplace, best_start, find_mode, importance_update
 from twin_bayes.inference.posterior import Particles
 from twin_bayes.inference.smc import GaussianPrior, gaussian_prior, tempered_update
@@ -94,8 +95,9 @@ class TwinState(NamedTuple):
     particles: posterior particles (N, D) and normalised log weights (N,), unconstrained;
     prior: the Gaussian of the posterior so far (exact = True: the config's own prior);
     step_size (): the tempered moves' step; surprise: the drift detector's baseline;
-    autocorrelation: the residuals' autocorrelation (κ, the likelihood's temper); pending: refused
-    windows; key: PRNG key; version (): accepted updates (plus restores);
+    autocorrelation: the residuals' autocorrelation (κ, the likelihood's temper); model_error: the
+    learned model error of predictions and the recent windows it is learned from
+    (`inference.discrepancy`; updates carry it through); pending: refused windows; key: PRNG key; version (): accepted updates (plus restores);
     applied_seq (): last telemetry chunk applied (−1: none; kept by the service);
     stale (): the last update was refused; reason (): why (index into REASONS).
     """
@@ -105,6 +107,7 @@ class TwinState(NamedTuple):
     step_size: jnp.ndarray
     surprise: Surprise
     autocorrelation: Autocorrelation
+    model_error: ModelErrorState
     pending: Pending
     key: jnp.ndarray
     version: jnp.ndarray
@@ -154,6 +157,7 @@ def _init_jit(model: TwinModel, key) -> TwinState:
     ring = jax.tree.map(lambda x: jnp.zeros((PENDING,) + x.shape, x.dtype), empty_window(model))
     return TwinState(Particles(z, jnp.full(n, -jnp.log(n))), GaussianPrior(jnp.zeros(d), jnp.eye(d), jnp.asarray(True)),
                      jnp.asarray(INITIAL_STEP), init_surprise(), init_autocorrelation(model),
+                     init_model_error(model),
                      Pending(ring, jnp.full(PENDING, -1)), key,
                      jnp.asarray(0), jnp.asarray(-1), jnp.asarray(False), jnp.asarray(0))
 
@@ -326,7 +330,7 @@ def _finish(model: TwinModel, state: TwinState, window: Window, prop: _Proposal,
     reason = gate(model, prop.particles, info.beta, info.divergent, info.ess)
     ok = reason == 0
     new = TwinState(_where(ok, prop.particles, state.particles), _where(ok, prop.gauss, state.prior), step,
-                    surprise, _where(ok, acorr, state.autocorrelation),
+                    surprise, _where(ok, acorr, state.autocorrelation), state.model_error,
                     _where(ok, state.pending, _push(state.pending, window)), key, state.version + ok,
                     state.applied_seq, ~ok, reason)
     return new, info._replace(accepted=ok, reason=reason)

@@ -27,7 +27,7 @@ class Bands(NamedTuple):
     samples_qd: np.ndarray
 
 
-def _samples(model: TwinModel, draws_per_particle: int, key, z, q0, qd0, commands, settings):
+def sample_predictive(model: TwinModel, draws_per_particle: int, key, z, q0, qd0, commands, settings):
     """Rollouts of particles z (M, D), K = draws_per_particle each: noise-free (M·K, T, ·) and noisy (M·K, T, ·).
 
     The measured start state (q0 (nq,), qd0 (nv,)) carries the same sensor noise
@@ -51,7 +51,7 @@ def _samples(model: TwinModel, draws_per_particle: int, key, z, q0, qd0, command
     return q, qd, noisy[0], noisy[1]
 
 
-predictive_samples = phase(_samples, static_argnums=(1,))
+predictive_samples = phase(sample_predictive, static_argnums=(1,))
 
 
 @phase(static_argnums=(1,))
@@ -59,7 +59,7 @@ def predictive_samples_many(model: TwinModel, draws_per_particle: int, keys, z, 
     """`predictive_samples` for R robots of one model at once: every argument after the draws has a
     leading robot axis (keys (R, 2), z (R, M, D), q0 (R, nq), qd0 (R, nv), commands (R, T, nu),
     settings (R, K))."""
-    return jax.vmap(lambda *a: _samples(model, draws_per_particle, *a))(keys, z, q0, qd0, commands, settings)
+    return jax.vmap(lambda *a: sample_predictive(model, draws_per_particle, *a))(keys, z, q0, qd0, commands, settings)
 
 
 def _bands(quantiles, q, qd, sq, sqd) -> Bands:

@@ -14,6 +14,7 @@ import numpy as np
 
 from twin_bayes.config import TwinConfig, load_config
 from twin_bayes.inference import batch, engine
+from twin_bayes.inference import discrepancy
 from twin_bayes.inference.discrepancy import ModelError, add_model_error
 from twin_bayes.inference.engine import REASONS, TwinState
 from twin_bayes.inference.posterior import Particles, Posterior
@@ -59,8 +60,8 @@ class UpdateReport:
 class Twin:
     """The Bayesian twin of one robot: `update(window)`, `posterior`, `predict(...)`, `fit(windows)`.
 
-    All it knows is `state` (a `TwinState`: assign one to restore a twin exactly), plus the
-    learned model error of its predictions (`model_error`) and the last batch fit (`last_batch`).
+    All it knows is `state` (a `TwinState`: assign one to restore a twin exactly, the learned model
+    error of its predictions included), plus the last batch fit (`last_batch`).
     Streaming updates are `engine.update`; `fit(windows, engine)` refits over many windows with
     NUTS, SVI or SMC from the prior, behind the same kind of gate.
     """
@@ -72,7 +73,6 @@ class Twin:
         if model is None or model.cfg != cfg:
             model = TwinModel(cfg, model.robot if model is not None else None)
         self.model = model
-        self.model_error: ModelError | None = None     # added to predictions where set (inference.discrepancy)
         self.last_batch: batch.BatchResult | None = None
         self._warm: batch.WarmStart | None = None
         self.state = engine.init(self.model, jax.random.PRNGKey(cfg.inference.seed))
@@ -92,6 +92,34 @@ class Twin:
         p = state.particles
         self.posterior = Posterior(self.model.names, p, np.asarray(constrain_all(self.model, p.z)),
                                    int(state.version), bool(state.stale), REASONS[int(state.reason)])
+
+    @property
+    def model_error(self) -> ModelError | None:
+        """The model error added to predictions (`inference.discrepancy`); None: not known yet."""
+        return discrepancy.as_model_error(self._state.model_error)
+
+    @model_error.setter
+    def model_error(self, me: ModelError | None) -> None:
+        self._state = self._state._replace(model_error=discrepancy.with_model_error(self._state.model_error, me))
+
+    def record_window(self, window: Window | dict, settings=None) -> None:
+        """Keep a window seen for the model error (a `Window`, or a dict as `update` takes): its first
+        measured state, the commands applied after it and the positions measured after them;
+        `refit_model_error` learns from it (`inference.discrepancy`). Bad input raises `WindowError`."""
+        w = self.as_window(window, settings)
+        me = discrepancy.record(self._state.model_error, w.q[0], w.qd[0], w.ctrl[:-1], w.q[1:], w.mask[1:], w.settings)
+        self._state = self._state._replace(model_error=me)
+
+    def refit_model_error(self) -> None:
+        """Learn the model error again from the recorded windows, predicted by the posterior now
+        (`discrepancy.refit`; nothing before MIN_WINDOWS; the key stream is untouched)."""
+        me = discrepancy.refit(self.model, self._state.model_error, jnp.asarray(self.draws()))
+        self._state = self._state._replace(model_error=me)
+
+    def learn_model_error(self, window: Window | dict, settings=None) -> None:
+        """`record_window`, then `refit_model_error`."""
+        self.record_window(window, settings)
+        self.refit_model_error()
 
     @property
     def particles(self) -> Particles:
@@ -191,8 +219,9 @@ class Twin:
 
     # --- prediction -----------------------------------------------------------------------------
     def predict(self, q0, qd0, commands, quantiles=(0.05, 0.5, 0.95), settings=None,
-                draws_per_particle: int = 8, key=None) -> Bands:
-        """Predictive bands of q and qd under commands (T, nu) from the measured state (q0, qd0).
+                draws_per_particle: int = 8, key=None, model_error: bool = True) -> Bands:
+        """Predictive bands of q and qd under commands (T, nu) from the measured state (q0, qd0),
+        with the learned model error added to q where known (and `model_error`).
 
         `key`: PRNG key of the predictive draws; None takes the twin's next key (then
         predictions and updates share one key stream).
@@ -200,8 +229,8 @@ class Twin:
         q0, qd0, commands = self._check_start(q0, qd0, commands)
         key = self._next_key() if key is None else key
         settings = self.model.settings_vector(settings)
-        b = bands(self.model, key, self._draws(), q0, qd0, commands, settings, quantiles, draws_per_particle)
-        return self._with_model_error(b, key, settings)
+        b = bands(self.model, key, self.draws(), q0, qd0, commands, settings, quantiles, draws_per_particle)
+        return self.with_model_error(b, key, settings) if model_error else b
 
     def _check_start(self, q0, qd0, commands):
         r = self.model.robot
@@ -213,14 +242,17 @@ class Twin:
             raise ValueError(f"q0, qd0 must be finite with shapes ({r.nq},), ({r.nv},)")
         return q0, qd0, commands
 
-    def _draws(self):
+    def draws(self) -> np.ndarray:
         """Equally weighted particles (N, D): the posterior resampled (systematic, seeded by its version)."""
         return self.particles.z[self.posterior.resample(np.random.default_rng(self.posterior.version))]
 
-    def _with_model_error(self, b: Bands, key, settings) -> Bands:
-        if self.model_error is None:
+    def with_model_error(self, b: Bands, key, settings) -> Bands:
+        """Bands of `predict(..., model_error=False)` with the model error added (unchanged where none is
+        known); settings: the settings vector (K,)."""
+        me = self.model_error
+        if me is None:
             return b
-        return add_model_error(b, self.model_error, jax.random.fold_in(key, 1), settings, self.model.robot.dt)
+        return add_model_error(b, me, jax.random.fold_in(key, 1), settings, self.model.robot.dt)
 
 
 def _bucket(n: int) -> int:
@@ -281,9 +313,11 @@ def update_many(twins: Sequence[Twin], windows: Sequence[Window], max_batch: int
 def predict_many(twins: Sequence[Twin], starts: Sequence[tuple], commands: Sequence[np.ndarray], keys,
                  quantiles=(0.05, 0.5, 0.95), settings: Sequence[dict | None] | None = None,
                  draws_per_particle: int = 8, max_batch: int = BATCH_SIZES[-1],
-                 executor: Executor | None = None) -> list[Bands]:
+                 executor: Executor | None = None, model_error: bool = True,
+                 draws: Sequence[np.ndarray] | None = None) -> list[Bands]:
     """`Twin.predict` for many twins in batched calls per model: starts [(q0, qd0)], commands [(T, nu)] of
-    one length T, keys [PRNG key], settings [dict or None]; batched like `update_many`."""
+    one length T, keys [PRNG key], settings [dict or None]; batched like `update_many`. draws: each
+    twin's equally weighted particles (M, D) to predict with (None: its posterior's, `Twin.draws`)."""
     settings = settings or [None] * len(twins)
     out: list[Bands | None] = [None] * len(twins)
 
@@ -291,11 +325,12 @@ def predict_many(twins: Sequence[Twin], starts: Sequence[tuple], commands: Seque
         checked = [twins[i]._check_start(*starts[i], commands[i]) for i in rows]
         vectors = [twins[i].model.settings_vector(settings[i]) for i in rows]
         stack = lambda xs: np.stack([np.asarray(x) for x in xs])  # noqa: E731
-        b = bands_many(twins[idx[0]].model, stack([keys[i] for i in rows]), stack([twins[i]._draws() for i in rows]),
+        z = [twins[i].draws() if draws is None else draws[i] for i in rows]
+        b = bands_many(twins[idx[0]].model, stack([keys[i] for i in rows]), stack(z),
                        stack([c[0] for c in checked]), stack([c[1] for c in checked]),
                        stack([c[2] for c in checked]), stack(vectors), quantiles, draws_per_particle)
         for k, i in enumerate(idx):
-            out[i] = twins[i]._with_model_error(b[k], keys[i], vectors[k])
+            out[i] = twins[i].with_model_error(b[k], keys[i], vectors[k]) if model_error else b[k]
 
     _each(_batches(twins, max_batch), run, executor)
     return out

@@ -68,8 +68,9 @@ def _pack(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> bytes:
         a = np.asarray(value)
         if a.dtype.kind not in _KINDS:
             raise TypeError(f"{name}: dtype {a.dtype} is not numeric")
+        shape = list(a.shape)                  # before ascontiguousarray, which makes a 0-d array 1-d
         a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
-        packed[name] = {"dtype": a.dtype.str, "shape": list(a.shape), "data": a.tobytes()}
+        packed[name] = {"dtype": a.dtype.str, "shape": shape, "data": a.tobytes()}
     payload = msgpack.packb({"meta": dict(meta), "arrays": packed}, use_bin_type=True)
     return _HEADER.pack(MAGIC, FORMAT, 0, len(payload), hashlib.sha256(payload).digest()) + payload
 

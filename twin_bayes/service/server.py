@@ -330,8 +330,9 @@ class TwinService:
         if self.ingest.store_error:
             problems.append(f"store: {self.ingest.store_error}")
         problems += [f"{rid}: silent for {r['seconds_since_chunk']:.1f} s" for rid, r in robots.items() if r["silent"]]
-        if self.worker.checkpoint_status.get("error"):
-            problems.append(f"checkpoint: {self.worker.checkpoint_status['error']}")
+        for key in ("resume_error", "error"):     # a failed resume stays reported; a failed save until one works
+            if self.worker.checkpoint_status.get(key):
+                problems.append(f"checkpoint: {self.worker.checkpoint_status[key]}")
         if self.worker.error:
             problems.append(f"inference: {self.worker.error}")
         return jsonable({"status": "degraded" if problems else "ok", "problems": problems,

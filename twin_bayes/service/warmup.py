@@ -36,7 +36,8 @@ def warmup(cfg, robot_counts, horizon_s: float) -> dict:
     one update, the tempered phase (compiled by the service only when some robot's importance
     weights degenerate, typically on a first window), and the service's two predictions (the
     horizon after a window, and the window re-predicted for model calibration, one robot at a
-    time), on a window emulated at the nominal parameters; the wall time of each count (compile included)."""
+    time), on a window emulated at the nominal parameters; then the model error's phase
+    (`Twin.learn_model_error`, one robot at a time); the wall time of each (compile included)."""
     import jax
     import numpy as np
 
@@ -70,6 +71,9 @@ def warmup(cfg, robot_counts, horizon_s: float) -> dict:
                          [jax.random.PRNGKey(i) for i in range(k)], QUANTILES, [settings] * k,
                          draws_per_particle=draws, max_batch=max_batch)
         timings[f"robots_{n}_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    first.learn_model_error(window)                                       # one robot at a time
+    timings["model_error_s"] = time.perf_counter() - start
     return {"config": str(cfg.source), "robot_counts": list(robot_counts), "horizon_s": horizon_s, **timings}
 
 

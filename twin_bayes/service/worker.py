@@ -181,8 +181,24 @@ class RobotTwin:
         return {"posterior_version": p.version, "stale": p.stale, "reason": p.reason,
                 "applied_seq": self.applied_seq, "windows": self.windows, "rejected_windows": self.rejected,
                 "calibration": self.calibration.as_dict(), "model_calibration": self.model_calibration.as_dict(),
-                "alerts": list(self.alerts.values()),
+                "model_error": self.model_error_status(), "alerts": list(self.alerts.values()),
                 "last_update": self.last_update}
+
+    def model_error_status(self) -> dict[str, Any]:
+        """The learned model error of the predictions (null fields until known) and its windows:
+        recorded, and recorded at its last refit."""
+        state, me = self.twin.state.model_error, self.twin.model_error
+        return {**(me.as_dict() if me is not None else {"sd_rad": None, "time_const_s": None}),
+                "windows": int(state.count), "fitted_windows": int(state.fitted_count)}
+
+
+def padded(cut: Cut, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A window as n steps from its first sample: the commands applied (n, nu), the last one repeated
+    past its end, and the states measured after them (n, nq + nv), NaN past its end."""
+    pad = n - (len(cut.t) - 1)
+    seen = np.concatenate([cut.q[1:], cut.qd[1:]], axis=-1)
+    return (np.concatenate([cut.ctrl[:-1], np.repeat(cut.ctrl[-2:-1], pad, axis=0)]),
+            np.concatenate([seen, np.full((pad, seen.shape[1]), np.nan)]))
 
 
 def particles_blob(p: Particles) -> bytes:
@@ -205,7 +221,8 @@ class Worker:
         self.checkpoint_status: dict[str, Any] = {}
         self.error = ""
         self.update_latency: deque[float] = deque(maxlen=256)
-        self._unvalidated: dict[str, Cut] = {}     # robot -> its newest applied window not yet re-predicted
+        # robot -> its newest applied window not yet re-predicted, with the draws of the posterior before it
+        self._unvalidated: dict[str, tuple[Cut, np.ndarray]] = {}
         self._retained_at = -RETENTION_EVERY_S
         self._rounds = 0
         self._stopping = threading.Event()
@@ -278,7 +295,7 @@ class Worker:
         try:
             ck = checkpoint.load_latest(d)
         except checkpoint.CheckpointError as e:
-            self.checkpoint_status = {"error": str(e), "resumed": False}
+            self.checkpoint_status = {"resume_error": str(e), "resumed": False}
             return
         theirs = ck.meta.get("store_id")
         if theirs != self.store.store_id:
@@ -304,7 +321,7 @@ class Worker:
         self.checkpoint_status = {"resumed": True, "path": str(ck.path), "step": ck.step,
                                   "skipped": [[str(p), why] for p, why in ck.skipped]}
         if problems:
-            self.checkpoint_status["error"] = "not resumed: " + "; ".join(problems)
+            self.checkpoint_status["resume_error"] = "not resumed: " + "; ".join(problems)
 
     def _save_checkpoint(self) -> None:
         if self.settings.checkpoints is None:
@@ -357,6 +374,9 @@ class Worker:
                 todo.append(rt)
             except WindowError as e:
                 rt.last_update = {"accepted": False, "reason": str(e)}
+        before = {rt.robot_id: rt.twin.draws() for rt in todo}     # the posterior each window is validated by
+        for rt, window in zip(todo, windows):                       # kept for the model error (and checkpointed)
+            rt.twin.record_window(window)
         reports = dict(zip((rt.robot_id for rt in todo), update_many([rt.twin for rt in todo], windows,
                                                                                     self.max_batch, self._pool)))
         for rt in robots:
@@ -388,7 +408,7 @@ class Worker:
                                                                                           c.ctrl))
         self._predict(todo, cuts)
         if self.settings.validate:
-            self._unvalidated.update((rt.robot_id, cuts[rt.robot_id]) for rt in todo)
+            self._unvalidated.update((rt.robot_id, (cuts[rt.robot_id], before[rt.robot_id])) for rt in todo)
 
     def _publish_posterior(self, rt: RobotTwin) -> None:
         post, rid, applied = rt.twin.posterior, rt.robot_id, rt.applied_seq
@@ -433,25 +453,31 @@ class Worker:
         rt.validated_round = self._rounds
         self._validate([rt], {rt.robot_id: self._unvalidated.pop(rt.robot_id)})
 
-    def _validate(self, robots: list[RobotTwin], cuts: dict[str, Cut]) -> None:
+    def _validate(self, robots: list[RobotTwin], windows: dict[str, tuple[Cut, np.ndarray]]) -> None:
         """Model calibration: each window just applied, predicted again open loop from its first measured
-        state under the commands really applied, by the posterior it produced, and scored against what
-        was measured (`RobotTwin.model_calibration`). Unlike the forecast score, this measures the twin:
-        no command was guessed. Windows are padded to the full length (masked), so one executable serves."""
-        commands, observed, keys, starts, settings = [], [], [], [], []
+        state under the commands really applied, by the posterior before it (its draws, kept with the
+        window: the window is held out), and scored against what was measured
+        (`RobotTwin.model_calibration`). Unlike the forecast score, this measures the twin: no command
+        was guessed. The score's bands carry the model error learned before this window; then the
+        model error is learned again from the recorded windows (`Twin.refit_model_error`). Windows are
+        padded to the full length (masked), so one executable serves."""
+        commands, observed, keys, starts, settings, draws = [], [], [], [], [], []
         for rt in robots:
-            cut, n = cuts[rt.robot_id], rt.twin.model.window_samples - 1
-            pad = n - (len(cut.t) - 1)
-            commands.append(np.concatenate([cut.ctrl[:-1], np.repeat(cut.ctrl[-2:-1], pad, axis=0)]))
-            seen = np.concatenate([cut.q[1:], cut.qd[1:]], axis=-1)
-            observed.append(np.concatenate([seen, np.full((pad, seen.shape[1]), np.nan)]))
+            cut, z = windows[rt.robot_id]
+            u, seen = padded(cut, rt.twin.model.window_samples - 1)
+            commands.append(u)
+            observed.append(seen)
+            draws.append(z)
             keys.append(jax.random.fold_in(jax.random.PRNGKey(self.settings.seed + 1), cut.end_seq))
             starts.append((cut.q[0], cut.qd[0]))
             settings.append(cut.settings or None)
         bands = predict_many([rt.twin for rt in robots], starts, commands, keys, QUANTILES, settings,
-                             draws_per_particle=VALIDATION_DRAWS, max_batch=self.max_batch, executor=self._pool)
-        for rt, b, seen in zip(robots, bands, observed):
-            rt.model_calibration.update(np.concatenate([b.samples_q, b.samples_qd], axis=-1), seen)
+                             draws_per_particle=VALIDATION_DRAWS, max_batch=self.max_batch, executor=self._pool,
+                             model_error=False, draws=draws)
+        for rt, b, seen, key, s in zip(robots, bands, observed, keys, settings):
+            scored = rt.twin.with_model_error(b, key, rt.twin.model.settings_vector(s))
+            rt.model_calibration.update(np.concatenate([scored.samples_q, scored.samples_qd], axis=-1), seen)
+            rt.twin.refit_model_error()
 
     def _score(self, rt: RobotTwin, cut: Cut) -> None:
         """Score the pending prediction against the window that follows it, if it covers the horizon."""
