@@ -38,12 +38,25 @@ SILENT_AFTER_S = 600.0  # the robot stops once its stream is sent; health should
 @dataclass
 class DemoResult:
     """truth: the hidden parameters; summary: the service's final posterior summary
-    ({name: {mean, sd, q05, q95, ...}}); windows: windows applied; report: the HTML file."""
+    ({name: {mean, sd, q05, q95, ...}}); windows: windows applied; report: the HTML file;
+    model_calibration: health's score of the windows predicted before they were seen."""
 
     truth: dict[str, float]
     summary: dict[str, dict[str, float]]
     windows: int
     report: Path
+    model_calibration: dict
+
+
+def settled_health(client: TwinClient, robot_id: str, windows: int, timeout_s: float = 60.0) -> dict:
+    """The robot's health once its idle work on the last window is done (every window scored and the
+    model error refitted on all of them), or at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        robot = client.health()["robots"][robot_id]
+        if robot["model_error"]["fitted_windows"] >= windows or time.monotonic() > deadline:
+            return robot
+        time.sleep(0.2)
 
 
 def stream_plan(model: TwinModel, seconds: float) -> tuple[int, int, int]:
@@ -136,10 +149,14 @@ def run_demo(config: str = "arm2", seconds: float = 5.0, seed: int = 0, out: str
             if service.worker.error:
                 raise RuntimeError(f"service: {service.worker.error}")
             print(f"     robot done: {robot_out.strip()}", flush=True)
+            mc = settled_health(client, robot_id, applied.windows)["model_calibration"]
+            if mc["n_batches"]:
+                print(f"     model calibration (each window predicted before it was seen, {mc['n_batches']} windows): "
+                      f"90% bands cover {mc['coverage_90']:.2f}, 50% bands {mc['coverage_50']:.2f}", flush=True)
             print("4/4  posterior snapshot and a held-out prediction by query; HTML report ...", flush=True)
             snap = client.snapshot(robot_id)
             report = _report(model, client, snap, robot_id, truth, seed, Path(out))
-            return DemoResult(truth, dict(snap.extra["summary"]), applied.windows, report)
+            return DemoResult(truth, dict(snap.extra["summary"]), applied.windows, report, mc)
         except KeyboardInterrupt:
             print("\ninterrupted: stopping the robot, then the service (after the window in progress)",
                   file=sys.stderr, flush=True)

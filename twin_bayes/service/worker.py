@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 PREDICTION_DRAWS = 2   # predictive draws per posterior particle of a published prediction
 VALIDATION_DRAWS = 1   # predictive draws per posterior particle when a window is re-predicted
+VALIDATION_QUEUE = 32  # applied windows per robot kept for re-prediction while the worker is busy (the newest)
 FETCH = 1024  # chunks read from the store per pass
 RETENTION_EVERY_S = 10.0
 Publish = Callable[[str, str, Callable[[int], list[bytes]]], None]
@@ -61,9 +62,10 @@ class WorkerSettings:
     alert_probability: P(outside the healthy band) that raises a maintenance alert;
     retain_chunks / retain_versions: store retention (None keeps everything);
     validate: re-predict applied windows from their start under their real commands and score them
-    (health's model_calibration), as idle work: when no robot has a window ready, one robot's newest
-    applied window, the robot validated longest ago first (every window while the worker keeps up
-    with time to spare, else a sample of them; the update's throughput is kept);
+    (health's model_calibration), then refit the model error, as idle work: when no robot has a window
+    ready, one robot's oldest waiting window, the robot validated longest ago first (every window
+    once the worker catches up, the newest VALIDATION_QUEUE per robot under sustained load; the
+    update's throughput is kept); false: neither, and predictions carry no learned model error;
     prediction_draws: predictive draws per posterior particle of each published prediction (the
     rollouts and so the cost grow with it; 2 × 32 particles: 64 draws per band);
     max_batch, threads: robots per batched call and threads running the batches (None: `parallelism()`)."""
@@ -221,8 +223,9 @@ class Worker:
         self.checkpoint_status: dict[str, Any] = {}
         self.error = ""
         self.update_latency: deque[float] = deque(maxlen=256)
-        # robot -> its newest applied window not yet re-predicted, with the draws of the posterior before it
-        self._unvalidated: dict[str, tuple[Cut, np.ndarray]] = {}
+        # robot -> its applied windows not yet re-predicted (oldest first, the newest VALIDATION_QUEUE),
+        # each with the draws of the posterior before it
+        self._unvalidated: dict[str, deque[tuple[Cut, np.ndarray]]] = {}
         self._retained_at = -RETENTION_EVERY_S
         self._rounds = 0
         self._stopping = threading.Event()
@@ -408,7 +411,9 @@ class Worker:
                                                                                           c.ctrl))
         self._predict(todo, cuts)
         if self.settings.validate:
-            self._unvalidated.update((rt.robot_id, (cuts[rt.robot_id], before[rt.robot_id])) for rt in todo)
+            for rt in todo:
+                self._unvalidated.setdefault(rt.robot_id, deque(maxlen=VALIDATION_QUEUE)).append(
+                    (cuts[rt.robot_id], before[rt.robot_id]))
 
     def _publish_posterior(self, rt: RobotTwin) -> None:
         post, rid, applied = rt.twin.posterior, rt.robot_id, rt.applied_seq
@@ -446,20 +451,24 @@ class Worker:
                          protocol.prediction(rid, seq, version, arrays, quantiles=list(QUANTILES), prediction_id=pid))
 
     def _validate_idle(self) -> None:
-        """Re-predict the waiting window of the robot validated longest ago (one robot: a window that
-        becomes ready meanwhile waits for one robot's re-prediction, not a batch's)."""
+        """Re-predict the oldest waiting window of the robot validated longest ago (one window: a window
+        that becomes ready meanwhile waits for one re-prediction, not a batch's); once its last waiting
+        window is scored, refit that robot's model error (`Twin.refit_model_error`)."""
         self._rounds += 1
         rt = min((self.robots[rid] for rid in self._unvalidated), key=lambda rt: rt.validated_round)
         rt.validated_round = self._rounds
-        self._validate([rt], {rt.robot_id: self._unvalidated.pop(rt.robot_id)})
+        waiting = self._unvalidated[rt.robot_id]
+        self._validate([rt], {rt.robot_id: waiting.popleft()})
+        if not waiting:
+            del self._unvalidated[rt.robot_id]
+            rt.twin.refit_model_error()
 
     def _validate(self, robots: list[RobotTwin], windows: dict[str, tuple[Cut, np.ndarray]]) -> None:
         """Model calibration: each window just applied, predicted again open loop from its first measured
         state under the commands really applied, by the posterior before it (its draws, kept with the
         window: the window is held out), and scored against what was measured
         (`RobotTwin.model_calibration`). Unlike the forecast score, this measures the twin: no command
-        was guessed. The score's bands carry the model error learned before this window; then the
-        model error is learned again from the recorded windows (`Twin.refit_model_error`). Windows are
+        was guessed. The score's bands carry the model error learned before this window. Windows are
         padded to the full length (masked), so one executable serves."""
         commands, observed, keys, starts, settings, draws = [], [], [], [], [], []
         for rt in robots:
@@ -477,7 +486,6 @@ class Worker:
         for rt, b, seen, key, s in zip(robots, bands, observed, keys, settings):
             scored = rt.twin.with_model_error(b, key, rt.twin.model.settings_vector(s))
             rt.model_calibration.update(np.concatenate([scored.samples_q, scored.samples_qd], axis=-1), seen)
-            rt.twin.refit_model_error()
 
     def _score(self, rt: RobotTwin, cut: Cut) -> None:
         """Score the pending prediction against the window that follows it, if it covers the horizon."""
