@@ -34,9 +34,11 @@ from twin_bayes.compiled import phase
 from twin_bayes.inference.predictive import Bands, sample_predictive
 from twin_bayes.models import TwinModel
 
-# Windows the online model error is learned from (the most recent), and the fewest it is fitted on.
+# Windows the online model error is learned from (the most recent), the fewest it is fitted on, and
+# the posterior draws each is predicted with at a refit (the refit's cost: WINDOWS × REFIT_DRAWS rollouts).
 WINDOWS = 32
 MIN_WINDOWS = 4
+REFIT_DRAWS = 8
 
 
 class ModelError(NamedTuple):
@@ -190,11 +192,22 @@ def record(s: ModelErrorState, q0, qd0, commands, observed, mask, settings) -> M
                       settings=put(s.settings, settings), count=s.count + 1)
 
 
+def _smoothed(v, half: int = 5):
+    """v (W, T, nq) averaged over ±half steps in time (fewer at the ends): the predictive variance of a
+    few draws, steadied; it changes over many steps."""
+    kernel = jnp.ones(2 * half + 1)
+    conv = jax.vmap(jax.vmap(lambda x: jnp.convolve(x, kernel, mode="same"), in_axes=1, out_axes=1))
+    return conv(v) / conv(jnp.ones_like(v))
+
+
 def _refit(model: TwinModel, s: ModelErrorState, z) -> ModelErrorState:
-    """Once MIN_WINDOWS are recorded: every recorded window predicted again open loop by the equally
-    weighted particles z (M, D) (the posterior now; one draw each, sensor noise included), and the
+    """Once MIN_WINDOWS are recorded: every recorded window predicted again open loop by REFIT_DRAWS
+    of the equally weighted particles z (M, D) (the posterior now, every M / REFIT_DRAWS-th; sensor
+    noise included), and the
     model error refitted on their residuals from the predictive mean above the predictive's own
     variance (BFGS from the last fit where known; τ under `_fit`'s prior, since windows are short)."""
+
+    z = z[::max(1, z.shape[0] // REFIT_DRAWS)][:REFIT_DRAWS]
 
     def fit(s):
         keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), s.count), WINDOWS)
@@ -202,7 +215,7 @@ def _refit(model: TwinModel, s: ModelErrorState, z) -> ModelErrorState:
         q = jax.vmap(predict)(keys, s.q0, s.qd0, s.commands, s.settings)               # (W, M, T, nq)
         m = s.mask[..., None] > 0
         residuals = jnp.where(m, s.observed - q.mean(1), 0.0)
-        variance = jnp.where(m, q.var(1), 0.0)
+        variance = jnp.where(m, _smoothed(q.var(1, ddof=1)), 0.0)
         start = jnp.where(s.known, jnp.concatenate([s.log_sd, s.log_time_const[None], s.gain]),
                           _moment_start(residuals, s.mask, s.settings.shape[1]))
         weight = 1.0 / (jnp.minimum(s.count, WINDOWS) * residuals.shape[2])
