@@ -309,7 +309,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     d = sub.add_parser("demo", help="emulated robot -> twin service -> live view -> posterior against the hidden truth")
     d.add_argument("--config", default="arm2", help="twin config (shipped name or file)")
-    d.add_argument("--seconds", type=float, default=5.0, help="robot time to stream (rounded to whole windows)")
+    d.add_argument("--seconds", type=float, default=10.0, help="robot time to stream (rounded to whole windows)")
     d.add_argument("--seed", type=int, default=0, help="seed of the hidden truth, excitation and noise")
     d.add_argument("--out", default="out/demo", help="directory of the HTML report")
     c = sub.add_parser("check-sim", help="Brax twin against native MuJoCo, physics directions, gradients")

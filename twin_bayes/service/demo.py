@@ -103,7 +103,7 @@ def _report(model: TwinModel, client: TwinClient, snap, robot_id: str, truth: di
                                                   "observed": held.q[1:], "bands": bands}])
 
 
-def run_demo(config: str = "arm2", seconds: float = 5.0, seed: int = 0, out: str | Path = "out/demo",
+def run_demo(config: str = "arm2", seconds: float = 10.0, seed: int = 0, out: str | Path = "out/demo",
              robot_id: str = "demo-robot") -> DemoResult:
     """Run the loop (see the module docstring); raises RuntimeError if the robot fails."""
     model = TwinModel(load_config(config))
