@@ -118,7 +118,7 @@ def as_model_error(s: ModelErrorState) -> ModelError | None:
                       np.asarray(s.gain))
 
 
-def with_model_error(s: ModelErrorState, me: ModelError | None) -> ModelErrorState:
+def with_fit(s: ModelErrorState, me: ModelError | None) -> ModelErrorState:
     """The state with its fit replaced by me (None: forgotten); the recorded windows stay."""
     if me is None:
         return s._replace(known=jnp.asarray(False))
@@ -203,10 +203,9 @@ def _smoothed(v, half: int = 5):
 def _refit(model: TwinModel, s: ModelErrorState, z) -> ModelErrorState:
     """Once MIN_WINDOWS are recorded: every recorded window predicted again open loop by REFIT_DRAWS
     of the equally weighted particles z (M, D) (the posterior now, every M / REFIT_DRAWS-th; sensor
-    noise included), and the
-    model error refitted on their residuals from the predictive mean above the predictive's own
-    variance (BFGS from the last fit where known; τ under `_fit`'s prior, since windows are short)."""
-
+    noise included), and the model error refitted on their residuals from the predictive mean
+    above the predictive's own variance (BFGS from the last fit where known; τ under `_fit`'s
+    prior, since windows are short)."""
     z = z[::max(1, z.shape[0] // REFIT_DRAWS)][:REFIT_DRAWS]
 
     def fit(s):

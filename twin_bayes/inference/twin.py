@@ -100,7 +100,7 @@ class Twin:
 
     @model_error.setter
     def model_error(self, me: ModelError | None) -> None:
-        self._state = self._state._replace(model_error=discrepancy.with_model_error(self._state.model_error, me))
+        self._state = self._state._replace(model_error=discrepancy.with_fit(self._state.model_error, me))
 
     def record_window(self, window: Window | dict, settings=None) -> None:
         """Keep a window seen for the model error (a `Window`, or a dict as `update` takes): its first

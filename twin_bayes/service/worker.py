@@ -36,7 +36,7 @@ from twin_bayes.diagnostics.calibration import OnlineCalibration
 from twin_bayes.inference import Twin, engine
 from twin_bayes.inference.posterior import Particles
 from twin_bayes.inference.twin import predict_many, update_many
-from twin_bayes.models import WindowError
+from twin_bayes.models import Window, WindowError
 from twin_bayes.service import checkpoint, protocol
 from twin_bayes.service.ingest import SETTING
 from twin_bayes.service.metrics import ServiceMetrics
@@ -190,17 +190,10 @@ class RobotTwin:
         """The learned model error of the predictions (null fields until known) and its windows:
         recorded, and recorded at its last refit."""
         state, me = self.twin.state.model_error, self.twin.model_error
-        return {**(me.as_dict() if me is not None else {"sd_rad": None, "time_const_s": None}),
+        none = {"sd_rad": None, "time_const_s": None, "reference_settings": None, "settings_exponents": None}
+        return {**(me.as_dict() if me is not None else none),
                 "windows": int(state.count), "fitted_windows": int(state.fitted_count)}
 
-
-def padded(cut: Cut, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """A window as n steps from its first sample: the commands applied (n, nu), the last one repeated
-    past its end, and the states measured after them (n, nq + nv), NaN past its end."""
-    pad = n - (len(cut.t) - 1)
-    seen = np.concatenate([cut.q[1:], cut.qd[1:]], axis=-1)
-    return (np.concatenate([cut.ctrl[:-1], np.repeat(cut.ctrl[-2:-1], pad, axis=0)]),
-            np.concatenate([seen, np.full((pad, seen.shape[1]), np.nan)]))
 
 
 def particles_blob(p: Particles) -> bytes:
@@ -223,9 +216,9 @@ class Worker:
         self.checkpoint_status: dict[str, Any] = {}
         self.error = ""
         self.update_latency: deque[float] = deque(maxlen=256)
-        # robot -> its applied windows not yet re-predicted (oldest first, the newest VALIDATION_QUEUE),
-        # each with the draws of the posterior before it
-        self._unvalidated: dict[str, deque[tuple[Cut, np.ndarray]]] = {}
+        # robot -> its applied windows not yet re-predicted (oldest first, the newest VALIDATION_QUEUE):
+        # (cut, its padded Window, the draws of the posterior before it)
+        self._unvalidated: dict[str, deque[tuple[Cut, Window, np.ndarray]]] = {}
         self._retained_at = -RETENTION_EVERY_S
         self._rounds = 0
         self._stopping = threading.Event()
@@ -377,8 +370,8 @@ class Worker:
                 todo.append(rt)
             except WindowError as e:
                 rt.last_update = {"accepted": False, "reason": str(e)}
-        before = {rt.robot_id: rt.twin.draws() for rt in todo}     # the posterior each window is validated by
-        for rt, window in zip(todo, windows):                       # kept for the model error (and checkpointed)
+        before = {rt.robot_id: rt.twin.draws() for rt in todo} if self.settings.validate else {}
+        for rt, window in zip(todo, windows):     # kept for the model error (and checkpointed)
             rt.twin.record_window(window)
         reports = dict(zip((rt.robot_id for rt in todo), update_many([rt.twin for rt in todo], windows,
                                                                                     self.max_batch, self._pool)))
@@ -411,9 +404,9 @@ class Worker:
                                                                                           c.ctrl))
         self._predict(todo, cuts)
         if self.settings.validate:
-            for rt in todo:
+            for rt, window in zip(todo, windows):    # each with the posterior before it
                 self._unvalidated.setdefault(rt.robot_id, deque(maxlen=VALIDATION_QUEUE)).append(
-                    (cuts[rt.robot_id], before[rt.robot_id]))
+                    (cuts[rt.robot_id], window, before[rt.robot_id]))
 
     def _publish_posterior(self, rt: RobotTwin) -> None:
         post, rid, applied = rt.twin.posterior, rt.robot_id, rt.applied_seq
@@ -463,22 +456,23 @@ class Worker:
             del self._unvalidated[rt.robot_id]
             rt.twin.refit_model_error()
 
-    def _validate(self, robots: list[RobotTwin], windows: dict[str, tuple[Cut, np.ndarray]]) -> None:
+    def _validate(self, robots: list[RobotTwin], windows: dict[str, tuple[Cut, Window, np.ndarray]]) -> None:
         """Model calibration: each window just applied, predicted again open loop from its first measured
         state under the commands really applied, by the posterior before it (its draws, kept with the
         window: the window is held out), and scored against what was measured
         (`RobotTwin.model_calibration`). Unlike the forecast score, this measures the twin: no command
         was guessed. The score's bands carry the model error learned before this window. Windows are
-        padded to the full length (masked), so one executable serves."""
+        the update's, padded to the full length (padding not scored), so one executable serves."""
         commands, observed, keys, starts, settings, draws = [], [], [], [], [], []
         for rt in robots:
-            cut, z = windows[rt.robot_id]
-            u, seen = padded(cut, rt.twin.model.window_samples - 1)
-            commands.append(u)
+            cut, w, z = windows[rt.robot_id]
+            seen = np.concatenate([np.asarray(w.q[1:]), np.asarray(w.qd[1:])], axis=-1)
+            seen[np.asarray(w.mask[1:]) == 0] = np.nan
+            commands.append(np.asarray(w.ctrl[:-1]))
             observed.append(seen)
             draws.append(z)
             keys.append(jax.random.fold_in(jax.random.PRNGKey(self.settings.seed + 1), cut.end_seq))
-            starts.append((cut.q[0], cut.qd[0]))
+            starts.append((np.asarray(w.q[0]), np.asarray(w.qd[0])))
             settings.append(cut.settings or None)
         bands = predict_many([rt.twin for rt in robots], starts, commands, keys, QUANTILES, settings,
                              draws_per_particle=VALIDATION_DRAWS, max_batch=self.max_batch, executor=self._pool,
