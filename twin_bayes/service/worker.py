@@ -388,8 +388,7 @@ class Worker:
                 self.metrics.observe_update(rt.robot_id, report.latency_s, report.accepted)
                 rt.last_update = {k: report.as_dict()[k] for k in ("accepted", "reason", "version", "stages",
                                                                     "ess", "drift", "latency_s")}
-        self._save_checkpoint()
-        for rt in todo:
+        for rt in todo:    # stored before the checkpoint: a restart from it never lacks a version it holds
             post = rt.twin.posterior
             if reports[rt.robot_id].accepted:
                 try:
@@ -397,6 +396,9 @@ class Worker:
                                                      particles_blob(rt.twin.particles))
                 except StoreError as e:
                     self.error = f"{rt.robot_id}: posterior version not stored ({e})"
+        self._save_checkpoint()
+        for rt in todo:
+            if reports[rt.robot_id].accepted:
                 self._alerts(rt)
             self._publish_posterior(rt)
             cut, rid = cuts[rt.robot_id], rt.robot_id     # the measured window, for live views (Foxglove)
