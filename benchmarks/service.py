@@ -6,7 +6,8 @@ fresh SQLite store with synchronous=FULL, checkpoints on); this process plays th
 each, chunks of 167 samples = 1/3 s, every chunk kept until acked, each robot at its own real-time
 rate) and a PUB subscriber. The compiled executables come from the persistent cache, filled first by
 `twin-bayes warmup --config arm2 --robots 1,4,16,64` (its wall time is reported: the cold compile;
-on CPU the service batches 4 robots per call on two threads, so buckets 1 and 4 compile).
+on CPU the service batches 4 robots per call on two threads, so buckets 1 and 4 compile); each
+service then preloads them (`serve --preload`, the default) before its first window.
 
 Per robot count, once settled (the backlog of the first windows, which start from the prior and
 temper, worked off: at most one window per robot for 5 s; at most --settle seconds; the time it

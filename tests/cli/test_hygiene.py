@@ -128,7 +128,7 @@ def test_a_config_path_that_does_not_exist_exits_2(tmp_path, capsys):
 def test_serve_says_where_its_store_and_checkpoints_are(tmp_path):
     store, checkpoints = tmp_path / "new" / "store.db", tmp_path / "ckpt"
     run = subprocess.run([sys.executable, "-m", "twin_bayes.cli", "serve", "--config", "arm2", "--store",
-                          str(store), "--checkpoints", str(checkpoints), "--seconds", "0.2",
+                          str(store), "--checkpoints", str(checkpoints), "--seconds", "0.2", "--no-preload",
                           *(x for sock in ("ingest", "pub", "query") for x in (f"--{sock}", "tcp://127.0.0.1:*")),
                           "--metrics-port", "0"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -371,7 +371,8 @@ class Served:
     def __init__(self, tmp: Path, config: Path, name: str):
         cmd = [sys.executable, "-m", "twin_bayes.cli", "serve", "--config", f"{RID}={config}",
                "--store", str(tmp / f"{name}.db"), "--checkpoints", str(tmp / f"{name}-ckpt"),
-               "--ingest", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*", "--query", "tcp://127.0.0.1:*"]
+               "--ingest", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*", "--query", "tcp://127.0.0.1:*",
+               "--no-preload"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in self.proc.stdout:
             if line.startswith("{"):
@@ -545,3 +546,31 @@ def test_the_service_learns_the_model_error_of_a_misspecified_robot_and_checkpoi
     with serving(cfg, model, tmp_path, name="misspecified") as (svc, _):
         with TwinClient(svc.endpoints["query"], timeout_s=60) as client:
             assert client.snapshot(RID).extra["model_error"] == in_checkpoint.as_dict()
+
+
+def test_after_preload_the_stream_loads_no_executable(cfg, model, chunks, tmp_path):
+    """`preload` (the `serve` default) makes the service's calls before the first window, so the
+    updates, predictions, model calibration and model-error refit of the stream compile and load
+    nothing: every load from the cache would stall every robot's update (0.2–2.5 s on arm2)."""
+    from jax import monitoring
+    loads = []
+    svc_ref = []
+
+    def listen(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration" and svc_ref:
+            loads.append((svc_ref[0].worker.preload_status.get("running", True), duration, kw))
+
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        with serving(cfg, model, tmp_path, name="preload",
+                     worker=WorkerSettings(checkpoints=tmp_path / "preload-ckpt", preload=True)) as (svc, _):
+            svc_ref.append(svc)
+            with TwinClient(svc.endpoints["query"], timeout_s=60) as client:
+                acked(svc.endpoints["ingest"], chunks)
+                health = wait_for(client, lambda h: h["robots"][RID]["model_calibration"]["n_batches"] >= WINDOWS, 600)
+    finally:      # the service has stopped: the refit that follows the last window's validation is done
+        monitoring.unregister_event_duration_listener(listen)
+    preload = health["preload"]
+    assert not preload["running"] and "error" not in preload and preload["designs"][0]["robot_counts"] == [1]
+    after = [(d, kw) for running, d, kw in loads if not running]
+    assert not [(d, kw) for d, kw in after if d > 0.05], after      # only trivial host-side ops (stacking) may compile

@@ -142,7 +142,8 @@ class Twin:
 
     def mark_applied(self, seq: int) -> None:
         """Record the last telemetry chunk applied (`TwinState.applied_seq`, kept by the service)."""
-        self._state = self._state._replace(applied_seq=jnp.asarray(seq))   # the posterior is unchanged
+        # strongly typed, as the update's output: a weakly typed leaf would compile every phase again
+        self._state = self._state._replace(applied_seq=jnp.asarray(seq, self._state.applied_seq.dtype))
 
     def _next_key(self):
         key, sub = jax.random.split(self._state.key)

@@ -5,6 +5,7 @@ with --metrics-port, metrics) and the absolute paths of its store and checkpoint
 """
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import sys
@@ -45,6 +46,9 @@ def register(sub) -> dict:
                                                                   "(default: all)")
     p.add_argument("--retain-versions", type=int, default=None, help="keep this many posterior versions "
                                                                     "(default: all)")
+    p.add_argument("--preload", action=argparse.BooleanOptionalAction, default=True,
+                   help="before the first window, load every executable the stream needs (`twin-bayes warmup`'s "
+                        "calls, in the service), so none loads mid-stream and stalls the updates (default: on)")
     p.add_argument("--max-store-bytes", type=int, default=None,
                    help="cap on the store's size: writes past it fail like a full disk (default: none)")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: run until "
@@ -102,7 +106,8 @@ def cmd_serve(args) -> int:
         return _bad(f"--store {args.store}: {e}")
     worker = WorkerSettings(checkpoints=checkpoints,
                             horizon_s=args.horizon, alert_probability=args.alert_probability,
-                            retain_chunks=args.retain_chunks, retain_versions=args.retain_versions)
+                            retain_chunks=args.retain_chunks, retain_versions=args.retain_versions,
+                            preload=args.preload)
     settings = ServiceSettings(configs, store, args.ingest, args.pub, args.query,
                                Path(args.curve_keys) if args.curve_keys else None, args.silent_after,
                                args.health_every, max_store_bytes=args.max_store_bytes, worker=worker,

@@ -31,7 +31,7 @@ def cmd_warmup(args) -> int:
     return 0
 
 
-def warmup(cfg, robot_counts, horizon_s: float) -> dict:
+def warmup(cfg, robot_counts, horizon_s: float, model=None) -> dict:
     """For each robot count, batched as the service batches on this machine (`worker.parallelism`):
     one update, the tempered phase (compiled by the service only when some robot's importance
     weights degenerate, typically on a first window), and the service's two predictions (the
@@ -46,7 +46,7 @@ def warmup(cfg, robot_counts, horizon_s: float) -> dict:
     from twin_bayes.service.worker import PREDICTION_DRAWS, QUANTILES, VALIDATION_DRAWS, parallelism
     from twin_bayes.sim.emulator import emulate
     t0 = time.perf_counter()
-    first = Twin(cfg)
+    first = Twin(cfg, model)
     m = first.model
     traj = emulate(m.robot, {}, (m.window_samples - 1) * m.robot.dt, seed=0, settings=dict(cfg.settings))
     settings = dict(cfg.settings) or None

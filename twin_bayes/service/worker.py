@@ -68,7 +68,12 @@ class WorkerSettings:
     update's throughput is kept); false: neither, and predictions carry no learned model error;
     prediction_draws: predictive draws per posterior particle of each published prediction (the
     rollouts and so the cost grow with it; 2 × 32 particles: 64 draws per band);
-    max_batch, threads: robots per batched call and threads running the batches (None: `parallelism()`)."""
+    max_batch, threads: robots per batched call and threads running the batches (None: `parallelism()`);
+    preload: before its first window, the worker makes in this process the calls `twin-bayes warmup` makes
+    (`service.warmup.warmup`, for 1 robot and for this service's robots of each design), so that no
+    executable is first loaded from the compilation cache in the middle of a stream (each such load
+    stalls every robot's update 0.2–2.5 s); meanwhile chunks are acked and stored as always. Its
+    timings are in health (`preload`)."""
 
     checkpoints: Path | None = None
     keep_checkpoints: int = checkpoint.KEEP
@@ -82,6 +87,7 @@ class WorkerSettings:
     prediction_draws: int = PREDICTION_DRAWS
     max_batch: int | None = None
     threads: int | None = None
+    preload: bool = False
 
 
 def parallelism() -> tuple[int, int]:
@@ -214,6 +220,7 @@ class Worker:
         self.robots = {rid: RobotTwin(rid, twin) for rid, twin in twins.items()}
         self.inbox: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self.checkpoint_status: dict[str, Any] = {}
+        self.preload_status: dict[str, Any] = {}
         self.error = ""
         self.update_latency: deque[float] = deque(maxlen=256)
         # robot -> its applied windows not yet re-predicted (oldest first, the newest VALIDATION_QUEUE):
@@ -252,6 +259,8 @@ class Worker:
         per design, so none starves and a fleet costs one call per turn."""
         ready: set[str | None] = set()
         retaining = bool(self.settings.retain_chunks or self.settings.retain_versions)
+        if self.settings.preload:
+            self._preload()
         while True:
             try:  # with retention, wake up idle too: retention postponed by its interval is then due
                 idle = not ready and not self._unvalidated
@@ -280,6 +289,23 @@ class Worker:
                 ready.clear()
             if retaining:
                 self._retention()
+
+    def _preload(self) -> None:
+        """`service.warmup.warmup` per design, for 1 robot and the design's robot count (`preload`)."""
+        from twin_bayes.service.warmup import warmup
+        designs: dict[int, list[RobotTwin]] = {}
+        for rt in self.robots.values():
+            designs.setdefault(id(rt.twin.model), []).append(rt)
+        start, status = time.perf_counter(), {"designs": []}
+        self.preload_status = {"running": True}
+        try:
+            for robots in designs.values():
+                twin = robots[0].twin
+                status["designs"].append(warmup(twin.cfg, sorted({1, len(robots)}), self.settings.horizon_s, twin.model))
+        except Exception as e:  # serving goes on; executables then load on first use
+            log.exception("preload failed")
+            status["error"] = f"{type(e).__name__}: {e}"
+        self.preload_status = {**status, "running": False, "wall_s": time.perf_counter() - start}
 
     # --- checkpoints --------------------------------------------------------------------
     def resume(self) -> None:
