@@ -176,11 +176,11 @@ def init_autocorrelation(model: TwinModel) -> Autocorrelation:
     return Autocorrelation(jnp.zeros(model.segment_steps), jnp.zeros(model.segment_steps))
 
 
-def window_autocorrelation(model: TwinModel, z, window: Window) -> Autocorrelation:
-    """The lagged products and pair counts (L,) of one window's standardised residuals at z (D,),
-    pooled over segments and observed channels (lags within a segment: each restarts from its
-    measured state). One more simulation of the window, at z."""
-    return Autocorrelation(*lagged_products(*model.standardised_residuals(z, window)))
+def window_autocorrelation(model: TwinModel, z, q, qd, window: Window) -> Autocorrelation:
+    """The lagged products and pair counts (L,) of one window's standardised residuals at z (D,), given
+    its segment predictions there (q (S, L, nq), qd (S, L, nv)), pooled over segments and observed
+    channels (lags within a segment: each restarts from its measured state)."""
+    return Autocorrelation(*lagged_products(*model.standardised_residuals(z, q, qd, window)))
 
 
 def merge_autocorrelation(a: Autocorrelation, window: Autocorrelation) -> Autocorrelation:
@@ -217,20 +217,25 @@ class _Proposal(NamedTuple):
     gauss: GaussianPrior
     windows: Window
     lap: Laplace
+    autocorrelation: Autocorrelation
     info: UpdateInfo
 
 
 def _laplace(model: TwinModel, g: GaussianPrior, window: Window, z_start, key) -> _Proposal:
     """Mode, curvature and importance draws of one window's posterior under prior g (the window's
     likelihood to its power `window.weight`), Newton from z_start; start-state sensitivities are
-    linearised at the mode (`laplace.find_mode`)."""
-    lap, windows = find_mode(model, z_start, jax.tree.map(lambda x: x[None], window), g)
+    linearised at the mode (`laplace.find_mode`), and so are the predictions whose residuals give
+    the window's autocorrelation."""
+    lap, windows, lin = find_mode(model, z_start, jax.tree.map(lambda x: x[None], window), g)
+    q, qd = lin.at(lap.mean)
+    at_mode = jax.tree.map(lambda x: x[0], windows)
+    acorr = window_autocorrelation(model, lap.mean, q[0], qd[0], at_mode)
     new, ess, log_evidence = importance_update(model, key, lap, windows, g, model.particles)
     n_obs = jnp.sum(window.mask) * model.observed_width
     f, i = jnp.asarray(0.0), jnp.asarray(0)
     info = UpdateInfo(jnp.asarray(False), i, i, jnp.asarray(1), jnp.asarray(1.0), jnp.asarray(jnp.nan), f, ess,
                       -log_evidence / n_obs, lap.iterations, jnp.asarray(False), 1.0 / window.weight)
-    return _Proposal(new, GaussianPrior(lap.mean, lap.chol, jnp.asarray(False)), windows, lap, info)
+    return _Proposal(new, GaussianPrior(lap.mean, lap.chol, jnp.asarray(False)), windows, lap, acorr, info)
 
 
 def _score_surprise(model: TwinModel, s: Surprise, value) -> tuple[Surprise, jnp.ndarray]:
@@ -261,8 +266,7 @@ def _laplace_passes(model: TwinModel, g: GaussianPrior, surprise: Surprise, acor
         g_k = _where(first | ~drift, g, fresh)
         new = _laplace(model, g_k, window._replace(weight=1.0 / kappa), jnp.where(first, z_start, prop.lap.mean),
                        keys[k])
-        at_mode = jax.tree.map(lambda x: x[0], new.windows)          # start-state sensitivities at the mode
-        merged = merge_autocorrelation(acorr, window_autocorrelation(model, new.lap.mean, at_mode))
+        merged = merge_autocorrelation(acorr, new.autocorrelation)
         kappa_new = autocorrelation_time(model, merged)
         scored, high = _score_surprise(model, s, new.info.surprise)
         drift = jnp.where(first, high & (scored.run >= model.numbers.drift_windows), drift)
@@ -288,7 +292,7 @@ def _blank(model: TwinModel, window: Window, z) -> _Proposal:
     info = UpdateInfo(*(zeros(dtype=t) for t in (b, i, i, i, f, f, f, f, f, i, b, f)))
     return _Proposal(Particles(zeros(n, d), zeros(n)), GaussianPrior(zeros(d), zeros(d, d), zeros(dtype=b)),
                      jax.tree.map(lambda x: jnp.zeros((1,) + x.shape, x.dtype), window),
-                     Laplace(zeros(d), zeros(d, d), zeros(dtype=i)), info)
+                     Laplace(zeros(d), zeros(d, d), zeros(dtype=i), zeros(dtype=i)), init_autocorrelation(model), info)
 
 
 def _like(tree, template):
@@ -364,17 +368,27 @@ class Proposal(NamedTuple):
     keys: jnp.ndarray
 
 
+def _per_robot(f):
+    """f(model, *args) of one robot, mapped over the robot axis (R, ...) of args. A batch of one robot
+    is called without `vmap`: tracing an update then spares a batching pass over the simulator, a
+    third of a fresh process's tracing."""
+    def call(model, *args):
+        if jax.tree.leaves(args)[0].shape[0] == 1:
+            return jax.tree.map(lambda x: x[None], f(model, *jax.tree.map(lambda x: x[0], args)))
+        return jax.vmap(f, in_axes=(None,) + (0,) * len(args))(model, *args)
+    return call
+
+
 def propose(model: TwinModel, states: TwinState, windows: Window) -> Proposal:
     """The Laplace phase for every robot (states and windows with a robot axis (R, ...))."""
-    per = lambda f, *axes: jax.vmap(f, in_axes=(None,) + axes)  # noqa: E731
     keys = jax.vmap(lambda k: jax.random.split(k, 5))(states.key)          # (R, 5, 2)
-    g = per(window_prior, 0)(model, states)
+    g = _per_robot(window_prior)(model, states)
     z_ref = jax.vmap(lambda p: jnp.exp(p.log_weights) @ p.z)(states.particles)
     # From the config's wide prior, Newton starts at the best particle (start-state noise left out).
-    z_start = _where_any(g.exact, lambda: per(best_start, 0, 0, 0)(model, states.particles.z,
-                                                                   jax.tree.map(lambda x: x[:, None], windows), g),
+    z_start = _where_any(g.exact, lambda: _per_robot(best_start)(model, states.particles.z,
+                                                                jax.tree.map(lambda x: x[:, None], windows), g),
                          z_ref)
-    prop, g, surprise, acorr = per(_laplace_passes, 0, 0, 0, 0, 0, 0)(
+    prop, g, surprise, acorr = _per_robot(_laplace_passes)(
         model, g, states.surprise, states.autocorrelation, windows, z_start, keys[:, 1:3])
     temper = ~(model.numbers.laplace & (prop.info.ess >= model.numbers.target_ess * model.particles))
     return Proposal(prop, g, surprise, acorr, temper, keys)
@@ -383,16 +397,15 @@ def propose(model: TwinModel, states: TwinState, windows: Window) -> Proposal:
 def temper(model: TwinModel, states: TwinState, p: Proposal) -> tuple[Proposal, TwinState]:
     """Tempered SMC for the robots whose Laplace weights degenerated (`p.temper`); the others keep
     their Laplace candidate. The step size learned is kept in `states` (returned with the proposal)."""
-    per = lambda f, *axes: jax.vmap(f, in_axes=(None,) + axes)  # noqa: E731
-    prop, step = per(_temper, 0, 0, 0, 0)(model, states, p.prior, p.prop, p.keys[:, 3])
+    prop, step = _per_robot(_temper)(model, states, p.prior, p.prop, p.keys[:, 3])
     prop, step = _select(p.temper, (prop, step), (p.prop, states.step_size))
     return p._replace(prop=prop), states._replace(step_size=step)
 
 
 def finish(model: TwinModel, states: TwinState, windows: Window, p: Proposal) -> tuple[TwinState, UpdateInfo]:
     """Gate every robot's candidate: the next states and the updates' accounts."""
-    return jax.vmap(_finish, in_axes=(None, 0, 0, 0, 0, 0, 0, 0))(model, states, windows, p.prop, p.surprise,
-                                                                   p.autocorrelation, p.keys[:, 0], states.step_size)
+    return _per_robot(_finish)(model, states, windows, p.prop, p.surprise, p.autocorrelation, p.keys[:, 0],
+                               states.step_size)
 
 
 propose_jit, temper_jit, finish_jit = phase(propose), phase(temper), phase(finish)

@@ -7,7 +7,8 @@ The target is log g(z) + Σ_b log p(window_b | z) in unconstrained space (D,),
 with g the window's prior (`smc.GaussianPrior`; the config's own prior when
 `g.exact`). Newton steps use the exact gradient and the Gauss–Newton
 curvature (`value_grad_curvature`: one forward-mode pass through the
-simulator, which every robot supports, also giving the start-state sensitivities at the iterate), damped Levenberg–Marquardt style on
+simulator, which every robot supports, also giving the start-state sensitivities and the predictions
+at the iterate, linearised, so nothing at the mode needs another simulation), damped Levenberg–Marquardt style on
 its eigenvalues so that steps stay uphill far from the mode (the first of the trial
 dampings that climbs is taken). At the mode,
 N(mode, H⁻¹) is the
@@ -38,20 +39,48 @@ TOL = 1e-4
 
 
 class Laplace(NamedTuple):
-    """mean (D,) the mode, chol (D, D) Cholesky of the covariance H⁻¹, Newton iterations taken ()."""
+    """mean (D,) the mode, chol (D, D) Cholesky of the covariance H⁻¹, Newton iterations taken () and
+    trial points evaluated () (each one simulation of the target)."""
 
     mean: jnp.ndarray
     chol: jnp.ndarray
     iterations: jnp.ndarray
+    trials: jnp.ndarray
 
 
 def log_target(model: TwinModel, g: GaussianPrior, windows: Window, z):
     return window_log_prior(model, g, z) + batch_log_lik(model, z, windows)
 
 
+class Linearisation(NamedTuple):
+    """The windows' segment predictions at z (D,), first order: q (B, S, L, nq), qd (B, S, L, nv), their
+    Jacobians in z jq (B, S, L, nq, D), jqd (B, S, L, nv, D), and the start-state sensitivities
+    (B, S, L·C, nq + nv) at z."""
+
+    z: jnp.ndarray
+    q: jnp.ndarray
+    qd: jnp.ndarray
+    jq: jnp.ndarray
+    jqd: jnp.ndarray
+    state_jac: jnp.ndarray
+
+    def at(self, x) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """The predictions (q, qd) at x (D,), linearised at z: exact at z, second-order small near it."""
+        return self.q + self.jq @ (x - self.z), self.qd + self.jqd @ (x - self.z)
+
+    @staticmethod
+    def zeros(model: TwinModel, windows: Window, z) -> "Linearisation":
+        """A linearisation of zeros with the shapes of windows (B, ...) and z (D,) (a loop's initial carry)."""
+        b, s = windows.state_jac.shape[:2]
+        r, L, d = model.robot, model.segment_steps, z.shape[0]
+        zeros = lambda *shape: jnp.zeros(shape, z.dtype)  # noqa: E731
+        return Linearisation(zeros(d), zeros(b, s, L, r.nq), zeros(b, s, L, r.nv), zeros(b, s, L, r.nq, d),
+                             zeros(b, s, L, r.nv, d), jnp.zeros_like(windows.state_jac))
+
+
 def value_grad_curvature(model: TwinModel, g: GaussianPrior, windows: Window, z):
-    """log target at z (D,), its gradient (D,), its Gauss–Newton Hessian (D, D), and the windows
-    (B, ...) with their start-state sensitivities at z.
+    """log target at z (D,), its gradient (D,), its Gauss–Newton Hessian (D, D), and the windows'
+    `Linearisation` at z.
 
     One forward-mode pass (D + nq + nv tangents) through the simulator gives the segment
     predictions, their Jacobian in z and their sensitivity to the start states
@@ -63,15 +92,16 @@ def value_grad_curvature(model: TwinModel, g: GaussianPrior, windows: Window, z)
     the importance weights correct what is left.
     """
     pred, jac, state_jac = jax.vmap(model.linearised_predictions, in_axes=(None, 0))(z, windows)
-    windows = windows._replace(state_jac=jax.lax.stop_gradient(state_jac))
+    lin = jax.lax.stop_gradient(Linearisation(z, *pred, *jac, state_jac))
+    windows = windows._replace(state_jac=lin.state_jac)
 
     def linearised(x):
-        q, qd = jax.tree.map(lambda p, j: p + j @ (x - z), pred, jac)
+        q, qd = lin.at(x)
         ll = jax.vmap(model.segment_log_lik, in_axes=(None, 0, 0, 0))(x, q, qd, windows)
         return window_log_prior(model, g, x) + jnp.sum(ll)
 
     value, grad = jax.value_and_grad(linearised)(z)
-    return value, grad, jax.hessian(linearised)(z), windows
+    return value, grad, jax.hessian(linearised)(z), lin
 
 
 def newton_step(curvature_at, target, z, damping, tol: float = TOL):
@@ -79,8 +109,9 @@ def newton_step(curvature_at, target, z, damping, tol: float = TOL):
 
     curvature_at(z) -> (value, gradient (D,), Hessian or its Gauss–Newton stand-in (D, D), aux):
     the target's local model at z; target(aux, x) -> the target at x, with what aux fixes at z
-    (the windowed target's start-state sensitivities; None elsewhere). Returns (value at z,
-    trial points (K, D), their values (K,), curvature (D, D), aux, the Newton decrement at z ()).
+    (the windowed target's `Linearisation`; None for the whole-log target). Returns (value at z,
+    trial points (K, D), their values (K,), curvature (D, D), aux, the Newton decrement at z (),
+    trials evaluated ()).
 
     The curvature is −∇² with eigenvalues reflected to positive (|λ|, floored), so every trial
     step is an ascent direction; trial k adds `damping` × DAMPINGS[k] × the largest eigenvalue
@@ -106,13 +137,14 @@ def newton_step(curvature_at, target, z, damping, tol: float = TOL):
         k, values = carry
         return (k < len(DAMPINGS)) & ~jnp.any(values > value) & (decrement >= tol)
 
-    _, values = jax.lax.while_loop(climbing, evaluate, (jnp.asarray(0), jnp.full(len(DAMPINGS), -jnp.inf)))
+    evaluated, values = jax.lax.while_loop(climbing, evaluate, (jnp.asarray(0), jnp.full(len(DAMPINGS), -jnp.inf)))
     curvature = (vec * lam) @ vec.T
-    return value, trials, values, curvature, aux, decrement
+    return value, trials, values, curvature, aux, decrement, evaluated
 
 
 class _Newton(NamedTuple):
     it: jnp.ndarray
+    trials: jnp.ndarray
     z: jnp.ndarray
     damping: jnp.ndarray
     done: jnp.ndarray
@@ -135,7 +167,8 @@ def newton_mode(curvature_at, target, z0, aux0, max_iter: int = 100, tol: float 
     dampings = jnp.asarray(DAMPINGS)
 
     def body(s: _Newton) -> _Newton:
-        value, trials, values, curv, aux, decrement = newton_step(curvature_at, target, s.z, s.damping, tol)
+        value, trials, values, curv, aux, decrement, evaluated = newton_step(curvature_at, target, s.z, s.damping,
+                                                                            tol)
         converged = decrement < tol
         values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
         best = jnp.argmax(values)
@@ -147,32 +180,32 @@ def newton_mode(curvature_at, target, z0, aux0, max_iter: int = 100, tol: float 
         factor = jnp.where(best > 0, dampings[best], 0.01)
         damping = jnp.where(converged, s.damping, jnp.where(
             climbs, jnp.clip(s.damping * factor, 1e-9, 1e6), jnp.minimum(s.damping * 1e3, 1e6)))
-        return _Newton(s.it + 1, jnp.where(move, trials[best], s.z), damping, done, curv, aux)
+        return _Newton(s.it + 1, s.trials + evaluated, jnp.where(move, trials[best], s.z), damping, done, curv, aux)
 
     z0 = jnp.asarray(z0)
     d = z0.shape[0]
-    start = _Newton(jnp.asarray(0), z0, jnp.asarray(1e-3, z0.dtype), jnp.asarray(False), jnp.eye(d, dtype=z0.dtype),
-                    aux0)
+    start = _Newton(jnp.asarray(0), jnp.asarray(0), z0, jnp.asarray(1e-3, z0.dtype), jnp.asarray(False),
+                    jnp.eye(d, dtype=z0.dtype), aux0)
     s = jax.lax.while_loop(lambda s: ~s.done & (s.it < max_iter), body, start)
     cov = jnp.linalg.inv(s.curvature)
     chol = jnp.linalg.cholesky(0.5 * (cov + cov.T))
-    return Laplace(s.z, chol, s.it), s.aux
+    return Laplace(s.z, chol, s.it, s.trials), s.aux
 
 
 def find_mode(model: TwinModel, z0, windows: Window, g: GaussianPrior,
-              max_iter: int = 100) -> tuple[Laplace, Window]:
+              max_iter: int = 100) -> tuple[Laplace, Window, Linearisation]:
     """The mode of a window posterior from z0 (D,) (`newton_mode` on `value_grad_curvature`); returns
-    the Laplace fit and the windows (B, ...) with their start-state sensitivities at the last
-    point linearised. Each step linearises the sensitivities at its own point."""
+    the Laplace fit, the windows (B, ...) with their start-state sensitivities at the last point
+    linearised, and that point's `Linearisation` (its predictions at the mode, `lin.at(mode)`, need
+    no further simulation). Each step linearises the sensitivities at its own point."""
     def curvature_at(z):
-        value, grad, hess, lin = value_grad_curvature(model, g, windows, z)
-        return value, grad, hess, lin.state_jac
+        return value_grad_curvature(model, g, windows, z)
 
-    def target(state_jac, x):
-        return log_target(model, g, windows._replace(state_jac=state_jac), x)
+    def target(lin, x):
+        return log_target(model, g, windows._replace(state_jac=lin.state_jac), x)
 
-    lap, state_jac = newton_mode(curvature_at, target, z0, windows.state_jac, max_iter)
-    return lap, windows._replace(state_jac=state_jac)
+    lap, lin = newton_mode(curvature_at, target, z0, Linearisation.zeros(model, windows, z0), max_iter)
+    return lap, windows._replace(state_jac=lin.state_jac), lin
 
 
 def best_start(model: TwinModel, z, windows: Window, g: GaussianPrior) -> jnp.ndarray:

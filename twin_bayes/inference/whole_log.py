@@ -8,13 +8,15 @@ samples, tempered by κ, the residuals' integrated autocorrelation time in steps
 makes neighbouring residuals nearly copies of each other, so N residuals carry about N / κ independent
 observations (a generalised-Bayes posterior; κ = 1 would be the i.i.d. likelihood and over-confident).
 The mode is found by Adam from the prior mean (the untempered least-squares fit), then polished by
-damped Newton steps on the tempered target; the posterior is its Laplace approximation, N(mode, H⁻¹)
+damped Newton steps on the tempered target (`laplace.newton_mode`, the streaming engine's search, with
+the exact Hessian); the posterior is its Laplace approximation, N(mode, H⁻¹)
 in unconstrained space, returned as equally weighted particles. Open-loop residuals say nothing about
 the sensor noise (model error dwarfs it): the noise scales stay at the config's `noise_scale`.
 """
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -24,6 +26,7 @@ import optax
 
 from twin_bayes.inference.autocorrelation import integrated_time, lagged_products
 from twin_bayes.inference.discrepancy import fit_model_error
+from twin_bayes.inference.laplace import Laplace, newton_mode
 from twin_bayes.inference.posterior import Particles
 from twin_bayes.inference.smc import GaussianPrior
 from twin_bayes.models import TwinModel
@@ -121,6 +124,33 @@ def autocorrelation_time(residuals: np.ndarray, mask: np.ndarray) -> float:
     return float(integrated_time(*lagged_products(np.asarray(residuals) * m, m)))
 
 
+@partial(jax.jit, static_argnames="steps")
+def _adam(model: TwinModel, rec: Recordings, z, noise, learning_rate, steps: int):
+    """`steps` Adam steps (under `lax.scan`) on the untempered target from z (P,), the noise scales
+    (unconstrained, fixed) appended."""
+    opt = optax.adam(learning_rate)
+    grad = jax.grad(lambda x: -log_target(model, rec, 1.0, jnp.concatenate([x, noise])))
+
+    def step(carry, _):
+        x, state = carry
+        update, state = opt.update(grad(x), state)
+        return (optax.apply_updates(x, update), state), None
+
+    (z, _), _ = jax.lax.scan(step, (z, opt.init(z)), length=steps)
+    return z
+
+
+@partial(jax.jit, static_argnames="max_iter")
+def _newton(model: TwinModel, rec: Recordings, z, noise, temper, tol, max_iter: int) -> Laplace:
+    """The tempered target's mode and Laplace fit by `laplace.newton_mode` from z (P,), the exact
+    Hessian at each iterate (`value_grad_hessian`)."""
+    f = lambda x: log_target(model, rec, temper, jnp.concatenate([x, noise]))  # noqa: E731
+    exact = model.robot.grad_mode == "reverse"
+    lap, _ = newton_mode(lambda x: (*value_grad_hessian(f, x, exact), None), lambda _, x: f(x), z, None,
+                         max_iter, tol)
+    return lap
+
+
 def fit(model: TwinModel, rec: Recordings, adam_steps: int = 50, learning_rate: float = 0.05,
         newton_steps: int = 10, tol: float = 1e-3) -> WholeLogFit:
     """The tempered whole-recording posterior's mode and Laplace covariance (see the module docstring)."""
@@ -129,38 +159,15 @@ def fit(model: TwinModel, rec: Recordings, adam_steps: int = 50, learning_rate: 
                        for c, t in zip(model.channels, model.transforms[p:])])
     full = lambda x: jnp.concatenate([x, noise])  # noqa: E731
     z = jnp.stack([t.inv(d.mean) for d, t in zip(model.priors[:p], model.transforms[:p])])
-    loss = jax.jit(jax.value_and_grad(lambda x: -log_target(model, rec, 1.0, full(x))))
-    opt = optax.adam(learning_rate)
-    state = opt.init(z)
-    for _ in range(adam_steps):
-        _, g = loss(z)
-        update, state = opt.update(g, state)
-        z = optax.apply_updates(z, update)
-    mask = np.asarray(rec.mask)
-    temper = autocorrelation_time(np.asarray(rec.q - open_loop(model, full(z), rec)), mask)
-    f = lambda x: log_target(model, rec, temper, full(x))  # noqa: E731
-    vgh = jax.jit(lambda x: value_grad_hessian(f, x, exact=model.robot.grad_mode == "reverse"))
-    target = jax.jit(f)
-    evaluations, steps = adam_steps + 1, 0
-    for steps in range(1, newton_steps + 1):
-        value, grad, hess = vgh(z)
-        lam, vec = jnp.linalg.eigh(-hess)
-        lam = jnp.maximum(jnp.abs(lam), 1e-8 * jnp.max(jnp.abs(lam)))
-        step = vec @ ((vec.T @ grad) / lam)
-        evaluations += z.shape[0]
-        if 0.5 * float(grad @ step) < tol:       # half the Newton decrement: what a step would still gain
-            break
-        for scale in (1.0, 0.5, 0.25, 0.1, 0.03):
-            evaluations += 1
-            if float(target(z + scale * step)) > float(value):
-                z = z + scale * step
-                break
-        else:
-            break
-    cov = jnp.zeros((model.dim, model.dim)).at[:p, :p].set((vec / lam) @ vec.T)
-    chol = jnp.zeros_like(cov).at[:p, :p].set(jnp.linalg.cholesky(0.5 * (cov[:p, :p] + cov[:p, :p].T)))
-    resid = np.asarray(rec.q - open_loop(model, full(z), rec))
-    return WholeLogFit(full(z), chol, temper, resid, adam_steps + steps, evaluations + 1)
+    z = _adam(model, rec, z, noise, learning_rate, steps=adam_steps)
+    temper = autocorrelation_time(np.asarray(rec.q - open_loop(model, full(z), rec)), np.asarray(rec.mask))
+    lap = _newton(model, rec, z, noise, temper, tol, max_iter=newton_steps)
+    chol = jnp.zeros((model.dim, model.dim)).at[:p, :p].set(lap.chol)
+    resid = np.asarray(rec.q - open_loop(model, full(lap.mean), rec))
+    iterations, trials = int(lap.iterations), int(lap.trials)
+    # Adam's gradients and the two open-loop residuals are one evaluation each, a Hessian counts P
+    return WholeLogFit(full(lap.mean), chol, temper, resid, adam_steps + iterations,
+                       adam_steps + 2 + iterations * p + trials)
 
 
 def _positive_chol(chol: jnp.ndarray) -> jnp.ndarray:

@@ -307,9 +307,10 @@ class TwinModel:
             theta = self.theta(self.constrain(z.at[:p].set(x)), w.settings)
             return shoot(r, theta, q0 + dq0, qd0 + dqd0, u, self.history, free=self.free_idx, state_grad=True)
 
-        pred, tangent = jax.linearize(predict, z[:p], jnp.zeros(r.nq, z.dtype), jnp.zeros(r.nv, z.dtype))
+        primal = (z[:p], jnp.zeros(r.nq, z.dtype), jnp.zeros(r.nv, z.dtype))
         eye = jnp.eye(p + r.nq + r.nv, dtype=z.dtype)
-        jq, jqd = jax.vmap(lambda e: tangent(e[:p], e[p:p + r.nq], e[p + r.nq:]), out_axes=-1)(eye)
+        pred, (jq, jqd) = jax.vmap(lambda e: jax.jvp(predict, primal, (e[:p], e[p:p + r.nq], e[p + r.nq:])),
+                                   out_axes=(None, -1))(eye)
         n, L = jq.shape[0], jq.shape[1]
         state_jac = self._observed(jq[..., p:], jqd[..., p:], axis=-2).reshape(n, L * self.observed_width, -1)
         in_z = lambda j: jnp.concatenate([j[..., :p], jnp.zeros(j.shape[:-1] + (d - p,), j.dtype)], -1)  # noqa: E731
@@ -364,12 +365,12 @@ class TwinModel:
                   - 0.5 * p * jnp.log(nu * jnp.pi) - 0.5 * logdet - 0.5 * (nu + p) * jnp.log1p(delta / nu))
         return w.weight * jnp.sum(jnp.where(p > 0, ll, 0.0))
 
-    def standardised_residuals(self, z: jnp.ndarray, w: Window) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Each segment's residuals at z (D,) with its start-state error removed (the start-state
-        offset's conditional mean A⁻¹ Jᵀ D⁻¹ resid), in units of the noise sd: (S, L, C), and their
-        mask (S, L, C). Under an exact model they are close to white noise; their autocorrelation
-        measures how far the model is from the data."""
-        q, qd = self.segment_predictions(z, w)
+    def standardised_residuals(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray,
+                               w: Window) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Each segment's residuals at z (D,), given its predictions there (q (S, L, nq), qd (S, L, nv)),
+        with its start-state error removed (the start-state offset's conditional mean A⁻¹ Jᵀ D⁻¹ resid),
+        in units of the noise sd: (S, L, C), and their mask (S, L, C). Under an exact model they are
+        close to white noise; their autocorrelation measures how far the model is from the data."""
         resid, mask, d, _, jac, chol, b = self._segment_noise(z, q, qd, w)
         offset = jax.scipy.linalg.cho_solve((chol, True), b[..., None])[..., 0]          # (S, r)
         e = (resid - jnp.einsum("spi,si->sp", jac, offset)) * mask / jnp.sqrt(d)

@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 import numpy as np
+from brax.base import Motion, Transform
 from brax.mjx import pipeline
+from brax.mjx.base import State
 from jax.custom_derivatives import SymbolicZero
+from mujoco import mjx
 
 from twin_bayes.sim.latency import delay_commands
 from twin_bayes.sim.params import model_fields
@@ -33,6 +36,19 @@ Array = jnp.ndarray
 def system(robot: Robot, theta: Array):
     """The Brax System with theta (P,) written into its model fields."""
     return robot.sys.tree_replace(model_fields(robot.layout, theta))
+
+
+def _start(sys, q: Array, qd: Array) -> State:
+    """The pipeline's state at (q, qd) before its first step: Brax's `pipeline.init` without its
+    `mjx.forward`. A step computes the forward dynamics again from q, qd and the controls, and reads
+    nothing else that forward writes (its constraint solver starts from `qacc_warmstart`, zero here
+    as there), so the rollout is the same while each simulation traces and compiles one MJX forward
+    pass instead of two."""
+    data = mjx.make_data(sys).replace(qpos=q, qvel=qd)
+    x = Transform(pos=data.xpos[1:], rot=data.xquat[1:])
+    xd = Motion(vel=data.cvel[1:, 3:], ang=data.cvel[1:, :3])
+    fields = dict(data.__dict__, contact=pipeline._reformat_contact(sys, data.contact))
+    return State(q=q, qd=qd, x=x, xd=xd, **fields)
 
 
 @partial(jax.jit, static_argnums=(0, 5))
@@ -57,7 +73,7 @@ def _simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array
         state = pipeline.step(sys, state, u)
         return state, (state.q + bias, state.qd)
 
-    state = pipeline.init(sys, q0 - bias, qd0)
+    state = _start(sys, q0 - bias, qd0)
     _, (q, qd) = jax.lax.scan(step, state, commands)
     return q, qd
 
