@@ -82,7 +82,9 @@ class Phase:
                 call = self._calls.get(signature)
                 if call is None:
                     call = self._calls[signature] = self._compile(model_tree, static, numbers, dynamic, signature)
-        return call(numbers, dynamic)
+        # committed to the default device: an exported phase returns committed arrays, and an input of
+        # the other kind would compile the phase a second time (`jax.jit` keys on it)
+        return call(*jax.device_put((numbers, dynamic), jax.devices()[0]))
 
     def _cache_size(self) -> int:
         return len(self._calls)

@@ -99,6 +99,30 @@ def test_configs_and_robots_of_one_design_share_one_executable(stream, config_di
     assert a.posterior.version == b.posterior.version == 1
 
 
+def test_twins_whose_models_compute_the_same_update_in_one_batch(stream, small_cfg, config_dir, helpers,
+                                                                stream_windows):
+    """update_many batches twins by what their models compute, not by model object: configs that differ
+    only in the seed build models of their own yet share one batch, whose result is each twin's update
+    alone; a config with other numbers runs apart."""
+    from twin_bayes.config import load_config
+    from twin_bayes.inference.twin import _batches, update_many
+    seeded = [small_cfg.model_copy(update={"inference": small_cfg.inference.model_copy(update={"seed": s})})
+              for s in (11, 12)]
+    a, b = (Twin(c, stream.twin.model) for c in seeded)
+    assert a.model is not b.model
+    other = Twin(load_config(helpers.write_arm2_config(config_dir, "arm2_other_numbers", particles=32, window_s=0.5,
+                                                       mcmc_steps=5, min_ess=0.05, drift_sigma=6.0)), a.model)
+    assert [idx for idx, _ in _batches([a, other, b], 64)] == [[0, 2], [1]]
+    alone = [Twin(c, stream.twin.model) for c in seeded]
+    for t in alone:
+        assert t.update(stream_windows[0]).accepted
+    window = a.as_window(stream_windows[0])
+    assert all(r.accepted for r in update_many([a, b], [window, window]))
+    for batched, single in zip((a, b), alone):
+        np.testing.assert_allclose(batched.posterior.values, single.posterior.values, rtol=1e-7)
+    assert not np.allclose(a.posterior.values, b.posterior.values)      # each twin kept its own key
+
+
 def test_a_state_restored_from_its_arrays_continues_exactly(stream, small_cfg, model, stream_windows):
     """The whole TwinState goes through a checkpoint's arrays: the restored twin's next update equals the
     original's to the last bit; a state of other shapes is refused by name."""

@@ -182,9 +182,12 @@ def fit_model_error(residuals: np.ndarray, mask: np.ndarray, settings: np.ndarra
 
 
 @jax.jit
-def record(s: ModelErrorState, q0, qd0, commands, observed, mask, settings) -> ModelErrorState:
-    """One window in (q0 (nq,), qd0 (nv,), commands (T, nu), observed (T, nq), mask (T,), settings (K,)),
-    over the oldest; the fit is unchanged (`refit`). Rows masked out are not looked at."""
+def record(s: ModelErrorState, window) -> ModelErrorState:
+    """A window (`models.Window`, T + 1 samples) in, over the oldest: its first measured state, the
+    commands applied after it and the positions measured after them. The fit is unchanged (`refit`).
+    Rows masked out are not looked at."""
+    q0, qd0, commands, observed, mask = window.q[0], window.qd[0], window.ctrl[:-1], window.q[1:], window.mask[1:]
+    settings = window.settings
     slot = s.count % WINDOWS
     put = lambda ring, x: ring.at[slot].set(x)  # noqa: E731
     return s._replace(q0=put(s.q0, q0), qd0=put(s.qd0, qd0), commands=put(s.commands, commands),

@@ -42,10 +42,10 @@ import numpy as np
 from twin_bayes.compiled import phase
 from twin_bayes.inference.autocorrelation import integrated_time, lagged_products
 from twin_bayes.inference.discrepancy import ModelErrorState, init_state as init_model_error
-from twin_bayes.inference.laplace import Laplace, best_start, find_mode, importance_update
+from twin_bayes.inference.laplace import MAX_ITER, Laplace, find_mode, importance_draws, importance_weights, log_target
 from twin_bayes.inference.posterior import Particles
 from twin_bayes.inference.smc import GaussianPrior, gaussian_prior, tempered_update
-from twin_bayes.models import TwinModel, Window
+from twin_bayes.models import TwinModel, Window, map_rows
 
 # Step size of the one-step HMC move, in units where the mass matrix whitens the cloud.
 INITIAL_STEP = 0.5
@@ -164,8 +164,9 @@ def _init_jit(model: TwinModel, key) -> TwinState:
 
 def _strong(tree):
     """Every leaf as a strongly typed array: Python scalars make weakly typed ones, and a state whose
-    leaves change weak type between updates would compile the update again."""
-    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), tree)
+    leaves change weak type between updates would compile the update again. (`jax.device_put`, not
+    `jnp.asarray`, which compiles a staging program per shape.)"""
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x)), tree)
 
 
 def init_surprise() -> Surprise:
@@ -221,16 +222,26 @@ class _Proposal(NamedTuple):
     info: UpdateInfo
 
 
-def _laplace(model: TwinModel, g: GaussianPrior, window: Window, z_start, key) -> _Proposal:
+def _laplace(model: TwinModel, g: GaussianPrior, window: Window, z_start, key, candidates, picking) -> _Proposal:
     """Mode, curvature and importance draws of one window's posterior under prior g (the window's
     likelihood to its power `window.weight`), Newton from z_start; start-state sensitivities are
     linearised at the mode (`laplace.find_mode`), and so are the predictions whose residuals give
-    the window's autocorrelation."""
-    lap, windows, lin = find_mode(model, z_start, jax.tree.map(lambda x: x[None], window), g)
+    the window's autocorrelation.
+
+    Where `picking`, no Newton step is taken and the target is evaluated at the candidates (N, D)
+    instead of the draws; the best of them takes the mode's place (where the next pass starts).
+    Either way the update simulates its N points at one place in its program."""
+    lap, windows, lin = find_mode(model, z_start, jax.tree.map(lambda x: x[None], window), g,
+                                  jnp.where(picking, 0, MAX_ITER))
     q, qd = lin.at(lap.mean)
     at_mode = jax.tree.map(lambda x: x[0], windows)
     acorr = window_autocorrelation(model, lap.mean, q[0], qd[0], at_mode)
-    new, ess, log_evidence = importance_update(model, key, lap, windows, g, model.particles)
+    draws, log_q = importance_draws(key, lap, model.particles)
+    points = jnp.where(picking, candidates, draws)
+    log_p = jax.vmap(lambda x: log_target(model, g, windows, x))(points)
+    new, ess, log_evidence = importance_weights(points, log_p, log_q)
+    best = points[jnp.argmax(jnp.where(jnp.isfinite(log_p), log_p, -jnp.inf))]
+    lap = lap._replace(mean=jnp.where(picking, best, lap.mean))
     n_obs = jnp.sum(window.mask) * model.observed_width
     f, i = jnp.asarray(0.0), jnp.asarray(0)
     info = UpdateInfo(jnp.asarray(False), i, i, jnp.asarray(1), jnp.asarray(1.0), jnp.asarray(jnp.nan), f, ess,
@@ -249,29 +260,32 @@ def _score_surprise(model: TwinModel, s: Surprise, value) -> tuple[Surprise, jnp
 
 
 def _laplace_passes(model: TwinModel, g: GaussianPrior, surprise: Surprise, acorr: Autocorrelation, window: Window,
-                    z_start, keys):
+                    z_start, candidates, keys):
     """The Laplace update at the state's κ; a second pass, Newton from the first pass's mode, where
     the first completes a run of surprising windows (a change point: under the config's own prior,
     the past forgotten) or where the window's residuals move κ by more than TEMPER_TOLERANCE (at
-    the new κ).
+    the new κ). Under the config's own wide prior (g.exact), a pass before them picks where Newton
+    starts: the best of the candidates (N, D) (the prior's particles), else Newton starts at z_start.
 
     Returns (proposal with its account, the prior it used, the surprise baseline and the
     autocorrelation after it). The passes are a `while_loop`, so the update compiles one Laplace step.
     """
     fresh = g._replace(exact=jnp.asarray(True))
+    pick = g.exact.astype(jnp.int32)                   # passes that pick the start: 1 or 0
 
     def body(carry):
-        k, prop, _, s, drift, kappa, _, again = carry
-        first = k == 0
+        k, prop, _, s, drift, kappa, merged_before, again = carry
+        picking, first = k < pick, k == pick
         g_k = _where(first | ~drift, g, fresh)
-        new = _laplace(model, g_k, window._replace(weight=1.0 / kappa), jnp.where(first, z_start, prop.lap.mean),
-                       keys[k])
-        merged = merge_autocorrelation(acorr, new.autocorrelation)
-        kappa_new = autocorrelation_time(model, merged)
+        weight = jnp.where(picking, window.weight, 1.0 / kappa)
+        new = _laplace(model, g_k, window._replace(weight=weight), jnp.where(k == 0, z_start, prop.lap.mean),
+                       keys[k - pick], candidates, picking)
+        merged = _where(picking, merged_before, merge_autocorrelation(acorr, new.autocorrelation))
+        kappa_new = jnp.where(picking, kappa, autocorrelation_time(model, merged))
         scored, high = _score_surprise(model, s, new.info.surprise)
         drift = jnp.where(first, high & (scored.run >= model.numbers.drift_windows), drift)
         s = _where(first, _where(drift, init_surprise(), scored), s)
-        again = first & (drift | (jnp.abs(jnp.log(kappa_new / kappa)) > jnp.log(TEMPER_TOLERANCE)))
+        again = picking | (first & (drift | (jnp.abs(jnp.log(kappa_new / kappa)) > jnp.log(TEMPER_TOLERANCE))))
         new = new._replace(info=new.info._replace(surprise=jnp.where(first, new.info.surprise, prop.info.surprise),
                                                   drift=drift))
         return k + 1, _like(new, blank), g_k, s, drift, kappa_new, merged, again
@@ -351,11 +365,6 @@ def _select(flags, a, b):
     return jax.tree.map(lambda x, y: jnp.where(flags.reshape(flags.shape + (1,) * (x.ndim - 1)), x, y), a, b)
 
 
-def _where_any(flags, run, current):
-    """run() where any robot's flag is set (each robot takes run's result where its flag is), else current."""
-    return jax.lax.cond(jnp.any(flags), lambda: _select(flags, run(), current), lambda: current)
-
-
 class Proposal(NamedTuple):
     """Phase one of an update, per robot (R, ...): the Laplace candidate, the window prior it used,
     the surprise baseline after it, whether it must be tempered, and the keys left for the rest."""
@@ -369,14 +378,9 @@ class Proposal(NamedTuple):
 
 
 def _per_robot(f):
-    """f(model, *args) of one robot, mapped over the robot axis (R, ...) of args. A batch of one robot
-    is called without `vmap`: tracing an update then spares a batching pass over the simulator, a
-    third of a fresh process's tracing."""
-    def call(model, *args):
-        if jax.tree.leaves(args)[0].shape[0] == 1:
-            return jax.tree.map(lambda x: x[None], f(model, *jax.tree.map(lambda x: x[0], args)))
-        return jax.vmap(f, in_axes=(None,) + (0,) * len(args))(model, *args)
-    return call
+    """f(model, *args) of one robot, mapped over the robot axis (R, ...) of args (`map_rows`: a batch of
+    one robot is traced without a batching pass over the simulator)."""
+    return lambda model, *args: map_rows(f, (model,), *args)
 
 
 def propose(model: TwinModel, states: TwinState, windows: Window) -> Proposal:
@@ -384,12 +388,8 @@ def propose(model: TwinModel, states: TwinState, windows: Window) -> Proposal:
     keys = jax.vmap(lambda k: jax.random.split(k, 5))(states.key)          # (R, 5, 2)
     g = _per_robot(window_prior)(model, states)
     z_ref = jax.vmap(lambda p: jnp.exp(p.log_weights) @ p.z)(states.particles)
-    # From the config's wide prior, Newton starts at the best particle (start-state noise left out).
-    z_start = _where_any(g.exact, lambda: _per_robot(best_start)(model, states.particles.z,
-                                                                jax.tree.map(lambda x: x[:, None], windows), g),
-                         z_ref)
     prop, g, surprise, acorr = _per_robot(_laplace_passes)(
-        model, g, states.surprise, states.autocorrelation, windows, z_start, keys[:, 1:3])
+        model, g, states.surprise, states.autocorrelation, windows, z_ref, states.particles.z, keys[:, 1:3])
     temper = ~(model.numbers.laplace & (prop.info.ess >= model.numbers.target_ess * model.particles))
     return Proposal(prop, g, surprise, acorr, temper, keys)
 

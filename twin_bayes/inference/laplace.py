@@ -18,7 +18,6 @@ the mean of the unnormalised weights estimates the evidence p(window | past).
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -26,13 +25,15 @@ import jax.numpy as jnp
 
 from twin_bayes.inference.posterior import Particles, ess
 from twin_bayes.inference.smc import GaussianPrior, window_log_prior
-from twin_bayes.models import TwinModel, Window, batch_log_lik
+from twin_bayes.models import TwinModel, Window, batch_log_lik, map_rows
 
 # Proposal sd relative to the Laplace sd: heavier than the target, so weights stay bounded.
 PROPOSAL_SCALE = 1.2
 # Trial dampings of one Newton step, in units of the current damping (Levenberg–Marquardt):
 # the best of the trials wins; the damping shrinks after a pure Newton step and grows otherwise.
 DAMPINGS = (0.0, 0.01, 0.1, 1.0, 10.0)
+# Newton iterations at most in a window's search.
+MAX_ITER = 100
 # The Newton decrement (half the squared decrement: the log density a Newton step would still
 # gain, nats) at which a point is the mode.
 TOL = 1e-4
@@ -91,7 +92,7 @@ def value_grad_curvature(model: TwinModel, g: GaussianPrior, windows: Window, z)
     simulator's own second derivatives weighted by the residuals, small near a mode that fits;
     the importance weights correct what is left.
     """
-    pred, jac, state_jac = jax.vmap(model.linearised_predictions, in_axes=(None, 0))(z, windows)
+    pred, jac, state_jac = map_rows(model.linearised_predictions, (z,), windows)
     lin = jax.lax.stop_gradient(Linearisation(z, *pred, *jac, state_jac))
     windows = windows._replace(state_jac=lin.state_jac)
 
@@ -193,11 +194,12 @@ def newton_mode(curvature_at, target, z0, aux0, max_iter: int = 100, tol: float 
 
 
 def find_mode(model: TwinModel, z0, windows: Window, g: GaussianPrior,
-              max_iter: int = 100) -> tuple[Laplace, Window, Linearisation]:
+              max_iter=MAX_ITER) -> tuple[Laplace, Window, Linearisation]:
     """The mode of a window posterior from z0 (D,) (`newton_mode` on `value_grad_curvature`); returns
     the Laplace fit, the windows (B, ...) with their start-state sensitivities at the last point
     linearised, and that point's `Linearisation` (its predictions at the mode, `lin.at(mode)`, need
-    no further simulation). Each step linearises the sensitivities at its own point."""
+    no further simulation). Each step linearises the sensitivities at its own point. max_iter may be
+    traced (0: z0 itself, nothing linearised)."""
     def curvature_at(z):
         return value_grad_curvature(model, g, windows, z)
 
@@ -208,23 +210,21 @@ def find_mode(model: TwinModel, z0, windows: Window, g: GaussianPrior,
     return lap, windows._replace(state_jac=lin.state_jac), lin
 
 
-def best_start(model: TwinModel, z, windows: Window, g: GaussianPrior) -> jnp.ndarray:
-    """The candidate of z (N, D) with the highest log target: where Newton starts from a wide prior."""
-    values = jax.vmap(partial(log_target, model, g, windows))(z)
-    return z[jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))]
-
-
-def importance_update(model: TwinModel, key, lap: Laplace, windows: Window, g: GaussianPrior,
-                      n: int) -> tuple[Particles, jnp.ndarray, jnp.ndarray]:
-    """n weighted particles of the window posterior, drawn from N(mean, (s·chol)(s·chol)ᵀ) and weighted
-    by target / proposal; with their ESS () and log evidence log p(windows | g) ()."""
+def importance_draws(key, lap: Laplace, n: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """n draws z (n, D) from the proposal N(mean, (s·chol)(s·chol)ᵀ), s = PROPOSAL_SCALE, and their
+    log proposal densities (n,)."""
     d = lap.mean.shape[0]
     eps = jax.random.normal(key, (n, d))
     z = lap.mean + PROPOSAL_SCALE * eps @ lap.chol.T
     log_q = (-0.5 * jnp.sum(eps ** 2, -1) - jnp.sum(jnp.log(jnp.diag(lap.chol)))
              - d * jnp.log(PROPOSAL_SCALE) - 0.5 * d * jnp.log(2 * jnp.pi))
-    log_p = jax.vmap(partial(log_target, model, g, windows))(z)
+    return z, log_q
+
+
+def importance_weights(z, log_p, log_q) -> tuple[Particles, jnp.ndarray, jnp.ndarray]:
+    """Draws z (n, D) weighted by target / proposal (log_p, log_q (n,)): the particles of the window
+    posterior, their ESS () and the log evidence log p(windows | g) ()."""
     log_w = jnp.where(jnp.isfinite(log_p), log_p - log_q, -jnp.inf)
-    log_evidence = jax.scipy.special.logsumexp(log_w) - jnp.log(n)
+    log_evidence = jax.scipy.special.logsumexp(log_w) - jnp.log(log_w.shape[0])
     norm = log_w - jax.scipy.special.logsumexp(log_w)
     return Particles(z, norm), ess(norm), log_evidence

@@ -52,7 +52,9 @@ class Posterior:
         self.names = tuple(names)
         self.particles = particles
         self.values = np.asarray(values, dtype=np.float64)
-        self.weights = np.exp(np.asarray(normalise(particles.log_weights), dtype=np.float64))
+        log_w = np.asarray(particles.log_weights, dtype=np.float64)
+        w = np.exp(log_w - np.max(log_w))
+        self.weights = w / np.sum(w)
         self.version = version
         self.stale = stale
         self.reason = reason

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -67,8 +68,9 @@ class Twin:
     """
 
     def __init__(self, cfg: TwinConfig, model: TwinModel | None = None):
-        """`model`: a TwinModel of this config to share (twins sharing one update in one batch);
-        a model of another config of the same design lends its robot, and its compiled code."""
+        """`model`: a TwinModel of this config to share (built once for many twins); a model of another
+        config of the same design lends its robot, and its compiled code. Twins batch together in
+        `update_many` whenever their models compute the same, shared or not."""
         self.cfg = cfg
         if model is None or model.cfg != cfg:
             model = TwinModel(cfg, model.robot if model is not None else None)
@@ -107,13 +109,13 @@ class Twin:
         measured state, the commands applied after it and the positions measured after them;
         `refit_model_error` learns from it (`inference.discrepancy`). Bad input raises `WindowError`."""
         w = self.as_window(window, settings)
-        me = discrepancy.record(self._state.model_error, w.q[0], w.qd[0], w.ctrl[:-1], w.q[1:], w.mask[1:], w.settings)
+        me = discrepancy.record(self._state.model_error, w)
         self._state = self._state._replace(model_error=me)
 
     def refit_model_error(self) -> None:
         """Learn the model error again from the recorded windows, predicted by the posterior now
         (`discrepancy.refit`; nothing before MIN_WINDOWS; the key stream is untouched)."""
-        me = discrepancy.refit(self.model, self._state.model_error, jnp.asarray(self.draws()))
+        me = discrepancy.refit(self.model, self._state.model_error, jax.device_put(self.draws()))
         self._state = self._state._replace(model_error=me)
 
     def learn_model_error(self, window: Window | dict, settings=None) -> None:
@@ -245,7 +247,7 @@ class Twin:
 
     def draws(self) -> np.ndarray:
         """Equally weighted particles (N, D): the posterior resampled (systematic, seeded by its version)."""
-        return self.particles.z[self.posterior.resample(np.random.default_rng(self.posterior.version))]
+        return np.asarray(self.particles.z)[self.posterior.resample(np.random.default_rng(self.posterior.version))]
 
     def with_model_error(self, b: Bands, key, settings) -> Bands:
         """Bands of `predict(..., model_error=False)` with the model error added (unchanged where none is
@@ -261,12 +263,24 @@ def _bucket(n: int) -> int:
     return next((b for b in BATCH_SIZES if b >= n), -(-n // top) * top)
 
 
+def _interchangeable(model: TwinModel) -> tuple:
+    """Equal for models that compute the same: one design and equal numbers (configs that differ only
+    in what the model does not hold, such as the seed)."""
+    leaves = [np.asarray(x) for x in jax.tree.leaves(model)]
+    return model.design, tuple((x.dtype.str, x.shape, x.tobytes()) for x in leaves)
+
+
 def _batches(twins: Sequence[Twin], max_batch: int):
-    """Per model shared by twins, in pieces of at most max_batch twins: (indices of its twins, rows of
-    the padded batch: those indices, then the first repeated up to the `BATCH_SIZES` bucket)."""
-    groups: dict[int, list[int]] = {}
+    """Per model the twins compute with (`_interchangeable`), in pieces of at most max_batch twins:
+    (indices of its twins, rows of the padded batch: those indices, then the first repeated up to
+    the `BATCH_SIZES` bucket). A batch runs on its first twin's model."""
+    groups: dict[tuple, list[int]] = {}
+    keys: dict[int, tuple] = {}
     for i, t in enumerate(twins):
-        groups.setdefault(id(t.model), []).append(i)
+        key = keys.get(id(t.model))
+        if key is None:
+            key = keys[id(t.model)] = _interchangeable(t.model)
+        groups.setdefault(key, []).append(i)
     for group in groups.values():
         for k in range(0, len(group), max_batch):
             idx = group[k:k + max_batch]
@@ -284,9 +298,23 @@ def _each(batches, run, executor: Executor | None) -> None:
             done.result()
 
 
+@jax.jit
+def _stack(trees: list):
+    """Pytrees of one structure stacked on a new leading axis (one program: no eager op per leaf)."""
+    return jax.tree.map(lambda *x: jnp.stack(x), *trees)
+
+
+@partial(jax.jit, static_argnums=1)
+def _unstack(tree, n: int) -> list:
+    """The first n rows of a stacked pytree, as n pytrees, sliced where they lie (a batch's states stay
+    on the device; one program)."""
+    return [jax.tree.map(lambda x, k=k: x[k], tree) for k in range(n)]
+
+
 def update_many(twins: Sequence[Twin], windows: Sequence[Window], max_batch: int = BATCH_SIZES[-1],
                 executor: Executor | None = None) -> list[UpdateReport]:
-    """One window into each twin, in batched updates per model (twins sharing a `TwinModel`).
+    """One window into each twin, in batched updates per model (twins whose models compute the same:
+    one design and equal numbers, `_interchangeable`; their seeds may differ).
 
     Windows must already be validated (`Twin.as_window`). Batches hold at most max_batch twins and
     are padded to `BATCH_SIZES` (repeating the first twin, whose extra results are dropped) so a
@@ -297,14 +325,12 @@ def update_many(twins: Sequence[Twin], windows: Sequence[Window], max_batch: int
     def run(idx, rows):
         start = time.perf_counter()
         model = twins[idx[0]].model
-        states = jax.tree.map(lambda *x: jnp.stack(x), *[twins[i].state for i in rows])
-        stacked = jax.tree.map(lambda *x: jnp.stack(x), *[windows[i] for i in rows])
-        new, info = engine.update(model, states, stacked)
-        new, info = jax.device_get((new, info))
+        new, info = engine.update(model, _stack([twins[i].state for i in rows]), _stack([windows[i] for i in rows]))
+        info = jax.device_get(info)
         latency = time.perf_counter() - start
-        for k, i in enumerate(idx):
+        for k, (i, state) in enumerate(zip(idx, _unstack(new, len(idx)))):
             twin, old = twins[i], twins[i].posterior
-            twin.state = jax.tree.map(lambda x, k=k: jnp.asarray(x[k]), new)
+            twin.state = state
             reports[i] = _report(jax.tree.map(lambda x, k=k: x[k], info), old, twin.posterior, latency)
 
     _each(_batches(twins, max_batch), run, executor)

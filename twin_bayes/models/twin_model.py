@@ -55,9 +55,18 @@ def state_jacobian_jit(model: "TwinModel", z, w: Window):
     return model.state_jacobian(z, w)
 
 
+def map_rows(f, shared: tuple, *rows):
+    """f(*shared, *row) for each row of rows (arrays or pytrees with a leading axis R), stacked: `jax.vmap`,
+    except that for R = 1 f is called once on the row itself, which spares tracing a batching pass
+    over the simulator (a streaming update holds one window of one robot)."""
+    if jax.tree.leaves(rows)[0].shape[0] == 1:
+        return jax.tree.map(lambda x: x[None], f(*shared, *jax.tree.map(lambda x: x[0], rows)))
+    return jax.vmap(lambda *row: f(*shared, *row))(*rows)
+
+
 def batch_log_lik(model: "TwinModel", z, windows: Window):
     """Summed log-likelihood of windows stacked on a leading axis (B, ...) at z (D,)."""
-    return jnp.sum(jax.vmap(lambda w: model.log_lik(z, w))(windows))
+    return jnp.sum(map_rows(model.log_lik, (z,), windows))
 
 
 # One executable, also where NumPyro runs a model outside jit (an autoguide's set-up, initialisation).
@@ -426,9 +435,9 @@ class TwinModel:
         padded = {k: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for k, a in out.items()}
         mask = np.concatenate([np.ones(n), np.zeros(pad)])
         n_seg = (T - 1) // self.segment_steps
-        jac = jnp.zeros((n_seg, self.segment_steps * self.observed_width, r.nq + r.nv))
-        return Window(jnp.asarray(padded["q"]), jnp.asarray(padded["qd"]), jnp.asarray(padded["ctrl"]),
-                      jnp.asarray(mask), jnp.asarray(self.settings_vector(settings)), jac, jnp.asarray(1.0))
+        jac = np.zeros((n_seg, self.segment_steps * self.observed_width, r.nq + r.nv))
+        arrays = (padded["q"], padded["qd"], padded["ctrl"], mask, self.settings_vector(settings), jac, np.asarray(1.0))
+        return Window(*jax.device_put([np.asarray(a, np.float64) for a in arrays]))
 
     def check_window(self, w: Window) -> None:
         """Raise WindowError unless a ready-made Window has this twin's shapes and finite values."""
