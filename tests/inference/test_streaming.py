@@ -123,6 +123,18 @@ def test_twins_whose_models_compute_the_same_update_in_one_batch(stream, small_c
     assert not np.allclose(a.posterior.values, b.posterior.values)      # each twin kept its own key
 
 
+def test_a_twin_fed_its_own_updates_traces_each_phase_once(small_cfg, model, stream_windows):
+    """An exported phase returns arrays committed to the device; a phase commits its inputs the same
+    way, so a twin started from `init` (uncommitted arrays) and then fed its own updates runs one
+    executable per phase, never a second compile of it."""
+    from twin_bayes.inference import engine
+    twin = Twin(small_cfg, model)
+    for w in stream_windows[:3]:
+        assert twin.update(w).accepted
+    calls = [call for ph in (engine.propose_jit, engine.finish_jit) for call in ph._calls.values()]
+    assert calls and all(call._cache_size() == 1 for call in calls), [c._cache_size() for c in calls]
+
+
 def test_a_state_restored_from_its_arrays_continues_exactly(stream, small_cfg, model, stream_windows):
     """The whole TwinState goes through a checkpoint's arrays: the restored twin's next update equals the
     original's to the last bit; a state of other shapes is refused by name."""

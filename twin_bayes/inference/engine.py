@@ -377,19 +377,13 @@ class Proposal(NamedTuple):
     keys: jnp.ndarray
 
 
-def _per_robot(f):
-    """f(model, *args) of one robot, mapped over the robot axis (R, ...) of args (`map_rows`: a batch of
-    one robot is traced without a batching pass over the simulator)."""
-    return lambda model, *args: map_rows(f, (model,), *args)
-
-
 def propose(model: TwinModel, states: TwinState, windows: Window) -> Proposal:
     """The Laplace phase for every robot (states and windows with a robot axis (R, ...))."""
     keys = jax.vmap(lambda k: jax.random.split(k, 5))(states.key)          # (R, 5, 2)
-    g = _per_robot(window_prior)(model, states)
+    g = map_rows(window_prior, (model,), states)
     z_ref = jax.vmap(lambda p: jnp.exp(p.log_weights) @ p.z)(states.particles)
-    prop, g, surprise, acorr = _per_robot(_laplace_passes)(
-        model, g, states.surprise, states.autocorrelation, windows, z_ref, states.particles.z, keys[:, 1:3])
+    prop, g, surprise, acorr = map_rows(_laplace_passes, (model,), g, states.surprise, states.autocorrelation,
+                                        windows, z_ref, states.particles.z, keys[:, 1:3])
     temper = ~(model.numbers.laplace & (prop.info.ess >= model.numbers.target_ess * model.particles))
     return Proposal(prop, g, surprise, acorr, temper, keys)
 
@@ -397,15 +391,15 @@ def propose(model: TwinModel, states: TwinState, windows: Window) -> Proposal:
 def temper(model: TwinModel, states: TwinState, p: Proposal) -> tuple[Proposal, TwinState]:
     """Tempered SMC for the robots whose Laplace weights degenerated (`p.temper`); the others keep
     their Laplace candidate. The step size learned is kept in `states` (returned with the proposal)."""
-    prop, step = _per_robot(_temper)(model, states, p.prior, p.prop, p.keys[:, 3])
+    prop, step = map_rows(_temper, (model,), states, p.prior, p.prop, p.keys[:, 3])
     prop, step = _select(p.temper, (prop, step), (p.prop, states.step_size))
     return p._replace(prop=prop), states._replace(step_size=step)
 
 
 def finish(model: TwinModel, states: TwinState, windows: Window, p: Proposal) -> tuple[TwinState, UpdateInfo]:
     """Gate every robot's candidate: the next states and the updates' accounts."""
-    return _per_robot(_finish)(model, states, windows, p.prop, p.surprise, p.autocorrelation, p.keys[:, 0],
-                               states.step_size)
+    return map_rows(_finish, (model,), states, windows, p.prop, p.surprise, p.autocorrelation, p.keys[:, 0],
+                    states.step_size)
 
 
 propose_jit, temper_jit, finish_jit = phase(propose), phase(temper), phase(finish)
