@@ -56,7 +56,7 @@ def chunks(model):
 
 
 def start(cfg, model, tmp_path, name="svc", **kw) -> TwinService:
-    worker = kw.pop("worker", WorkerSettings(checkpoints=tmp_path / f"{name}-ckpt"))
+    worker = kw.pop("worker", WorkerSettings(checkpoints=tmp_path / f"{name}-ckpt", checkpoint_every_s=0.0))
     settings = ServiceSettings({RID: cfg}, tmp_path / f"{name}.db", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*",
                                "tcp://127.0.0.1:*", worker=worker, **kw)
     return TwinService(settings, {RID: model}).start()
@@ -440,16 +440,20 @@ def test_kill_9_loses_no_acked_chunk_applies_nothing_twice_and_gives_the_uninter
     ckpt = tmp_path / "served-ckpt"
     assert checkpoint.load_latest(ckpt).meta["robots"][RID]["windows"] == WINDOWS
 
-    # newest checkpoint corrupted: the previous one is used and window 2 is applied again, once
-    (_, previous), (_, newest) = checkpoint.checkpoints(ckpt)[-2:]
-    assert checkpoint.read(previous)[1]["robots"][RID]["windows"] == WINDOWS - 1
-    data = bytearray(newest.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    newest.write_bytes(bytes(data))
+    # the checkpoints after the last window (the last turn's, and the one on stop if idle work followed)
+    # corrupted: the one before is used and window 2 is applied again, once
+    windows = [(path, checkpoint.read(path)[1]["robots"][RID]["windows"]) for _, path in checkpoint.checkpoints(ckpt)]
+    newest = [path for path, n in windows if n == WINDOWS]
+    previous = [path for path, n in windows if n == WINDOWS - 1][-1]
+    assert newest and all(n == WINDOWS for _, n in windows[windows.index((previous, WINDOWS - 1)) + 1:])
+    for path in newest:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
     svc = start(cfg, model, tmp_path, name="served")
     try:
         resumed = svc.worker.checkpoint_status
-        assert Path(resumed["path"]) == previous and [Path(p) for p, _ in resumed["skipped"]] == [newest]
+        assert Path(resumed["path"]) == previous and [Path(p) for p, _ in resumed["skipped"]] == newest[::-1]
         assert resumed["resumed"] and "resume_error" not in resumed, resumed     # the whole state came back
         with TwinClient(svc.endpoints["query"], timeout_s=30) as client:
             r = wait_for(client, lambda h: h["robots"][RID]["windows"] >= WINDOWS)["robots"][RID]
@@ -463,6 +467,25 @@ def test_kill_9_loses_no_acked_chunk_applies_nothing_twice_and_gives_the_uninter
     from twin_bayes.service.worker import StoreMismatch
     with pytest.raises(StoreMismatch, match="another checkpoint directory"):
         start(cfg, model, tmp_path, name="fresh", worker=WorkerSettings(checkpoints=ckpt))
+
+
+def test_checkpoints_are_written_at_most_every_interval_and_on_stop(cfg, model, chunks, tmp_path):
+    """With `checkpoint_every_s` longer than the stream, the first turn is checkpointed (nothing was
+    before), the next windows are not, and stopping saves the last: a restart then has nothing to redo."""
+    ckpt = tmp_path / "interval-ckpt"
+    worker = WorkerSettings(checkpoints=ckpt, checkpoint_every_s=3600.0, validate=False)
+    with serving(cfg, model, tmp_path, name="interval", worker=worker) as (svc, _):
+        acked(svc.endpoints["ingest"], chunks)
+        with TwinClient(svc.endpoints["query"], timeout_s=30) as client:
+            wait_for(client, lambda h: h["robots"][RID]["windows"] >= WINDOWS)
+        assert [checkpoint.read(p)[1]["robots"][RID]["windows"] for _, p in checkpoint.checkpoints(ckpt)] == [1]
+        final = _posterior(svc)
+    assert [checkpoint.read(p)[1]["robots"][RID]["windows"] for _, p in checkpoint.checkpoints(ckpt)] == [1, WINDOWS]
+    with serving(cfg, model, tmp_path, name="interval", worker=worker) as (svc, _):
+        assert svc.worker.checkpoint_status["resumed"]
+        assert svc.worker.robots[RID].applied_seq == APPLIED
+        for got, want in zip(_posterior(svc), final):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_a_log_served_and_the_same_log_fitted_with_stream_give_the_same_posterior(cfg, model, chunks, tmp_path,

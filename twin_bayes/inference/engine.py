@@ -408,7 +408,8 @@ propose_jit, temper_jit, finish_jit = phase(propose), phase(temper), phase(finis
 def update(model: TwinModel, states: TwinState, windows: Window) -> tuple[TwinState, UpdateInfo]:
     """Bring one window per robot into its posterior; states and windows carry a robot axis (R, ...).
 
-    windows come from `TwinModel.window` (validated, padded), stacked. Three compiled phases:
+    windows come from `TwinModel.window` (validated, padded), stacked. The states' model error is carried
+    through unread; it may be None (as `twin.update_many` passes it). Three compiled phases:
     `propose` (Laplace), `temper` (only when some robot's importance weights degenerate; it compiles
     the first time one does) and `finish` (the gate). Deterministic: the same states and windows give
     the same result; a refused window leaves the posterior as it was (stale).

@@ -311,6 +311,13 @@ def _unstack(tree, n: int) -> list:
     return [jax.tree.map(lambda x, k=k: x[k], tree) for k in range(n)]
 
 
+def update_input(state: engine.TwinState) -> engine.TwinState:
+    """A state as an update takes it: without its model error, which updates carry through unread, so
+    that an update never waits for a model-error refit still computing (`Twin.refit_model_error`
+    returns before its result is ready)."""
+    return state._replace(model_error=None)
+
+
 def update_many(twins: Sequence[Twin], windows: Sequence[Window], max_batch: int = BATCH_SIZES[-1],
                 executor: Executor | None = None) -> list[UpdateReport]:
     """One window into each twin, in batched updates per model (twins whose models compute the same:
@@ -325,12 +332,13 @@ def update_many(twins: Sequence[Twin], windows: Sequence[Window], max_batch: int
     def run(idx, rows):
         start = time.perf_counter()
         model = twins[idx[0]].model
-        new, info = engine.update(model, _stack([twins[i].state for i in rows]), _stack([windows[i] for i in rows]))
+        new, info = engine.update(model, _stack([update_input(twins[i].state) for i in rows]),
+                                  _stack([windows[i] for i in rows]))
         info = jax.device_get(info)
         latency = time.perf_counter() - start
         for k, (i, state) in enumerate(zip(idx, _unstack(new, len(idx)))):
             twin, old = twins[i], twins[i].posterior
-            twin.state = state
+            twin.state = state._replace(model_error=twin.state.model_error)
             reports[i] = _report(jax.tree.map(lambda x, k=k: x[k], info), old, twin.posterior, latency)
 
     _each(_batches(twins, max_batch), run, executor)

@@ -32,6 +32,9 @@ def register(sub) -> dict:
     p.add_argument("--query", default="tcp://127.0.0.1:5557", help="query ROUTER address")
     p.add_argument("--checkpoints", default=CHECKPOINTS, help="checkpoint directory, relative to the working "
                                                               "directory ('' for none)")
+    p.add_argument("--checkpoint-every", type=float, default=10.0, metavar="S",
+                   help="checkpoint the twins at most every S seconds and when stopping (0: after every turn); a "
+                        "restart re-applies the telemetry stored after the checkpoint, so only its work depends on it")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus /metrics on this port (0: a free one; default: off)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics server")
@@ -104,7 +107,9 @@ def cmd_serve(args) -> int:
         store.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         return _bad(f"--store {args.store}: {e}")
-    worker = WorkerSettings(checkpoints=checkpoints,
+    if not args.checkpoint_every >= 0:
+        return _bad(f"--checkpoint-every {args.checkpoint_every}: must be 0 or more seconds")
+    worker = WorkerSettings(checkpoints=checkpoints, checkpoint_every_s=args.checkpoint_every,
                             horizon_s=args.horizon, alert_probability=args.alert_probability,
                             retain_chunks=args.retain_chunks, retain_versions=args.retain_versions,
                             preload=args.preload)

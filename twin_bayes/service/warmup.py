@@ -42,7 +42,7 @@ def warmup(cfg, robot_counts, horizon_s: float, model=None) -> dict:
     import numpy as np
 
     from twin_bayes.inference import Twin, engine
-    from twin_bayes.inference.twin import _batches, predict_many, update_many
+    from twin_bayes.inference.twin import _batches, predict_many, update_input, update_many
     from twin_bayes.service.worker import PREDICTION_DRAWS, QUANTILES, VALIDATION_DRAWS, parallelism
     from twin_bayes.sim.emulator import emulate
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def warmup(cfg, robot_counts, horizon_s: float, model=None) -> dict:
         for idx, rows in _batches(twins[:n], max_batch):
             if len(rows) not in tempered:     # once per batch size: it compiles, and it runs for long
                 tempered.add(len(rows))
-                states, windows = stack([twins[i].state for i in rows]), stack([window] * len(rows))
+                states, windows = stack([update_input(twins[i].state) for i in rows]), stack([window] * len(rows))
                 engine.temper_jit(m, states, engine.propose_jit(m, states, windows))
         update_many(twins[:n], [window] * n, max_batch)
         for (commands, row, draws), k in zip(predictions, (n, 1)):    # windows are re-predicted one by one

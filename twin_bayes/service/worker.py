@@ -3,15 +3,21 @@
 One `RobotTwin` per robot. The thread wakes when ingest stores a chunk
 (`notify(robot_id)`), cuts each ready robot's stored samples into its next
 window (`data.windows.cut_windows`, the cutter every path shares; windows share
-their boundary sample), updates all of them in batched calls per design
-(`inference.update_many`; on CPU batches of 4 robots on two threads, `parallelism`), checkpoints every twin's whole `TwinState` with the
-position of its next window and the store's identity, and hands posterior,
-prediction and alert messages to the I/O thread through
-`publish(type, robot_id, build)` (build(seq) -> frames). It never touches a
-socket. Re-predicting applied windows for model calibration is the thread's idle work: one robot's
+their boundary sample) and works in turns: a turn takes the robots ready longest,
+as many as one batched call per thread holds (on CPU 2 × 4, `parallelism`), updates
+them (`inference.update_many`, batched per design), stores and publishes their
+posteriors, then their predictions. A robot whose window became ready during a turn
+waits for at most that turn, not for the whole fleet's; a turn that starts when no
+robot was waiting first waits `batch_wait_s` for a turn's worth. Posterior, prediction and
+alert messages go to the I/O thread through `publish(type, robot_id, build)`
+(build(seq) -> frames); the thread never touches a socket. Every twin's whole
+`TwinState` is checkpointed with the position of its next window and the store's
+identity, at most every `checkpoint_every_s` and when the worker stops.
+Re-predicting applied windows for model calibration is the thread's idle work: one robot's
 window at a time, when no robot has a window ready, so an update waits at most for one such
-re-prediction. On start it resumes from the newest valid checkpoint and re-applies the stored chunks after it, so a restart gives the posteriors an
-uninterrupted run would have; a checkpoint of another store is refused.
+re-prediction. On start it resumes from the newest valid checkpoint and re-applies the stored
+chunks after it, so a restart gives the posteriors an uninterrupted run would have, however old
+the checkpoint; a checkpoint of another store is refused.
 """
 from __future__ import annotations
 
@@ -50,6 +56,8 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 PREDICTION_DRAWS = 2   # predictive draws per posterior particle of a published prediction
 VALIDATION_DRAWS = 1   # predictive draws per posterior particle when a window is re-predicted
 VALIDATION_QUEUE = 32  # applied windows per robot kept for re-prediction while the worker is busy (the newest)
+VALIDATION_LOAD = 0.75  # idle work waits while turns took more than this share of the last LOAD_WINDOW_S
+LOAD_WINDOW_S = 10.0
 FETCH = 1024  # chunks read from the store per pass
 RETENTION_EVERY_S = 10.0
 Publish = Callable[[str, str, Callable[[int], list[bytes]]], None]
@@ -63,12 +71,23 @@ class WorkerSettings:
     retain_chunks / retain_versions: store retention (None keeps everything);
     validate: re-predict applied windows from their start under their real commands and score them
     (health's model_calibration), then refit the model error, as idle work: when no robot has a window
-    ready, one robot's oldest waiting window, the robot validated longest ago first (every window
-    once the worker catches up, the newest VALIDATION_QUEUE per robot under sustained load; the
-    update's throughput is kept); false: neither, and predictions carry no learned model error;
+    ready and turns took at most VALIDATION_LOAD of the last LOAD_WINDOW_S (a re-prediction started in
+    the gaps of a fleet near capacity would delay its next windows), one robot's oldest waiting window,
+    the robot validated longest ago first (every window once the worker catches up, the newest
+    VALIDATION_QUEUE per robot under sustained load; the update's throughput is kept); false: neither,
+    and predictions carry no learned model error;
     prediction_draws: predictive draws per posterior particle of each published prediction (the
     rollouts and so the cost grow with it; 2 × 32 particles: 64 draws per band);
-    max_batch, threads: robots per batched call and threads running the batches (None: `parallelism()`);
+    max_batch, threads: robots per batched call and threads running the batches (None: `parallelism()`); a
+    turn updates at most max_batch × threads robots;
+    batch_wait_s: when a robot's data arrive and no other robot was waiting, the worker waits up to this long
+    (s) for more robots, up to a turn's worth, before it starts the turn (dynamic batching: robots streaming
+    in step complete their windows within milliseconds of each other, and a turn begun with the first of
+    them would hold the others back by a whole turn);
+    checkpoint_every_s: the twins' states are checkpointed after a turn at most this often (s), and when the
+    worker stops; 0: after every turn. The posteriors do not depend on it (a restart re-applies the stored
+    telemetry after the checkpoint it resumes from), only the work a restart redoes: a checkpoint holds about
+    1 MB per arm2 robot;
     preload: before its first window, the worker makes in this process the calls `twin-bayes warmup` makes
     (`service.warmup.warmup`, for 1 robot and for this service's robots of each design), so that no
     executable is first loaded from the compilation cache in the middle of a stream (each such load
@@ -77,6 +96,8 @@ class WorkerSettings:
 
     checkpoints: Path | None = None
     keep_checkpoints: int = checkpoint.KEEP
+    checkpoint_every_s: float = 10.0
+    batch_wait_s: float = 0.05
     horizon_s: float = 0.05
     alert_probability: float = 0.9
     trend_length: int = 10
@@ -227,12 +248,16 @@ class Worker:
         # (cut, its padded Window, the draws of the posterior before it)
         self._unvalidated: dict[str, deque[tuple[Cut, Window, np.ndarray]]] = {}
         self._retained_at = -RETENTION_EVERY_S
+        self._checkpointed_at = -float("inf")
+        self._unsaved = False     # windows applied since the last checkpoint
         self._rounds = 0
+        self._turns: deque[tuple[float, float]] = deque()    # (end, duration) s of the turns of the last LOAD_WINDOW_S
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="twin-inference", daemon=True)
         batch, threads = parallelism()
         self.max_batch = settings.max_batch or batch
         threads = settings.threads or threads
+        self.turn_size = self.max_batch * threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="twin-batch") if threads > 1 else None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -255,33 +280,44 @@ class Worker:
         self.inbox.put(robot_id)
 
     def _run(self) -> None:
-        """Turns over the robots with work: each ready robot's next window, all in one batched update
-        per design, so none starves and a fleet costs one call per turn."""
-        ready: set[str | None] = set()
+        """Turns over the robots with work, the robot ready longest first: each turn the next window of
+        up to `turn_size` of them, in one batched update per design, so none starves and a fleet costs
+        one call per batch."""
+        ready: dict[str | None, None] = {}      # robots that may have a window, in the order they became ready
         retaining = bool(self.settings.retain_chunks or self.settings.retain_versions)
         if self.settings.preload:
             self._preload()
         while True:
-            try:  # with retention, wake up idle too: retention postponed by its interval is then due
-                idle = not ready and not self._unvalidated
-                ready.add(self.inbox.get(block=idle, timeout=RETENTION_EVERY_S if retaining and idle else None))
+            try:  # no robot with data: wait for some, unless there is idle work the load allows
+                waiting = not ready
+                block = waiting and not (self._unvalidated and self.load() <= VALIDATION_LOAD)
+                # wake up to look at the load again, or for retention postponed by its interval
+                timeout = 0.1 * LOAD_WINDOW_S if self._unvalidated else RETENTION_EVERY_S if retaining else None
+                ready.setdefault(self.inbox.get(block=block, timeout=timeout if block else None))
+                if waiting:
+                    self._gather(ready)
                 while True:
-                    ready.add(self.inbox.get_nowait())
+                    ready.setdefault(self.inbox.get_nowait())
             except queue.Empty:
                 pass
             if None in ready or self._stopping.is_set():
+                self._checkpoint(due=True)
                 return
             try:
                 cuts = {}
-                for rid in sorted(ready):
+                for rid in list(ready):
+                    if len(cuts) == self.turn_size:
+                        break
                     cut = self._next_cut(self.robots[rid])
-                    if cut is None:
-                        ready.discard(rid)
-                    else:
+                    del ready[rid]             # back at the end of the line if it has another window
+                    if cut is not None:
                         cuts[rid] = cut
+                        ready[rid] = None
                 if cuts:
+                    start = time.monotonic()
                     self._apply(cuts)
-                elif self._unvalidated:
+                    self._turns.append((time.monotonic(), time.monotonic() - start))
+                elif self._unvalidated and self.load() <= VALIDATION_LOAD:
                     self._validate_idle()
             except Exception as e:  # keep serving; the failure shows in health
                 log.exception("inference failed")
@@ -289,6 +325,19 @@ class Worker:
                 ready.clear()
             if retaining:
                 self._retention()
+
+    def load(self) -> float:
+        """The share of the last LOAD_WINDOW_S spent in turns (updates, their publishing and predictions)."""
+        now = time.monotonic()
+        while self._turns and self._turns[0][0] < now - LOAD_WINDOW_S:
+            self._turns.popleft()
+        return sum(d for _, d in self._turns) / LOAD_WINDOW_S
+
+    def _gather(self, ready: dict) -> None:
+        """Dynamic batching: after a first robot's notice, wait up to `batch_wait_s` for a turn's worth."""
+        deadline, want = time.monotonic() + self.settings.batch_wait_s, min(self.turn_size, len(self.robots))
+        while len(ready) < want and None not in ready and (left := deadline - time.monotonic()) > 0:
+            ready.setdefault(self.inbox.get(timeout=left))
 
     def _preload(self) -> None:
         """`service.warmup.warmup` per design, for 1 robot and the design's robot count (`preload`)."""
@@ -345,7 +394,13 @@ class Worker:
         if problems:
             self.checkpoint_status["resume_error"] = "not resumed: " + "; ".join(problems)
 
+    def _checkpoint(self, due: bool = False) -> None:
+        """Save a checkpoint if windows were applied since the last one and it is due (`checkpoint_every_s`)."""
+        if self._unsaved and (due or time.monotonic() >= self._checkpointed_at + self.settings.checkpoint_every_s):
+            self._save_checkpoint()
+
     def _save_checkpoint(self) -> None:
+        self._checkpointed_at, self._unsaved = time.monotonic(), False
         if self.settings.checkpoints is None:
             return
         arrays, robots = {}, {}
@@ -381,7 +436,8 @@ class Worker:
         return next_cut(rt.tail, rt.applied_row if rt.applied_seq >= 0 else 0, rt.twin.model)
 
     def _apply(self, cuts: dict[str, Cut]) -> None:
-        """Score, update (batched per design), checkpoint, store and publish the robots' windows."""
+        """Score, update (batched per design), store and publish the robots' windows; then their
+        predictions, and a checkpoint when due."""
         robots = [self.robots[rid] for rid in cuts]
         for rt in robots:
             self._score(rt, cuts[rt.robot_id])
@@ -414,7 +470,8 @@ class Worker:
                 self.metrics.observe_update(rt.robot_id, report.latency_s, report.accepted)
                 rt.last_update = {k: report.as_dict()[k] for k in ("accepted", "reason", "version", "stages",
                                                                     "ess", "drift", "latency_s")}
-        for rt in todo:    # stored before the checkpoint: a restart from it never lacks a version it holds
+        self._unsaved = True
+        for rt in todo:    # stored before it is published or checkpointed: no client sees a version the store lacks
             post = rt.twin.posterior
             if reports[rt.robot_id].accepted:
                 try:
@@ -422,7 +479,6 @@ class Worker:
                                                      particles_blob(rt.twin.particles))
                 except StoreError as e:
                     self.error = f"{rt.robot_id}: posterior version not stored ({e})"
-        self._save_checkpoint()
         for rt in todo:
             if reports[rt.robot_id].accepted:
                 self._alerts(rt)
@@ -431,6 +487,7 @@ class Worker:
             self.publish("telemetry", rid, lambda seq, rid=rid, c=cut: protocol.telemetry(rid, seq, c.t, c.q, c.qd,
                                                                                           c.ctrl))
         self._predict(todo, cuts)
+        self._checkpoint()
         if self.settings.validate:
             for rt, window in zip(todo, windows):    # each with the posterior before it
                 self._unvalidated.setdefault(rt.robot_id, deque(maxlen=VALIDATION_QUEUE)).append(
@@ -483,6 +540,7 @@ class Worker:
         if not waiting:
             del self._unvalidated[rt.robot_id]
             rt.twin.refit_model_error()
+            self._unsaved = True
 
     def _validate(self, robots: list[RobotTwin], windows: dict[str, tuple[Cut, Window, np.ndarray]]) -> None:
         """Model calibration: each window just applied, predicted again open loop from its first measured
