@@ -59,7 +59,8 @@ def test_returns_are_fixed_by_the_seed(robot, prior):
 
 def test_a_short_training_run_improves_the_return(robot, prior):
     """20 ARS iterations (8 directions, 2 s episodes) on the nominal model: the mean return of 8 held-out
-    episodes rises by at least 0.3 (measured: 1.28 -> 1.90; falling at once scores about 1)."""
+    episodes rises by at least 0.8 (measured: 3.12 -> 4.80; the alive bonus is 3 per second, and the
+    gait prior falls after about 1 s)."""
     def held_out(policy):
         out = walk.simulate(robot, [robot.mj_model] * 8, policy, np.tile(policy.flat(), (8, 1)), 2.0,
                             range(100, 108))
@@ -67,7 +68,7 @@ def test_a_short_training_run_improves_the_return(robot, prior):
     trained, history = walk.train(robot, [robot.mj_model], prior, 20, 2.0, 0,
                                   ars.Settings(directions=8, top=4, step_size=0.03, noise=0.05))
     assert len(history) == 20
-    assert held_out(trained) > held_out(prior) + 0.3
+    assert held_out(trained) > held_out(prior) + 0.8
 
 
 def test_the_file_round_trips_and_bad_files_are_refused(tmp_path, prior):

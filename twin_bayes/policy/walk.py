@@ -36,9 +36,9 @@ from twin_bayes.sim.robot import Robot
 
 FALL_HEIGHT = 1.0          # m: the torso's height (standing 1.29) below which the humanoid has fallen
 CONTROL_STEPS = 2          # physics steps per command (6 ms: 167 Hz)
-GAIT_HZ = 1.0              # strides per second of the phase clock
+GAIT_HZ = 1.5              # strides per second of the phase clock (3 steps per second)
 KP = 3.0                   # command units per rad (× gear 25-300 N·m per unit)
-ALIVE, EFFORT = 1.0, 0.1   # reward per second alive; weight of the mean squared command (of its range)
+ALIVE, EFFORT = 3.0, 0.1   # reward per second alive; weight of the mean squared command (of its range)
 NOISE = {"q": 0.002, "qd": 0.02}   # sensor noise sd (rad or m, rad/s or m/s), as the project's real robots
 # The tracking cost's scales (as `policy.tasks` humanoid tasks): joint error 0.1 rad; base tilt 0.05, its rate 0.5 rad/s.
 JOINT_SCALE, BASE_SCALE = 0.1, np.array([0.05, 0.05, 0.5, 0.5])
