@@ -199,8 +199,9 @@ def main(argv=None) -> dict:
               "fall_height_m": walk.FALL_HEIGHT, "ars": SETTINGS._asdict(), "pretrain_iterations": pretrain,
               "finetune_iterations": finetune,
               "finetune_budget_episodes": finetune * 2 * SETTINGS.directions,
-              "truths": {k: {"file": str(f.relative_to(TRUTHS.parents[2])), "params": {
-                  n: v for n, v in t[0].items() if v != robot.nominal()[n]}} for (k, t), f in zip(truths.items(), files)},
+              "truths": {k: {"file": str(f.relative_to(TRUTHS.parents[2])),
+                             "params": {n: v for n, v in t[0].items() if v != robot.nominal()[n]}}
+                         for (k, t), f in zip(truths.items(), files)},
               "training": training, "identification": identification, "summary": summary, "runs": runs,
               "wall_s": time.perf_counter() - started}
     stem = experiment.write_result(result, name, args.out)

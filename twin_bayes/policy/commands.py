@@ -68,7 +68,7 @@ def register(sub) -> dict:
     p.add_argument("--posterior", required=True, help="directory written by `twin-bayes fit`")
     p.add_argument("--config", help="twin config (default: the one named in the posterior's summary.json)")
     p.add_argument("--out", required=True, help="Python file to write")
-    pol = sub.add_parser("policy", help="walking controllers: run one on an emulated robot, predict it from a posterior")
+    pol = sub.add_parser("policy", help="walking controllers: run one on an emulated robot, or predict it")
     psub = pol.add_subparsers(dest="policy_command", required=True)
     run = psub.add_parser("run", help="run a saved controller on an emulated real robot of a given truth")
     run.add_argument("--policy", required=True, help="controller file (JSON, `policy.walk.save`)")

@@ -40,7 +40,8 @@ GAIT_HZ = 1.5              # strides per second of the phase clock (3 steps per 
 KP = 3.0                   # command units per rad (× gear 25-300 N·m per unit)
 ALIVE, EFFORT = 3.0, 0.1   # reward per second alive; weight of the mean squared command (of its range)
 NOISE = {"q": 0.002, "qd": 0.02}   # sensor noise sd (rad or m, rad/s or m/s), as the project's real robots
-# The tracking cost's scales (as `policy.tasks` humanoid tasks): joint error 0.1 rad; base tilt 0.05, its rate 0.5 rad/s.
+# The tracking cost's scales (as the `policy.tasks` humanoid tasks): joint error 0.1 rad; base tilt 0.05,
+# its rate 0.5 rad/s.
 JOINT_SCALE, BASE_SCALE = 0.1, np.array([0.05, 0.05, 0.5, 0.5])
 FORMAT, VERSION = "twin-bayes walking controller", 1
 
@@ -87,7 +88,8 @@ class WalkPolicy(NamedTuple):
 
 def gait_prior(robot: Robot) -> WalkPolicy:
     """The starting gait: hips swing ±0.25 rad, each knee flexes up to 0.3 rad in its swing (a Fourier fit of
-    −0.3·max(0, cos φ)); no balance feedback yet; normalisation `OBS_MEAN`, `OBS_SCALE`; kd half the `deadbeat_kd`."""
+    −0.3·max(0, cos φ)); no balance feedback yet; normalisation `OBS_MEAN`, `OBS_SCALE`; kd half the
+    `deadbeat_kd`."""
     side = np.zeros((len(RIGHT), N_FEATURES))
     sin1, cos1, cos2, bias = 9, 10, 12, 13   # columns of f
     side[2, sin1] = -0.25
@@ -166,9 +168,9 @@ def commands(policy: WalkPolicy, joints: Joints, target: np.ndarray, q: np.ndarr
 class Outcome(NamedTuple):
     """E episodes: reward (E,); distance (m, torso x displacement), fell (bool), seconds (until the end or
     the fall), energy (J, Σ_steps Σ_joints |τ·q̇|·dt), tracking (mean squared normalised joint error from the
-    targets + mean squared command + mean squared normalised base reading) (E,); steps: physics steps simulated; when recorded (else None) the true
-    state at every physics step, qpos (E, T+1, nq) and qvel (E, T+1, nv) (NaN after a fall), and the
-    commands sent, sent (E, T, nu) (each acts after the latency)."""
+    targets + mean squared command + mean squared normalised base reading) (E,); steps: physics steps
+    simulated; when recorded (else None) the true state at every physics step, qpos (E, T+1, nq) and qvel
+    (E, T+1, nv) (NaN after a fall), and the commands sent, sent (E, T, nu) (each acts after the latency)."""
 
     reward: np.ndarray
     distance: np.ndarray
