@@ -127,3 +127,20 @@ def test_a_fall_ends_the_episode(robot, prior):
     height = run.qpos[0, :, 2][~np.isnan(run.qpos[0, :, 2])]
     assert height[-walk.CONTROL_STEPS:].min() < walk.FALL_HEIGHT <= height[:-walk.CONTROL_STEPS].min()
     assert run.seconds[0] == pytest.approx((len(height) - 1) * robot.dt)
+
+
+def test_policy_predict_gives_intervals_from_a_posterior(tmp_path, prior, capsys):
+    """`policy predict` from a saved `humanoid` twin (its prior particles, no update: nothing compiles the
+    contact model): each figure's 5 % <= mean <= 95 %, over the requested draws."""
+    from twin_bayes.inference import Twin
+    from twin_bayes.inference.store import save_posterior
+    posterior = save_posterior(Twin.from_config("humanoid"), tmp_path / "fit")
+    path = walk.save(prior, tmp_path / "w.json", "humanoid")
+    argv = ["policy", "predict", "--policy", str(path), "--posterior", str(posterior), "--config", "humanoid",
+            "--draws", "4", "--seconds", "0.3", "--seed", "2", "--json"]
+    assert cli.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["draws"] == 4 and printed["level"] == 0.9
+    for figure in ("distance_m", "falls", "mean_speed_m_s", "energy_j", "tracking_cost"):
+        assert printed[figure]["q05"] <= printed[figure]["mean"] <= printed[figure]["q95"]
+    assert printed["energy_j"]["q05"] > 0
