@@ -1,0 +1,215 @@
+"""Humanoid walking: a walker trained by ARS on the nominal model, on uniform domain randomisation and on the
+twin's posterior, run on real humanoids of hidden truths; the twin predicts its distance.
+
+    .venv/bin/python experiments/humanoid_walk.py            # 3 hidden truths x 3 sensor-noise seeds, 10 s runs
+    .venv/bin/python experiments/humanoid_walk.py --quick    # 1 truth x 1 seed, tiny budgets, 2 s runs
+
+The real humanoids are native MuJoCo under the truth files in twin_bayes/robots/humanoid/truths/ (torso and
+leg masses, hip and knee damping and armature, foot friction, command latency); the trainer and the twin
+see none of them. The walker is `policy.walk` (phase clock, mirror-symmetric linear policy on the torso's
+state, PD to joint targets), trained by ARS (`policy.ars`) on batched `mujoco.rollout` episodes.
+
+1. Pretraining: `PRETRAIN` ARS iterations on the nominal model from the gait prior (`walk.gait_prior`).
+2. Per truth, the pretrained walker runs on the real humanoid; its telemetry (sensor noise on every
+   3 ms reading, the commands as sent; whole 0.3 s windows until the run ends or the torso falls, at
+   most `WINDOWS`) is streamed through a `humanoid` twin with `Twin.update`, as the identification
+   study does; the posterior is saved for `twin-bayes policy predict`.
+3. Fine-tuning, the same budget each (`FINETUNE` iterations × 2·directions episodes of `EPISODE_S`):
+   on the nominal model, on `DRAWS` uniform draws over the config's prior 5-95 % ranges, and per truth
+   on `DRAWS` posterior particles.
+4. Every walker runs `RUN_S` on each real humanoid (sensor-noise seeds `SEEDS`); the truth's fitted twin
+   gives its 90 % interval of the distance from `DRAWS` other posterior draws.
+
+Writes experiments/results/humanoid_walk[_quick].json, _distance.png, _gait.png and, under
+humanoid_walk[_quick]/, the walkers (JSON) and the posteriors.
+"""
+import json
+import time
+from pathlib import Path
+
+from twin_bayes import _jax  # noqa: F401  (first: NPROC against the 2-core LAPACK deadlock, float64)
+import jax  # noqa: E402
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from twin_bayes.config import load_config  # noqa: E402
+from twin_bayes.data import consecutive_windows  # noqa: E402
+from twin_bayes.inference import Twin  # noqa: E402
+from twin_bayes.inference.store import save_posterior  # noqa: E402
+from twin_bayes.models import TwinModel  # noqa: E402
+from twin_bayes.policy import ars, experiment, walk  # noqa: E402
+from twin_bayes.sim import load_robot  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TRUTHS = Path(walk.__file__).resolve().parents[1] / "robots" / "humanoid" / "truths"
+SETTINGS = ars.Settings(directions=16, top=8, step_size=0.03, noise=0.05)
+EPISODE_S, RUN_S, DRAWS, WINDOWS, SEEDS = 3.0, 10.0, 32, 3, [1, 2, 3]
+PRETRAIN, FINETUNE = 150, 30
+
+
+def fit_posterior(cfg, model: TwinModel, robot, truth, noise, walker, seed: int, out: Path):
+    """The twin of one real humanoid, fitted on the walker's telemetry there (data seed `seed`)."""
+    window_s = (model.window_samples - 1) * robot.dt
+    run = walk.real_run(robot, truth, walker, WINDOWS * window_s + 0.01, seed, noise)
+    n = int(np.sum(~np.isnan(run.qpos[0, :, 0]))) - 1          # steps before the run ended
+    rng = np.random.default_rng(seed + 10_000)
+    q = run.qpos[0, :n] + rng.normal(0.0, noise[0], (n, robot.nq))
+    qd = run.qvel[0, :n] + rng.normal(0.0, noise[1], (n, robot.nv))
+    twin = Twin(cfg, model)
+    reports = [twin.update(w) for w in consecutive_windows(q, qd, run.sent[0, :n], model.window_samples)]
+    save_posterior(twin, out)
+    return twin, reports
+
+
+def plot_distance(result: dict, path) -> None:
+    """Real distance per walker and run (dots, colour = truth), the twin's 90 % interval (grey), 3 m line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = ["nominal", "uniform_dr", "posterior"]
+    truths = list(result["truths"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for j, name in enumerate(names):
+        rows = [r for r in result["runs"] if r["policy"] == name]
+        for k, r in enumerate(rows):
+            x = j + 0.7 * (k + 0.5) / len(rows) - 0.35
+            lo, hi = r["predicted"]["distance_m"]["q05"], r["predicted"]["distance_m"]["q95"]
+            ax.plot([x, x], [lo, hi], color="0.75", lw=3)
+            ax.plot(x, r["distance_m"], "x" if r["falls"] else "o", color=f"C{truths.index(r['truth'])}", ms=5)
+    ax.axhline(3.0, color="k", ls="--", lw=1)
+    ax.set_xticks(range(len(names)), ["nominal model", "uniform DR", "posterior"])
+    ax.set_ylabel(f"forward distance in {result['run_s']:g} s (m)")
+    ax.set_title("walker on the real humanoid: o no fall, x fell (colour = hidden truth);\n"
+                 "grey: twin's predicted 90% interval; dashed: 3 m", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+CHAINS = (("torso", "lwaist", "pelvis", "right_thigh", "right_shin", "right_foot"),
+          ("pelvis", "left_thigh", "left_shin", "left_foot"))
+
+
+def plot_gait(robot, runs: dict, truth: dict, path, frames: int = 12) -> None:
+    """Torso x and height against time for each walker (one real run), and a side-view filmstrip (x, z of
+    the torso, pelvis and leg bodies) of the posterior walker's run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    m = robot.model_with(robot.to_vector(truth))
+    d = mujoco.MjData(m)
+    fig, (ax_x, ax_z, ax_f) = plt.subplots(3, 1, figsize=(8, 8), gridspec_kw={"height_ratios": [1, 1, 1.4]})
+    for name, run in runs.items():
+        t = np.arange(run.qpos.shape[1]) * robot.dt
+        ax_x.plot(t, run.qpos[0, :, 0] - run.qpos[0, 0, 0], label=name)
+        ax_z.plot(t, run.qpos[0, :, 2], label=name)
+    ax_z.axhline(walk.FALL_HEIGHT, color="k", ls="--", lw=1)
+    ax_x.set_ylabel("torso x (m)")
+    ax_z.set_ylabel("torso height (m)")
+    ax_z.set_xlabel("time (s)")
+    ax_x.legend(fontsize=8)
+    qpos = runs["posterior"].qpos[0]
+    valid = np.flatnonzero(~np.isnan(qpos[:, 0]))
+    for i, row in enumerate(np.linspace(0, valid[-1], frames).astype(int)):
+        d.qpos[:] = qpos[row]
+        mujoco.mj_kinematics(m, d)
+        for chain in CHAINS:
+            xz = np.array([d.xpos[m.body(b).id][[0, 2]] for b in chain])
+            ax_f.plot(xz[:, 0], xz[:, 1], "-o", color=plt.cm.viridis(i / frames), ms=2, lw=1)
+    ax_f.set_aspect("equal")
+    ax_f.set_xlabel("x (m)")
+    ax_f.set_ylabel("z (m)")
+    ax_f.set_title(f"posterior walker, side view every {valid[-1] * robot.dt / (frames - 1):.2f} s", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = experiment.script_args(__doc__.splitlines()[0], RESULTS, argv)
+    quick = args.quick
+    name = "humanoid_walk" + ("_quick" if quick else "")
+    store = Path(args.out) / name
+    store.mkdir(parents=True, exist_ok=True)
+    pretrain, finetune, run_s = (4, 2, 2.0) if quick else (PRETRAIN, FINETUNE, RUN_S)
+    files = sorted(TRUTHS.glob("*.toml"))[:1 if quick else None]
+    seeds = SEEDS[:1] if quick else SEEDS
+    cfg = load_config("humanoid")
+    model = TwinModel(cfg)
+    robot = model.robot
+    truths = {f.stem: walk.read_truth(f, robot) for f in files}
+    started = time.perf_counter()
+
+    def train(models, policy, iterations, seed, label):
+        trained, history = walk.train(robot, models, policy, iterations, EPISODE_S, seed, SETTINGS)
+        experiment.log.info("%s: mean return %.3f -> %.3f over %d iterations", label, history[0]["mean_return"],
+                            history[-1]["mean_return"], iterations)
+        walk.save(trained, store / f"{label}.json", robot.name, {"trained_on": label, "iterations": iterations})
+        return trained, [h["mean_return"] for h in history], int(sum(h["steps"] for h in history))
+
+    def models_of(thetas):
+        return [robot.model_with(np.asarray(t)) for t in thetas]
+
+    pre, pre_curve, pre_steps = train([robot.mj_model], walk.gait_prior(robot), pretrain, 0, "pretrained")
+    training = {"pretrained": {"curve": pre_curve, "steps": pre_steps}}
+    walkers = {}
+    for label, thetas in (("nominal", experiment.nominal_thetas(model)),
+                          ("uniform_dr", experiment.uniform_thetas(model, jax.random.PRNGKey(0), DRAWS))):
+        walkers[label], curve, steps = train(models_of(thetas), pre, finetune, 1, label)
+        training[label] = {"curve": curve, "steps": steps}
+    identification, twins = {}, {}
+    for i, (truth_name, (truth, noise)) in enumerate(truths.items()):
+        twin, reports = fit_posterior(cfg, model, robot, truth, noise, pre, 100 + i, store / f"posterior_{truth_name}")
+        twins[truth_name] = twin
+        summary = twin.posterior.summary()
+        identification[truth_name] = {
+            "windows": len(reports), "accepted": [bool(r.accepted) for r in reports],
+            "posterior": {n: {**summary[n], "truth": truth.get(n),
+                              "covered": summary[n]["q05"] <= truth[n] <= summary[n]["q95"] if n in truth else None}
+                          for n in summary}}
+        thetas, _ = experiment.posterior_draws(twin, DRAWS, seed=i)
+        label = f"posterior_{truth_name}"
+        walkers[label], curve, steps = train(models_of(thetas), pre, finetune, 1, label)
+        training[label] = {"curve": curve, "steps": steps}
+    runs, gait_runs = [], {}
+    for i, (truth_name, (truth, noise)) in enumerate(truths.items()):
+        thetas, noise_sd = experiment.posterior_draws(twins[truth_name], DRAWS, seed=1000 + i)
+        for policy_name in ("nominal", "uniform_dr", "posterior"):
+            walker = walkers["posterior_" + truth_name if policy_name == "posterior" else policy_name]
+            for seed in seeds:
+                run = walk.real_run(robot, truth, walker, run_s, seed, noise)
+                predicted = walk.interval(walk.predicted(robot, thetas, noise_sd, walker, run_s, seed), 0.9)
+                d = predicted["distance_m"]
+                runs.append({"truth": truth_name, "policy": policy_name, "seed": seed, **run.figures(0),
+                             "predicted": predicted, "distance_within_predicted_90": d["q05"] <= run.distance[0]
+                             <= d["q95"]})
+                if i == 0 and seed == seeds[0]:
+                    gait_runs[policy_name] = run
+                experiment.log.info("%s %s seed %d: %.2f m, falls %d", truth_name, policy_name, seed,
+                                    run.distance[0], run.fell[0])
+    summary = {}
+    for policy_name in ("nominal", "uniform_dr", "posterior"):
+        rows = [r for r in runs if r["policy"] == policy_name]
+        summary[policy_name] = {
+            "runs": len(rows), "distance_mean_m": float(np.mean([r["distance_m"] for r in rows])),
+            "walked_3m_without_fall": int(sum(r["distance_m"] >= 3.0 and not r["falls"] for r in rows)),
+            "no_fall": int(sum(not r["falls"] for r in rows)),
+            "distance_within_predicted_90": int(sum(r["distance_within_predicted_90"] for r in rows))}
+    result = {"run_s": run_s, "episode_s": EPISODE_S, "seeds": seeds, "draws": DRAWS, "windows": WINDOWS,
+              "fall_height_m": walk.FALL_HEIGHT, "ars": SETTINGS._asdict(), "pretrain_iterations": pretrain,
+              "finetune_iterations": finetune,
+              "finetune_budget_episodes": finetune * 2 * SETTINGS.directions,
+              "truths": {k: {"file": str(f.relative_to(TRUTHS.parents[2])),
+                             "params": {n: v for n, v in t[0].items() if v != robot.nominal()[n]}}
+                         for (k, t), f in zip(truths.items(), files)},
+              "training": training, "identification": identification, "summary": summary, "runs": runs,
+              "wall_s": time.perf_counter() - started}
+    stem = experiment.write_result(result, name, args.out)
+    plot_distance(result, f"{stem}_distance.png")
+    plot_gait(robot, gait_runs, next(iter(truths.values()))[0], f"{stem}_gait.png")
+    print(json.dumps(summary, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
