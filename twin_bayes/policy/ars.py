@@ -32,7 +32,7 @@ def perturbations(theta: np.ndarray, rng: np.random.Generator, settings: Setting
 
 
 def ars_update(theta: np.ndarray, delta: np.ndarray, returns: np.ndarray, settings: Settings) -> np.ndarray:
-    """One ARS V2-t step from the returns (2N,) of `perturbations`' rows: theta (D,) moves along the
+    """One ARS step from the returns (2N,) of `perturbations`' rows: theta (D,) moves along the
     `top` directions with the largest max(r+, r−), by alpha / (b·sigma_R) · Σ (r+ − r−)·delta."""
     n = len(delta)
     plus, minus = returns[:n], returns[n:]
