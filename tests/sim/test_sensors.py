@@ -15,8 +15,10 @@ import pytest
 
 from twin_bayes.sim import load_robot
 from twin_bayes.sim.native import native_rollout
+from twin_bayes.sim.emulator import emulate
 from twin_bayes.sim.rollout import simulate
 from twin_bayes.sim.sensors import quaternion, rotation
+from twin_bayes.sim.truth import parse_truth
 
 ROBOT = Path(__file__).with_name("arm2_sensors.xml")
 STEPS = 40
@@ -101,6 +103,23 @@ def test_sensors_do_not_change_the_dynamics(robot, commands):
     q_s, qd_s, _ = native_rollout(robot, theta, Q0, QD0, commands, sensors=True)
     np.testing.assert_array_equal(q, q_s)
     np.testing.assert_array_equal(qd, qd_s)
+
+
+def test_emulator_records_readings_through_the_true_sensor_models(robot):
+    """Row k of an emulated recording's readings is read at state k under command k (the last row too),
+    through the truth's sensor models; `[sensor] <name>_sd` adds white noise of that sd."""
+    parsed = parse_truth(sensor_truth(robot, seed=6) | {"sensor": {"gyro_sd": 0.01}}, robot)
+    assert parsed.noise == {"gyro": 0.01}
+    exact = emulate(robot, parsed.params, 0.1, seed=3, noise={"q": 0.0, "qd": 0.0})
+    _, _, native = native_rollout(robot, parsed.params, exact.q[0], exact.qd[0], exact.ctrl, sensors=True)
+    for sensor in robot.layout.sensors.sensors:
+        assert exact.sensors[sensor.name].shape == (51, sensor.dim)
+        np.testing.assert_array_equal(exact.sensors[sensor.name], native[:, sensor.adr: sensor.adr + sensor.dim])
+    noisy = emulate(robot, parsed.params, 0.1, seed=3, noise={"q": 0.0, "qd": 0.0} | parsed.noise)
+    assert np.std(noisy.sensors["gyro"] - exact.sensors["gyro"]) == pytest.approx(0.01, rel=0.2)
+    np.testing.assert_array_equal(noisy.sensors["acc"], exact.sensors["acc"])
+    with pytest.raises(ValueError, match=r"\[sensor\] has no key\(s\) \['gyr_sd'\].*'gyro_sd'"):
+        parse_truth({"sensor": {"gyr_sd": 0.01}}, robot)
 
 
 def test_rotation_and_quaternion_are_the_exact_exp_map():
