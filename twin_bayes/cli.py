@@ -130,7 +130,7 @@ def _windows(twin, trajs, final: bool = True):
     out = []
     for w in trajectory_windows(trajs, m.window_samples, m.segment_steps + 1, m.robot.dt, final):
         try:
-            out.append(twin.window(w["q"], w["qd"], w["ctrl"], w["settings"]))
+            out.append(twin.window(w["q"], w["qd"], w["ctrl"], w["settings"], w["sensors"]))
         except WindowError as err:
             raise WindowError(f"window at t = {w['t'][0]:.3f}..{w['t'][-1]:.3f} s: {err}") from None
     return out

@@ -74,19 +74,28 @@ class RobotSection(_Strict):
 
 
 class ObservationSection(_Strict):
-    """Observed channels and the noise model (Student-t with learned per-channel scales)."""
+    """Observed channels and the noise model (Student-t with learned per-channel scales).
+
+    `channels`: the joint states observed; `sensors`: names of MJCF sensors observed besides
+    (docs/SENSORS.md), each with its own noise scale `noise_scale[<sensor>]` in its unit, estimated
+    as `noise:<sensor>`.
+    """
 
     channels: tuple[Literal["q", "qd"], ...] = ("q", "qd")
+    sensors: tuple[str, ...] = ()
     noise: Literal["student_t", "normal"] = "student_t"
     df: float = Field(4.0, gt=0)
-    noise_scale: dict[Literal["q", "qd"], float] = {"q": 0.01, "qd": 0.1}
+    noise_scale: dict[str, float] = {"q": 0.01, "qd": 0.1}
     noise_prior_scale: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
     def _scales(self):
-        missing = [c for c in self.channels if c not in self.noise_scale]
+        missing = [c for c in self.channels + self.sensors if c not in self.noise_scale]
         if missing:
             raise ValueError(f"noise_scale needs a value for channel(s) {missing}")
+        repeated = sorted({n for n in self.sensors if self.sensors.count(n) > 1})
+        if repeated:
+            raise ValueError(f"sensors {repeated} named more than once")
         if any(v <= 0 for v in self.noise_scale.values()):
             raise ValueError("noise_scale values must be positive")
         return self
@@ -204,6 +213,7 @@ def parse_config(data: dict, source: Path | None = None) -> TwinConfig:
                               "truncnormal (low >= 0) or uniform, not normal")
         if spec.dist in ("truncnormal", "uniform") and positive and spec.low < 0:
             raise ConfigError(f"{where}: parameters.{name}: a positive quantity needs low >= 0, got {spec.low}")
+    _check_sensors(cfg.observation, robot, where)
     if cfg.fleet is not None:
         _check_fleet(cfg.fleet, list(cfg.parameters), where)
     steps = cfg.inference.window_s / robot.dt
@@ -212,6 +222,20 @@ def parse_config(data: dict, source: Path | None = None) -> TwinConfig:
                           f"{robot.dt} s, fewer than one segment (inference.segment_steps = "
                           f"{cfg.inference.segment_steps})")
     return cfg
+
+
+def _check_sensors(obs: ObservationSection, robot: Robot, where: str) -> None:
+    """Observed sensors must be MJCF sensors of a modelled type; noise scales name observed channels."""
+    known = robot.layout.sensors.by_name
+    unknown = [n for n in obs.sensors if n not in known]
+    if unknown:
+        have = ", ".join(f"{s.name} ({s.type})" for s in known.values()) or "none"
+        raise ConfigError(f"{where}: observation.sensors: {unknown} are not sensors of {robot.name} "
+                          f"(its MJCF sensors of the types twin-bayes models: {have})")
+    stray = [k for k in obs.noise_scale if k not in ("q", "qd") + obs.sensors]
+    if stray:
+        raise ConfigError(f"{where}: observation.noise_scale: {stray} are neither q, qd nor an observed sensor "
+                          f"(observation.sensors = {list(obs.sensors)})")
 
 
 def _check_fleet(fleet: FleetSection, estimated: list[str], where: str) -> None:

@@ -134,6 +134,22 @@ def test_npz_round_trip(tmp_path):
     assert read_trajectory(path).settings == back.settings
 
 
+def test_npz_carries_sensor_readings_through_windows_and_joins(tmp_path):
+    rng = np.random.default_rng(1)
+    readings = {"torso_gyro": rng.normal(size=(20, 3)), "right_knee_torque": rng.normal(size=(20, 1))}
+    traj = Trajectory(t=np.arange(20) * 0.005, q=np.zeros((20, 1)), qd=np.zeros((20, 1)), ctrl=np.zeros((20, 1)),
+                      sensors=readings)
+    path = tmp_path / "imu.npz"
+    write_npz(path, traj)
+    back = read_npz(path)
+    assert set(back.sensors) == set(readings)
+    for name, value in readings.items():
+        np.testing.assert_array_equal(back.sensors[name], value)
+    parts = back.split(2)
+    np.testing.assert_array_equal(parts[1].sensors["torso_gyro"], readings["torso_gyro"][10:])
+    np.testing.assert_array_equal(Trajectory.concat(parts).sensors["right_knee_torque"], readings["right_knee_torque"])
+
+
 def good_npz() -> dict[str, np.ndarray]:
     traj = make_traj()
     return {"t": traj.t, "q": traj.q, "qd": traj.qd, "ctrl": traj.ctrl, "settings_servo_kp": np.float64(400)}
@@ -152,6 +168,9 @@ def good_npz() -> dict[str, np.ndarray]:
         ({"meta_name": np.float64(3)}, "key 'meta_name' must be a 0-d string"),
         ({"extra": np.zeros(3)}, "unexpected key 'extra'"),
         ({"q": np.full((20, 2), np.nan)}, r"q has NaN at rows"),
+        ({"sensor_gyro": np.zeros(20)}, r"key 'sensor_gyro' must be a 2-D number array \(T, dim\)"),
+        ({"sensor_gyro": np.zeros((19, 3))}, r"sensor gyro has 19 rows but t has 20"),
+        ({"sensor_gyro": np.full((20, 3), np.inf)}, r"sensor gyro has inf at rows"),
     ],
 )
 def test_npz_malformed(tmp_path, change, message):

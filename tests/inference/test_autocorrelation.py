@@ -61,8 +61,8 @@ def test_newtons_last_forward_pass_gives_the_predictions_at_the_mode(model, stre
     step = 0.01 * np.ones(model.dim)                   # 1 % on every parameter
     errors, moved = [], []
     for dz in (0.0 * step, step, 0.5 * step):
-        q_lin, _ = lin.at(z + dz)
-        q_sim, _ = simulate(model, z + dz, w)
+        q_lin = lin.at(z + dz)[0]
+        q_sim = simulate(model, z + dz, w)[0]
         errors.append(float(np.max(np.abs(np.asarray(q_lin[0]) - np.asarray(q_sim)))))
         moved.append(float(np.max(np.abs(np.asarray(q_sim) - np.asarray(lin.q[0])))))
     assert errors[0] < 1e-12, errors

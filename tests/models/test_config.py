@@ -252,3 +252,52 @@ def test_window_shorter_than_one_segment_never_builds_a_model(tmp_path):
     data["inference"]["window_s"] = 0.01
     with pytest.raises(ValueError, match="window_s"):  # ConfigError is a ValueError
         TwinModel(load_config(write(tmp_path, data)))
+
+
+# --- observed MJCF sensors ---------------------------------------------------------------------
+
+def humanoid_fixed_data() -> dict:
+    return tomllib.loads(resolve_config_path("humanoid_fixed").read_text())
+
+
+def test_observed_sensors_get_noise_scales_and_parameters(tmp_path):
+    data = humanoid_fixed_data()
+    data["observation"]["sensors"] = ["torso_gyro", "right_knee_torque"]
+    data["observation"]["noise_scale"] |= {"torso_gyro": 0.01, "right_knee_torque": 0.5}
+    data["parameters"]["bias_y:torso_gyro"] = {"dist": "normal", "loc": 0.0, "scale": 0.02}
+    data["parameters"]["scale:right_knee_torque"] = {"dist": "lognormal", "scale": 0.05}
+    model = TwinModel(load_config(write(tmp_path, data)))
+    assert model.names[-2:] == ("noise:torso_gyro", "noise:right_knee_torque")
+    assert "bias_y:torso_gyro" in model.param_names
+    assert model.observed_width == model.robot.nq + model.robot.nv + 3 + 1
+    gyro = model.robot.layout.sensors.by_name["torso_gyro"]
+    assert model.readings[:3] == (gyro.adr, gyro.adr + 1, gyro.adr + 2)
+
+
+SENSOR_BAD = {
+    "unknown_sensor": (["torso_gyroscope"], {"torso_gyroscope": 0.01},
+                       r"observation\.sensors: \['torso_gyroscope'\] are not sensors of humanoid_fixed "
+                       r"\(its MJCF sensors .*torso_gyro \(gyro\), torso_accel \(accelerometer\)"),
+    "missing_noise": (["torso_gyro"], {}, r"noise_scale needs a value for channel.*torso_gyro"),
+    "stray_noise": ([], {"torso_accel": 0.1}, r"observation\.noise_scale: \['torso_accel'\] are neither q, qd nor"),
+    "repeated": (["torso_gyro", "torso_gyro"], {"torso_gyro": 0.01}, r"sensors \['torso_gyro'\] named more than once"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SENSOR_BAD))
+def test_bad_sensor_observation_names_the_key(tmp_path, case):
+    sensors, noise, pattern = SENSOR_BAD[case]
+    data = humanoid_fixed_data()
+    data["observation"]["sensors"] = sensors
+    data["observation"]["noise_scale"] |= noise
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(str(path)) and re.search(pattern, str(err.value)), str(err.value)
+
+
+def test_sensor_parameter_of_an_unknown_sensor_is_a_config_error(tmp_path):
+    data = humanoid_fixed_data()
+    data["parameters"]["bias_x:torso_gyr"] = {"dist": "normal", "loc": 0.0, "scale": 0.02}
+    with pytest.raises(ConfigError, match=r"parameters: .*bias_x:torso_gyr.*bias_x:torso_gyro"):
+        load_config(write(tmp_path, data))

@@ -46,6 +46,8 @@ class Trajectory:
     settings: known (not estimated) per-recording constants, e.g. servo_kp, servo_vin, mass, length.
     source: where the data came from (a file path), used in error messages.
     meta: non-numeric descriptors, e.g. the excitation trajectory's name.
+    sensors: {MJCF sensor name: (T, dim) readings}, row k read at state k under command k
+        (docs/SENSORS.md).
 
     Arrays are stored as read-only float64 copies. Invalid data raises DataError.
     """
@@ -57,12 +59,14 @@ class Trajectory:
     settings: dict[str, float] = field(default_factory=dict)
     source: str = "<memory>"
     meta: dict[str, str] = field(default_factory=dict)
+    sensors: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         src = self.source
         t = _array(src, "t", self.t, 1)
         arrays = {name: _array(src, name, getattr(self, name), 2) for name in ("q", "qd", "ctrl")}
-        for name, arr in arrays.items():
+        sensors = {str(k): _array(src, f"sensor {k}", v, 2) for k, v in self.sensors.items()}
+        for name, arr in (arrays | {f"sensor {k}": v for k, v in sensors.items()}).items():
             if arr.shape[0] != t.shape[0]:
                 raise DataError(f"{src}: {name} has {arr.shape[0]} rows but t has {t.shape[0]}")
         if t.shape[0] < 2:
@@ -81,6 +85,7 @@ class Trajectory:
         for name, arr in arrays.items():
             object.__setattr__(self, name, arr)
         object.__setattr__(self, "settings", settings)
+        object.__setattr__(self, "sensors", sensors)
         object.__setattr__(self, "meta", {str(k): str(v) for k, v in self.meta.items()})
 
     def __len__(self) -> int:
@@ -96,7 +101,8 @@ class Trajectory:
         lo, hi, _ = slice(start, stop).indices(len(self))
         if hi - lo < 2:
             raise DataError(f"{self.source}: window [{start}, {stop}) of {len(self)} rows has fewer than 2 rows")
-        return replace(self, t=self.t[lo:hi], q=self.q[lo:hi], qd=self.qd[lo:hi], ctrl=self.ctrl[lo:hi])
+        return replace(self, t=self.t[lo:hi], q=self.q[lo:hi], qd=self.qd[lo:hi], ctrl=self.ctrl[lo:hi],
+                       sensors={k: v[lo:hi] for k, v in self.sensors.items()})
 
     def split(self, n_windows: int) -> list[Trajectory]:
         """Consecutive non-overlapping windows of len(self) // n_windows rows; trailing rows are dropped."""
@@ -124,6 +130,8 @@ class Trajectory:
                     raise DataError(f"{part.source}: {name} has {b.shape[1]} columns, expected {a.shape[1]}")
             if part.settings != first.settings or part.meta != first.meta:
                 raise DataError(f"{part.source}: settings/meta differ from {first.source}")
+            if {k: v.shape[1] for k, v in part.sensors.items()} != {k: v.shape[1] for k, v in first.sensors.items()}:
+                raise DataError(f"{part.source}: sensors differ from {first.source}'s")
         sources = list(dict.fromkeys(p.source for p in parts))
         return cls(
             t=np.concatenate([p.t for p in parts]),
@@ -133,4 +141,5 @@ class Trajectory:
             settings=dict(first.settings),
             source="+".join(sources),
             meta=dict(first.meta),
+            sensors={k: np.concatenate([p.sensors[k] for p in parts]) for k in first.sensors},
         )

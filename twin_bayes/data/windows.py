@@ -63,7 +63,7 @@ def cut_windows(t: np.ndarray, n_max: int, min_n: int, dt: float, groups: np.nda
 
 def trajectory_windows(trajectories, n_max: int, min_n: int, dt: float, final: bool = True) -> list[dict]:
     """Usable windows of recordings (`Trajectory`s, each its own group) as dicts of q (n, nq), qd (n, nv),
-    ctrl (n, nu), t (n,) and settings; `final` as in `cut_windows`."""
+    ctrl (n, nu), t (n,), settings and sensors {name: (n, dim)}; `final` as in `cut_windows`."""
     if not trajectories:
         return []
     t = np.concatenate([tr.t for tr in trajectories])
@@ -77,7 +77,7 @@ def trajectory_windows(trajectories, n_max: int, min_n: int, dt: float, final: b
         i = int(groups[b.start])
         tr, lo, hi = trajectories[i], b.start - first[i], b.stop - first[i]
         out.append({"t": tr.t[lo:hi], "q": tr.q[lo:hi], "qd": tr.qd[lo:hi], "ctrl": tr.ctrl[lo:hi],
-                    "settings": dict(tr.settings)})
+                    "settings": dict(tr.settings), "sensors": {k: v[lo:hi] for k, v in tr.sensors.items()}})
     return out
 
 

@@ -141,7 +141,8 @@ def empty_window(model: TwinModel) -> Window:
     n_seg = (T - 1) // model.segment_steps
     z = lambda *shape: jnp.zeros(shape)  # noqa: E731
     return Window(z(T, r.nq), z(T, r.nv), z(T, r.nu), z(T), z(len(model.setting_names)),
-                  z(n_seg, model.segment_steps * model.observed_width, r.nq + r.nv), jnp.asarray(1.0))
+                  z(n_seg, model.segment_steps * model.observed_width, r.nq + r.nv), jnp.asarray(1.0),
+                  z(T, len(model.readings)))
 
 
 def init(model: TwinModel, key) -> TwinState:
@@ -177,11 +178,11 @@ def init_autocorrelation(model: TwinModel) -> Autocorrelation:
     return Autocorrelation(jnp.zeros(model.segment_steps), jnp.zeros(model.segment_steps))
 
 
-def window_autocorrelation(model: TwinModel, z, q, qd, window: Window) -> Autocorrelation:
+def window_autocorrelation(model: TwinModel, z, q, qd, s, window: Window) -> Autocorrelation:
     """The lagged products and pair counts (L,) of one window's standardised residuals at z (D,), given
-    its segment predictions there (q (S, L, nq), qd (S, L, nv)), pooled over segments and observed
-    channels (lags within a segment: each restarts from its measured state)."""
-    return Autocorrelation(*lagged_products(*model.standardised_residuals(z, q, qd, window)))
+    its segment predictions there (q (S, L, nq), qd (S, L, nv), readings (S, L, R)), pooled over segments
+    and observed channels (lags within a segment: each restarts from its measured state)."""
+    return Autocorrelation(*lagged_products(*model.standardised_residuals(z, q, qd, s, window)))
 
 
 def merge_autocorrelation(a: Autocorrelation, window: Autocorrelation) -> Autocorrelation:
@@ -233,9 +234,8 @@ def _laplace(model: TwinModel, g: GaussianPrior, window: Window, z_start, key, c
     Either way the update simulates its N points at one place in its program."""
     lap, windows, lin = find_mode(model, z_start, jax.tree.map(lambda x: x[None], window), g,
                                   jnp.where(picking, 0, MAX_ITER))
-    q, qd = lin.at(lap.mean)
     at_mode = jax.tree.map(lambda x: x[0], windows)
-    acorr = window_autocorrelation(model, lap.mean, q[0], qd[0], at_mode)
+    acorr = window_autocorrelation(model, lap.mean, *(p[0] for p in lin.at(lap.mean)), at_mode)
     draws, log_q = importance_draws(key, lap, model.particles)
     points = jnp.where(picking, candidates, draws)
     log_p = jax.vmap(lambda x: log_target(model, g, windows, x))(points)

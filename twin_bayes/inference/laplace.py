@@ -54,20 +54,23 @@ def log_target(model: TwinModel, g: GaussianPrior, windows: Window, z):
 
 
 class Linearisation(NamedTuple):
-    """The windows' segment predictions at z (D,), first order: q (B, S, L, nq), qd (B, S, L, nv), their
-    Jacobians in z jq (B, S, L, nq, D), jqd (B, S, L, nv, D), and the start-state sensitivities
-    (B, S, L·C, nq + nv) at z."""
+    """The windows' segment predictions at z (D,), first order: q (B, S, L, nq), qd (B, S, L, nv), sensor
+    readings s (B, S, L, R), their Jacobians in z jq (B, S, L, nq, D), jqd (B, S, L, nv, D), js
+    (B, S, L, R, D), and the start-state sensitivities (B, S, L·C, nq + nv) at z."""
 
     z: jnp.ndarray
     q: jnp.ndarray
     qd: jnp.ndarray
+    s: jnp.ndarray
     jq: jnp.ndarray
     jqd: jnp.ndarray
+    js: jnp.ndarray
     state_jac: jnp.ndarray
 
-    def at(self, x) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """The predictions (q, qd) at x (D,), linearised at z: exact at z, second-order small near it."""
-        return self.q + self.jq @ (x - self.z), self.qd + self.jqd @ (x - self.z)
+    def at(self, x) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+        """The predictions (q, qd, s) at x (D,), linearised at z: exact at z, second-order small near it."""
+        dx = x - self.z
+        return self.q + self.jq @ dx, self.qd + self.jqd @ dx, self.s + self.js @ dx
 
     @staticmethod
     def zeros(model: TwinModel, windows: Window, z) -> "Linearisation":
@@ -75,8 +78,10 @@ class Linearisation(NamedTuple):
         b, s = windows.state_jac.shape[:2]
         r, L, d = model.robot, model.segment_steps, z.shape[0]
         zeros = lambda *shape: jnp.zeros(shape, z.dtype)  # noqa: E731
-        return Linearisation(zeros(d), zeros(b, s, L, r.nq), zeros(b, s, L, r.nv), zeros(b, s, L, r.nq, d),
-                             zeros(b, s, L, r.nv, d), jnp.zeros_like(windows.state_jac))
+        k = len(model.readings)
+        return Linearisation(zeros(d), zeros(b, s, L, r.nq), zeros(b, s, L, r.nv), zeros(b, s, L, k),
+                             zeros(b, s, L, r.nq, d), zeros(b, s, L, r.nv, d), zeros(b, s, L, k, d),
+                             jnp.zeros_like(windows.state_jac))
 
 
 def value_grad_curvature(model: TwinModel, g: GaussianPrior, windows: Window, z):
@@ -97,8 +102,7 @@ def value_grad_curvature(model: TwinModel, g: GaussianPrior, windows: Window, z)
     windows = windows._replace(state_jac=lin.state_jac)
 
     def linearised(x):
-        q, qd = lin.at(x)
-        ll = jax.vmap(model.segment_log_lik, in_axes=(None, 0, 0, 0))(x, q, qd, windows)
+        ll = jax.vmap(model.segment_log_lik, in_axes=(None, 0, 0, 0, 0))(x, *lin.at(x), windows)
         return window_log_prior(model, g, x) + jnp.sum(ll)
 
     value, grad = jax.value_and_grad(linearised)(z)

@@ -152,18 +152,20 @@ class Twin:
         self._state = self._state._replace(key=key)      # the posterior is unchanged
         return sub
 
-    def window(self, q, qd, ctrl, settings=None) -> Window:
-        return self.model.window(q, qd, ctrl, settings)
+    def window(self, q, qd, ctrl, settings=None, sensors=None) -> Window:
+        return self.model.window(q, qd, ctrl, settings, sensors)
 
     def as_window(self, window: Window | dict, settings=None) -> Window:
-        """A validated, padded Window from a Window or a dict with q (T, nq), qd (T, nv), ctrl (T, nu)."""
+        """A validated, padded Window from a Window or a dict with q (T, nq), qd (T, nv), ctrl (T, nu) and,
+        where the twin observes MJCF sensors, sensors {name: readings (T, dim)}."""
         if isinstance(window, Window):
             self.model.check_window(window)
             return window
         missing = [k for k in ("q", "qd", "ctrl") if k not in window]
         if missing:
             raise WindowError(f"telemetry is missing {missing}")
-        return self.window(window["q"], window["qd"], window["ctrl"], settings or window.get("settings"))
+        return self.window(window["q"], window["qd"], window["ctrl"], settings or window.get("settings"),
+                           window.get("sensors"))
 
     # --- streaming update ---------------------------------------------------------------------
     def update(self, window: Window | dict, settings=None) -> UpdateReport:

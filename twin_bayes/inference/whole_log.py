@@ -88,6 +88,9 @@ class WholeLogFit(NamedTuple):
 
 def stack(model: TwinModel, trajectories) -> Recordings:
     """Recordings from `Trajectory`s (t, q, qd, ctrl, settings), padded with their last command."""
+    if model.sensors:
+        raise ValueError(f"{model.cfg.name}: the whole-log engine observes q only; a config observing MJCF sensors "
+                         f"({list(model.sensors)}) is fitted by the stream, smc, nuts or svi engines")
     T = max(len(tr.t) for tr in trajectories) - 1
     pad = lambda a, n: np.concatenate([a, np.repeat(a[-1:], n, axis=0)])  # noqa: E731
     rows = [(tr.q[0], tr.qd[0], pad(tr.ctrl[:-1], T + 1 - len(tr.t)), pad(tr.q[1:], T + 1 - len(tr.t)),

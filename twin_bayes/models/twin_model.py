@@ -38,7 +38,8 @@ class Window(NamedTuple):
     (`TwinModel.with_state_jacobian`), used to account for the noise of the
     measured start states; weight () the power of the window's likelihood (1 for
     telemetry; the streaming engine sets 1/κ, κ the residuals' autocorrelation
-    time, `inference.engine`).
+    time, `inference.engine`); sensors (T, R) the observed MJCF sensors' readings (`TwinModel.sensors`
+    in order, each its sensordata columns; row k read at state k under command k, docs/SENSORS.md).
     """
 
     q: jnp.ndarray
@@ -48,6 +49,7 @@ class Window(NamedTuple):
     settings: jnp.ndarray
     state_jac: jnp.ndarray
     weight: jnp.ndarray
+    sensors: jnp.ndarray
 
 
 @jax.jit
@@ -102,6 +104,8 @@ class Design(NamedTuple):
     segment_steps: int
     history: int
     channels: tuple[str, ...]
+    sensors: tuple[str, ...]
+    readings: tuple[int, ...]
     student_t: bool
     particles: int
     mcmc_steps: int
@@ -160,7 +164,7 @@ class TwinModel:
         param_names = tuple(cfg.parameters)
         priors = [_prior_numbers(cfg.parameters[n], nominal[n]) for n in param_names] + [
             ("lognormal", math.log(obs.noise_scale[c]), obs.noise_prior_scale, -math.inf, math.inf)
-            for c in obs.channels]
+            for c in obs.channels + obs.sensors]
         # Settings known per recording: every actuator's kinds listed by the actuator model.
         setting_names = tuple(s.name for s in r.specs if s.kind in r.actuator.settings)
         base = dict(nominal)
@@ -171,13 +175,14 @@ class TwinModel:
                              f"({inf.segment_steps} steps of {r.dt} s)")
         self.cfg = cfg
         self.design = Design(
-            r, param_names, tuple(f"noise:{c}" for c in obs.channels), tuple(p[0] for p in priors),
+            r, param_names, tuple(f"noise:{c}" for c in obs.channels + obs.sensors), tuple(p[0] for p in priors),
             tuple(r.layout.index[n] for n in param_names), setting_names,
             tuple(r.layout.index[n] for n in setting_names), window_samples, inf.segment_steps,
-            int(math.ceil(inf.max_latency_s / r.dt)) + 1, tuple(obs.channels), obs.noise == "student_t",
+            int(math.ceil(inf.max_latency_s / r.dt)) + 1, tuple(obs.channels), tuple(obs.sensors),
+            tuple(r.layout.sensors.columns(obs.sensors).tolist()), obs.noise == "student_t",
             inf.particles, inf.mcmc_steps)
         f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
-        drift = [cfg.parameters[n].drift for n in param_names] + [0.0] * len(obs.channels)
+        drift = [cfg.parameters[n].drift for n in param_names] + [0.0] * len(obs.channels + obs.sensors)
         self.numbers = Numbers(
             *(f64([p[i] for p in priors]) for i in range(1, 5)), np.asarray(r.to_vector(base)),
             f64([base[n] for n in setting_names]), f64(drift), f64(obs.df), f64(inf.target_ess),
@@ -269,22 +274,38 @@ class TwinModel:
         return th.at[np.asarray(self.setting_idx, dtype=np.int64)].set(settings)
 
     def noise(self, values: jnp.ndarray) -> dict[str, jnp.ndarray]:
-        return {c: values[len(self.free_idx) + i] for i, c in enumerate(self.channels)}
+        """{channel or sensor name: noise scale} from constrained values (D,)."""
+        return {c: values[len(self.free_idx) + i] for i, c in enumerate(self.channels + self.sensors)}
 
     # --- likelihood -----------------------------------------------------------------------
     def _segments(self, w: Window):
-        return segment(w.q, w.qd, w.ctrl, self.segment_steps, self.history)
+        """`sim.rollout.segment`'s (q0, qd0, commands, q_target, qd_target), and the sensor targets
+        (S, L, R): rows k·steps … k·steps + L − 1, read on the segment's steps."""
+        parts = segment(w.q, w.qd, w.ctrl, self.segment_steps, self.history)
+        n, L = parts[0].shape[0], self.segment_steps
+        return parts + (w.sensors[(jnp.arange(n) * L)[:, None] + jnp.arange(L)[None, :]],)
 
-    def _observed(self, q, qd, axis: int = -1):
-        """Stack the observed channels along axis: (..., L, C) with C = nq and/or nv columns (axis −2
-        for Jacobians (..., L, C, K))."""
+    def _shoot(self, theta, q0, qd0, u, state_grad: bool):
+        """Segment predictions (q (S, L, nq), qd (S, L, nv), readings (S, L, R))."""
+        out = shoot(self.robot, theta, q0, qd0, u, self.history, free=self.free_idx, state_grad=state_grad,
+                    readings=self.readings)
+        return out if self.readings else out + (jnp.zeros(out[0].shape[:2] + (0,), out[0].dtype),)
+
+    def _observed(self, q, qd, s, axis: int = -1):
+        """Stack the observed channels along axis: (..., L, C) with C = nq and/or nv columns, then the R
+        sensor columns (axis −2 for Jacobians (..., L, C, K))."""
         parts = {"q": q, "qd": qd}
-        return jnp.concatenate([parts[c] for c in self.channels], axis=axis)
+        return jnp.concatenate([parts[c] for c in self.channels] + [s], axis=axis)
+
+    @property
+    def sensor_widths(self) -> tuple[int, ...]:
+        """Columns per observed sensor."""
+        return tuple(self.robot.layout.sensors.by_name[n].dim for n in self.sensors)
 
     @property
     def observed_width(self) -> int:
-        """Observed channels per sample, C."""
-        return sum(self.robot.nq if c == "q" else self.robot.nv for c in self.channels)
+        """Observed columns per sample, C: the channels' and the sensors'."""
+        return sum(self.robot.nq if c == "q" else self.robot.nv for c in self.channels) + len(self.readings)
 
     def state_jacobian(self, z: jnp.ndarray, w: Window) -> jnp.ndarray:
         """d(observed segment predictions)/d(start state): (S, L·C, nq + nv), at parameters z
@@ -294,53 +315,59 @@ class TwinModel:
     def with_state_jacobian(self, w: Window, z_ref: jnp.ndarray) -> Window:
         return w._replace(state_jac=jax.lax.stop_gradient(state_jacobian_jit(self, z_ref, w)))
 
-    def segment_predictions(self, z: jnp.ndarray, w: Window) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Multiple-shooting predictions q (S, L, nq), qd (S, L, nv): each segment simulated from its
-        measured start state at parameters z (D,)."""
+    def segment_predictions(self, z: jnp.ndarray, w: Window) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+        """Multiple-shooting predictions q (S, L, nq), qd (S, L, nv), sensor readings (S, L, R): each
+        segment simulated from its measured start state at parameters z (D,)."""
         theta = self.theta(self.constrain(z), w.settings)
-        q0, qd0, u, _, _ = self._segments(w)
-        return shoot(self.robot, theta, q0, qd0, u, self.history, free=self.free_idx, state_grad=False)
+        q0, qd0, u = self._segments(w)[:3]
+        return self._shoot(theta, q0, qd0, u, state_grad=False)
 
     def linearised_predictions(self, z: jnp.ndarray, w: Window):
         """Segment predictions at z (D,) with their sensitivities, from one forward-mode pass.
 
-        Returns (q (S, L, nq), qd (S, L, nv)), their Jacobians in z ((S, L, nq, D), (S, L, nv, D);
-        zero in the noise scales), and the sensitivity of the observed predictions to each segment's start state
-        (S, L·C, nq + nv), laid out as `Window.state_jac`. The start-state tangents shift every
+        Returns (q (S, L, nq), qd (S, L, nv), readings (S, L, R)), their Jacobians in z ((S, L, nq, D),
+        (S, L, nv, D), (S, L, R, D); zero in the noise scales), and the sensitivity of the observed
+        predictions to each segment's start state (S, L·C, nq + nv), laid out as `Window.state_jac`. The start-state tangents shift every
         segment's start at once; segments are independent, so each sees only its own.
         """
         r, d, p = self.robot, z.shape[0], len(self.free_idx)
-        q0, qd0, u, _, _ = self._segments(w)
+        q0, qd0, u = self._segments(w)[:3]
 
         def predict(x, dq0, dqd0):       # the noise scales (z[p:]) do not enter the predictions
             theta = self.theta(self.constrain(z.at[:p].set(x)), w.settings)
-            return shoot(r, theta, q0 + dq0, qd0 + dqd0, u, self.history, free=self.free_idx, state_grad=True)
+            return self._shoot(theta, q0 + dq0, qd0 + dqd0, u, state_grad=True)
 
         primal = (z[:p], jnp.zeros(r.nq, z.dtype), jnp.zeros(r.nv, z.dtype))
         eye = jnp.eye(p + r.nq + r.nv, dtype=z.dtype)
-        pred, (jq, jqd) = jax.vmap(lambda e: jax.jvp(predict, primal, (e[:p], e[p:p + r.nq], e[p + r.nq:])),
-                                   out_axes=(None, -1))(eye)
-        n, L = jq.shape[0], jq.shape[1]
-        state_jac = self._observed(jq[..., p:], jqd[..., p:], axis=-2).reshape(n, L * self.observed_width, -1)
+        pred, jac = jax.vmap(lambda e: jax.jvp(predict, primal, (e[:p], e[p:p + r.nq], e[p + r.nq:])),
+                             out_axes=(None, -1))(eye)
+        n, L = jac[0].shape[0], jac[0].shape[1]
+        state_jac = self._observed(*(j[..., p:] for j in jac), axis=-2).reshape(n, L * self.observed_width, -1)
         in_z = lambda j: jnp.concatenate([j[..., :p], jnp.zeros(j.shape[:-1] + (d - p,), j.dtype)], -1)  # noqa: E731
-        return pred, (in_z(jq), in_z(jqd)), state_jac
+        return pred, tuple(in_z(j) for j in jac), state_jac
 
     def log_lik(self, z: jnp.ndarray, w: Window) -> jnp.ndarray:
         """Multiple-shooting log-likelihood of window w at parameters z (D,)."""
         return self.segment_log_lik(z, *self.segment_predictions(z, w), w)
 
-    def _segment_noise(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, w: Window):
-        """The terms of each segment's joint noise model given its predictions q (S, L, nq), qd (S, L, nv):
+    def _segment_noise(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, s: jnp.ndarray, w: Window):
+        """The terms of each segment's joint noise model given its predictions q (S, L, nq), qd (S, L, nv),
+        readings (S, L, R):
         residuals (S, L·C) (0 where masked), mask (S, L·C), per-sample noise variances d (S, L·C), the
         start-state variances (nq + nv,), the masked start-state sensitivity J (S, L·C, nq + nv), the
         Cholesky factor of A = Σ0⁻¹ + Jᵀ D⁻¹ J (S, r, r) and Jᵀ D⁻¹ resid (S, r)."""
         r = self.robot
         noise = self.noise(self.constrain(z))
-        _, _, _, q_tgt, qd_tgt = self._segments(w)
+        _, _, _, q_tgt, qd_tgt, s_tgt = self._segments(w)
         n, L = q.shape[0], self.segment_steps
-        var_col = jnp.concatenate([jnp.full(r.nq if c == "q" else r.nv, noise[c] ** 2) for c in self.channels])
-        mask = jnp.repeat(w.mask[1: 1 + n * L].reshape(n, L)[..., None], var_col.shape[0], axis=-1).reshape(n, -1)
-        resid = (self._observed(q_tgt, qd_tgt) - self._observed(q, qd)).reshape(n, -1) * mask
+        widths = [r.nq if c == "q" else r.nv for c in self.channels]
+        var_col = jnp.concatenate([jnp.full(k, noise[c] ** 2) for c, k in zip(self.channels, widths)]
+                                  + [jnp.full(k, noise[c] ** 2) for c, k in zip(self.sensors, self.sensor_widths)])
+        state_rows = w.mask[1: 1 + n * L].reshape(n, L, 1)           # states k·steps + 1 …, readings k·steps …
+        read_rows = w.mask[: n * L].reshape(n, L, 1)
+        mask = jnp.concatenate([jnp.broadcast_to(state_rows, (n, L, sum(widths))),
+                                jnp.broadcast_to(read_rows, (n, L, len(self.readings)))], -1).reshape(n, -1)
+        resid = (self._observed(q_tgt, qd_tgt, s_tgt) - self._observed(q, qd, s)).reshape(n, -1) * mask
         d = jnp.where(mask > 0, jnp.tile(var_col, L)[None, :], 1.0)                       # (S, L·C)
         start_var = jnp.concatenate([jnp.full(r.nq, noise["q"] ** 2 if "q" in noise else 1e-12),
                                      jnp.full(r.nv, noise["qd"] ** 2 if "qd" in noise else 1e-12)])
@@ -349,9 +376,10 @@ class TwinModel:
         a = jnp.diag(1.0 / start_var)[None] + jnp.einsum("spi,spj->sij", jac, jd)         # (S, r, r)
         return resid, mask, d, start_var, jac, jnp.linalg.cholesky(a), jnp.einsum("spi,sp->si", jd, resid)
 
-    def segment_log_lik(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, w: Window) -> jnp.ndarray:
-        """Log-likelihood of window w given its segment predictions q (S, L, nq), qd (S, L, nv), to the
-        power w.weight.
+    def segment_log_lik(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, s: jnp.ndarray,
+                        w: Window) -> jnp.ndarray:
+        """Log-likelihood of window w given its segment predictions q (S, L, nq), qd (S, L, nv), readings
+        (S, L, R), to the power w.weight.
 
         Each segment is simulated from its measured start state. That state is
         noisy too (same sensor noise as the observations), so each segment's
@@ -360,7 +388,7 @@ class TwinModel:
         the start-state sensitivity in `w.state_jac` (linearised at a
         reference value, Woodbury identities, so the cost stays O(L·C)).
         """
-        resid, mask, d, start_var, _, chol, b = self._segment_noise(z, q, qd, w)
+        resid, mask, d, start_var, _, chol, b = self._segment_noise(z, q, qd, s, w)
         y = jax.scipy.linalg.solve_triangular(chol, b[..., None], lower=True)[..., 0]
         delta = jnp.sum(resid ** 2 / d, -1) - jnp.sum(y ** 2, -1)
         logdet = (jnp.sum(jnp.log(d), -1) + jnp.sum(jnp.log(start_var))
@@ -374,13 +402,14 @@ class TwinModel:
                   - 0.5 * p * jnp.log(nu * jnp.pi) - 0.5 * logdet - 0.5 * (nu + p) * jnp.log1p(delta / nu))
         return w.weight * jnp.sum(jnp.where(p > 0, ll, 0.0))
 
-    def standardised_residuals(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray,
+    def standardised_residuals(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, s: jnp.ndarray,
                                w: Window) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Each segment's residuals at z (D,), given its predictions there (q (S, L, nq), qd (S, L, nv)),
+        """Each segment's residuals at z (D,), given its predictions there (q (S, L, nq), qd (S, L, nv),
+        readings (S, L, R)),
         with its start-state error removed (the start-state offset's conditional mean A⁻¹ Jᵀ D⁻¹ resid),
         in units of the noise sd: (S, L, C), and their mask (S, L, C). Under an exact model they are
         close to white noise; their autocorrelation measures how far the model is from the data."""
-        resid, mask, d, _, jac, chol, b = self._segment_noise(z, q, qd, w)
+        resid, mask, d, _, jac, chol, b = self._segment_noise(z, q, qd, s, w)
         offset = jax.scipy.linalg.cho_solve((chol, True), b[..., None])[..., 0]          # (S, r)
         e = (resid - jnp.einsum("spi,si->sp", jac, offset)) * mask / jnp.sqrt(d)
         n, L = resid.shape[0], self.segment_steps
@@ -402,14 +431,22 @@ class TwinModel:
         return rollout(self.robot, theta, q0, qd0, commands)
 
     # --- windows --------------------------------------------------------------------------
-    def window(self, q, qd, ctrl, settings: dict[str, float] | None = None) -> Window:
+    def window(self, q, qd, ctrl, settings: dict[str, float] | None = None,
+               sensors: dict | None = None) -> Window:
         """Validate telemetry arrays and pad them to the fixed window length.
 
-        Raises WindowError (nothing changes) for wrong shapes, non-finite values,
-        too few samples for one segment, or more samples than a window holds.
+        `sensors` {name: (T, dim) or (T,) readings} must hold every observed sensor (others are
+        ignored). Raises WindowError (nothing changes) for wrong shapes, non-finite values, missing
+        sensors, too few samples for one segment, or more samples than a window holds.
         """
         r, T = self.robot, self.window_samples
+        missing = [n for n in self.sensors if n not in (sensors or {})]
+        if missing:
+            raise WindowError(f"sensors: no readings of observed sensor(s) {missing}")
         arrays = {"q": (q, r.nq), "qd": (qd, r.nv), "ctrl": (ctrl, r.nu)}
+        for name, width in zip(self.sensors, self.sensor_widths):
+            a = sensors[name]
+            arrays[f"sensor {name}"] = (np.reshape(a, (-1, 1)) if width == 1 and np.ndim(a) == 1 else a, width)
         out = {}
         for name, (a, width) in arrays.items():
             try:
@@ -424,7 +461,7 @@ class TwinModel:
             out[name] = a
         n = {len(a) for a in out.values()}
         if len(n) != 1:
-            raise WindowError(f"q, qd and ctrl disagree in length: {[len(a) for a in out.values()]}")
+            raise WindowError(f"{', '.join(out)} disagree in length: {[len(a) for a in out.values()]}")
         n = n.pop()
         if n < self.segment_steps + 1:
             raise WindowError(f"window has {n} samples; at least {self.segment_steps + 1} needed (one segment)")
@@ -436,14 +473,16 @@ class TwinModel:
         mask = np.concatenate([np.ones(n), np.zeros(pad)])
         n_seg = (T - 1) // self.segment_steps
         jac = np.zeros((n_seg, self.segment_steps * self.observed_width, r.nq + r.nv))
-        arrays = (padded["q"], padded["qd"], padded["ctrl"], mask, self.settings_vector(settings), jac, np.asarray(1.0))
+        readings = np.concatenate([padded[f"sensor {s}"] for s in self.sensors] + [np.zeros((T, 0))], axis=1)
+        arrays = (padded["q"], padded["qd"], padded["ctrl"], mask, self.settings_vector(settings), jac, np.asarray(1.0),
+                  readings)
         return Window(*jax.device_put([np.asarray(a, np.float64) for a in arrays]))
 
     def check_window(self, w: Window) -> None:
         """Raise WindowError unless a ready-made Window has this twin's shapes and finite values."""
         r, T = self.robot, self.window_samples
         expect = {"q": (T, r.nq), "qd": (T, r.nv), "ctrl": (T, r.nu), "mask": (T,),
-                  "settings": (len(self.setting_names),), "weight": ()}
+                  "settings": (len(self.setting_names),), "weight": (), "sensors": (T, len(self.readings))}
         for name, shape in expect.items():
             a = np.asarray(getattr(w, name))
             if a.shape != shape:

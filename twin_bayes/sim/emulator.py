@@ -42,7 +42,9 @@ def emulate(robot: Robot, truth: dict[str, float], seconds: float, seed: int = 0
     on every sample, the first included. `misspecified` adds what the twin's model
     class lacks (friction loss, backlash, AR(1) noise, encoder resolution; see
     twin_bayes.sim.truth). Returns a Trajectory whose row k holds the state
-    before command k acts (T = steps + 1 rows).
+    before command k acts (T = steps + 1 rows), and, where the MJCF declares sensors
+    (`sim.sensors`), their readings: row k read at state k under command k, through the sensor
+    models of `truth`, with white Gaussian noise of sd noise[<sensor>] (0 where not given).
     """
     noise = {"q": 0.002, "qd": 0.02} if noise is None else noise
     steps = int(round(seconds / robot.dt))
@@ -51,7 +53,14 @@ def emulate(robot: Robot, truth: dict[str, float], seconds: float, seed: int = 0
     full = dict(truth)
     full.update({k: v for k, v in (settings or {}).items() if k in robot.layout.index})
     spec = misspecified or Misspecification()
-    q, qd = native_rollout(robot, full, q_start, np.zeros(robot.nv), u, misspecified=spec)
+    sensors = robot.layout.sensors.sensors
+    ctrl = np.vstack([u, u[-1:]])
+    if sensors:    # one step more: the last state's readings under its (held) command
+        q, qd, readings = native_rollout(robot, full, q_start, np.zeros(robot.nv), ctrl, misspecified=spec,
+                                         sensors=True)
+        q, qd = q[:-1], qd[:-1]
+    else:
+        q, qd = native_rollout(robot, full, q_start, np.zeros(robot.nv), u, misspecified=spec)
     q = np.vstack([q_start, q])
     qd = np.vstack([np.zeros(robot.nv), qd])
     rng = np.random.default_rng(seed + 10_000)
@@ -59,6 +68,10 @@ def emulate(robot: Robot, truth: dict[str, float], seconds: float, seed: int = 0
     qd = qd + colored_noise(rng, None, len(qd), robot.nv, noise.get("qd", 0.0), spec.noise_ar1)
     if spec.q_resolution:
         q = np.round(q / spec.q_resolution) * spec.q_resolution
-    ctrl = np.vstack([u, u[-1:]])
+    measured = {}
+    for sensor in sensors:
+        cols = readings[:, sensor.adr: sensor.adr + sensor.dim]
+        measured[sensor.name] = cols + noise.get(sensor.name, 0.0) * rng.standard_normal(cols.shape)
     t = np.arange(len(q)) * robot.dt
-    return Trajectory(t=t, q=q, qd=qd, ctrl=ctrl, settings=dict(settings or {}), source=f"emulated:{robot.name}:{seed}")
+    return Trajectory(t=t, q=q, qd=qd, ctrl=ctrl, settings=dict(settings or {}), source=f"emulated:{robot.name}:{seed}",
+                      sensors=measured)

@@ -50,6 +50,8 @@ class NativeRobot:
         self.data.qpos[:] = np.asarray(q0, np.float64) - self.bias
         self.data.qvel[:] = np.asarray(qd0, np.float64)
         self.history = np.zeros((0, robot.nu))
+        self.raw_history = np.zeros((0, self.model.nsensordata))
+        self.sensordata = np.zeros((0, self.model.nsensordata))
         play = [(*scalar_joint(robot.mj_model, j), 0.5 * b) for j, b in self.misspecified.backlash.items()]
         self.play_qadr, self.play_dofadr = (np.array([p[i] for p in play], np.int64) for i in (0, 1))
         self.play_half = np.array([p[2] for p in play], np.float64)
@@ -71,6 +73,7 @@ class NativeRobot:
         if old is not None:
             self.data.qpos[:], self.data.qvel[:], self.data.act[:] = old.qpos, old.qvel, old.act
             self.data.time = old.time
+        self.theta = vec
         self.bias = r.layout.sensor_bias(vec)
         self.latency = float(r.layout.latency(vec))
         self.act = r.layout.actuator_params(vec)
@@ -90,7 +93,11 @@ class NativeRobot:
         self.play_q = m
 
     def step(self, commands) -> tuple[np.ndarray, np.ndarray]:
-        """Apply commands (T, nu), one per mj_step; returns the measured q (T, nq), qd (T, nv) after each."""
+        """Apply commands (T, nu), one per mj_step; returns the measured q (T, nq), qd (T, nv) after each.
+
+        `self.sensordata` (T, nsensordata) then holds the sensors' measured readings of these steps (row
+        t from step t's forward pass, the sensor models of `sim.sensors` applied; delays reach back
+        across calls as command latency does)."""
         r, m, d = self.robot, self.model, self.data
         commands = np.asarray(commands, np.float64).reshape(-1, r.nu)
         keep = len(self.history)
@@ -99,22 +106,36 @@ class NativeRobot:
         self.history = full[-(math.ceil(self.latency / r.dt) + 1):]
         qadr, dofadr = r.layout.act_qadr, r.layout.act_dofadr
         qs, qds = np.empty((len(u), m.nq)), np.empty((len(u), m.nv))
+        raw = np.empty((len(u), m.nsensordata))
         for t, ut in enumerate(u):
             if r.actuator.needs_state:
                 q_read, qd_read = self.measure()
                 ut = r.actuator.torque(ut, q_read[qadr], qd_read[dofadr], self.act)
             d.ctrl[:] = ut
             mujoco.mj_step(m, d)
+            raw[t] = d.sensordata
             self._follow_play()
             qs[t], qds[t] = self.measure()
+        self._read(raw)
         return qs, qds
+
+    def _read(self, raw: np.ndarray) -> None:
+        """Apply the sensor models to new raw readings (T, nsensordata), with the rows kept for delays."""
+        layout, keep = self.robot.layout.sensors, len(self.raw_history)
+        full = np.concatenate([self.raw_history, raw])
+        self.sensordata = layout.apply(self.theta, full, self.robot.dt)[keep:]
+        delay = float(np.max(layout.delays(self.theta), initial=0.0))
+        self.raw_history = full[-(math.ceil(delay / self.robot.dt) + 1):]
 
 
 def native_rollout(robot: Robot, theta, q0, qd0, commands, model: mujoco.MjModel | None = None,
-                   misspecified: Misspecification | None = None):
+                   misspecified: Misspecification | None = None, sensors: bool = False):
     """Simulate commands (T, nu) with mj_step from measured q0 (nq,), qd0 (nv,).
 
-    Returns q (T, nq), qd (T, nv) as the sensors report them (bias and backlash included).
+    Returns q (T, nq), qd (T, nv) as the sensors report them (bias and backlash included), and with
+    `sensors` the measured sensordata (T, nsensordata) too (`NativeRobot.step`).
     `model` lets callers reuse a model already written with theta.
     """
-    return NativeRobot(robot, theta, q0, qd0, model, misspecified).step(commands)
+    native = NativeRobot(robot, theta, q0, qd0, model, misspecified)
+    q, qd = native.step(commands)
+    return (q, qd, native.sensordata) if sensors else (q, qd)

@@ -23,6 +23,7 @@ import numpy as np
 
 from twin_bayes.sim.actuators import ActuatorModel
 from twin_bayes.sim.arrays import add_at, namespace, put
+from twin_bayes.sim.sensors import SensorLayout, mjcf_sensors
 
 Array = Any   # a NumPy or a JAX array
 
@@ -207,6 +208,10 @@ class ParamLayout:
         add("latency_s", "", 0, 0.0)
         for j, name in _scalar_joints(base):
             add("sensor_bias", name, base.jnt_qposadr[j], 0.0)
+        sensors = mjcf_sensors(base)
+        for sensor in sensors:
+            for kind, index, nominal, unit, positive in sensor.params():
+                add(kind, sensor.name, index, nominal, unit, positive)
 
         self.specs: tuple[ParamSpec, ...] = tuple(specs)
         self.names: tuple[str, ...] = tuple(s.name for s in specs)
@@ -214,6 +219,9 @@ class ParamLayout:
         if len(self.index) != len(specs):
             raise ValueError("MJCF element names collide; give every body, joint, geom and actuator a unique name")
         self.nominal = np.array([s.nominal for s in specs])
+        self.sensors = SensorLayout(sensors, base.nsensordata,
+                                    [(i, s) for i, s in enumerate(specs) if s.element in {x.name for x in sensors}
+                                     and s.kind.startswith(("bias", "scale", "misalign_", "delay_s"))])
         self._by_kind = {k: (np.array([i for i, s in enumerate(specs) if s.kind == k], dtype=np.int64),
                              np.array([s.index for s in specs if s.kind == k], dtype=np.int64))
                          for k in {s.kind for s in specs}}

@@ -58,15 +58,18 @@ class Robot:
 
     @functools.cached_property
     def sys(self):
-        """The Brax System (MJX) of the nominal model, in `dtype`."""
+        """The Brax System (MJX) of the nominal model, in `dtype`, with MJX's sensors switched off (a
+        rollout that observes sensors switches them on: `sim.rollout`); native MuJoCo keeps them."""
         from twin_bayes import _jax  # noqa: F401  (float64; first, before any array)
         import jax
         import jax.numpy as jnp
         from brax.io import mjcf
+        from mujoco import mjx
         # often first asked for inside a trace: computed eagerly all the same, never as tracers
         with warnings.catch_warnings(), jax.ensure_compile_time_eval():
             warnings.filterwarnings("ignore", message="Brax System, piplines and environments")  # MJX is what we use
             sys = mjcf.load_model(self.mj_model)
+            sys = sys.replace(opt=sys.opt.replace(disableflags=sys.opt.disableflags | mjx.DisableBit.SENSOR))
             return jax.tree.map(lambda x: x.astype(self.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, sys)
 
     @functools.cached_property

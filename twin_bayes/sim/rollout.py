@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import mujoco
 import numpy as np
 from brax.base import Motion, Transform
 from brax.mjx import pipeline
@@ -51,31 +52,63 @@ def _start(sys, q: Array, qd: Array) -> State:
     return State(q=q, qd=qd, x=x, xd=xd, **fields)
 
 
-@partial(jax.jit, static_argnums=(0, 5))
+def _sensed_step(sys, state: State, u: Array, no_rows: bool) -> tuple[State, Array]:
+    """One step that also returns the sensors' readings (nsensordata,): `pipeline.step`, with MJX's
+    forward pass and integration called apart so the readings of the forward pass are kept. MJX's
+    forward leaves out the acceleration-stage sensors (accelerometer, force, torque, actuator
+    forces) when the model has no constraint rows; they are computed here then, by MJX's own
+    `sensor_acc`, from the same forward pass."""
+    data = mjx.forward(sys, state.replace(ctrl=u))
+    if no_rows:
+        data = mjx.sensor_acc(sys, data)
+    readings = data.sensordata
+    integrator = sys.opt.integrator
+    if integrator == mujoco.mjtIntegrator.mjINT_EULER:
+        data = mjx.euler(sys, data)
+    elif integrator == mujoco.mjtIntegrator.mjINT_RK4:
+        data = mjx.rungekutta4(sys, data)
+    else:
+        data = mjx.implicit(sys, data)
+    if data.ncon > 0:
+        data = data.replace(contact=pipeline._reformat_contact(sys, data._impl.contact))
+    return data.replace(q=data.qpos, qd=data.qvel), readings
+
+
+@partial(jax.jit, static_argnums=(0, 5, 6))
 def _simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array,
-              history: int) -> tuple[Array, Array]:
+              history: int, readings: tuple[int, ...] = ()) -> tuple[Array, ...]:
     """Open-loop rollout from a measured state; commands (history + T, nu) are delayed here.
 
-    Jitted (the robot and history static), so that the MJX step is traced in Python once per robot
+    Returns q (T, nq), qd (T, nv) and, where `readings` names sensordata columns, the measured
+    readings of those columns (T, len(readings)) (`sim.sensors`: row t from step t's forward pass).
+    Jitted (the robot, history and readings static), so that the MJX step is traced in Python once per robot
     and shape: an update uses the rollout in many places (segments, sensitivities, trial points,
     importance draws), and JAX transforms the one cached jaxpr for each instead of tracing MJX
     again, which is what a fresh process's first update spent most of its time on.
     """
     commands = delay_commands(commands, robot.layout.latency(theta), robot.dt)[history:]
     sys = system(robot, theta)
+    if readings:
+        sys = sys.replace(opt=sys.opt.replace(disableflags=sys.opt.disableflags & ~mjx.DisableBit.SENSOR))
     bias = robot.layout.sensor_bias(theta)
     act = robot.layout.actuator_params(theta)
     qadr, dofadr = robot.layout.act_qadr, robot.layout.act_dofadr
+    no_rows = mjx.make_data(sys)._impl.efc_J.shape[0] == 0
 
     def step(state, u):
         if robot.actuator.needs_state:
             u = robot.actuator.torque(u, state.q[qadr] + bias[qadr], state.qd[dofadr], act)
+        if readings:
+            state, raw = _sensed_step(sys, state, u, no_rows)
+            return state, (state.q + bias, state.qd, raw)
         state = pipeline.step(sys, state, u)
         return state, (state.q + bias, state.qd)
 
     state = _start(sys, q0 - bias, qd0)
-    _, (q, qd) = jax.lax.scan(step, state, commands)
-    return q, qd
+    _, out = jax.lax.scan(step, state, commands)
+    if not readings:
+        return out
+    return out[0], out[1], robot.layout.sensors.apply(theta, out[2], robot.dt)[:, np.asarray(readings)]
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -109,8 +142,10 @@ _forward_sensitivities.defjvp(_forward_sensitivities_jvp, symbolic_zeros=True)
 
 
 def simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array, history: int = 0,
-             free: tuple[int, ...] | None = None, state_grad: bool = True) -> tuple[Array, Array]:
-    """Rollout (T, nq), (T, nv) from measured q0 (nq,), qd0 (nv,).
+             free: tuple[int, ...] | None = None, state_grad: bool = True,
+             readings: tuple[int, ...] = ()) -> tuple[Array, ...]:
+    """Rollout (T, nq), (T, nv) from measured q0 (nq,), qd0 (nv,); with `readings` (static sensordata
+    columns) also the measured sensor readings (T, len(readings)) (`_simulate`).
 
     `commands` (history + T, nu) are the raw commands: the first `history`
     rows are those sent before the start (so that command latency can reach
@@ -125,7 +160,7 @@ def simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array,
     """
     theta, q0, qd0, commands = (jnp.asarray(a) for a in (theta, q0, qd0, commands))
     if robot.grad_mode == "reverse":
-        return _simulate(robot, theta, q0, qd0, commands, history)
+        return _simulate(robot, theta, q0, qd0, commands, history, readings)
     idx = np.arange(theta.shape[0]) if free is None else np.asarray(free, dtype=np.int64)
     n, nq = len(idx), q0.shape[0]
 
@@ -134,7 +169,7 @@ def simulate(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array,
         th = base.at[idx].set(x[:n])
         if state_grad:
             q_start, qd_start = x[n:n + nq], x[n + nq:]
-        return _simulate(robot, th, q_start, qd_start, u, history)
+        return _simulate(robot, th, q_start, qd_start, u, history, readings)
 
     x = jnp.concatenate([theta[idx], q0, qd0]) if state_grad else theta[idx]
     held = jax.lax.stop_gradient((theta, q0, qd0)) + (commands,)
@@ -166,12 +201,13 @@ def segment(q_obs: Array, qd_obs: Array, commands: Array, steps: int, history: i
 
 
 def shoot(robot: Robot, theta: Array, q0: Array, qd0: Array, commands: Array, history: int = 0,
-          free: tuple[int, ...] | None = None, state_grad: bool = False) -> tuple[Array, Array]:
+          free: tuple[int, ...] | None = None, state_grad: bool = False,
+          readings: tuple[int, ...] = ()) -> tuple[Array, ...]:
     """Multiple shooting: S segments from their start states in one vectorised call.
 
     q0 (S, nq), qd0 (S, nv), commands (S, history + L, nu) from `segment`;
-    returns q (S, L, nq), qd (S, L, nv). `free` and `state_grad` as in
-    `simulate`.
+    returns q (S, L, nq), qd (S, L, nv) (and the readings (S, L, R) of `readings`). `free`,
+    `state_grad` and `readings` as in `simulate`.
     """
-    sim = lambda a, b, c: simulate(robot, theta, a, b, c, history, free, state_grad)  # noqa: E731
+    sim = lambda a, b, c: simulate(robot, theta, a, b, c, history, free, state_grad, readings)  # noqa: E731
     return jax.vmap(sim)(jnp.asarray(q0), jnp.asarray(qd0), jnp.asarray(commands))

@@ -4,7 +4,8 @@ class leaves out (docs/EMULATOR.md).
 A truth file, once parsed (`parse_truth`), is a `Truth`: `params` {parameter name: value} for every
 parameter of the robot's map (those not named keep their nominal values); `misspecified`, the
 physics no twin config can estimate (friction loss on joints whose MJCF has none, backlash) and the
-sensor's coloured noise and resolution; `noise`, the sensor noise sds it sets.
+sensor's coloured noise and resolution; `noise`, the sensor noise sds it sets (q, qd and MJCF sensors
+by name: `[sensor] <name>_sd`).
 """
 from __future__ import annotations
 
@@ -87,9 +88,10 @@ def parse_truth(data: Mapping, robot, where: str = "<truth>") -> Truth:
         if table in data and not isinstance(data[table], Mapping):
             raise ValueError(f"{where}: {table} must be a table ([{table}])")
     sensor = dict(data.get("sensor", {}))
-    unknown = sorted(set(sensor) - set(SENSOR_KEYS))
+    mjcf = {f"{n}_sd": n for n in robot.layout.sensors.by_name}
+    unknown = sorted(set(sensor) - set(SENSOR_KEYS) - set(mjcf))
     if unknown:
-        raise ValueError(f"{where}: [sensor] has no key(s) {unknown}; known: {list(SENSOR_KEYS)}")
+        raise ValueError(f"{where}: [sensor] has no key(s) {unknown}; known: {list(SENSOR_KEYS) + list(mjcf)}")
     got = {k: _number(f"{where} [sensor]", k, v, high=1.0 if k == "ar1" else math.inf) for k, v in sensor.items()}
     per_joint: dict[str, dict[str, float]] = {kind: {} for kind in MISSPECIFIED_KINDS}
     for key, value in data.get("misspecified", {}).items():
@@ -106,6 +108,7 @@ def parse_truth(data: Mapping, robot, where: str = "<truth>") -> Truth:
     spec = Misspecification(per_joint["dof_frictionloss"], per_joint["backlash"],
                             got.get("ar1", 0.0), got.get("q_resolution", 0.0))
     noise = {ch: got[f"{ch}_sd"] for ch in ("q", "qd") if f"{ch}_sd" in got}
+    noise.update({name: got[key] for key, name in mjcf.items() if key in got})
     return Truth(truth, spec, noise)
 
 
