@@ -83,6 +83,8 @@ def test_configs_and_robots_of_one_design_share_one_executable(stream, config_di
     robots, go through the executables the stream compiled: the model's numbers are traced."""
     from twin_bayes.config import load_config
     from twin_bayes.inference.twin import update_many
+    # the stream's own path first: executables released at the end of an earlier module load again here
+    Twin(stream.twin.cfg, stream.twin.model).update(stream_windows[0])
     before = helpers.cache_sizes()
     other = load_config(helpers.write_arm2_config(config_dir, "arm2_other_numbers", particles=32, window_s=0.5,
                                                   mcmc_steps=5, min_ess=0.05, drift_sigma=6.0))
@@ -132,7 +134,8 @@ def test_a_twin_fed_its_own_updates_traces_each_phase_once(small_cfg, model, str
     for w in stream_windows[:3]:
         assert twin.update(w).accepted
     calls = [call for ph in (engine.propose_jit, engine.finish_jit) for call in ph._calls.values()]
-    assert calls and all(call._cache_size() == 1 for call in calls), [c._cache_size() for c in calls]
+    sizes = [call._cache_size() for call in calls]     # 0: another model's, released at the end of its module
+    assert calls and max(sizes) == 1, sizes
 
 
 def test_a_state_restored_from_its_arrays_continues_exactly(stream, small_cfg, model, stream_windows):

@@ -69,7 +69,7 @@ def register(sub) -> dict:
     p.add_argument("--config", help="twin config (default: the one named in the posterior's summary.json)")
     p.add_argument("--out", required=True, help="Python file to write")
     pol = sub.add_parser("policy", help="walking controllers: run one on an emulated robot, or predict it")
-    psub = pol.add_subparsers(dest="policy_command", required=True)
+    psub = pol.add_subparsers(dest="policy_command", required=True, metavar="ACTION", help="run or predict")
     run = psub.add_parser("run", help="run a saved controller on an emulated real robot of a given truth")
     run.add_argument("--policy", required=True, help="controller file (JSON, `policy.walk.save`)")
     run.add_argument("--robot", required=True, help="shipped robot name (the controller must be for it)")
