@@ -110,7 +110,7 @@ def main(argv=None):
     meter = CompileMeter()
     from twin_bayes.config import load_config
     from twin_bayes.models import TwinModel
-    from twin_bayes.service.emulate import read_truth
+    from twin_bayes.sim.truth import read_truth
 
     cfg = load_config(args.config)
     model = TwinModel(cfg)

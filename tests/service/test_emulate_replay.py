@@ -11,7 +11,8 @@ from twin_bayes.data import Trajectory, bam_logs, read_bam, write_npz
 from twin_bayes.data.rosbag import write_rosbag
 from twin_bayes.service import protocol
 from twin_bayes.service.client import Subscriber, TwinClient
-from twin_bayes.service.emulate import Drift, EmulatedRobot, read_truth, stream, write_truth
+from twin_bayes.service.emulate import Drift, EmulatedRobot, stream, write_truth
+from twin_bayes.sim.truth import read_truth
 from twin_bayes.service.plan import plan_of
 from twin_bayes.service.robot_link import RobotLink
 from twin_bayes.service.server import ServiceSettings, TwinService

@@ -542,7 +542,7 @@ def test_the_service_learns_the_model_error_of_a_misspecified_robot_and_checkpoi
     open-loop predictions stray by tens of milliradians. A restart restores it from the checkpoint."""
     from twin_bayes.inference import engine
     from twin_bayes.inference.discrepancy import MIN_WINDOWS, as_model_error
-    from twin_bayes.service.emulate import read_truth
+    from twin_bayes.sim.truth import read_truth
     from twin_bayes.sim.robot import ROBOTS_DIR
     truth = read_truth(ROBOTS_DIR / "arm2" / "truths" / "misspecified.toml", model.robot)
     n_windows, step = MIN_WINDOWS + 2, model.window_samples - 1

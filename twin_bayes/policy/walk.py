@@ -33,6 +33,7 @@ from twin_bayes.policy import ars
 from twin_bayes.policy.tasks import deadbeat_kd, standing_posture
 from twin_bayes.sim.checks import start_state
 from twin_bayes.sim.robot import Robot
+from twin_bayes.sim import truth as truth_file
 
 FALL_HEIGHT = 1.0          # m: the torso's height (standing 1.29) below which the humanoid has fallen
 CONTROL_STEPS = 2          # physics steps per command (6 ms: 167 Hz)
@@ -321,14 +322,10 @@ def load(path, robot: str) -> WalkPolicy:
 def read_truth(path, robot: Robot):
     """A truth TOML file (docs/EMULATOR.md) for the walker: (params {name: value} of every parameter,
     sensor noise sd (q, qd)). ValueError for a misspecification table, which `simulate` does not emulate."""
-    import tomllib
-
-    from twin_bayes.sim.truth import parse_truth
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
+        truth = truth_file.read_truth(path, robot)
+    except OSError as err:
         raise ValueError(f"{path}: not a readable truth file ({err})") from None
-    truth = parse_truth(data, robot, str(path))
     if truth.misspecified != type(truth.misspecified)():
         raise ValueError(f"{path}: the walker's real robot emulates no [misspecified] physics")
     return truth.params, (truth.noise.get("q", NOISE["q"]), truth.noise.get("qd", NOISE["qd"]))

@@ -12,7 +12,6 @@ import json
 import math
 import re
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from twin_bayes.service.robot_link import RobotLink
 from twin_bayes.sim.emulator import excitation
 from twin_bayes.sim.native import NativeRobot
 from twin_bayes.sim.robot import Robot
-from twin_bayes.sim.truth import Misspecification, Truth, colored_noise, parse_truth
+from twin_bayes.sim.truth import Misspecification, Truth, colored_noise
 
 _DRIFT = re.compile(r"(?P<name>[^=]+)=(?P<factor>[^@]+)@(?P<at>.+)\Z")
 
@@ -61,19 +60,8 @@ def draw_truth(cfg: TwinConfig, robot: Robot, seed: int) -> dict[str, float]:
     return {k: float(v) for k, v in truth.items()}
 
 
-def read_truth(path: str | Path, robot: Robot) -> Truth:
-    """A truth TOML file (docs/EMULATOR.md): `"<parameter>" = value` lines (parameters not named keep
-    their nominal values), optional [misspecified] and [sensor] tables. ValueError on anything else."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
-    return parse_truth(data, robot, str(path))
-
-
 def write_truth(path: str | Path, truth: Truth | Mapping[str, float], drifts: tuple[Drift, ...] = ()) -> None:
-    """Write the truth (or bare {parameter: value}) as TOML readable by `read_truth` (drifts as comments)."""
+    """Write the truth (or bare {parameter: value}) as TOML readable by `sim.truth.read_truth` (drifts as comments)."""
     truth = truth if isinstance(truth, Truth) else Truth(dict(truth))
     lines = ["# True parameters of an emulated robot (hidden from the twin)."]
     lines += [f"# drift: {d.name} x{d.factor} at {d.at_s} s" for d in drifts]

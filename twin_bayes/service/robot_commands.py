@@ -121,12 +121,13 @@ def cmd_emulate(args) -> int:
     from twin_bayes.service import emulate
     from twin_bayes.service.auth import KeysError
     from twin_bayes.sim import load_robot
+    from twin_bayes.sim.truth import read_truth
     try:
         robot = load_robot(args.robot)
         cfg = load_config(args.config or args.robot)
         drifts = tuple(emulate.Drift.parse(d) for d in args.drift)
         if args.truth:
-            truth = emulate.read_truth(args.truth, robot)
+            truth = read_truth(args.truth, robot)
         else:
             truth = emulate.Truth(emulate.draw_truth(cfg, robot, args.seed))
         robot_id = args.robot_id or cfg.name

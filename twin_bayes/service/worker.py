@@ -14,8 +14,8 @@ alert messages go to the I/O thread through `publish(type, robot_id, build)`
 `TwinState` is checkpointed with the position of its next window and the store's
 identity, at most every `checkpoint_every_s` and when the worker stops.
 Re-predicting applied windows for model calibration is the thread's idle work: one robot's
-window at a time, when no robot has a window ready, so an update waits at most for one such
-re-prediction. On start it resumes from the newest valid checkpoint and re-applies the stored
+window at a time, when no robot has a window ready and the recent load allows, so an update waits
+at most for one such re-prediction. On start it resumes from the newest valid checkpoint and re-applies the stored
 chunks after it, so a restart gives the posteriors an uninterrupted run would have, however old
 the checkpoint; a checkpoint of another store is refused.
 """
@@ -316,7 +316,8 @@ class Worker:
                 if cuts:
                     start = time.monotonic()
                     self._apply(cuts)
-                    self._turns.append((time.monotonic(), time.monotonic() - start))
+                    end = time.monotonic()
+                    self._turns.append((end, end - start))
                 elif self._unvalidated and self.load() <= VALIDATION_LOAD:
                     self._validate_idle()
             except Exception as e:  # keep serving; the failure shows in health

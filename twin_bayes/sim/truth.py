@@ -10,8 +10,10 @@ by name: `[sensor] <name>_sd`).
 from __future__ import annotations
 
 import math
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mujoco
 import numpy as np
@@ -127,3 +129,14 @@ def colored_noise(rng: np.random.Generator, previous: np.ndarray | None, n: int,
         e = ar1 * e + c * w[t]
         out[t] = e
     return out
+
+
+def read_truth(path: str | Path, robot) -> Truth:
+    """A truth TOML file (docs/EMULATOR.md): `"<parameter>" = value` lines (parameters not named keep
+    their nominal values), optional [misspecified] and [sensor] tables. ValueError on anything else."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    return parse_truth(data, robot, str(path))
