@@ -1,20 +1,21 @@
 """The real Franka Emika Panda: identify the reduced Panda twin on 0–10 s of the log, score 10–14 s
 restarted from the measured state every 0.1 s, against the published identification.
 
-    .venv/bin/python experiments/panda_real.py                 # ~10 min on 2 shared cores
-    .venv/bin/python experiments/panda_real.py --gn-steps 2    # shorter
+    .venv/bin/python experiments/panda_real.py                 # ~13 min on 2 shared cores
+    .venv/bin/python experiments/panda_real.py --config panda --out out/panda_full   # all 105 parameters
 
-The fit is the evaluation's own objective (as the XL330 whole-log fit is): the 0–10 s log cut into
-100 segments of 0.1 s, each simulated in native MuJoCo from its measured state under the measured
-torques (the twin's `joint_torque_friction` actuator model); the position residuals at every
-sample, with a per-joint sd profiled out and tempered by κ, their integrated autocorrelation time
-(steps), plus the config's prior (`panda_reduced.toml`: link 6 and 7 inertials, friction, sensor
-offsets). Gauss–Newton with forward-difference Jacobians from the published values, then the
-Laplace approximation at the mode (working space: log for log-normal priors, the value otherwise).
-The model error (`inference.discrepancy`) is learned from the mode's fit residuals. Held out: 10–14
-s, scored by `twin_bayes.diagnostics.shooting` for the posterior (32 draws + model error) and the
-published model, both simulated by the same native MuJoCo code. Why native MuJoCo and not the MJX
-twin: docs/PANDA.md ("Simulator"). Writes experiments/results/panda_real.json and PNGs.
+The fit is the twin's own whole-log engine with a horizon (`twin_bayes.inference.whole_log`,
+`twin-bayes fit --engine whole-log --horizon 0.1`): the 0–10 s log cut into 100 segments of 0.1 s by
+the evaluation's own cutter, each simulated by the MJX twin from its measured state under the measured
+torques (the `joint_torque_friction` actuator model); the position residuals at every sample with one
+sd per joint profiled out, tempered by κ, their integrated autocorrelation time (steps), plus the
+config's prior (`panda_reduced.toml`: link 6 and 7 inertials, friction, sensor offsets). Damped Newton
+with the Gauss–Newton curvature from the prior mean (the published values; no Adam steps by default:
+the start is already near the mode), then the Laplace approximation at the mode; the model error
+(`inference.discrepancy`) is learned from the mode's residuals. Held out: 10–14 s, scored by
+`twin_bayes.diagnostics.shooting` for the twin's predictive (its posterior, sensor noise and model error)
+and for the published model in native MuJoCo. The twin's posterior is saved for `twin-bayes evaluate
+--horizon 0.1`. Writes experiments/results/panda_real.json and PNGs.
 """
 from __future__ import annotations
 
@@ -26,101 +27,20 @@ import sys
 import time
 from pathlib import Path
 
-import mujoco
+import jax
 import numpy as np
 
+from twin_bayes import Twin
 from twin_bayes.config import load_config
 from twin_bayes.data.panda import between, panda_log, read_panda
 from twin_bayes.diagnostics import shooting
-from twin_bayes.inference.discrepancy import fit_model_error
-from twin_bayes.inference.whole_log import autocorrelation_time
-from twin_bayes.sim import load_robot
+from twin_bayes.inference import whole_log
+from twin_bayes.inference.store import save_posterior
+from twin_bayes.inference.twin import constrain_all
 from twin_bayes.sim.params import physical_margins
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIT_S, TEST_S, HORIZON_S = (0.0, 10.0), (10.0, 14.0), 0.1
-
-
-class Prior:
-    """The config's priors in working space: z = log(value) for log-normal priors, z = value otherwise
-    (a truncated normal is approximated by its untruncated normal there and clipped at its bounds)."""
-
-    def __init__(self, cfg, robot):
-        self.names = list(cfg.parameters)
-        nominal = robot.nominal()
-        self.log = np.array([cfg.parameters[n].dist == "lognormal" for n in self.names])
-        loc = np.array([cfg.parameters[n].loc if cfg.parameters[n].loc is not None else nominal[n] for n in self.names])
-        self.mean = np.where(self.log, np.log(np.where(self.log, loc, 1.0)), loc)
-        self.sd = np.array([cfg.parameters[n].scale for n in self.names])
-        self.low = np.array([cfg.parameters[n].low if cfg.parameters[n].low is not None else -np.inf for n in self.names])
-        self.high = np.array([cfg.parameters[n].high if cfg.parameters[n].high is not None else np.inf for n in self.names])
-
-    def values(self, z: np.ndarray) -> np.ndarray:
-        return np.clip(np.where(self.log, np.exp(z), z), self.low, self.high)
-
-    def working(self, values: np.ndarray) -> np.ndarray:
-        return np.where(self.log, np.log(np.maximum(values, 1e-300)), values)
-
-
-class Segments:
-    """A recording cut into H-step segments simulated natively from their measured states."""
-
-    def __init__(self, robot, traj, steps: int):
-        self.robot = robot
-        self.q0, self.qd0, self.u, self.q = shooting.cut(traj, steps)
-        self.evaluations = 0
-
-    def predict(self, theta: dict) -> np.ndarray:
-        """q (S, H, nq) of the parameters theta (one simulator evaluation: every segment)."""
-        r = self.robot
-        vec = r.to_vector(theta)
-        m = r.model_with(vec)
-        p = {k: np.asarray(v) for k, v in r.layout.actuator_params(vec).items()}
-        d = mujoco.MjData(m)
-        out = np.empty_like(self.q)
-        tanh_phi = np.tanh(p["joint_friction_offset"] / p["joint_friction_width"])
-        for k in range(len(self.q0)):
-            d.qpos[:], d.qvel[:] = self.q0[k], self.qd0[k]
-            for i, u in enumerate(self.u[k]):        # the joint_torque_friction model, in numpy
-                v = d.qvel
-                fric = p["joint_friction_coulomb"] * (np.tanh((v + p["joint_friction_offset"])
-                                                              / p["joint_friction_width"]) - tanh_phi)
-                d.ctrl[:] = u - p["torque_offset"] - fric - p["joint_friction_viscous"] * v
-                mujoco.mj_step(m, d)
-                out[k, i] = d.qpos
-        self.evaluations += 1
-        return out
-
-
-def gauss_newton(prior: Prior, seg: Segments, steps: int, log=print):
-    """Mode, Laplace covariance (working space), temper κ, per-joint sd and the mode's residuals."""
-    def resid(z):
-        return seg.predict(dict(zip(prior.names, prior.values(z)))) - seg.q
-
-    def objective(r, z, sd, kappa):
-        return 0.5 * np.sum((r / sd) ** 2) / kappa + 0.5 * np.sum(((z - prior.mean) / prior.sd) ** 2)
-
-    z = prior.mean.copy()
-    r = resid(z)
-    for it in range(steps):
-        sd = np.sqrt(np.mean(r ** 2, axis=(0, 1)))                     # profiled per joint
-        kappa = autocorrelation_time(r, np.ones(r.shape[:2]))
-        h = 1e-3 * prior.sd
-        J = np.stack([(resid(z + np.eye(len(z))[i] * h[i]) - r).ravel() / h[i] for i in range(len(z))], axis=1)
-        w = np.broadcast_to(1.0 / sd ** 2, r.shape).ravel()
-        prec = (J.T * w) @ J / kappa + np.diag(1 / prior.sd ** 2)
-        grad = (J.T * w) @ r.ravel() / kappa + (z - prior.mean) / prior.sd ** 2
-        step = -np.linalg.solve(prec, grad)
-        f0 = objective(r, z, sd, kappa)
-        for scale in (1.0, 0.5, 0.25, 0.1):
-            r_new = resid(z + scale * step)
-            if objective(r_new, z + scale * step, sd, kappa) < f0:
-                z, r = z + scale * step, r_new
-                break
-        log(f"  GN {it + 1}: objective {f0:.1f} -> {objective(r, z, sd, kappa):.1f}, step scale {scale}, "
-            f"κ {kappa:.0f}, rmse end {np.sqrt(np.mean(r[:, -1] ** 2)):.4f} rad", flush=True)
-    sd = np.sqrt(np.mean(r ** 2, axis=(0, 1)))
-    return z, np.linalg.inv(prec), kappa, sd, r
 
 
 def plot_predictions(robot, test, predictor, steps: int, out: Path, seconds: float = 1.0) -> str:
@@ -181,11 +101,31 @@ def plot_parameters(table: dict, corr: np.ndarray, names: list[str], out: Path) 
     return path.name
 
 
+def parameter_table(twin, n: int = 4000, seed: int = 0):
+    """Per parameter: published value, posterior mean, sd and 90 % interval (values), the prior's 90 %
+    interval, the contraction 1 − var_post / var_prior in unconstrained space; the posterior
+    correlations (P, P) and n posterior draws of the values (n, P)."""
+    model, prior = twin.model, twin.state.prior
+    p = len(model.param_names)
+    post_z = prior.mean + jax.random.normal(jax.random.PRNGKey(seed), (n, prior.mean.shape[0])) @ prior.chol.T
+    prior_z = model.sample_prior(jax.random.PRNGKey(seed + 1), n)
+    post, pri = np.asarray(constrain_all(model, post_z))[:, :p], np.asarray(constrain_all(model, prior_z))[:, :p]
+    cov = np.asarray(prior.chol @ prior.chol.T)[:p, :p]
+    sd = np.sqrt(np.diag(cov))
+    contraction = 1 - sd ** 2 / np.var(np.asarray(prior_z)[:, :p], axis=0)
+    nominal = model.robot.nominal()
+    table = {name: {"published": nominal[name], "mean": float(post[:, i].mean()), "sd": float(post[:, i].std()),
+                    "q05": float(np.quantile(post[:, i], 0.05)), "q95": float(np.quantile(post[:, i], 0.95)),
+                    "prior_q05": float(np.quantile(pri[:, i], 0.05)), "prior_q95": float(np.quantile(pri[:, i], 0.95)),
+                    "contraction": float(contraction[i])} for i, name in enumerate(model.param_names)}
+    return table, cov / np.outer(sd, sd), post
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="panda_reduced")
-    ap.add_argument("--gn-steps", type=int, default=3)
-    ap.add_argument("--draws", type=int, default=32)
+    ap.add_argument("--adam-steps", type=int, default=0, help="Adam steps before the Newton polish")
+    ap.add_argument("--newton-steps", type=int, default=100)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     log_path = panda_log()
@@ -193,53 +133,43 @@ def main(argv=None) -> int:
         print("no Panda log found (../shared/data/franka_panda or $TWIN_BAYES_DATA/franka_panda)", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    cfg = load_config(args.config)
-    robot = cfg.load_robot()
+    twin = Twin(load_config(args.config))
+    robot = twin.model.robot
     steps = shooting.horizon_steps(HORIZON_S, robot.dt)
     traj = read_panda(log_path, robot.dt)
     fit_traj, test = between(traj, *FIT_S), between(traj, *TEST_S)
-    prior = Prior(cfg, robot)
-    seg = Segments(robot, fit_traj, steps)
-    print(f"fit: {len(seg.q0)} segments of {steps} steps, {len(prior.names)} parameters", flush=True)
-    z, cov, kappa, sd, resid = gauss_newton(prior, seg, args.gn_steps)
-    fit_wall = time.perf_counter() - start
-    model_error = fit_model_error(resid, np.ones(resid.shape[:2]), np.ones((len(resid), 1)), robot.dt)
-    rng = np.random.default_rng(0)
-    zs = rng.multivariate_normal(z, cov, size=4000)
-    values = prior.values(zs)
-    thetas = np.stack([np.asarray(robot.to_vector(dict(zip(prior.names, v)))) for v in values[:args.draws]])
-    checks = [physical_margins(robot.layout, th) for th in np.stack([np.asarray(robot.to_vector(dict(zip(prior.names, v))))
-                                                       for v in values[:400]])]
-    validity = {k: min(c[k] for c in checks) for k in checks[0]}
+    print(f"fit: {len(fit_traj.t) // steps} segments of {steps} steps, {len(twin.model.param_names)} parameters",
+          flush=True)
+    fit = whole_log.fit_twin(twin, [fit_traj], adam_steps=args.adam_steps, newton_steps=args.newton_steps,
+                             horizon_s=HORIZON_S)
+    if fit["refused"]:
+        print(f"fit refused: {fit['refused'][0]}: {fit['refused'][1]}", file=sys.stderr)
+        return 1
+    print(f"fit: {fit['wall_time_s']:.0f} s, {fit['optimiser_steps']} Newton steps, "
+          f"{fit['simulator_evaluations']} evaluations, κ {fit['temper_autocorrelation_steps']:.0f}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    posterior_dir = args.out / f"panda_real_{args.config}_fit"
+    save_posterior(twin, posterior_dir, engine="whole-log")      # for `twin-bayes evaluate --posterior`
+    table, corr, values = parameter_table(twin)
+    settings = twin.model.settings_vector(None)
+    checks = [physical_margins(robot.layout, np.asarray(twin.model.theta(v, settings))) for v in values[:400]]
     published = np.asarray(robot.to_vector(robot.nominal()))
-    predictors = {"posterior": shooting.native_predictor(robot, thetas, model_error),
-                  "posterior_without_model_error": shooting.native_predictor(robot, thetas),
+    predictors = {"posterior": shooting.twin_predictor(twin),
+                  "posterior_without_model_error": shooting.twin_predictor(twin, model_error=False),
                   "published": shooting.native_predictor(robot, published[None])}
     scores = {k: shooting.evaluate(p, test, steps) for k, p in predictors.items()}
-    prior_draws = prior.values(prior.mean + prior.sd * rng.standard_normal((4000, len(z))))
-    post_sd_w, prior_sd_w = np.sqrt(np.diag(cov)), prior.sd
-    corr = cov / np.outer(post_sd_w, post_sd_w)
-    nominal = robot.nominal()
-    table = {n: {"published": nominal[n], "mean": float(values[:, i].mean()), "sd": float(values[:, i].std()),
-                 "q05": float(np.quantile(values[:, i], 0.05)), "q95": float(np.quantile(values[:, i], 0.95)),
-                 "prior_q05": float(np.quantile(prior_draws[:, i], 0.05)),
-                 "prior_q95": float(np.quantile(prior_draws[:, i], 0.95)),
-                 "contraction": float(1 - (post_sd_w[i] / prior_sd_w[i]) ** 2)} for i, n in enumerate(prior.names)}
-    pairs = [(prior.names[i], prior.names[j], float(corr[i, j])) for i in range(len(z)) for j in range(i)
+    names = list(twin.model.param_names)
+    pairs = [(names[i], names[j], float(corr[i, j])) for i in range(len(names)) for j in range(i)
              if abs(corr[i, j]) >= 0.8]
-    args.out.mkdir(parents=True, exist_ok=True)
     plots = [plot_predictions(robot, test, predictors, steps, args.out),
-             plot_parameters(table, corr, prior.names, args.out)]
+             plot_parameters(table, corr, names, args.out)]
     result = {
         "command": " ".join([".venv/bin/python", "experiments/panda_real.py", *(argv or sys.argv[1:])]),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
         "config": args.config, "fit_s": FIT_S, "test_s": TEST_S, "horizon_s": HORIZON_S,
-        "fit": {"method": "native-MuJoCo multiple shooting, Gauss-Newton (forward differences) + Laplace",
-                "gn_steps": args.gn_steps, "wall_time_s": fit_wall, "simulator_evaluations": seg.evaluations,
-                "simulated_steps": seg.evaluations * seg.q.shape[0] * seg.q.shape[1],
-                "temper_autocorrelation_steps": kappa, "residual_sd_rad": sd.tolist(),
-                "model_error": model_error.as_dict()},
-        "held_out": scores, "physical_validity_of_400_draws": validity,
+        "fit": fit, "posterior": str(posterior_dir.relative_to(args.out)),
+        "held_out": scores,
+        "physical_validity_of_400_draws": {k: min(c[k] for c in checks) for k in checks[0]},
         "identified": sorted(n for n, t in table.items() if t["contraction"] > 0.5),
         "not_identified": sorted(n for n, t in table.items() if t["contraction"] <= 0.5),
         "correlated_pairs": pairs, "parameters": table, "plots": plots,

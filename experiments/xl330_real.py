@@ -115,6 +115,8 @@ def plot_posteriors(config: str, names, prior: np.ndarray, draws: dict, out: Pat
 def study(config: str, fit_logs, test_logs, adam_steps: int, out: Path) -> dict:
     twin = Twin(load_config(config))
     fit = whole_log.fit_twin(twin, fit_logs, adam_steps=adam_steps)
+    if fit["refused"]:
+        raise SystemExit(f"{config}: fit refused: {fit['refused'][0]}: {fit['refused'][1]}")
     model_error, twin.model_error = twin.model_error, None
     without, _ = held_out(twin, test_logs)                # parameter uncertainty and sensor noise only
     twin.model_error = model_error

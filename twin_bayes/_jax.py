@@ -29,3 +29,23 @@ jax.config.update("jax_enable_x64", True)
 
 with contextlib.redirect_stdout(io.StringIO()):
     import mujoco.mjx  # noqa: F401
+
+# MJX walks the body tree one depth level at a time (`mjx._src.scan.body_tree`), each level reading
+# the one above it. XLA's CPU compiler fuses the levels of a chain into one loop that recomputes
+# every parent once per use, so the cost grows exponentially with the tree's depth: one
+# `mjx.forward` of a 7-link serial chain took 13 ms, 100 times its parts (3 links: 12 µs). An
+# optimization barrier on each level's results keeps them as computed values; the arithmetic, and
+# therefore every result and derivative, is unchanged (`benchmarks/tree_depth.py` measures it;
+# `tests/sim/test_sim.py` checks the barrier is in place, should MJX rename its level function).
+from mujoco.mjx._src import scan as _mjx_scan  # noqa: E402
+
+_level = getattr(_mjx_scan, "_nvmap", None)
+
+
+def _level_then_barrier(f, *args):
+    y = _level(f, *args)
+    return None if y is None else jax.lax.optimization_barrier(y)
+
+
+if _level is not None:
+    _mjx_scan._nvmap = _level_then_barrier

@@ -23,7 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = ("twin_bayes.service.commands", "twin_bayes.s
 NUTS_WARMUP = 300
 NUTS_SAMPLES = 300
 #: fit options (argparse dest) that apply to some engines only -> those engines
-ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {"adam_steps": ("svi", "whole-log"),
+ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {"adam_steps": ("svi", "whole-log"), "horizon": ("whole-log",),
                                               "warmup": ("nuts",), "samples": ("nuts",)}
 
 
@@ -162,8 +162,13 @@ def cmd_fit(args) -> int:
         kwargs = {"steps": args.adam_steps}
     if engine == "whole-log":
         from twin_bayes.inference.whole_log import fit_twin
-        info = fit_twin(twin, trajs, **({} if args.adam_steps is None else {"adam_steps": args.adam_steps}))
+        info = fit_twin(twin, trajs, horizon_s=args.horizon,
+                        **({} if args.adam_steps is None else {"adam_steps": args.adam_steps}))
         evaluations = info["simulator_evaluations"]
+        if info["refused"]:
+            print(f"fit refused ({engine}): {info['refused'][0]}: {info['refused'][1]}; nothing written",
+                  file=sys.stderr)
+            return 1
     elif engine == "stream":
         reports = []
         for w in windows:              # as the service: each window updates and is kept for the model error
@@ -192,7 +197,9 @@ def cmd_fit(args) -> int:
                               for n in twin.model.names}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     rows = [(n, v["mean"], v["sd"], v["q05"], v["q95"], v["r_hat"], v["ess_bulk"]) for n, v in summary["parameters"].items()]
-    fed = f"{len(trajs)} recordings" if engine == "whole-log" else f"{len(windows)} windows"
+    fed = f"{len(windows)} windows"
+    if engine == "whole-log":
+        fed = f"{len(trajs)} recordings" if args.horizon is None else f"{info['segments']} segments of {args.horizon} s"
     _print(summary, args.json, _param_table(f"posterior ({engine}, {wall:.1f} s, {fed}) -> {out}",
                                             rows, ["parameter", "mean", "sd", "5%", "95%", "r_hat", "ess"]))
     return 0
@@ -327,6 +334,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                         "model error (inference.whole_log) (default: the config's inference.engine)")
     f.add_argument("--adam-steps", type=int, help="Adam steps of svi (default 1500) and of whole-log before its "
                                                     "Newton polish (default 50)")
+    f.add_argument("--horizon", type=float, metavar="S",
+                   help="whole-log: restart each recording from its measured state every S seconds, the segments "
+                        "of `evaluate --horizon S` (default: each recording whole)")
     f.add_argument("--warmup", type=int, help=f"nuts: warm-up steps per chain (default: {NUTS_WARMUP})")
     f.add_argument("--samples", type=int, help=f"nuts: draws per chain (default: {NUTS_SAMPLES})")
     f.add_argument("--json", action="store_true", help="print the summary as JSON")

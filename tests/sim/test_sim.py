@@ -186,3 +186,23 @@ def test_joint_friction_loss_gradients_on_an_mjcf_path(tmp_path):
     names = ["dof_frictionloss:shoulder", "dof_frictionloss:elbow", "body_mass:forearm"]
     for param, g in checks.gradient_check(robot, names=names, steps=60).items():
         assert g["rel_err"] < 1e-3, (param, g)
+
+
+def test_mjx_kinematics_has_a_barrier_between_tree_levels():
+    """`twin_bayes._jax` bars XLA from fusing MJX's body-tree levels into one loop that recomputes
+    every parent per use (exponential in the tree's depth: docs/PANDA.md); each level of a 3-link
+    chain ends in an optimization barrier, and the results are MuJoCo's."""
+    import mujoco
+    from mujoco import mjx
+    from mujoco.mjx._src.smooth import kinematics
+
+    body = "".join(f'<body pos="0 0 0.1" quat="1 1 0 0"><inertial mass="1" pos="0.01 0.02 0.03" '
+                   f'diaginertia="0.02 0.025 0.03"/><joint name="j{i}" axis="0 0 1"/>' for i in range(3))
+    m = mujoco.MjModel.from_xml_string(f"<mujoco><worldbody>{body}{'</body>' * 3}</worldbody></mujoco>")
+    mx = mjx.put_model(m)
+    dx = mjx.make_data(mx).replace(qpos=jnp.array([0.3, -0.7, 1.1]))
+    assert jax.jit(kinematics).lower(mx, dx).as_text().count("optimization_barrier") >= 3
+    d = mujoco.MjData(m)
+    d.qpos[:] = [0.3, -0.7, 1.1]
+    mujoco.mj_kinematics(m, d)
+    np.testing.assert_allclose(jax.jit(kinematics)(mx, dx).xpos, d.xpos, atol=1e-12)

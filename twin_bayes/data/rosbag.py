@@ -9,6 +9,11 @@ A bag holds two topics:
 Time is the bag's receive timestamp of each message (one clock for both topics), in seconds from
 the first measurement. Each measurement gets the latest command received at or before it (held,
 as on the robot); measurements before the first command are dropped.
+
+IMU topics (`sensor_msgs/msg/Imu`, optional, `imu_topics`) become sensor channels (docs/SENSORS.md):
+`angular_velocity` (3, rad/s) for a `gyro`, `linear_acceleration` (3, m/s²) for an
+`accelerometer`, `orientation` (4, MuJoCo order w, x, y, z; ROS fields x, y, z, w) for a
+`framequat`. Each is interpolated linearly onto the measurement times (same receive clock).
 """
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ JOINT_TOPIC = "/joint_states"
 COMMAND_TOPIC = "/twin/commands"
 JOINT_STATE = "sensor_msgs/msg/JointState"
 FLOAT_ARRAY = "std_msgs/msg/Float64MultiArray"
+IMU = "sensor_msgs/msg/Imu"
+#: Imu message field -> columns of the sensor channel it fills.
+IMU_FIELDS = {"angular_velocity": 3, "linear_acceleration": 3, "orientation": 4}
 STORAGES = ("mcap", "sqlite3")
 
 
@@ -33,11 +41,20 @@ def _typestore():
 
 
 def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic: str = COMMAND_TOPIC,
-                joints: Sequence[str] | None = None, settings: Mapping[str, float] | None = None) -> Trajectory:
-    """Read a rosbag2 folder (or single .mcap/.db3 file) as q, qd (T, joints), ctrl (T, nu).
+                joints: Sequence[str] | None = None, settings: Mapping[str, float] | None = None,
+                imu_topics: Mapping[str, Mapping[str, str]] | None = None) -> Trajectory:
+    """Read a rosbag2 folder (or single .mcap/.db3 file) as q, qd (T, joints), ctrl (T, nu), sensors.
 
     joints: joint names in the order wanted (default: the order of the first JointState).
     settings: known constants of the recording (e.g. servo_kp), attached to the Trajectory.
+    imu_topics: {Imu topic: {field: MJCF sensor name}}, fields from IMU_FIELDS, e.g.
+        {"/imu": {"angular_velocity": "torso_gyro", "linear_acceleration": "torso_accel"}}.
+        Each channel is interpolated linearly between the two messages around each measurement
+        (holding the latest message would lag by up to one IMU period h; the linear error is at
+        most h²/8·max|y''|, and zero where the stamps coincide). Orientation: normalised linear
+        interpolation of the messages' quaternions made sign-continuous (q and -q are one
+        rotation; the first message keeps its sign). Measurements before the first or after the
+        last message of any IMU topic are dropped (no extrapolation).
     """
     from rosbags.highlevel import AnyReader, AnyReaderError
     from rosbags.rosbag2 import ReaderError
@@ -46,26 +63,101 @@ def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic:
     states: list[tuple[int, np.ndarray, np.ndarray]] = []
     commands: list[tuple[int, np.ndarray]] = []
     order: list[str] | None = list(joints) if joints is not None else None
+    imu_fields = _imu_fields(src, imu_topics or {})
+    imu: dict[str, list[tuple[int, dict[str, np.ndarray]]]] = {topic: [] for topic in imu_fields}
+    wanted = [(joint_topic, (JOINT_STATE,)), (command_topic, (JOINT_STATE, FLOAT_ARRAY))]
     try:
         with AnyReader([Path(path)], default_typestore=_typestore()) as reader:
             conns = {c.topic: c for c in reader.connections}
-            for topic, types in ((joint_topic, (JOINT_STATE,)), (command_topic, (JOINT_STATE, FLOAT_ARRAY))):
+            for topic, types in wanted + [(topic, (IMU,)) for topic in imu]:
                 if topic not in conns:
                     raise DataError(f"{src}: no topic {topic!r}; topics: {sorted(conns)}")
                 if conns[topic].msgtype not in types:
                     raise DataError(f"{src}: {topic} is {conns[topic].msgtype}, expected one of {list(types)}")
-            for conn, stamp, raw in reader.messages(connections=[conns[joint_topic], conns[command_topic]]):
+            topics = [joint_topic, command_topic, *imu]
+            for conn, stamp, raw in reader.messages(connections=[conns[topic] for topic in topics]):
                 msg = reader.deserialize(raw, conn.msgtype)
                 if conn.topic == joint_topic:
                     order = order or list(msg.name)
                     states.append((stamp, *_joint_arrays(src, msg, order)))
-                else:
+                elif conn.topic == command_topic:
                     commands.append((stamp, _command(src, msg, order)))
+                else:
+                    imu[conn.topic].append((stamp, _imu_row(src, conn.topic, msg, imu_fields[conn.topic])))
     except (AnyReaderError, ReaderError, OSError, KeyError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{src}: cannot read bag ({type(exc).__name__}: {exc})") from None
-    return _align(src, states, commands, dict(settings or {}), order or [])
+    series = {topic: _imu_series(src, topic, msgs, imu_fields[topic]) for topic, msgs in imu.items()}
+    return _align(src, states, commands, dict(settings or {}), order or [], series)
+
+
+def _imu_fields(src: str, imu_topics: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
+    """imu_topics checked: known fields, each mapped to a sensor name, each name used once."""
+    out: dict[str, dict[str, str]] = {}
+    seen: set[str] = set()
+    for topic, fields in imu_topics.items():
+        unknown = sorted(set(fields) - IMU_FIELDS.keys())
+        if unknown:
+            raise DataError(f"{src}: IMU topic {topic}: unknown fields {unknown}; expected some of {list(IMU_FIELDS)}")
+        if not fields:
+            raise DataError(f"{src}: IMU topic {topic}: no field mapped to a sensor name")
+        unnamed = [field for field, name in fields.items() if not name]
+        if unnamed:
+            raise DataError(f"{src}: IMU topic {topic}: fields {unnamed} mapped to no sensor name")
+        names = [str(name) for name in fields.values()]
+        twice = sorted({name for name in names if name in seen or names.count(name) > 1})
+        if twice:
+            raise DataError(f"{src}: IMU topic {topic}: sensor names {twice} mapped more than once")
+        seen.update(names)
+        out[topic] = {field: str(name) for field, name in fields.items()}
+    return out
+
+
+def _imu_row(src: str, topic: str, msg, fields: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """{field: (3,) x, y, z or (4,) w, x, y, z} of one Imu message."""
+    row = {}
+    for field in fields:
+        if getattr(msg, f"{field}_covariance")[0] == -1:
+            raise DataError(f"{src}: {topic} marks {field} as not provided (covariance[0] = -1)")
+        v = getattr(msg, field)
+        row[field] = np.array([v.w, v.x, v.y, v.z] if field == "orientation" else [v.x, v.y, v.z], np.float64)
+    return row
+
+
+def _imu_series(src: str, topic: str, msgs, fields: Mapping[str, str]):
+    """(receive times (M,) ns, {sensor name: (field, (M, dim) values)}); quaternions unit, sign-continuous."""
+    if len(msgs) < 2:
+        raise DataError(f"{src}: {topic} has {len(msgs)} IMU messages; interpolation needs at least 2")
+    t = np.array([stamp for stamp, _ in msgs], np.int64)
+    same = np.flatnonzero(np.diff(t) == 0)
+    if same.size:
+        raise DataError(f"{src}: {topic} messages {same[0]} and {same[0] + 1} have the same receive time")
+    channels = {}
+    for field, name in fields.items():
+        y = np.stack([row[field] for _, row in msgs])
+        bad = np.flatnonzero(~np.isfinite(y).all(axis=1))
+        if bad.size:
+            raise DataError(f"{src}: {topic} {field} is not finite in message {bad[0]} "
+                            f"({bad.size} of {len(msgs)} messages)")
+        if field == "orientation":
+            norm = np.linalg.norm(y, axis=1)
+            if (norm == 0).any():
+                raise DataError(f"{src}: {topic} orientation has zero norm in message {np.flatnonzero(norm == 0)[0]}")
+            y = y / norm[:, None]
+            flip = np.where(np.sum(y[1:] * y[:-1], axis=1) < 0, -1.0, 1.0)
+            y = y * np.cumprod(np.concatenate([[1.0], flip]))[:, None]
+        channels[name] = (field, y)
+    return t, channels
+
+
+def _interpolate(t: np.ndarray, y: np.ndarray, at: np.ndarray, unit: bool) -> np.ndarray:
+    """y (M, dim) received at t (M,) ns, linearly interpolated at (T,) ns within [t_0, t_M-1]; unit: rows
+    renormalised (nlerp)."""
+    i = np.clip(np.searchsorted(t, at, side="right") - 1, 0, t.size - 2)
+    w = ((at - t[i]) / (t[i + 1] - t[i]))[:, None]
+    out = (1.0 - w) * y[i] + w * y[i + 1]
+    return out / np.linalg.norm(out, axis=1, keepdims=True) if unit else out
 
 
 def _joint_arrays(src: str, msg, order: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +183,8 @@ def _command(src: str, msg, order: list[str] | None) -> np.ndarray:
     return np.asarray(values, np.float64)[[names.index(j) for j in order]]
 
 
-def _align(src: str, states, commands, settings: dict[str, float], order: list[str]) -> Trajectory:
+def _align(src: str, states, commands, settings: dict[str, float], order: list[str],
+           imu: Mapping[str, tuple[np.ndarray, dict]]) -> Trajectory:
     if not commands:
         raise DataError(f"{src}: no command messages")
     widths = {len(c) for _, c in commands}
@@ -102,24 +195,33 @@ def _align(src: str, states, commands, settings: dict[str, float], order: list[s
     st_t = np.array([s for s, _, _ in states], np.int64)
     which = np.searchsorted(cmd_t, st_t, side="right") - 1
     keep = which >= 0
+    for imu_t, _ in imu.values():
+        keep &= (st_t >= imu_t[0]) & (st_t <= imu_t[-1])
     if keep.sum() < 2:
-        raise DataError(f"{src}: fewer than 2 joint states after the first command")
+        span = " within the IMU messages' time span" if imu else ""
+        raise DataError(f"{src}: fewer than 2 joint states after the first command{span}")
     t_ns = st_t[keep]
+    sensors = {name: _interpolate(imu_t, y, t_ns, field == "orientation")
+               for imu_t, channels in imu.values() for name, (field, y) in channels.items()}
     return Trajectory(
         t=(t_ns - t_ns[0]) * 1e-9,
         q=np.stack([states[i][1] for i in np.flatnonzero(keep)]),
         qd=np.stack([states[i][2] for i in np.flatnonzero(keep)]),
         ctrl=cmd[which[keep]],
-        settings=settings, source=src, meta={"joints": ",".join(order)},
+        settings=settings, source=src, meta={"joints": ",".join(order)}, sensors=sensors,
     )
 
 
 def write_rosbag(path: str | Path, traj: Trajectory, joints: Sequence[str], storage: str = "mcap",
-                 joint_topic: str = JOINT_TOPIC, command_topic: str = COMMAND_TOPIC) -> Path:
+                 joint_topic: str = JOINT_TOPIC, command_topic: str = COMMAND_TOPIC,
+                 imu_topics: Mapping[str, Mapping[str, str]] | None = None) -> Path:
     """Write a Trajectory as a rosbag2 folder in the layout `read_rosbag` reads.
 
     Row k becomes a Float64MultiArray command received at t_k and a JointState received 1 ns
-    later (the command of row k is held from its state on). Returns the bag folder.
+    later (the command of row k is held from its state on). imu_topics ({topic: {field: sensor
+    name}}, as read_rosbag's): row k of those sensor channels becomes an Imu message on each topic,
+    received with JointState k; fields not mapped are zero with covariance[0] = -1 (ROS: not
+    provided). Returns the bag folder.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -127,6 +229,11 @@ def write_rosbag(path: str | Path, traj: Trajectory, joints: Sequence[str], stor
         raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
     if len(joints) != traj.q.shape[1]:
         raise ValueError(f"{len(joints)} joint names for {traj.q.shape[1]} measured joints")
+    imu = _imu_fields(str(path), imu_topics or {})
+    for topic, fields in imu.items():
+        for field, name in fields.items():
+            if name not in traj.sensors or traj.sensors[name].shape[1] != IMU_FIELDS[field]:
+                raise ValueError(f"{topic} {field}: the trajectory has no {IMU_FIELDS[field]}-column sensor {name!r}")
     ts = _typestore()
     JointState, Float64MultiArray = ts.types[JOINT_STATE], ts.types[FLOAT_ARRAY]
     Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
@@ -136,6 +243,7 @@ def write_rosbag(path: str | Path, traj: Trajectory, joints: Sequence[str], stor
     with Writer(Path(path), version=9, storage_plugin=plugin) as writer:
         c_state = writer.add_connection(joint_topic, JOINT_STATE, typestore=ts)
         c_cmd = writer.add_connection(command_topic, FLOAT_ARRAY, typestore=ts)
+        c_imu = {topic: writer.add_connection(topic, IMU, typestore=ts) for topic in imu}
         for k in range(len(traj)):
             stamp = start_ns + int(round(traj.t[k] * 1e9))
             cmd = Float64MultiArray(layout=Layout(dim=[], data_offset=0), data=np.asarray(traj.ctrl[k]))
@@ -144,4 +252,18 @@ def write_rosbag(path: str | Path, traj: Trajectory, joints: Sequence[str], stor
             msg = JointState(header=header, name=list(joints), position=np.asarray(traj.q[k]),
                              velocity=np.asarray(traj.qd[k]), effort=np.zeros(0))
             writer.write(c_state, stamp + 1, ts.serialize_cdr(msg, JOINT_STATE))
+            for topic, fields in imu.items():
+                values = {field: traj.sensors[name][k] for field, name in fields.items()}
+                writer.write(c_imu[topic], stamp + 1, ts.serialize_cdr(_imu_msg(ts, header, values), IMU))
     return Path(path)
+
+
+def _imu_msg(ts, header, values: Mapping[str, np.ndarray]):
+    """An Imu message from {field: (3,) x, y, z or (4,) w, x, y, z}; fields not given are marked not provided."""
+    Vector3, Quaternion = ts.types["geometry_msgs/msg/Vector3"], ts.types["geometry_msgs/msg/Quaternion"]
+    v = {field: [float(a) for a in values.get(field, np.zeros(n))] for field, n in IMU_FIELDS.items()}
+    cov = {f"{field}_covariance": np.r_[0.0 if field in values else -1.0, np.zeros(8)] for field in IMU_FIELDS}
+    w, x, y, z = v["orientation"]
+    return ts.types[IMU](header=header, orientation=Quaternion(x=x, y=y, z=z, w=w),
+                         angular_velocity=Vector3(*v["angular_velocity"]),
+                         linear_acceleration=Vector3(*v["linear_acceleration"]), **cov)

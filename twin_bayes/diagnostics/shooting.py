@@ -72,15 +72,17 @@ def evaluate(predict: Predictor, traj, steps: int) -> dict:
     return {"file": traj.source, **result}
 
 
-def twin_predictor(twin, draws_per_particle: int = 8, seed: int = 0) -> Predictor:
-    """A `Twin`'s predictive (parameter uncertainty, sensor noise, its model error if learned)."""
+def twin_predictor(twin, draws_per_particle: int = 8, seed: int = 0, model_error: bool = True) -> Predictor:
+    """A `Twin`'s predictive (parameter uncertainty, sensor noise, its model error if learned and
+    `model_error`)."""
     import jax
     key = jax.random.PRNGKey(seed)
 
     def predict(q0, qd0, commands, settings):
         nonlocal key
         key, sub = jax.random.split(key)
-        b = twin.predict(q0, qd0, commands, settings=settings, draws_per_particle=draws_per_particle, key=sub)
+        b = twin.predict(q0, qd0, commands, settings=settings, draws_per_particle=draws_per_particle, key=sub,
+                         model_error=model_error)
         return b.samples_q, b.mean_q
 
     return predict

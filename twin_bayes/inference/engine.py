@@ -60,7 +60,8 @@ TEMPER_TOLERANCE = 1.25
 # The last three refuse batch fits only (`batch.gate`).
 REASONS = ("", "non-finite particles or weights", "tempering stopped before beta = 1 (window too informative)",
            "too many divergent moves", "effective sample size below the gate's minimum",
-           "chains did not mix (R-hat above the gate's maximum)", "non-finite loss")
+           "chains did not mix (R-hat above the gate's maximum)", "non-finite loss",
+           "no mode found (the Newton steps ran out)")
 ENGINES = ("laplace-is", "smc")
 
 
