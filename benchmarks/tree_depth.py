@@ -23,13 +23,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, command, machine  # noqa: E402
 
+from twin_bayes import _jax  # noqa: E402, I001  (first: float64, MJX's import quiet, the barrier)
+from twin_bayes.sim.robot import SHIPPED  # noqa: E402
+
 import jax  # noqa: E402
 import mujoco  # noqa: E402
 from mujoco import mjx  # noqa: E402
 from mujoco.mjx._src import scan  # noqa: E402
-
-from twin_bayes import _jax  # noqa: E402
-from twin_bayes.sim.robot import SHIPPED  # noqa: E402
 
 
 def chain(links: int) -> mujoco.MjModel:
