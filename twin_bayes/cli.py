@@ -165,10 +165,6 @@ def cmd_fit(args) -> int:
         info = fit_twin(twin, trajs, horizon_s=args.horizon,
                         **({} if args.adam_steps is None else {"adam_steps": args.adam_steps}))
         evaluations = info["simulator_evaluations"]
-        if info["refused"]:
-            print(f"fit refused ({engine}): {info['refused'][0]}: {info['refused'][1]}; nothing written",
-                  file=sys.stderr)
-            return 1
     elif engine == "stream":
         reports = []
         for w in windows:              # as the service: each window updates and is kept for the model error
@@ -181,10 +177,10 @@ def cmd_fit(args) -> int:
     else:
         res = twin.fit(windows, engine=engine, **kwargs)
         info, evaluations = res.info, res.evaluations
-        if info["refused"]:
-            print(f"fit refused ({engine}): {info['refused'][0]}: {info['refused'][1]}; nothing written",
-                  file=sys.stderr)
-            return 1
+    if info.get("refused"):
+        print(f"fit refused ({engine}): {info['refused'][0]}: {info['refused'][1]}; nothing written",
+              file=sys.stderr)
+        return 1
     wall = time.perf_counter() - start
     out = Path(args.out)
     save_posterior(twin, out, engine=info.get("engine", engine))

@@ -57,7 +57,7 @@ PENDING = 4
 AUTOCORRELATION_MEMORY = 0.9
 TEMPER_TOLERANCE = 1.25
 # Why an update was refused: index = TwinState.reason / UpdateInfo.reason (0: accepted).
-# The last three refuse batch fits only (`batch.gate`).
+# Reasons 4-6 refuse batch fits only (`batch.gate`), the last the whole-log fit (`whole_log.fit_twin`).
 REASONS = ("", "non-finite particles or weights", "tempering stopped before beta = 1 (window too informative)",
            "too many divergent moves", "effective sample size below the gate's minimum",
            "chains did not mix (R-hat above the gate's maximum)", "non-finite loss",

@@ -215,12 +215,16 @@ class Twin:
         res = res._replace(info={**res.info, "refused": refused})
         self.last_batch = res
         if refused:
-            self.state = self._state._replace(stale=jnp.asarray(True), reason=jnp.asarray(REASONS.index(refused[0])))
-            self.posterior.reason = f"{refused[0]}: {refused[1]}"
+            self.refuse(*refused)
         else:
             self._warm = res.warm if name == "nuts" else self._warm
             self.restore(res.particles, int(self._state.version) + 1)
         return res
+
+    def refuse(self, reason: str, detail: str) -> None:
+        """Keep the posterior, flagged stale with `reason` (one of `engine.REASONS`) and its detail."""
+        self.state = self._state._replace(stale=jnp.asarray(True), reason=jnp.asarray(REASONS.index(reason)))
+        self.posterior.reason = f"{reason}: {detail}"
 
     # --- prediction -----------------------------------------------------------------------------
     def predict(self, q0, qd0, commands, quantiles=(0.05, 0.5, 0.95), settings=None,

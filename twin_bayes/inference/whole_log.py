@@ -69,11 +69,15 @@ class WholeLogFit(NamedTuple):
     converged: bool
 
 
-def stack(model: TwinModel, trajectories) -> Recordings:
-    """Recordings from `Trajectory`s (t, q, qd, ctrl, settings), padded with their last command."""
+def _observes_q_only(model: TwinModel) -> None:
     if model.sensors:
         raise ValueError(f"{model.cfg.name}: the whole-log engine observes q only; a config observing MJCF sensors "
                          f"({list(model.sensors)}) is fitted by the stream, smc, nuts or svi engines")
+
+
+def stack(model: TwinModel, trajectories) -> Recordings:
+    """Recordings from `Trajectory`s (t, q, qd, ctrl, settings), padded with their last command."""
+    _observes_q_only(model)
     T = max(len(tr.t) for tr in trajectories) - 1
     pad = lambda a, n: np.concatenate([a, np.repeat(a[-1:], n, axis=0)])  # noqa: E731
     rows = [(tr.q[0], tr.qd[0], pad(tr.ctrl[:-1], T + 1 - len(tr.t)), pad(tr.q[1:], T + 1 - len(tr.t)),
@@ -87,9 +91,7 @@ def segments(model: TwinModel, trajectories, horizon_s: float) -> Recordings:
     the twin's step where its stamps are not, `shooting.on_grid`) cut into segments of H steps by the
     multiple-shooting evaluation's own cutter (`shooting.cut`), so a fit and its evaluation see the
     same segments. q0 (S, nq), qd0 (S, nv), commands (S, H, nu), q (S, H, nq), no padding."""
-    if model.sensors:
-        raise ValueError(f"{model.cfg.name}: the whole-log engine observes q only; a config observing MJCF sensors "
-                         f"({list(model.sensors)}) is fitted by the stream, smc, nuts or svi engines")
+    _observes_q_only(model)
     steps = horizon_steps(horizon_s, model.robot.dt)
     parts = []
     for tr in trajectories:
@@ -235,11 +237,10 @@ def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_I
             "simulated_steps": res.evaluations * int(np.sum(np.asarray(rec.mask))),
             "temper_autocorrelation_steps": res.temper}
     if not res.converged:
-        reason = REASONS[-1]
-        detail = f"{newton_steps} Newton steps after {adam_steps} Adam steps (more --adam-steps start it nearer)"
-        twin.state = twin.state._replace(stale=jnp.asarray(True), reason=jnp.asarray(REASONS.index(reason)))
-        twin.posterior.reason = f"{reason}: {detail}"
-        return {**cost, "refused": (reason, detail)}
+        refused = (REASONS[-1], f"{newton_steps} Newton steps after {adam_steps} Adam steps "
+                                "(more --adam-steps start it nearer)")
+        twin.refuse(*refused)
+        return {**cost, "refused": refused}
     twin.restore(particles(res, jax.random.PRNGKey(twin.cfg.inference.seed), twin.cfg.inference.particles), 1)
     twin.state = twin.state._replace(prior=GaussianPrior(res.mode, _positive_chol(res.chol), jnp.asarray(False)))
     twin.model_error = fit_model_error(res.residuals, rec.mask, rec.settings, twin.model.robot.dt)
