@@ -12,7 +12,8 @@ sd per joint profiled out, tempered by κ, their integrated autocorrelation time
 config's prior (`panda_reduced.toml`: link 6 and 7 inertials, friction, sensor offsets). Damped Newton
 with the Gauss–Newton curvature from the prior mean (the published values; no Adam steps by default:
 the start is already near the mode), then the Laplace approximation at the mode; the model error
-(`inference.discrepancy`) is learned from the mode's residuals. Held out: 10–14 s, scored by
+(`inference.discrepancy`) is learned from cross-validated residuals (10 folds of 1 s, each predicted by
+the mode refitted without it: `whole_log.held_out_residuals`). Held out: 10–14 s, scored by
 `twin_bayes.diagnostics.shooting` for the twin's predictive (its posterior, sensor noise and model error)
 and for the published model in native MuJoCo. The twin's posterior is saved for `twin-bayes evaluate
 --horizon 0.1`. Writes experiments/results/panda_real.json and PNGs.
@@ -33,7 +34,7 @@ import numpy as np
 from twin_bayes import Twin
 from twin_bayes.config import load_config
 from twin_bayes.data.panda import between, panda_log, read_panda
-from twin_bayes.diagnostics import shooting
+from twin_bayes.diagnostics import correlations, identification_table, shooting
 from twin_bayes.inference import whole_log
 from twin_bayes.inference.store import save_posterior
 from twin_bayes.inference.twin import constrain_all
@@ -102,23 +103,26 @@ def plot_parameters(table: dict, corr: np.ndarray, names: list[str], out: Path) 
 
 
 def parameter_table(twin, n: int = 4000, seed: int = 0):
-    """Per parameter: published value, posterior mean, sd and 90 % interval (values), the prior's 90 %
-    interval, the contraction 1 − var_post / var_prior in unconstrained space; the posterior
-    correlations (P, P) and n posterior draws of the values (n, P)."""
-    model, prior = twin.model, twin.state.prior
-    p = len(model.param_names)
-    post_z = prior.mean + jax.random.normal(jax.random.PRNGKey(seed), (n, prior.mean.shape[0])) @ prior.chol.T
+    """`diagnostics.identification_table` of n draws of the Laplace posterior against n prior draws, each
+    row with the published value and the posterior sd: means, sds and 90 % intervals of the values;
+    contraction and correlations in the unconstrained space, where the prior is Gaussian (a log-scale
+    parameter pinned far up its prior is wider there in value terms, not less identified). Returns
+    the table (with the prior's 90 % interval), the correlations (P, P), the confounded pairs and the
+    value draws (n, P)."""
+    model, laplace = twin.model, twin.state.prior
+    p, names = len(model.param_names), list(model.param_names)
+    post_z = (laplace.mean + jax.random.normal(jax.random.PRNGKey(seed), (n, laplace.mean.shape[0])) @ laplace.chol.T)
     prior_z = model.sample_prior(jax.random.PRNGKey(seed + 1), n)
-    post, pri = np.asarray(constrain_all(model, post_z))[:, :p], np.asarray(constrain_all(model, prior_z))[:, :p]
-    cov = np.asarray(prior.chol @ prior.chol.T)[:p, :p]
-    sd = np.sqrt(np.diag(cov))
-    contraction = 1 - sd ** 2 / np.var(np.asarray(prior_z)[:, :p], axis=0)
+    post, prior = (np.asarray(constrain_all(model, z))[:, :p] for z in (post_z, prior_z))
+    summary = {name: {"mean": float(post[:, i].mean()), "q05": float(np.quantile(post[:, i], 0.05)),
+                      "q95": float(np.quantile(post[:, i], 0.95))} for i, name in enumerate(names)}
+    unconstrained = {name: np.asarray(post_z)[:, i] for i, name in enumerate(names)}
+    ident = identification_table(names, np.asarray(prior_z)[:, :p], unconstrained, summary)
     nominal = model.robot.nominal()
-    table = {name: {"published": nominal[name], "mean": float(post[:, i].mean()), "sd": float(post[:, i].std()),
-                    "q05": float(np.quantile(post[:, i], 0.05)), "q95": float(np.quantile(post[:, i], 0.95)),
-                    "prior_q05": float(np.quantile(pri[:, i], 0.05)), "prior_q95": float(np.quantile(pri[:, i], 0.95)),
-                    "contraction": float(contraction[i])} for i, name in enumerate(model.param_names)}
-    return table, cov / np.outer(sd, sd), post
+    table = {name: {"published": nominal[name], **row, "sd": float(post[:, i].std()),
+                    "prior_q05": float(np.quantile(prior[:, i], 0.05)), "prior_q95": float(np.quantile(prior[:, i], 0.95))}
+             for i, (name, row) in enumerate(ident["parameters"].items())}
+    return table, correlations(unconstrained)[1], ident["confounded_pairs"], post
 
 
 def main(argv=None) -> int:
@@ -150,7 +154,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     posterior_dir = args.out / f"panda_real_{args.config}_fit"
     save_posterior(twin, posterior_dir, engine="whole-log")      # for `twin-bayes evaluate --posterior`
-    table, corr, values = parameter_table(twin)
+    table, corr, pairs, values = parameter_table(twin)
     settings = twin.model.settings_vector(None)
     checks = [physical_margins(robot.layout, np.asarray(twin.model.theta(v, settings))) for v in values[:400]]
     published = np.asarray(robot.to_vector(robot.nominal()))
@@ -159,8 +163,6 @@ def main(argv=None) -> int:
                   "published": shooting.native_predictor(robot, published[None])}
     scores = {k: shooting.evaluate(p, test, steps) for k, p in predictors.items()}
     names = list(twin.model.param_names)
-    pairs = [(names[i], names[j], float(corr[i, j])) for i in range(len(names)) for j in range(i)
-             if abs(corr[i, j]) >= 0.8]
     plots = [plot_predictions(robot, test, predictors, steps, args.out),
              plot_parameters(table, corr, names, args.out)]
     result = {
@@ -172,6 +174,7 @@ def main(argv=None) -> int:
         "physical_validity_of_400_draws": {k: min(c[k] for c in checks) for k in checks[0]},
         "identified": sorted(n for n, t in table.items() if t["contraction"] > 0.5),
         "not_identified": sorted(n for n, t in table.items() if t["contraction"] <= 0.5),
+        "outside_prior_90": sorted(n for n, t in table.items() if not t["prior_q05"] <= t["mean"] <= t["prior_q95"]),
         "correlated_pairs": pairs, "parameters": table, "plots": plots,
         "wall_time_s": time.perf_counter() - start,
     }

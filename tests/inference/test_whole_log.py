@@ -55,7 +55,7 @@ def test_curvature_has_the_targets_value_and_gradient_and_its_hessian_but_for_th
     curvature = jax.jit(lambda y: whole_log.value_grad_curvature(m, rec, kappa, noise, y))
     g = jax.jit(jax.grad(target))
     for x in (truth[:p], centre[:p]):
-        value, grad, hess = curvature(x)
+        value, grad, hess, jac = curvature(x)
         assert float(value) == pytest.approx(float(target(x)), rel=1e-12)
         np.testing.assert_allclose(grad, g(x), rtol=1e-7, atol=1e-9 * float(jnp.max(jnp.abs(grad))))
         assert np.all(np.linalg.eigvalsh(-np.asarray(hess)) > 0)      # a maximum's curvature
@@ -84,6 +84,41 @@ def test_a_fit_restarted_every_tenth_of_a_second_covers_the_hidden_parameters(tw
     inside = [summary[n]["q05"] <= t <= summary[n]["q95"] for n, t in TRUTH.items()]
     assert sum(inside) >= 5, inside
     assert info["model_error"]["sd_rad"][0] < 0.01                     # the model is exact: little model error
+    assert info["model_error_folds"] == whole_log.FOLDS                 # 40 segments in 10 runs of 4
+
+
+def test_held_out_residuals_are_those_of_the_fit_without_each_fold_for_a_linear_model():
+    """Weighted least squares under a Gaussian prior (predictions J β, linear): one Newton step is the
+    exact refit, so each fold's held-out residuals are those of the mode fitted on the other folds,
+    for folds of rows (segments) and of each row's steps (whole recordings)."""
+    rng = np.random.default_rng(0)
+    R, T, nq, P = 12, 20, 2, 3
+    J = rng.standard_normal((R, T, nq, P))
+    y = J @ rng.standard_normal(P) + 0.3 * rng.standard_normal((R, T, nq))
+    mask = np.ones((R, T))
+    mask[-1, 13:] = 0                                                   # a padded recording
+    w, prior = np.array([2.0, 0.5]), np.diag([1.0, 2.0, 3.0])
+
+    def mode(used):                                                     # used (R, T): the steps fitted
+        j = J * used[..., None, None]
+        h = prior + np.einsum("rtjp,rtjq,j->pq", j, j, w)
+        return np.linalg.solve(h, np.einsum("rtjp,rtj,j->p", j, y * used[..., None], w)), h
+
+    beta, precision = mode(mask)
+    resid = (y - J @ beta) * mask[..., None]
+    for by_rows, folds in ((True, 4), (False, 5)):
+        fold = whole_log.time_folds(mask, by_rows, folds)
+        assert set(np.unique(fold)) == {-1, *range(folds)} and np.all((fold == -1) == (mask == 0))
+        held = whole_log.held_out_residuals(resid, J, fold, precision, w)
+        for f in range(folds):
+            without, _ = mode(mask * (fold != f))
+            at = fold == f
+            np.testing.assert_allclose(held[at], (y - J @ without)[at], rtol=1e-9, atol=1e-12)
+        assert np.all(held[-1, 13:] == 0) and np.mean(held ** 2) > np.mean(resid ** 2)
+    rows = whole_log.time_folds(mask, True, 4)
+    assert [list(np.unique(rows[i])) for i in (0, 2, 3, 11)] == [[0], [0], [1], [-1, 3]]    # runs of 3 rows
+    blocks = whole_log.time_folds(mask, False, 5)
+    assert list(blocks[0, ::4]) == [0, 1, 2, 3, 4] and list(blocks[-1, :13]) == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4]
 
 
 def test_a_fit_whose_newton_steps_run_out_is_refused_and_the_posterior_kept(twin_and_data):

@@ -132,23 +132,22 @@ def horizon_report(twin, trajectories, horizon_s: float) -> tuple[dict, list, li
 
 def native_predictor(robot, thetas, model_error=None, seed: int = 0) -> Predictor:
     """Native-MuJoCo rollouts of parameter draws `thetas` (D, P) (`sim.native.NativeRobot`), plus the
-    AR(1) model error (`inference.discrepancy.ModelError`) from zero at the start when given."""
+    model error (`inference.discrepancy.ModelError`, its `ar1_paths` from zero at the start) when given."""
+    import jax
+    from twin_bayes.inference.discrepancy import ar1_paths
     from twin_bayes.sim.native import NativeRobot
     thetas = np.atleast_2d(np.asarray(thetas, np.float64))
     models = [robot.model_with(th) for th in thetas]
-    rng = np.random.default_rng(seed)
+    key = jax.random.PRNGKey(seed)
 
     def predict(q0, qd0, commands, settings):
+        nonlocal key
         clean = np.stack([NativeRobot(robot, th, q0, qd0, m).step(commands)[0] for th, m in zip(thetas, models)])
         draws = clean
         if model_error is not None:
-            phi = np.exp(-robot.dt / model_error.time_const_s)
-            sd = model_error.sd * np.sqrt(1 - phi ** 2)
-            d, paths = np.zeros((len(clean), clean.shape[2])), np.empty_like(clean)
-            for t in range(clean.shape[1]):
-                d = phi * d + sd * rng.standard_normal(d.shape)
-                paths[:, t] = d
-            draws = clean + paths
+            key, sub = jax.random.split(key)
+            phi = float(np.exp(-robot.dt / model_error.time_const_s))
+            draws = clean + np.asarray(ar1_paths(sub, model_error.sd, phi, clean.shape))
         return draws, clean.mean(0)
 
     return predict
