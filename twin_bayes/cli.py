@@ -136,9 +136,11 @@ def _windows(twin, trajs, final: bool = True):
     return out
 
 
-def _read(paths):
-    from twin_bayes.data import read_trajectory
-    return [read_trajectory(p) for p in paths]
+def _read(paths, imu=None):
+    """Recordings from files; imu: `--imu` specs (a bag's IMU topics as sensor channels)."""
+    from twin_bayes.data import parse_imu_topics, read_trajectory
+    topics = parse_imu_topics(imu) if imu else None
+    return [read_trajectory(p, imu_topics=topics) for p in paths]
 
 
 # --- fit -------------------------------------------------------------------------------------
@@ -151,7 +153,7 @@ def cmd_fit(args) -> int:
     engine = args.engine or cfg.inference.engine
     check_engine_options(args, engine)
     twin = Twin(cfg)
-    trajs = _read(args.data)
+    trajs = _read(args.data, args.imu)
     windows = [] if engine == "whole-log" else _windows(twin, trajs, final=engine != "stream")
     start = time.perf_counter()
     kwargs = {}
@@ -306,6 +308,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+IMU_OPTION = dict(action="append", default=[], metavar="TOPIC=FIELD:SENSOR[,...]",
+           help="a ROS 2 bag's sensor_msgs/Imu topic as sensor channels, fields angular_velocity, "
+                "linear_acceleration, orientation each to an MJCF sensor, e.g. "
+                "/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel (repeat per topic)")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     """The `twin-bayes` parser and its handlers {command: handler(args) -> exit status}."""
     p = Parser(prog="twin-bayes", description="A probabilistic digital twin for robots.")
@@ -321,7 +329,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     c.add_argument("--no-gradients", action="store_true", help="skip the gradient check against finite differences")
     f = sub.add_parser("fit", help="posterior from recorded data")
     f.add_argument("--config", required=True, help="twin config (shipped name or file)")
-    f.add_argument("--data", nargs="+", required=True, help="recordings (.npz, bam .json)")
+    f.add_argument("--data", nargs="+", required=True, help="recordings (.npz, bam .json, rosbag2 .mcap/.db3)")
+    f.add_argument("--imu", **IMU_OPTION)
     f.add_argument("--out", required=True, help="directory for particles.npz, posterior.nc, summary.json")
     f.add_argument("--engine", choices=("stream", "smc", "nuts", "svi", "whole-log"),
                    help="stream: the service's online engine, window by window (the same windows and posterior "
@@ -348,7 +357,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     e = sub.add_parser("evaluate", help="predict recordings from their first state; MAE, band coverage, CRPS")
     e.add_argument("--config", required=True, help="twin config (shipped name or file)")
     e.add_argument("--posterior", required=True, help="directory written by `twin-bayes fit`")
-    e.add_argument("--data", nargs="+", required=True, help="held-out recordings (.npz, bam .json)")
+    e.add_argument("--data", nargs="+", required=True, help="held-out recordings (.npz, bam .json, rosbag2 .mcap/.db3)")
     e.add_argument("--json", action="store_true", help="print the scores as JSON")
     e.add_argument("--horizon", type=float, default=None, metavar="S",
                    help="restart from the measured state every S seconds and score each joint at the horizon's "

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from twin_bayes.data.bam import read_bam
 from twin_bayes.data.npz import read_npz, write_npz
-from twin_bayes.data.rosbag import read_rosbag
+from twin_bayes.data.rosbag import parse_imu_topics, read_rosbag
 from twin_bayes.data.shared import bam_logs, bam_xl330_dir, log_kp
 from twin_bayes.data.trajectory import DataError, Trajectory
 from twin_bayes.data.windows import Bounds, consecutive_windows, cut_windows, trajectory_windows
@@ -16,9 +17,11 @@ READERS = {"npz": read_npz, "bam": read_bam, "rosbag2": read_rosbag}
 EXTENSIONS = {".npz": "npz", ".json": "bam", ".mcap": "rosbag2", ".db3": "rosbag2"}
 
 
-def read_trajectory(path: str | Path, format: str | None = None) -> Trajectory:
+def read_trajectory(path: str | Path, format: str | None = None,
+                    imu_topics: Mapping[str, Mapping[str, str]] | None = None) -> Trajectory:
     """Read a Trajectory; format is "npz", "bam" or "rosbag2", else inferred from the extension
-    (.npz, .json, .mcap/.db3; a rosbag2 folder needs format="rosbag2")."""
+    (.npz, .json, .mcap/.db3; a rosbag2 folder needs format="rosbag2"). imu_topics: a bag's IMU
+    topics as sensor channels (`read_rosbag`); rosbag2 only (an NPZ carries its sensor channels)."""
     if format is None:
         suffix = Path(path).suffix.lower()
         if suffix not in EXTENSIONS:
@@ -27,6 +30,10 @@ def read_trajectory(path: str | Path, format: str | None = None) -> Trajectory:
         format = EXTENSIONS[suffix]
     if format not in READERS:
         raise DataError(f"{path}: unknown trajectory format {format!r}; expected one of {sorted(READERS)}")
+    if imu_topics:
+        if format != "rosbag2":
+            raise DataError(f"{path}: IMU topics are read from rosbag2 recordings, not {format}")
+        return read_rosbag(path, imu_topics=imu_topics)
     return READERS[format](path)
 
 
@@ -41,6 +48,7 @@ __all__ = [
     "log_kp",
     "read_bam",
     "read_npz",
+    "parse_imu_topics",
     "read_rosbag",
     "read_trajectory",
     "trajectory_windows",

@@ -40,6 +40,31 @@ def _typestore():
     return get_typestore(Stores.ROS2_HUMBLE)
 
 
+def parse_imu_topics(specs: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The command line's `--imu TOPIC=FIELD:SENSOR[,FIELD:SENSOR...]` specs as `read_rosbag`'s
+    imu_topics, e.g. "/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel". ValueError
+    names a malformed spec, an unknown field, or a topic or field given twice (`read_rosbag` checks
+    the rest against the bag)."""
+    topics: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        topic, sep, fields = spec.partition("=")
+        pairs = [f.partition(":") for f in fields.split(",")] if sep else []
+        if not topic or not pairs or any(not field or not colon or not name for field, colon, name in pairs):
+            raise ValueError(f"--imu {spec!r}: expected TOPIC=FIELD:SENSOR[,FIELD:SENSOR...], e.g. "
+                             "/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel")
+        if topic in topics:
+            raise ValueError(f"--imu: topic {topic} given twice")
+        mapping = {}
+        for field, _, name in pairs:
+            if field not in IMU_FIELDS:
+                raise ValueError(f"--imu {spec!r}: unknown field {field!r}; expected one of {sorted(IMU_FIELDS)}")
+            if field in mapping:
+                raise ValueError(f"--imu {spec!r}: field {field} given twice")
+            mapping[field] = name
+        topics[topic] = mapping
+    return topics
+
+
 def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic: str = COMMAND_TOPIC,
                 joints: Sequence[str] | None = None, settings: Mapping[str, float] | None = None,
                 imu_topics: Mapping[str, Mapping[str, str]] | None = None) -> Trajectory:

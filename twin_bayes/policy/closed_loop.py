@@ -6,10 +6,13 @@ MuJoCo with the robot's hidden true parameters and sensor noise (the "real
 robot"). Both delay each command by the task's `delay` control steps (command
 latency). Sensor bias is: the controller sees q + bias, as the robot does.
 A floating base also feeds its (noise-free) IMU reading to the balance reflex,
-and the task's push acts on its root body.
+and the task's push acts on its root body; on the real robot an `estimator` may
+replace that reading with one it computes from the measured sensors.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -80,11 +83,17 @@ class Run(NamedTuple):
 
 
 def real_rollout(robot: Robot, truth, policy: Policy, task: Task, seed: int = 0,
-                 noise: dict[str, float] | None = None) -> Run:
+                 noise: dict[str, float] | None = None,
+                 estimator: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> Run:
     """The controller on native MuJoCo under `truth` ({name: value} or (P,)), with Gaussian sensor noise;
     each command acts `task.delay` steps after it is sent.
 
-    `noise` holds the sd of q (rad) and qd (rad/s) readings (default 0.002, 0.02).
+    `noise` holds the sd of q (rad) and qd (rad/s) readings (default 0.002, 0.02) and of any MJCF
+    sensor's (by name, its unit; 0 where not given). `estimator`, if given, computes the base reading the
+    balance reflex acts on: before command t it is called as estimator(sensors (nsensordata,), base (B,))
+    with the measured readings of step t − 1 (`sim.sensors` models under truth, delays included, then
+    noise drawn from their own generator; at t = 0 those of a forward pass at the start state) and the
+    exact base reading at state t, and returns the reading (B,) to act on. run.base stays the exact one.
     """
     noise = {"q": 0.002, "qd": 0.02} if noise is None else noise
     vec = robot.to_vector(truth)
@@ -101,6 +110,9 @@ def real_rollout(robot: Robot, truth, policy: Policy, task: Task, seed: int = 0,
     delay = int(task.delay)
     rng = np.random.default_rng(seed)
     d.qpos[:], d.qvel[:] = np.asarray(task.q0), np.asarray(task.qd0)
+    if estimator is not None:
+        read = _sensing(robot, vec, noise, seed)
+        mujoco.mj_forward(m, d)
     T = ff.shape[0]
     run = Run(*(np.empty(ff.shape) for _ in range(3)), np.empty((T, m.nq)), np.empty((T, m.nv)),
               np.empty((T, base_gain.shape[1])))
@@ -108,7 +120,9 @@ def real_rollout(robot: Robot, truth, policy: Policy, task: Task, seed: int = 0,
         run.q_meas[t] = d.qpos + bias + rng.normal(0.0, noise.get("q", 0.0), m.nq)
         run.qd_meas[t] = d.qvel + rng.normal(0.0, noise.get("qd", 0.0), m.nv)
         q, qd = run.q_meas[t, qadr], run.qd_meas[t, dofadr]
-        run.u[t] = command(ff[t], kp, kd, q_ref[t], qd_ref[t], q, qd, base_gain, base(d.qpos, d.qvel))
+        exact = base(d.qpos, d.qvel)
+        reflex = exact if estimator is None else estimator(read(d.sensordata), exact)
+        run.u[t] = command(ff[t], kp, kd, q_ref[t], qd_ref[t], q, qd, base_gain, reflex)
         acting = run.u[max(t - delay, 0)]
         tau = robot.actuator.torque(acting, q, qd, act) if robot.actuator.needs_state else acting
         d.ctrl[:] = np.asarray(tau)
@@ -116,6 +130,23 @@ def real_rollout(robot: Robot, truth, policy: Policy, task: Task, seed: int = 0,
         mujoco.mj_step(m, d)
         run.q[t], run.qd[t], run.base[t] = d.qpos[qadr], d.qvel[dofadr], base(d.qpos, d.qvel)
     return run
+
+
+def _sensing(robot: Robot, vec: np.ndarray, noise: dict[str, float], seed: int):
+    """reading(raw (nsensordata,)) -> measured (nsensordata,): the sensor models of vec (P,) on the raw
+    readings passed so far (as many as the longest delay needs), plus Gaussian noise of sd noise[<sensor>]."""
+    layout = robot.layout.sensors
+    sd = np.zeros(layout.nsensordata)
+    for sensor in layout.sensors:
+        sd[sensor.adr: sensor.adr + sensor.dim] = noise.get(sensor.name, 0.0)
+    keep = math.ceil(float(np.max(layout.delays(vec), initial=0.0)) / robot.dt) + 1
+    rng, raw = np.random.default_rng([seed, 1]), []
+
+    def reading(row: np.ndarray) -> np.ndarray:
+        raw.append(row.copy())
+        del raw[:-keep]
+        return layout.apply(vec, np.asarray(raw), robot.dt)[-1] + sd * rng.standard_normal(sd.shape)
+    return reading
 
 
 def real_cost(robot: Robot, truth, policy: Policy, task: Task, seed: int = 0, noise=None) -> float:
