@@ -36,6 +36,7 @@ from twin_bayes import _jax  # noqa: F401  (first: NPROC against the 2-core LAPA
 import numpy as np  # noqa: E402
 
 from twin_bayes.config import parse_config  # noqa: E402
+from twin_bayes.data import Trajectory, trajectory_windows  # noqa: E402
 from twin_bayes.inference import Twin  # noqa: E402
 from twin_bayes.models import TwinModel  # noqa: E402
 from twin_bayes.policy import ars, experiment, fusion  # noqa: E402
@@ -108,13 +109,12 @@ def record(robot: Robot, truth: dict, policy: Policy, task: Task, seed: int, est
 
 
 def windows(robot: Robot, run, readings, samples: int) -> list[dict]:
-    """A run as whole twin windows of `samples` rows sharing their end rows: row k the state before command
-    k, the command, and the IMU's reading at that state (hook row k + 1)."""
+    """A run as whole twin windows of `samples` rows cut by the shared cutter (`data.trajectory_windows`):
+    row k the state before command k, the command, and the IMU's reading at that state (hook row k + 1)."""
     cols = {n: robot.layout.sensors.columns([n]) for n in (GYRO, ACCEL)}
-    n = len(readings) - 1
-    return [{"q": run.q_meas[s:s + samples], "qd": run.qd_meas[s:s + samples], "ctrl": run.u[s:s + samples],
-             "sensors": {name: readings[1 + s:1 + s + samples, c] for name, c in cols.items()}}
-            for s in range(0, n - samples + 1, samples - 1)]
+    traj = Trajectory(t=np.arange(len(run.u)) * robot.dt, q=run.q_meas, qd=run.qd_meas, ctrl=run.u,
+                      sensors={name: readings[1:, c] for name, c in cols.items()})
+    return trajectory_windows([traj], samples, samples, robot.dt, final=False)
 
 
 def up_axis(base: np.ndarray) -> np.ndarray:
@@ -133,14 +133,6 @@ def tilt_rmse(robot: Robot, params: fusion.FilterParams, run, readings) -> np.nd
     return np.sqrt(np.mean(fusion.tilt_error(up, true) ** 2, axis=0))
 
 
-def filter_params(values: dict, kp, gate) -> fusion.FilterParams:
-    """Filter parameters from sensor parameter values {name: value or (...) array} (0 where absent)."""
-    vec = lambda kind, sensor: np.stack([np.asarray(values.get(f"{kind}_{a}:{sensor}", 0.0))  # noqa: E731
-                                         for a in "xyz"], -1)
-    return fusion.FilterParams(vec("bias", GYRO), vec("bias", ACCEL), vec("misalign", ACCEL),
-                               np.asarray(kp, np.float64), np.asarray(gate, np.float64))
-
-
 def tune_gains(robot: Robot, twin: Twin, policies: dict, tasks: dict, seed: int) -> dict:
     """kp and gate by the mean tilt RMSE over DRAWS posterior draws: each draw's sensor model on IMU readings
     of the twin's humanoid (its physics, zero sensor parameters, native, noise seed `seed`), filtered with
@@ -149,7 +141,7 @@ def tune_gains(robot: Robot, twin: Twin, policies: dict, tasks: dict, seed: int)
     draws = post.values[post.resample(np.random.default_rng(seed), DRAWS)]
     model_truth = robot.nominal()
     kp, gate = (g.ravel() for g in np.meshgrid(KP_GRID, GATE_GRID, indexing="ij"))
-    calib = filter_params(mean, kp, gate)
+    calib = fusion.from_values(mean, GYRO, ACCEL, kp, gate)
     vecs = [robot.to_vector({**model_truth, **{n: v for n, v in zip(post.names, d) if n in SENSOR_PRIOR}})
             for d in draws]
     scores = []
@@ -178,9 +170,9 @@ def study_truth(robot, cfg, model, policies, tasks, seed, quick) -> dict:
     summary = twin.posterior.summary()
     gains = tune_gains(robot, twin, policies, tasks, seed + 100)
     mean = twin.posterior.mean()
-    before = filter_params({}, **NOMINAL_GAINS)
-    after = filter_params(mean, gains["kp"], gains["gate"])
-    calibrated_nominal_gains = filter_params(mean, **NOMINAL_GAINS)
+    before = fusion.from_values({}, GYRO, ACCEL, **NOMINAL_GAINS)
+    after = fusion.from_values(mean, GYRO, ACCEL, gains["kp"], gains["gate"])
+    calibrated_nominal_gains = fusion.from_values(mean, GYRO, ACCEL, **NOMINAL_GAINS)
     tilt, traces = {}, {}
     for name, task in tasks.items():
         run, readings = record(robot, truth, policies[name], task, seed + 1000)

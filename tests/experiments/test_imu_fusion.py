@@ -59,9 +59,7 @@ def test_posterior_calibration_cuts_the_tilt_error_of_a_moving_imu():
                for w in (rec.window(s, s + T) for s in range(0, len(rec) - T + 1, T - 1))]
     assert len(reports) == 3 and all(r.accepted for r in reports)
     mean = twin.posterior.mean()
-    vec = lambda values, kind, sensor: np.array([values.get(f"{kind}_{a}:{sensor}", 0.0) for a in "xyz"])  # noqa: E731
-    calibration = lambda v: fusion.FilterParams(vec(v, "bias", "gyro"), vec(v, "bias", "acc"),  # noqa: E731
-                                                vec(v, "misalign", "acc"), np.float64(0.1), np.float64(0.5))
+    calibration = lambda v: fusion.from_values(v, "gyro", "acc", 0.1, 0.5)  # noqa: E731
     fresh = emulate(robot, truth, 2.0, seed=4, noise=NOISE)
     before, after, exact = (tilt_rmse(calibration(v), fresh) for v in ({}, mean, truth))
     assert after <= before / 3, (before, after, exact)

@@ -165,3 +165,16 @@ def test_calibrated_filter_follows_the_pushed_humanoid(humanoid):
         real_rollout(robot, truth, policy, task, seed=1, noise=noise, estimator=estimate)
         errors.append(np.abs(np.array(seen)).max())
     assert errors[0] < 0.01 and errors[1] > 0.05, errors
+
+
+def test_filter_parameters_from_a_twins_sensor_values():
+    """Each sensor-model value lands on its axis; absent ones are 0; batched values keep their batch."""
+    p = fusion.from_values({"bias_y:g": 0.1, "bias_x:a": -0.2, "misalign_z:a": 0.02, "bias_x:other": 9.0},
+                           "g", "a", 0.5, 2.0)
+    np.testing.assert_array_equal(p.gyro_bias, [0.0, 0.1, 0.0])
+    np.testing.assert_array_equal(p.accel_bias, [-0.2, 0.0, 0.0])
+    np.testing.assert_array_equal(p.accel_misalign, [0.0, 0.0, 0.02])
+    assert float(p.kp) == 0.5 and float(p.gate) == 2.0
+    batch = fusion.from_values({"bias_z:g": np.array([0.1, 0.2])}, "g", "a", np.array([1.0, 2.0]), 1.0)
+    assert batch.gyro_bias.shape == (2, 3) and batch.accel_bias.shape == (3,)     # the filter broadcasts
+    np.testing.assert_array_equal(batch.gyro_bias[:, 2], [0.1, 0.2])

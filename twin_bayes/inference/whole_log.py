@@ -69,7 +69,7 @@ class Recordings(NamedTuple):
 class WholeLogFit(NamedTuple):
     """mode (D,) and chol (D, D) of the Laplace covariance (unconstrained), the temper κ (steps),
     residuals (R, T, nq) of the mode's rollouts and their cross-validated counterparts `held_out`
-    (`held_out_residuals`), and the cost: optimiser steps, simulator evaluations (each a rollout of
+    (`held_out_residuals`; None where Newton did not converge), and the cost: optimiser steps, simulator evaluations (each a rollout of
     every recording; a curvature counts D); `converged`: Newton stopped at a mode (finite, before its
     steps ran out)."""
 
@@ -77,7 +77,7 @@ class WholeLogFit(NamedTuple):
     chol: jnp.ndarray
     temper: float
     residuals: np.ndarray
-    held_out: np.ndarray
+    held_out: np.ndarray | None
     steps: int
     evaluations: int
     converged: bool
@@ -256,7 +256,7 @@ def fit(model: TwinModel, rec: Recordings, fold: np.ndarray, adam_steps: int = 5
     iterations, trials = int(lap.iterations), int(lap.trials)
     # Adam's gradients and the two open-loop residuals are one evaluation each, a curvature P (tangents)
     converged = iterations < newton_steps and bool(np.isfinite(np.asarray(lap.chol)).all())
-    held_out = resid
+    held_out = None
     if converged:
         c = np.asarray(lap.chol, np.float64)
         weights = 1.0 / (temper * np.sum(resid ** 2, axis=(0, 1)) / mask.sum())
@@ -283,18 +283,20 @@ def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_I
     """Fit `twin` (a `Twin`) on whole recordings (`Trajectory`s), or on their segments of `horizon_s`
     (`segments`): its posterior becomes the Laplace approximation as `cfg.inference.particles`
     particles, and its model error is learned from its cross-validated residuals (`held_out_residuals`,
-    `inference.discrepancy`: from zero at each recording's or segment's start). Returns the fit's cost and figures (JSON-ready);
+    `inference.discrepancy`: from zero at each recording's or segment's start). Returns the fit's cost
+    and figures (JSON-ready);
     `refused` (reason, detail) where Newton found no mode: then the twin keeps its posterior, flagged
     stale, as a refused batch fit does."""
     start = time.perf_counter()
     rec = stack(twin.model, trajectories) if horizon_s is None else segments(twin.model, trajectories, horizon_s)
     fold = time_folds(rec.mask, by_rows=horizon_s is not None)
     res = fit(twin.model, rec, fold, adam_steps=adam_steps, newton_steps=newton_steps)
+    steps = int(np.sum(np.asarray(rec.mask)))
     cost = {"engine": "whole-log", "method": "whole-log Laplace (Adam + damped Newton)",
             "recordings": len(trajectories), "segments": None if horizon_s is None else len(rec.q0),
             "horizon_s": horizon_s, "wall_time_s": time.perf_counter() - start,
             "optimiser_steps": res.steps, "simulator_evaluations": res.evaluations,
-            "simulated_steps": res.evaluations * int(np.sum(np.asarray(rec.mask))),
+            "simulated_steps": res.evaluations * steps,
             "temper_autocorrelation_steps": res.temper}
     if not res.converged:
         refused = (REASONS[-1], f"{newton_steps} Newton steps after {adam_steps} Adam steps "
@@ -304,7 +306,6 @@ def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_I
     twin.restore(particles(res, jax.random.PRNGKey(twin.cfg.inference.seed), twin.cfg.inference.particles), 1)
     twin.state = twin.state._replace(prior=GaussianPrior(res.mode, _positive_chol(res.chol), jnp.asarray(False)))
     twin.model_error = fit_model_error(res.held_out, rec.mask, rec.settings, twin.model.robot.dt)
-    steps = int(np.sum(np.asarray(rec.mask)))
     rms = lambda r: np.sqrt(np.sum(r ** 2, axis=(0, 1)) / steps).tolist()  # noqa: E731
     return {**cost, "wall_time_s": time.perf_counter() - start, "refused": None,
             "fit_mae": float(np.sum(np.abs(res.residuals)) / steps / res.residuals.shape[-1]),

@@ -44,6 +44,17 @@ class FilterParams(NamedTuple):
     gate: np.ndarray
 
 
+def from_values(values, gyro: str, accel: str, kp, gate) -> FilterParams:
+    """The filter corrected by sensor-model values {parameter name: value or (...) array} of a twin's
+    gyro and accelerometer (`bias_x|y|z:<gyro>`, `bias_x|y|z:<accel>`, `misalign_x|y|z:<accel>`; 0
+    where absent: the uncalibrated filter), with gains kp (...) 1/s and gate (...) m/s²."""
+    def axes(kind, sensor):
+        return np.stack(np.broadcast_arrays(*(np.asarray(values.get(f"{kind}_{a}:{sensor}", 0.0), np.float64)
+                                              for a in "xyz")), -1)
+    return FilterParams(axes("bias", gyro), axes("bias", accel), axes("misalign", accel),
+                        np.asarray(kp, np.float64), np.asarray(gate, np.float64))
+
+
 def corrected(params: FilterParams, gyro, accel):
     """Calibrated angular velocity (..., 3) rad/s and specific force (..., 3) m/s² of readings (..., 3)."""
     omega = gyro - params.gyro_bias
