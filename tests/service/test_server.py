@@ -557,6 +557,8 @@ def test_the_service_learns_the_model_error_of_a_misspecified_robot_and_checkpoi
             for k in range(1, n_windows + 1):
                 acked(svc.endpoints["ingest"], chunks[(k - 1) * per_window:k * per_window + 1])
                 wait_for(client, lambda h, k=k: h["robots"][RID]["model_calibration"]["n_batches"] >= k, 300)
+            # the last windows' refit is idle work of its own, after their re-predictions
+            wait_for(client, lambda h: h["robots"][RID]["model_error"]["fitted_windows"] == n_windows, 300)
             snap = client.snapshot(RID)
             robot = client.health()["robots"][RID]
     me, mc = snap.extra["model_error"], robot["model_calibration"]

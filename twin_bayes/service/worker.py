@@ -13,9 +13,9 @@ alert messages go to the I/O thread through `publish(type, robot_id, build)`
 (build(seq) -> frames); the thread never touches a socket. Every twin's whole
 `TwinState` is checkpointed with the position of its next window and the store's
 identity, at most every `checkpoint_every_s` and when the worker stops.
-Re-predicting applied windows for model calibration is the thread's idle work: one robot's
-window at a time, when no robot has a window ready and the recent load allows, so an update waits
-at most for one such re-prediction. On start it resumes from the newest valid checkpoint and re-applies the stored
+Re-predicting applied windows for model calibration and refitting the model error is the thread's
+idle work: one unit at a time (one robot's window, or one robot's refit), when no robot has a window
+ready and the recent load allows, so an update waits at most for one such unit. On start it resumes from the newest valid checkpoint and re-applies the stored
 chunks after it, so a restart gives the posteriors an uninterrupted run would have, however old
 the checkpoint; a checkpoint of another store is refused.
 """
@@ -56,8 +56,10 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 PREDICTION_DRAWS = 2   # predictive draws per posterior particle of a published prediction
 VALIDATION_DRAWS = 1   # predictive draws per posterior particle when a window is re-predicted
 VALIDATION_QUEUE = 32  # applied windows per robot kept for re-prediction while the worker is busy (the newest)
-VALIDATION_LOAD = 0.75  # idle work waits while turns took more than this share of the last LOAD_WINDOW_S
+VALIDATION_LOAD = 0.75  # idle work waits while the worker was busy more than this share of the last LOAD_WINDOW_S
 LOAD_WINDOW_S = 10.0
+REFIT_EVERY = 8        # windows recorded since a robot's last model-error refit that make a refit idle work at once
+
 FETCH = 1024  # chunks read from the store per pass
 RETENTION_EVERY_S = 10.0
 Publish = Callable[[str, str, Callable[[int], list[bytes]]], None]
@@ -70,12 +72,16 @@ class WorkerSettings:
     alert_probability: P(outside the healthy band) that raises a maintenance alert;
     retain_chunks / retain_versions: store retention (None keeps everything);
     validate: re-predict applied windows from their start under their real commands and score them
-    (health's model_calibration), then refit the model error, as idle work: when no robot has a window
-    ready and turns took at most VALIDATION_LOAD of the last LOAD_WINDOW_S (a re-prediction started in
-    the gaps of a fleet near capacity would delay its next windows), one robot's oldest waiting window,
-    the robot validated longest ago first (every window once the worker catches up, the newest
-    VALIDATION_QUEUE per robot under sustained load; the update's throughput is kept); false: neither,
-    and predictions carry no learned model error;
+    (health's model_calibration), and refit the model error, as idle work: when no robot has a window
+    ready and the worker (turns and idle work) was busy at most VALIDATION_LOAD of the last LOAD_WINDOW_S
+    (idle work started in the gaps of a fleet near capacity would delay its next windows), one unit at a
+    time, waited for: one robot's oldest waiting window re-predicted, the robot validated longest ago
+    first (every window once the worker catches up, the newest VALIDATION_QUEUE per robot under
+    sustained load; the update's throughput is kept), then a refit of that robot's model error once
+    REFIT_EVERY windows were recorded since its last (a refit predicts all 32 recorded windows again, 0.35 s
+    for arm2: after every window it would take more than a core at four robots); with no window left to
+    re-predict, the refit of a robot with any window recorded since its last; false: neither, and
+    predictions carry no learned model error;
     prediction_draws: predictive draws per posterior particle of each published prediction (the
     rollouts and so the cost grow with it; 2 × 32 particles: 64 draws per band);
     max_batch, threads: robots per batched call and threads running the batches (None: `parallelism()`); a
@@ -201,6 +207,7 @@ class RobotTwin:
     calibration: OnlineCalibration = field(default_factory=OnlineCalibration)       # of the forecasts
     model_calibration: OnlineCalibration = field(default_factory=OnlineCalibration)  # of the windows re-predicted
     validated_round: int = -1     # the last validation round that re-predicted one of its windows
+    unfitted: int = 0             # windows recorded since its model error's last refit here
     trend: dict[str, deque] = field(default_factory=dict)
     alerts: dict[str, dict] = field(default_factory=dict)
     last_update: dict[str, Any] = field(default_factory=dict)
@@ -251,7 +258,7 @@ class Worker:
         self._checkpointed_at = -float("inf")
         self._unsaved = False     # windows applied since the last checkpoint
         self._rounds = 0
-        self._turns: deque[tuple[float, float]] = deque()    # (end, duration) s of the turns of the last LOAD_WINDOW_S
+        self._busy: deque[tuple[float, float]] = deque()    # (end, duration) s of turns and idle work, the last LOAD_WINDOW_S
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="twin-inference", daemon=True)
         batch, threads = parallelism()
@@ -289,10 +296,10 @@ class Worker:
             self._preload()
         while True:
             try:  # no robot with data: wait for some, unless there is idle work the load allows
-                waiting = not ready
-                block = waiting and not (self._unvalidated and self.load() <= VALIDATION_LOAD)
+                waiting, idle = not ready, self._has_idle_work()
+                block = waiting and not (idle and self.load() <= VALIDATION_LOAD)
                 # wake up to look at the load again, or for retention postponed by its interval
-                timeout = 0.1 * LOAD_WINDOW_S if self._unvalidated else RETENTION_EVERY_S if retaining else None
+                timeout = 0.1 * LOAD_WINDOW_S if idle else RETENTION_EVERY_S if retaining else None
                 ready.setdefault(self.inbox.get(block=block, timeout=timeout if block else None))
                 if waiting:
                     self._gather(ready)
@@ -313,13 +320,16 @@ class Worker:
                     if cut is not None:
                         cuts[rid] = cut
                         ready[rid] = None
+                start = time.monotonic()
                 if cuts:
-                    start = time.monotonic()
                     self._apply(cuts)
+                elif self._has_idle_work() and self.load() <= VALIDATION_LOAD:
+                    self._idle_work()
+                else:
+                    start = None
+                if start is not None:
                     end = time.monotonic()
-                    self._turns.append((end, end - start))
-                elif self._unvalidated and self.load() <= VALIDATION_LOAD:
-                    self._validate_idle()
+                    self._busy.append((end, end - start))
             except Exception as e:  # keep serving; the failure shows in health
                 log.exception("inference failed")
                 self.error = f"{type(e).__name__}: {e}"
@@ -328,11 +338,12 @@ class Worker:
                 self._retention()
 
     def load(self) -> float:
-        """The share of the last LOAD_WINDOW_S spent in turns (updates, their publishing and predictions)."""
+        """The share of the last LOAD_WINDOW_S spent busy: in turns (updates, their publishing and
+        predictions) and idle work."""
         now = time.monotonic()
-        while self._turns and self._turns[0][0] < now - LOAD_WINDOW_S:
-            self._turns.popleft()
-        return sum(d for _, d in self._turns) / LOAD_WINDOW_S
+        while self._busy and self._busy[0][0] < now - LOAD_WINDOW_S:
+            self._busy.popleft()
+        return sum(d for _, d in self._busy) / LOAD_WINDOW_S
 
     def _gather(self, ready: dict) -> None:
         """Dynamic batching: after a first robot's notice, wait up to `batch_wait_s` for a turn's worth."""
@@ -389,6 +400,8 @@ class Worker:
             rt.applied_seq, rt.applied_row = int(meta["applied_seq"]), int(meta["applied_row"])
             rt.fetched_seq = max(rt.applied_seq - 1, -1)    # the next fetch starts at the applied chunk
             rt.windows, rt.rejected = int(meta["windows"]), int(meta["rejected"])
+            me = rt.twin.state.model_error      # windows recorded after its last refit: refitted when idle
+            rt.unfitted = int(me.count - me.fitted_count) if self.settings.validate else 0
             rt.predictions = int(meta["predictions"])
         self.checkpoint_status = {"resumed": True, "path": str(ck.path), "step": ck.step,
                                   "skipped": [[str(p), why] for p, why in ck.skipped]}
@@ -456,6 +469,7 @@ class Worker:
         before = {rt.robot_id: rt.twin.draws() for rt in todo} if self.settings.validate else {}
         for rt, window in zip(todo, windows):     # kept for the model error (and checkpointed)
             rt.twin.record_window(window)
+            rt.unfitted += self.settings.validate
         reports = dict(zip((rt.robot_id for rt in todo), update_many([rt.twin for rt in todo], windows,
                                                                                     self.max_batch, self._pool)))
         for rt in robots:
@@ -529,19 +543,33 @@ class Worker:
             self.publish("prediction", rid, lambda seq, rid=rid, version=version, arrays=arrays, pid=pid:
                          protocol.prediction(rid, seq, version, arrays, quantiles=list(QUANTILES), prediction_id=pid))
 
-    def _validate_idle(self) -> None:
-        """Re-predict the oldest waiting window of the robot validated longest ago (one window: a window
-        that becomes ready meanwhile waits for one re-prediction, not a batch's); once its last waiting
-        window is scored, refit that robot's model error (`Twin.refit_model_error`)."""
-        self._rounds += 1
-        rt = min((self.robots[rid] for rid in self._unvalidated), key=lambda rt: rt.validated_round)
-        rt.validated_round = self._rounds
-        waiting = self._unvalidated[rt.robot_id]
-        self._validate([rt], {rt.robot_id: waiting.popleft()})
-        if not waiting:
+    def _has_idle_work(self) -> bool:
+        return bool(self._unvalidated) or any(rt.unfitted for rt in self.robots.values())
+
+    def _idle_work(self) -> None:
+        """One unit of idle work (`WorkerSettings.validate`), finished before it returns: a window that
+        becomes ready meanwhile waits for one unit, and the unit's time counts in the load. Re-predict the
+        oldest waiting window of the robot validated longest ago, then, if that was its last waiting
+        window (so that a window is always re-predicted with the model error learned before it) and
+        REFIT_EVERY windows were recorded since its last refit, refit that robot's model error
+        (`Twin.refit_model_error`); with no window waiting, refit the robot with the most windows
+        recorded since its last."""
+        if self._unvalidated:
+            self._rounds += 1
+            rt = min((self.robots[rid] for rid in self._unvalidated), key=lambda rt: rt.validated_round)
+            rt.validated_round = self._rounds
+            waiting = self._unvalidated[rt.robot_id]
+            self._validate([rt], {rt.robot_id: waiting.popleft()})
+            if waiting:                                 # its waiting windows are scored without them
+                return
             del self._unvalidated[rt.robot_id]
-            rt.twin.refit_model_error()
-            self._unsaved = True
+            if rt.unfitted < REFIT_EVERY:
+                return
+        else:
+            rt = max(self.robots.values(), key=lambda rt: rt.unfitted)
+        rt.twin.refit_model_error()
+        jax.block_until_ready(rt.twin.state.model_error)
+        rt.unfitted, self._unsaved = 0, True
 
     def _validate(self, robots: list[RobotTwin], windows: dict[str, tuple[Cut, Window, np.ndarray]]) -> None:
         """Model calibration: each window just applied, predicted again open loop from its first measured
