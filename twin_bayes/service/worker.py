@@ -59,7 +59,6 @@ VALIDATION_QUEUE = 32  # applied windows per robot kept for re-prediction while 
 VALIDATION_LOAD = 0.75  # idle work waits while the worker was busy more than this share of the last LOAD_WINDOW_S
 LOAD_WINDOW_S = 10.0
 REFIT_EVERY = 8        # windows recorded since a robot's last model-error refit that make a refit idle work at once
-
 FETCH = 1024  # chunks read from the store per pass
 RETENTION_EVERY_S = 10.0
 Publish = Callable[[str, str, Callable[[int], list[bytes]]], None]
@@ -320,22 +319,23 @@ class Worker:
                     if cut is not None:
                         cuts[rid] = cut
                         ready[rid] = None
-                start = time.monotonic()
                 if cuts:
-                    self._apply(cuts)
+                    self._busy_with(self._apply, cuts)
                 elif self._has_idle_work() and self.load() <= VALIDATION_LOAD:
-                    self._idle_work()
-                else:
-                    start = None
-                if start is not None:
-                    end = time.monotonic()
-                    self._busy.append((end, end - start))
+                    self._busy_with(self._idle_work)
             except Exception as e:  # keep serving; the failure shows in health
                 log.exception("inference failed")
                 self.error = f"{type(e).__name__}: {e}"
                 ready.clear()
             if retaining:
                 self._retention()
+
+    def _busy_with(self, work, *args) -> None:
+        """work(*args), its time recorded for `load`."""
+        start = time.monotonic()
+        work(*args)
+        end = time.monotonic()
+        self._busy.append((end, end - start))
 
     def load(self) -> float:
         """The share of the last LOAD_WINDOW_S spent busy: in turns (updates, their publishing and
