@@ -23,3 +23,7 @@ PYTEST_MARK ?= not slow
 PYTEST_WORKERS ?= 2
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "$(PYTEST_MARK)" -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+
+# Extras of the benchmarks (mujoco[sysid] for benchmarks/peers.py), on top of the install.
+bench: $(STAMP)
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e ".[test,bench]"
