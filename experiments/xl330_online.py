@@ -1,6 +1,7 @@
 """The XL330 online: the real logs replayed through the twin service; the live posterior against offline fits.
 
-    .venv/bin/python experiments/xl330_online.py          # a few minutes on 2 cores, most of it compiles
+    .venv/bin/python experiments/xl330_online.py          # ~20 min on 2 cores: service, offline stream, batch SMC
+    .venv/bin/python experiments/xl330_online.py --config xl330_load --live-only   # the service part only
 
 `twin-bayes serve` runs the `xl330_coulomb` twin (a subprocess on loopback ports with a temporary SQLite
 store) and `twin-bayes replay --format bam` streams the eight kp = 100/200 logs to it in real time
@@ -14,9 +15,11 @@ scores. Recorded here:
   (`Twin.update`: the service's algorithm without the service) and to one batch SMC fit over all of them
   (`Twin.fit`, what `twin-bayes fit` does): the live posterior's difference from each, in posterior sds;
 - the four held-out kp = 400 logs predicted whole by the service (the `predict` query with each log's
-  settings): MAE of the median and band coverage, next to the whole-log fit of `experiments/xl330_real.py`.
+  settings): MAE of the median and band coverage, next to the whole-log fit of `experiments/xl330_real.py`;
+  by the streamed posterior, and, where the config consolidates (`inference.consolidate_after_s`), by
+  the posterior the service consolidated once the stream paused (`service.consolidate`).
 
-Writes experiments/results/xl330_online.json and .png.
+Writes experiments/results/xl330_online.json and .png (xl330_online_<config>.json for another config).
 """
 from __future__ import annotations
 
@@ -112,11 +115,25 @@ def held_out(client: TwinClient, logs) -> dict:
                                settings={k: tr.settings[k] for k in ("servo_kp", "servo_vin")})
         q = reply.arrays["q"][:, :, 0]                        # (Q, T)
         obs = tr.q[1:, 0]
-        rows.append({"file": Path(tr.source).name, "mae_median_q": float(np.mean(np.abs(q[2] - obs))),
+        rows.append({"file": Path(tr.source).name, "posterior_version": reply.extra["posterior_version"],
+                     "mae_median_q": float(np.mean(np.abs(q[2] - obs))),
                      "coverage50": float(np.mean((obs >= q[1]) & (obs <= q[3]))),
                      "coverage90": float(np.mean((obs >= q[0]) & (obs <= q[4])))})
     return {"per_log": rows, **{k: float(np.mean([r[k] for r in rows]))
                                 for k in ("mae_median_q", "coverage50", "coverage90")}}
+
+
+def consolidated(client: TwinClient, windows: int, timeout_s: float) -> dict:
+    """Wait until the service has consolidated the robot's `windows` windows (health `consolidation`)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = client.health()["robots"][ROBOT_ID]["consolidation"]
+        if done.get("windows") == windows:
+            if done["error"] or done["refused"]:
+                raise RuntimeError(f"consolidation failed: {done}")
+            return done
+        time.sleep(1.0)
+    raise RuntimeError(f"the service did not consolidate within {timeout_s} s")
 
 
 def offline(config: str, windows: list[dict]) -> dict:
@@ -159,7 +176,7 @@ def plot(history: list[dict], batch: dict, whole_log: dict | None, path: Path) -
     plt.close(fig)
 
 
-def run(config: str, speed: float, timeout_s: float, out: Path) -> dict:
+def run(config: str, speed: float, timeout_s: float, out: Path, live_only: bool = False) -> dict:
     fit_paths = [p for kp in FIT_KP for p in bam_logs(kp=kp)]
     test_logs = [read_trajectory(p) for p in bam_logs(kp=TEST_KP)]
     ports = {k: f"tcp://127.0.0.1:{free_port()}" for k in ("ingest", "pub", "query")}
@@ -181,6 +198,14 @@ def run(config: str, speed: float, timeout_s: float, out: Path) -> dict:
             history, health, ended = follow(client, replay, store, twin, timeout_s)
             replay_out = json.loads(replay.stdout.read().strip().splitlines()[-1])
             metrics = client.metrics()
+            streamed = {"model_error": client.snapshot(ROBOT_ID).extra["model_error"],
+                        "held_out_kp400": held_out(client, test_logs)}
+            consolidation = None
+            if twin.cfg.inference.consolidate_after_s:
+                consolidation = consolidated(client, health["robots"][ROBOT_ID]["windows"], timeout_s)
+                snap = client.snapshot(ROBOT_ID)
+                history.append({"version": snap.extra["version"], "windows": consolidation["windows"],
+                                "t_s": time.monotonic(), "summary": snap.extra["summary"], "consolidated": True})
             model_error = client.snapshot(ROBOT_ID).extra["model_error"]
             test = held_out(client, test_logs)
         finally:
@@ -194,14 +219,15 @@ def run(config: str, speed: float, timeout_s: float, out: Path) -> dict:
         windows = applied_windows(store, twin)
     for h in history:
         h["t_s"] -= start
-    live = history[-1]["summary"]
+    live = history[-1]["summary"]                                     # consolidated where the config asks
+    result_streamed, streamed_at = (history[-1 - bool(consolidation)][k] for k in ("summary", "t_s"))
     partial = {"history": history, "health": health, "metrics": metrics, "model_error": model_error,
-               "held_out": test}                                                       # kept if later steps fail
+               "held_out": test, "streamed": streamed, "consolidation": consolidation}   # kept if later steps fail
     (out / "xl330_online_live.json").write_text(json.dumps(partial, indent=2, default=float))
-    print(f"service done: {robot['windows']} windows in {history[-1]['t_s']:.0f} s; offline fits ...", flush=True)
-    off = offline(config, windows)
-    partial["offline"] = off
-    (out / "xl330_online_live.json").write_text(json.dumps(partial, indent=2, default=float))
+    print(f"service done: {robot['windows']} windows; held-out MAE streamed "
+          f"{streamed['held_out_kp400']['mae_median_q']:.4f} -> live {test['mae_median_q']:.4f}, "
+          f"cov90 {test['coverage90']:.3f}", flush=True)
+    off = None if live_only else offline(config, windows)
     whole_log_file = RESULTS / f"xl330_real_{config}.json"   # experiments/xl330_real.py
     whole = json.loads(whole_log_file.read_text()) if whole_log_file.exists() else None
     result = {
@@ -214,16 +240,20 @@ def run(config: str, speed: float, timeout_s: float, out: Path) -> dict:
         "service": {"windows": robot["windows"], "rejected_windows": robot["rejected_windows"],
                     "posterior_version": robot["posterior_version"], "online_scores": robot["calibration"],
                     "update_latency_s": metrics["update_latency_s"],
-                    "last_window_applied_after_s": history[-1]["t_s"], "model_error": model_error},
-        "live_posterior": live, "live_history": history,
-        "offline": {**off, "live_minus_offline_stream": difference(live, off["stream_posterior"]),
-                    "live_minus_batch_smc": difference(live, off["batch_smc_posterior"]),
-                    "live_minus_whole_log": difference(live, whole["parameters"]) if whole else None},
+                    "last_window_applied_after_s": streamed_at, "model_error": model_error,
+                    "consolidation": consolidation},
+        "live_posterior": live, "streamed_posterior": result_streamed,
+        "live_history": history, "streamed": streamed,
+        "live_minus_whole_log": difference(live, whole["parameters"]) if whole else None,
+        "offline": off and {**off,
+                            "streamed_minus_offline_stream": difference(result_streamed, off["stream_posterior"]),
+                            "live_minus_batch_smc": difference(live, off["batch_smc_posterior"])},
         "held_out_kp400": test,
         "whole_log_held_out_kp400": whole["held_out"] if whole else None,
     }
-    plot(history, off["batch_smc_posterior"], whole["parameters"] if whole else None, out / "xl330_online.png")
-    result["plot"] = "xl330_online.png"
+    if off:
+        plot(history, off["batch_smc_posterior"], whole["parameters"] if whole else None, out / "xl330_online.png")
+        result["plot"] = "xl330_online.png"
     return result
 
 
@@ -233,21 +263,23 @@ def main(argv=None) -> int:
     ap.add_argument("--speed", type=float, default=1.0, help="replay speed, x real time")
     ap.add_argument("--timeout", type=float, default=3600.0, help="s to wait for the service")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--live-only", action="store_true", help="skip the offline stream and batch SMC fits")
     args = ap.parse_args(argv)
     if not bam_logs(kp=TEST_KP):
         print("no XL330 logs found (../shared/data/bam_xl330 or $TWIN_BAYES_DATA/bam_xl330)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    result = run(args.config, args.speed, args.timeout, args.out)
-    path = args.out / "xl330_online.json"
+    result = run(args.config, args.speed, args.timeout, args.out, args.live_only)
+    path = args.out / ("xl330_online.json" if args.config == "xl330_coulomb" else f"xl330_online_{args.config}.json")
     path.write_text(json.dumps(result, indent=2, default=float))
     (args.out / "xl330_online_live.json").unlink(missing_ok=True)    # the partial record of this run
     s, o, h = result["service"], result["offline"], result["held_out_kp400"]
     worst = lambda d: max(v["abs_dmean_over_sd"] for v in d.values())  # noqa: E731
-    print(f"live: {s['windows']} windows, online cov90 {s['online_scores'].get('coverage_90')}; "
-          f"max |Δmean|/sd vs offline stream {worst(o['live_minus_offline_stream']):.3g}, "
-          f"vs batch SMC {worst(o['live_minus_batch_smc']):.3g}; held-out kp=400 MAE {h['mae_median_q']:.4f} "
-          f"cov90 {h['coverage90']:.2f} -> {path}")
+    versus = "" if o is None else (f"max |Δmean|/sd streamed vs offline stream "
+                                   f"{worst(o['streamed_minus_offline_stream']):.3g}, vs batch SMC "
+                                   f"{worst(o['live_minus_batch_smc']):.3g}; ")
+    print(f"live: {s['windows']} windows, online cov90 {s['online_scores'].get('coverage_90')}; {versus}"
+          f"held-out kp=400 MAE {h['mae_median_q']:.4f} cov90 {h['coverage90']:.2f} -> {path}")
     return 0
 
 

@@ -110,7 +110,10 @@ class InferenceSection(_Strict):
     The service always streams. `autocorrelation`: streaming windows' likelihoods are tempered by
     their residuals' autocorrelation time κ (`inference.engine`), which keeps a twin whose model
     class is wrong from growing over-confident window after window; false counts every sample as
-    independent (κ = 1).
+    independent (κ = 1). `consolidate_after_s` > 0: once a robot's stream has paused that long (s), the
+    service refits the newest `consolidate_s` seconds it has stored with the whole-log engine and the
+    live posterior continues from that fit (`service.consolidate`; for robots whose model class is
+    known to be wrong); 0: never.
     """
 
     engine: Literal["stream", "smc", "nuts", "svi", "whole-log"] = "stream"
@@ -130,6 +133,8 @@ class InferenceSection(_Strict):
     max_rhat: float = Field(1.05, gt=1)
     drift_sigma: float = Field(4.0, gt=0)
     drift_windows: int = Field(2, ge=1)
+    consolidate_after_s: float = Field(0.0, ge=0)
+    consolidate_s: float = Field(120.0, gt=0)
     seed: int = 0
 
     @model_validator(mode="after")

@@ -115,15 +115,14 @@ def test_whole_log_fit_beats_the_published_coulomb_viscous_mae_with_calibrated_b
     assert 0.1 <= summary["servo_kt:servo"]["mean"] <= 3.0 and 0.5 <= summary["servo_R:servo"]["mean"] <= 5.0
 
 
-@needs_logs
-@pytest.mark.slow   # the servo twin's update kernels compile for minutes on 2 cores
-def test_a_log_replayed_through_the_service_gives_the_offline_posterior_of_the_same_windows(tmp_path):
+def _served(tmp_path, cfg, log, done):
+    """Replay log through a service of cfg (as robot xl330, 0.1 s chunks, as fast as acked) until
+    done(robot twin, its stored windows); returns both, and the service's stored posterior version."""
     from twin_bayes.service.replay import replay
     from twin_bayes.service.robot_link import RobotLink
     from twin_bayes.service.server import ServiceSettings, TwinService
     from twin_bayes.service.worker import WorkerSettings, stored_windows
-    cfg, any_port = load_config("xl330_coulomb"), "tcp://127.0.0.1:*"
-    log = read_trajectory(bam_logs(kp=100)[0])                  # 6 s: six 1 s windows of ten 0.1 s chunks
+    any_port = "tcp://127.0.0.1:*"
     settings = ServiceSettings({"xl330": cfg}, tmp_path / "store.db", any_port, any_port, any_port,
                                worker=WorkerSettings(checkpoints=None))
     with TwinService(settings) as service:
@@ -131,15 +130,42 @@ def test_a_log_replayed_through_the_service_gives_the_offline_posterior_of_the_s
             replay([log], link, chunk_samples=20, speed=0)
         rt, deadline = service.worker.robots["xl330"], time.monotonic() + 1800
         cuts = stored_windows(service.store.get_chunks("xl330"), rt.twin.model)
-        while rt.windows < len(cuts):
+        while not done(rt, cuts):
             assert time.monotonic() < deadline and not service.worker.error, (rt.windows, service.worker.error)
-            time.sleep(1.0)
-        live, scores = rt.twin.posterior, rt.calibration.as_dict()
+            time.sleep(0.5)
+        return rt, cuts, service.store.latest_posterior_version("xl330")
+
+
+@needs_logs
+@pytest.mark.slow   # the servo twin's update kernels compile for minutes on 2 cores
+def test_a_log_replayed_through_the_service_gives_the_offline_posterior_of_the_same_windows(tmp_path):
+    cfg = load_config("xl330_coulomb")
+    cfg = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"consolidate_after_s": 0.0})})
+    log = read_trajectory(bam_logs(kp=100)[0])                  # 6 s: six 1 s windows of ten 0.1 s chunks
+    rt, cuts, _ = _served(tmp_path, cfg, log, lambda rt, cuts: rt.windows == len(cuts))
+    live, scores = rt.twin.posterior, rt.calibration.as_dict()
     # windows of 201 samples share their boundary sample; the log's remainder waits for more data
     assert len(cuts) >= 2 and {len(c.q) for c in cuts} == {201} and cuts[0].settings["servo_kp"] == 100.0
     offline = Twin(cfg)
     for c in cuts:
         offline.update({"q": c.q, "qd": c.qd, "ctrl": c.ctrl, "settings": c.settings})
     np.testing.assert_allclose(live.values, offline.posterior.values, rtol=1e-9)
-    assert live.version == offline.posterior.version >= 1
+    assert live.version == offline.posterior.version >= 1 and rt.consolidation == {}
     assert scores["n_batches"] == len(cuts) - 1    # each window scores the prediction published before it
+
+
+@needs_logs
+@pytest.mark.slow   # the servo twin's update kernels compile for minutes on 2 cores
+def test_a_paused_xl330_stream_is_consolidated_into_the_whole_log_fit_of_its_windows(tmp_path):
+    """The shipped XL330 configs consolidate (`consolidate_after_s`): once the replayed log pauses, the
+    service's posterior and model error are the whole-log fit of the log."""
+    cfg = load_config("xl330_coulomb")
+    log = read_trajectory(bam_logs(kp=100)[0])
+    rt, cuts, stored = _served(tmp_path, cfg, log, lambda rt, cuts: rt.windows == len(cuts)
+                               and rt.consolidation.get("windows") == rt.windows)
+    assert rt.consolidation["error"] == "" and rt.consolidation["recordings"] == 1
+    assert stored.version == rt.twin.posterior.version == rt.consolidation["version"] == len(cuts) + 1
+    offline = Twin(cfg)
+    whole_log.fit_twin(offline, [log])        # every sample, the last second waiting for a window too
+    np.testing.assert_allclose(rt.twin.posterior.values, offline.posterior.values, rtol=1e-6)
+    np.testing.assert_allclose(rt.twin.model_error.sd, offline.model_error.sd, rtol=1e-6)

@@ -573,6 +573,40 @@ def test_the_service_learns_the_model_error_of_a_misspecified_robot_and_checkpoi
             assert client.snapshot(RID).extra["model_error"] == in_checkpoint.as_dict()
 
 
+def test_a_paused_stream_is_consolidated_into_the_whole_log_fit_of_what_was_stored(cfg, model, chunks, tmp_path):
+    """With `inference.consolidate_after_s`, a robot whose stream pauses has what it stored refitted
+    whole (`service.consolidate`): the posterior and model error become the whole-log fit of every
+    sample it stored, as `whole_log.fit_twin` gives it offline, as the next version, stored, published
+    and checkpointed; health says so, and a restart resumes from it without consolidating again."""
+    from twin_bayes.data import Trajectory
+    from twin_bayes.inference.whole_log import fit_twin
+    from twin_bayes.inference import Twin
+    paused = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"consolidate_after_s": 0.5})})
+    with serving(paused, model, tmp_path, name="consolidated") as (svc, _):
+        with TwinClient(svc.endpoints["query"], timeout_s=60) as client:
+            acked(svc.endpoints["ingest"], chunks)
+            health = wait_for(client, lambda h: h["robots"][RID]["consolidation"].get("windows") == WINDOWS, 600)
+            snap = client.snapshot(RID)
+        stored = svc.store.latest_posterior_version(RID)
+    done = health["robots"][RID]["consolidation"]
+    assert done["error"] == "" and done["refused"] is None and done["recordings"] == 1, done
+    assert snap.extra["version"] == done["version"] == stored.version == WINDOWS + 1
+    sent = [protocol.decode(frames).arrays for frames in chunks]       # the samples waiting for a window too
+    sent = Trajectory(*(np.concatenate([c[k] for c in sent]) for k in ("t", "q", "qd", "ctrl")))
+    offline = Twin(paused, model)
+    fit_twin(offline, [sent], bucket=model.window_samples)
+    np.testing.assert_allclose(snap.arrays["values"], offline.posterior.values, rtol=1e-9)
+    me, fitted = snap.extra["model_error"], offline.model_error.as_dict()
+    np.testing.assert_allclose(me["sd_rad"], fitted["sd_rad"], rtol=1e-9)
+    assert me["time_const_s"] == pytest.approx(fitted["time_const_s"], rel=1e-9)
+    assert checkpoint.load_latest(tmp_path / "consolidated-ckpt").meta["robots"][RID]["consolidated"] == WINDOWS
+    with serving(paused, model, tmp_path, name="consolidated") as (svc, _):
+        time.sleep(1.0)                                   # past consolidate_after_s: nothing new to refit
+        rt = svc.worker.robots[RID]
+        assert rt.consolidation == {} and rt.consolidated == rt.windows == WINDOWS
+        np.testing.assert_array_equal(rt.twin.posterior.values, snap.arrays["values"])
+
+
 def test_after_preload_the_stream_loads_no_executable(cfg, model, chunks, tmp_path):
     """`preload` (the `serve` default) makes the service's calls before the first window, so the
     updates, predictions, model calibration and model-error refit of the stream compile and load

@@ -89,14 +89,19 @@ def _observes_q_only(model: TwinModel) -> None:
                          f"({list(model.sensors)}) is fitted by the stream, smc, nuts or svi engines")
 
 
-def stack(model: TwinModel, trajectories) -> Recordings:
-    """Recordings from `Trajectory`s (t, q, qd, ctrl, settings), padded with their last command."""
+def stack(model: TwinModel, trajectories, bucket: int | None = None) -> Recordings:
+    """Recordings from `Trajectory`s (t, q, qd, ctrl, settings), padded with their last command.
+    bucket: steps rounded up to a multiple of it and recordings to a power of two (padding masked
+    out, the fit unchanged), so that a service consolidating ever more data compiles a few shapes."""
     _observes_q_only(model)
-    T = max(len(tr.t) for tr in trajectories) - 1
+    T, R = max(len(tr.t) for tr in trajectories) - 1, len(trajectories)
+    if bucket:
+        T, R = -(-T // bucket) * bucket, 1 << (R - 1).bit_length()
     pad = lambda a, n: np.concatenate([a, np.repeat(a[-1:], n, axis=0)])  # noqa: E731
     rows = [(tr.q[0], tr.qd[0], pad(tr.ctrl[:-1], T + 1 - len(tr.t)), pad(tr.q[1:], T + 1 - len(tr.t)),
              np.r_[np.ones(len(tr.t) - 1), np.zeros(T + 1 - len(tr.t))], model.settings_vector(tr.settings))
             for tr in trajectories]
+    rows += [rows[-1][:4] + (np.zeros(T), rows[-1][5])] * (R - len(rows))     # empty recordings
     return Recordings(*(jnp.asarray(np.stack(col)) for col in zip(*rows)))
 
 
@@ -279,16 +284,18 @@ def particles(result: WholeLogFit, key, n: int) -> Particles:
 
 
 def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_ITER,
-             horizon_s: float | None = None) -> dict:
-    """Fit `twin` (a `Twin`) on whole recordings (`Trajectory`s), or on their segments of `horizon_s`
-    (`segments`): its posterior becomes the Laplace approximation as `cfg.inference.particles`
-    particles, and its model error is learned from its cross-validated residuals (`held_out_residuals`,
-    `inference.discrepancy`: from zero at each recording's or segment's start). Returns the fit's cost
-    and figures (JSON-ready);
+             horizon_s: float | None = None, bucket: int | None = None) -> dict:
+    """Fit `twin` (a `Twin`) on whole recordings (`Trajectory`s; padded as `stack` pads with `bucket`), or
+    on their segments of `horizon_s` (`segments`): its posterior becomes the Laplace approximation as
+    `cfg.inference.particles` particles (the next version), and its model error is learned from its
+    cross-validated residuals (`held_out_residuals`, `inference.discrepancy`: from zero at each
+    recording's or segment's start); the rest of its state (recorded windows, κ, drift baseline, key)
+    stays. Returns the fit's cost and figures (JSON-ready);
     `refused` (reason, detail) where Newton found no mode: then the twin keeps its posterior, flagged
     stale, as a refused batch fit does."""
     start = time.perf_counter()
-    rec = stack(twin.model, trajectories) if horizon_s is None else segments(twin.model, trajectories, horizon_s)
+    rec = (stack(twin.model, trajectories, bucket) if horizon_s is None
+           else segments(twin.model, trajectories, horizon_s))
     fold = time_folds(rec.mask, by_rows=horizon_s is not None)
     res = fit(twin.model, rec, fold, adam_steps=adam_steps, newton_steps=newton_steps)
     steps = int(np.sum(np.asarray(rec.mask)))
@@ -303,7 +310,8 @@ def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_I
                                 "(more --adam-steps start it nearer)")
         twin.refuse(*refused)
         return {**cost, "refused": refused}
-    twin.restore(particles(res, jax.random.PRNGKey(twin.cfg.inference.seed), twin.cfg.inference.particles), 1)
+    twin.restore(particles(res, jax.random.PRNGKey(twin.cfg.inference.seed), twin.cfg.inference.particles),
+                 int(twin.state.version) + 1)
     twin.state = twin.state._replace(prior=GaussianPrior(res.mode, _positive_chol(res.chol), jnp.asarray(False)))
     twin.model_error = fit_model_error(res.held_out, rec.mask, rec.settings, twin.model.robot.dt)
     rms = lambda r: np.sqrt(np.sum(r ** 2, axis=(0, 1)) / steps).tolist()  # noqa: E731

@@ -32,6 +32,11 @@ BAD_RATE = "bad_rate"
 SETTING = "setting:"
 
 
+def settings_of(chunk) -> dict[str, float]:
+    """A stored chunk's (`protocol.Message`) known settings {name: value}, read back from its first row."""
+    return {k[len(SETTING):]: float(a[0]) for k, a in chunk.arrays.items() if k.startswith(SETTING)}
+
+
 @dataclass(frozen=True)
 class RobotShape:
     """What a robot's chunks must look like: widths, sample interval dt (s), at most `max_n` rows."""

@@ -15,9 +15,12 @@ alert messages go to the I/O thread through `publish(type, robot_id, build)`
 identity, at most every `checkpoint_every_s` and when the worker stops.
 Re-predicting applied windows for model calibration and refitting the model error is the thread's
 idle work: one unit at a time (one robot's window, or one robot's refit), when no robot has a window
-ready and the recent load allows, so an update waits at most for one such unit. On start it resumes from the newest valid checkpoint and re-applies the stored
-chunks after it, so a restart gives the posteriors an uninterrupted run would have, however old
-the checkpoint; a checkpoint of another store is refused.
+ready and the recent load allows, so an update waits at most for one such unit. So is consolidation,
+for configs that ask for it: once a robot's stream has paused, what it has stored is refitted whole
+(`service.consolidate`) and its posterior continues from that fit. On start it resumes from the newest
+valid checkpoint and re-applies the stored chunks after it, so a restart gives the posteriors an
+uninterrupted run would have, however old the checkpoint (consolidations aside: when they run depends
+on the pauses the service saw); a checkpoint of another store is refused.
 """
 from __future__ import annotations
 
@@ -44,7 +47,8 @@ from twin_bayes.inference.posterior import Particles
 from twin_bayes.inference.twin import predict_many, update_many
 from twin_bayes.models import Window, WindowError
 from twin_bayes.service import checkpoint, protocol
-from twin_bayes.service.ingest import SETTING
+from twin_bayes.service.consolidate import consolidate, stored_recordings
+from twin_bayes.service.ingest import settings_of
 from twin_bayes.service.metrics import ServiceMetrics
 from twin_bayes.service.plan import horizon_commands
 from twin_bayes.service.protocol import Message
@@ -145,10 +149,6 @@ class Cut(NamedTuple):
     end_row: int
 
 
-def settings_of(chunk: Message) -> dict[str, float]:
-    return {k[len(SETTING):]: float(a[0]) for k, a in chunk.arrays.items() if k.startswith(SETTING)}
-
-
 def next_cut(chunks: list[Message], row0: int, model) -> Cut | None:
     """The next complete window of consecutive chunks (seq order) from row row0 of the first, cut by
     the shared cutter (`data.windows.cut_windows`, not final: a trailing part waits), or None."""
@@ -207,6 +207,9 @@ class RobotTwin:
     model_calibration: OnlineCalibration = field(default_factory=OnlineCalibration)  # of the windows re-predicted
     validated_round: int = -1     # the last validation round that re-predicted one of its windows
     unfitted: int = 0             # windows recorded since its model error's last refit here
+    applied_at: float = 0.0       # time.monotonic() when its last window was applied
+    consolidated: int = 0         # `windows` when it was last consolidated
+    consolidation: dict = field(default_factory=dict)   # the last consolidation's figures, for health
     trend: dict[str, deque] = field(default_factory=dict)
     alerts: dict[str, dict] = field(default_factory=dict)
     last_update: dict[str, Any] = field(default_factory=dict)
@@ -216,7 +219,8 @@ class RobotTwin:
         return {"posterior_version": p.version, "stale": p.stale, "reason": p.reason,
                 "applied_seq": self.applied_seq, "windows": self.windows, "rejected_windows": self.rejected,
                 "calibration": self.calibration.as_dict(), "model_calibration": self.model_calibration.as_dict(),
-                "model_error": self.model_error_status(), "alerts": list(self.alerts.values()),
+                "model_error": self.model_error_status(), "consolidation": self.consolidation,
+                "alerts": list(self.alerts.values()),
                 "last_update": self.last_update}
 
     def model_error_status(self) -> dict[str, Any]:
@@ -297,8 +301,12 @@ class Worker:
             try:  # no robot with data: wait for some, unless there is idle work the load allows
                 waiting, idle = not ready, self._has_idle_work()
                 block = waiting and not (idle and self.load() <= VALIDATION_LOAD)
-                # wake up to look at the load again, or for retention postponed by its interval
+                # wake up to look at the load again, for retention postponed by its interval, or for a
+                # consolidation that falls due
                 timeout = 0.1 * LOAD_WINDOW_S if idle else RETENTION_EVERY_S if retaining else None
+                due = [w for rt in self.robots.values() if (w := self._consolidation_wait(rt)) is not None]
+                if due:
+                    timeout = max(0.01, min(due + ([timeout] if timeout is not None else [])))
                 ready.setdefault(self.inbox.get(block=block, timeout=timeout if block else None))
                 if waiting:
                     self._gather(ready)
@@ -403,6 +411,7 @@ class Worker:
             me = rt.twin.state.model_error      # windows recorded after its last refit: refitted when idle
             rt.unfitted = int(me.count - me.fitted_count) if self.settings.validate else 0
             rt.predictions = int(meta["predictions"])
+            rt.consolidated = int(meta.get("consolidated", 0))
         self.checkpoint_status = {"resumed": True, "path": str(ck.path), "step": ck.step,
                                   "skipped": [[str(p), why] for p, why in ck.skipped]}
         if problems:
@@ -422,7 +431,7 @@ class Worker:
             arrays.update({f"{rid}/{k}": v for k, v in engine.state_arrays(rt.twin.state).items()})
             robots[rid] = {"names": list(rt.twin.model.names), "applied_seq": rt.applied_seq,
                            "applied_row": rt.applied_row, "windows": rt.windows, "rejected": rt.rejected,
-                           "predictions": rt.predictions}
+                           "predictions": rt.predictions, "consolidated": rt.consolidated}
         try:
             path = checkpoint.save(self.settings.checkpoints, arrays,
                                    {"store_id": self.store.store_id, "robots": robots},
@@ -474,7 +483,7 @@ class Worker:
                                                                                     self.max_batch, self._pool)))
         for rt in robots:
             cut = cuts[rt.robot_id]
-            rt.applied_seq, rt.applied_row = cut.end_seq, cut.end_row
+            rt.applied_seq, rt.applied_row, rt.applied_at = cut.end_seq, cut.end_row, time.monotonic()
             rt.windows += cut.usable
             rt.tail = [c for c in rt.tail if c.seq >= cut.end_seq]
             rt.twin.mark_applied(cut.end_seq)
@@ -487,13 +496,8 @@ class Worker:
                                                                     "ess", "drift", "latency_s")}
         self._unsaved = True
         for rt in todo:    # stored before it is published or checkpointed: no client sees a version the store lacks
-            post = rt.twin.posterior
             if reports[rt.robot_id].accepted:
-                try:
-                    self.store.put_posterior_version(rt.robot_id, post.version, post.summary(),
-                                                     particles_blob(rt.twin.particles))
-                except StoreError as e:
-                    self.error = f"{rt.robot_id}: posterior version not stored ({e})"
+                self._store_posterior(rt)
         for rt in todo:
             if reports[rt.robot_id].accepted:
                 self._alerts(rt)
@@ -507,6 +511,14 @@ class Worker:
             for rt, window in zip(todo, windows):    # each with the posterior before it
                 self._unvalidated.setdefault(rt.robot_id, deque(maxlen=VALIDATION_QUEUE)).append(
                     (cuts[rt.robot_id], window, before[rt.robot_id]))
+
+    def _store_posterior(self, rt: RobotTwin) -> None:
+        post = rt.twin.posterior
+        try:
+            self.store.put_posterior_version(rt.robot_id, post.version, post.summary(),
+                                             particles_blob(rt.twin.particles))
+        except StoreError as e:
+            self.error = f"{rt.robot_id}: posterior version not stored ({e})"
 
     def _publish_posterior(self, rt: RobotTwin) -> None:
         post, rid, applied = rt.twin.posterior, rt.robot_id, rt.applied_seq
@@ -544,7 +556,17 @@ class Worker:
                          protocol.prediction(rid, seq, version, arrays, quantiles=list(QUANTILES), prediction_id=pid))
 
     def _has_idle_work(self) -> bool:
-        return bool(self._unvalidated) or any(rt.unfitted for rt in self.robots.values())
+        return bool(self._unvalidated) or any(rt.unfitted for rt in self.robots.values()) or any(
+            (w := self._consolidation_wait(rt)) is not None and w <= 0 for rt in self.robots.values())
+
+    def _consolidation_wait(self, rt: RobotTwin) -> float | None:
+        """Seconds until the robot's consolidation falls due (≤ 0: due): its config's
+        `consolidate_after_s` after its last applied window; None: none asked for, or nothing applied
+        since the last."""
+        after = rt.twin.cfg.inference.consolidate_after_s
+        if not after or rt.windows <= rt.consolidated:
+            return None
+        return rt.applied_at + after - time.monotonic()
 
     def _idle_work(self) -> None:
         """One unit of idle work (`WorkerSettings.validate`), finished before it returns: a window that
@@ -553,7 +575,7 @@ class Worker:
         window (so that a window is always re-predicted with the model error learned before it) and
         REFIT_EVERY windows were recorded since its last refit, refit that robot's model error
         (`Twin.refit_model_error`); with no window waiting, refit the robot with the most windows
-        recorded since its last."""
+        recorded since its last; with none, consolidate a robot whose consolidation is due."""
         if self._unvalidated:
             self._rounds += 1
             rt = min((self.robots[rid] for rid in self._unvalidated), key=lambda rt: rt.validated_round)
@@ -567,9 +589,42 @@ class Worker:
                 return
         else:
             rt = max(self.robots.values(), key=lambda rt: rt.unfitted)
+            if not rt.unfitted:
+                self._consolidate(next(rt for rt in self.robots.values()
+                                       if (w := self._consolidation_wait(rt)) is not None and w <= 0))
+                return
         rt.twin.refit_model_error()
         jax.block_until_ready(rt.twin.state.model_error)
         rt.unfitted, self._unsaved = 0, True
+
+    def _consolidate(self, rt: RobotTwin) -> None:
+        """Refit the newest stored telemetry of the robot whole (`service.consolidate`): the fit becomes
+        its posterior (stored, published, checkpointed) and model error; a refused fit or bad stored
+        data leave the posterior as it was. The figures go to health (`consolidation`)."""
+        start, rt.consolidated = time.perf_counter(), rt.windows
+        spec = rt.twin.cfg.inference
+        try:
+            recordings = stored_recordings(self.store, rt.robot_id, rt.twin.model, spec.consolidate_s)
+            if not recordings:
+                raise ValueError("no stored recording holds a segment")
+            state, info = consolidate(rt.twin, recordings)
+        except (StoreError, ValueError) as e:
+            rt.consolidation = {"windows": rt.windows, "error": f"{type(e).__name__}: {e}",
+                                "wall_s": time.perf_counter() - start}
+            return
+        figures = ("recordings", "optimiser_steps", "simulator_evaluations", "temper_autocorrelation_steps")
+        done = {"windows": rt.windows, "seconds": sum(float(r.t[-1] - r.t[0]) for r in recordings),
+                **{k: info[k] for k in figures}, "refused": info["refused"], "error": "",
+                "wall_s": time.perf_counter() - start}
+        if state is not None:
+            rt.twin.state = state
+            rt.unfitted, self._unsaved = 0, True
+            done["version"] = rt.twin.posterior.version
+            self._store_posterior(rt)
+            self._alerts(rt)
+            self._publish_posterior(rt)
+            self._checkpoint(due=True)
+        rt.consolidation = done      # once stored and checkpointed; replaced, never mutated (health reads it)
 
     def _validate(self, robots: list[RobotTwin], windows: dict[str, tuple[Cut, Window, np.ndarray]]) -> None:
         """Model calibration: each window just applied, predicted again open loop from its first measured
