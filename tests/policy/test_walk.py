@@ -58,17 +58,20 @@ def test_returns_are_fixed_by_the_seed(robot, prior):
 
 
 def test_a_short_training_run_improves_the_return(robot, prior):
-    """20 ARS iterations (8 directions, 2 s episodes) on the nominal model: the mean return of 8 held-out
-    episodes rises by at least 0.8 (measured: 3.12 -> 4.80; the alive bonus is 3 per second, and the
-    gait prior falls after about 1 s)."""
+    """40 ARS iterations (8 directions, 2 s episodes) on the nominal model: the mean return of 64 held-out
+    episodes rises by at least 0.5 (the alive bonus is 3 per second, and the gait prior falls after
+    about 1 s). Measured from 3.00: 3.97, 4.10, 4.06, 5.10 for training seeds 0-3. A falling humanoid
+    is chaotic, and 20 iterations were not enough everywhere: they gave 2.86-4.74 over those seeds,
+    and seed 0 raised 8 held-out episodes from 3.12 to 4.80 on one machine and lowered them to 3.03
+    on another."""
     def held_out(policy):
-        out = walk.simulate(robot, [robot.mj_model] * 8, policy, np.tile(policy.flat(), (8, 1)), 2.0,
-                            range(100, 108))
+        out = walk.simulate(robot, [robot.mj_model] * 64, policy, np.tile(policy.flat(), (64, 1)), 2.0,
+                            range(100, 164))
         return out.reward.mean()
-    trained, history = walk.train(robot, [robot.mj_model], prior, 20, 2.0, 0,
+    trained, history = walk.train(robot, [robot.mj_model], prior, 40, 2.0, 0,
                                   ars.Settings(directions=8, top=4, step_size=0.03, noise=0.05))
-    assert len(history) == 20
-    assert held_out(trained) > held_out(prior) + 0.8
+    assert len(history) == 40
+    assert held_out(trained) > held_out(prior) + 0.5
 
 
 def test_the_file_round_trips_and_bad_files_are_refused(tmp_path, prior):
