@@ -156,7 +156,7 @@ def test_a_log_replayed_through_the_service_gives_the_offline_posterior_of_the_s
 
 @needs_logs
 @pytest.mark.slow   # the servo twin's update kernels compile for minutes on 2 cores
-def test_a_paused_xl330_stream_is_consolidated_into_the_whole_log_fit_of_its_windows(tmp_path):
+def test_a_paused_xl330_stream_is_consolidated_into_the_whole_log_fit_of_the_log(tmp_path):
     """The shipped XL330 configs consolidate (`consolidate_after_s`): once the replayed log pauses, the
     service's posterior and model error are the whole-log fit of the log."""
     cfg = load_config("xl330_coulomb")
