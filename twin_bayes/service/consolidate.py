@@ -13,6 +13,8 @@ cutter's runs: a time jump or a change of known settings starts another).
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from twin_bayes.data import Trajectory
@@ -20,7 +22,7 @@ from twin_bayes.data.windows import run_starts
 from twin_bayes.inference import Twin
 from twin_bayes.inference.engine import TwinState
 from twin_bayes.inference.whole_log import fit_twin
-from twin_bayes.service.ingest import settings_of
+from twin_bayes.service.ingest import settings_groups
 from twin_bayes.service.store import TelemetryStore
 
 
@@ -37,8 +39,8 @@ def stored_recordings(store: TelemetryStore, robot_id: str, model, seconds: floa
     chunks = store.get_chunks(robot_id, last - count, limit=count)
     keep = min(sum(c.n for c in chunks), int(round(seconds / dt)) + 1)
     cat = {k: np.concatenate([c.arrays[k] for c in chunks])[-keep:] for k in ("t", "q", "qd", "ctrl")}
-    settings = [settings_of(c) for c in chunks]
-    kinds = np.repeat([settings.index(s) for s in settings], [c.n for c in chunks])[-keep:]
+    settings, groups = settings_groups(chunks, [c.n for c in chunks])
+    kinds = groups[-keep:]
     bounds = list(run_starts(cat["t"], dt, kinds)) + [keep]
     return [Trajectory(*(cat[k][a:b] for k in ("t", "q", "qd", "ctrl")), settings[kinds[a]],
                        source=f"{robot_id} (stored)")
@@ -50,7 +52,6 @@ def consolidate(twin: Twin, recordings: list[Trajectory]) -> tuple[TwinState | N
     windows, κ, drift baseline and key kept), and the fit's figures (`whole_log.fit_twin`, padded to
     whole windows so a growing history compiles few shapes); None where the fit was refused. The twin
     itself is untouched."""
-    scratch = Twin(twin.cfg, twin.model)
-    scratch.state = twin.state
+    scratch = copy.copy(twin)      # shares the model; its state is replaced, never mutated
     info = fit_twin(scratch, recordings, bucket=twin.model.window_samples)
     return (None if info["refused"] else scratch.state), info

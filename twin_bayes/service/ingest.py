@@ -37,6 +37,13 @@ def settings_of(chunk) -> dict[str, float]:
     return {k[len(SETTING):]: float(a[0]) for k, a in chunk.arrays.items() if k.startswith(SETTING)}
 
 
+def settings_groups(chunks, sizes) -> tuple[list[dict[str, float]], np.ndarray]:
+    """Each chunk's settings, and per sample (sizes[i] rows of chunk i) the index of the first chunk with
+    the same settings: the groups the window cutter keeps apart (`data.windows.cut_windows`)."""
+    settings = [settings_of(c) for c in chunks]
+    return settings, np.repeat([settings.index(x) for x in settings], sizes)
+
+
 @dataclass(frozen=True)
 class RobotShape:
     """What a robot's chunks must look like: widths, sample interval dt (s), at most `max_n` rows."""

@@ -48,7 +48,7 @@ from twin_bayes.inference.twin import predict_many, update_many
 from twin_bayes.models import Window, WindowError
 from twin_bayes.service import checkpoint, protocol
 from twin_bayes.service.consolidate import consolidate, stored_recordings
-from twin_bayes.service.ingest import settings_of
+from twin_bayes.service.ingest import settings_groups
 from twin_bayes.service.metrics import ServiceMetrics
 from twin_bayes.service.plan import horizon_commands
 from twin_bayes.service.protocol import Message
@@ -154,11 +154,10 @@ def next_cut(chunks: list[Message], row0: int, model) -> Cut | None:
     the shared cutter (`data.windows.cut_windows`, not final: a trailing part waits), or None."""
     cat = {k: np.concatenate([chunks[0].arrays[k][row0:]] + [c.arrays[k] for c in chunks[1:]])
            for k in ("t", "q", "qd", "ctrl")}
-    settings = [settings_of(c) for c in chunks]
-    kinds = [next(i for i, x in enumerate(settings) if x == s) for s in settings]
     sizes = [chunks[0].n - row0] + [c.n for c in chunks[1:]]
-    bounds, _ = cut_windows(cat["t"], model.window_samples, model.segment_steps + 1, model.robot.dt,
-                            np.repeat(kinds, sizes), final=False)
+    settings, groups = settings_groups(chunks, sizes)
+    bounds, _ = cut_windows(cat["t"], model.window_samples, model.segment_steps + 1, model.robot.dt, groups,
+                            final=False)
     if not bounds:
         return None
     b = bounds[0]
@@ -556,8 +555,12 @@ class Worker:
                          protocol.prediction(rid, seq, version, arrays, quantiles=list(QUANTILES), prediction_id=pid))
 
     def _has_idle_work(self) -> bool:
-        return bool(self._unvalidated) or any(rt.unfitted for rt in self.robots.values()) or any(
-            (w := self._consolidation_wait(rt)) is not None and w <= 0 for rt in self.robots.values())
+        return (bool(self._unvalidated) or any(rt.unfitted for rt in self.robots.values())
+                or self._due_consolidation() is not None)
+
+    def _due_consolidation(self) -> RobotTwin | None:
+        return next((rt for rt in self.robots.values() if (w := self._consolidation_wait(rt)) is not None and w <= 0),
+                    None)
 
     def _consolidation_wait(self, rt: RobotTwin) -> float | None:
         """Seconds until the robot's consolidation falls due (≤ 0: due): its config's
@@ -590,8 +593,7 @@ class Worker:
         else:
             rt = max(self.robots.values(), key=lambda rt: rt.unfitted)
             if not rt.unfitted:
-                self._consolidate(next(rt for rt in self.robots.values()
-                                       if (w := self._consolidation_wait(rt)) is not None and w <= 0))
+                self._consolidate(self._due_consolidation())
                 return
         rt.twin.refit_model_error()
         jax.block_until_ready(rt.twin.state.model_error)
