@@ -121,6 +121,35 @@ def test_held_out_residuals_are_those_of_the_fit_without_each_fold_for_a_linear_
     assert list(blocks[0, ::4]) == [0, 1, 2, 3, 4] and list(blocks[-1, :13]) == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4]
 
 
+def test_the_model_error_of_an_exact_model_is_fitted_above_what_the_predictive_already_carries():
+    """Weighted least squares that describes its data exactly (linear predictions J β, Gaussian noise σ):
+    the cross-validated residuals hold the noise and the parameters' share, which the predictive carries
+    already (`predictive_variance`: diag J Σ Jᵀ + σ², Σ the Laplace covariance), so the model error
+    fitted above it is nearly nothing; fitted on the residuals alone it took the noise for model error
+    and the bands counted it twice."""
+    from twin_bayes.inference.discrepancy import fit_model_error
+    rng = np.random.default_rng(1)
+    R, T, P, sigma = 8, 200, 4, 0.05
+    J = rng.standard_normal((R, T, 1, P)) * np.linspace(0.2, 1.0, T)[None, :, None, None]
+    y = J @ rng.standard_normal(P) + sigma * rng.standard_normal((R, T, 1))
+    mask, w = np.ones((R, T)), np.array([1 / sigma ** 2])
+    precision = np.eye(P) + np.einsum("rtjp,rtjq,j->pq", J, J, w)
+    beta = np.linalg.solve(precision, np.einsum("rtjp,rtj,j->p", J, y, w))
+    cov = np.linalg.inv(precision)
+    held = whole_log.held_out_residuals(y - J @ beta, J, whole_log.time_folds(mask, False), precision, w)
+    variance = whole_log.predictive_variance(J, np.linalg.cholesky(cov), sigma)
+    np.testing.assert_allclose(variance, np.einsum("rtjp,pq,rtjq->rtj", J, cov, J) + sigma ** 2, rtol=1e-12)
+    settings = np.ones((R, 1))
+    dt, t = 0.01, np.arange(1, T + 1)
+
+    def added(me):        # the variance the model error adds to the bands, averaged over the recordings' steps
+        return float(np.mean(me.sd[0] ** 2 * (1 - np.exp(-2 * t * dt / me.time_const_s))))
+    above = fit_model_error(held, mask, settings, dt, variance)
+    alone = fit_model_error(held, mask, settings, dt)
+    assert added(alone) == pytest.approx(sigma ** 2, rel=0.15)
+    assert added(above) < 0.1 * sigma ** 2, (above, alone)
+
+
 def test_a_fit_whose_newton_steps_run_out_is_refused_and_the_posterior_kept(twin_and_data):
     twin, recs = twin_and_data
     fresh = Twin(twin.cfg, twin.model)

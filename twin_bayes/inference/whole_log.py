@@ -21,7 +21,11 @@ from them is too small on anything new. `held_out_residuals` predicts each of FO
 stretches of time (`time_folds`: a tenth of the segments in order, or the same tenth of every whole
 recording), by the mode refitted without that fold, approximated by one Newton step on the
 Gauss–Newton target (exact for a linear model), from the last Newton iterate's Jacobian: no further
-simulation.
+simulation. A fold's refitted mode is itself uncertain, so its residuals hold the parameters' share of
+the predictive variance as well as the model error; the model error is fitted above that share (the
+Laplace covariance through the same Jacobian, diag J Σ Jᵀ, plus the sensor noise: `predictive_variance`),
+which the predictive adds again from its particles. Fitted on the residuals alone, the bands counted
+the parameters twice.
 
 With a horizon (`fit --engine whole-log --horizon S`) each recording is restarted from its measured
 state every S seconds instead (`segments`: the cut of `evaluate --horizon`), for robots whose
@@ -69,15 +73,17 @@ class Recordings(NamedTuple):
 class WholeLogFit(NamedTuple):
     """mode (D,) and chol (D, D) of the Laplace covariance (unconstrained), the temper κ (steps),
     residuals (R, T, nq) of the mode's rollouts and their cross-validated counterparts `held_out`
-    (`held_out_residuals`; None where Newton did not converge), and the cost: optimiser steps, simulator evaluations (each a rollout of
-    every recording; a curvature counts D); `converged`: Newton stopped at a mode (finite, before its
-    steps ran out)."""
+    (`held_out_residuals`; None where Newton did not converge) with the predictive's own variance at
+    each step, `variance` (R, T, nq) rad² (`predictive_variance`; None likewise), and the cost:
+    optimiser steps, simulator evaluations (each a rollout of every recording; a curvature counts D);
+    `converged`: Newton stopped at a mode (finite, before its steps ran out)."""
 
     mode: jnp.ndarray
     chol: jnp.ndarray
     temper: float
     residuals: np.ndarray
     held_out: np.ndarray | None
+    variance: np.ndarray | None
     steps: int
     evaluations: int
     converged: bool
@@ -243,6 +249,13 @@ def held_out_residuals(residuals: np.ndarray, jac: np.ndarray, fold: np.ndarray,
     return out
 
 
+def predictive_variance(jac: np.ndarray, chol: np.ndarray, noise_sd: float) -> np.ndarray:
+    """The variance (R, T, nq) rad² a prediction carries besides model error, linearised at the mode:
+    parameters, diag(J Σ Jᵀ) with J (R, T, nq, P) and Σ = chol cholᵀ (P, P), plus the sensor noise's
+    noise_sd² (rad; the scale, whatever the noise's law)."""
+    return np.sum((np.asarray(jac) @ np.asarray(chol)) ** 2, axis=-1) + noise_sd ** 2
+
+
 def fit(model: TwinModel, rec: Recordings, fold: np.ndarray, adam_steps: int = 50, learning_rate: float = 0.05,
         newton_steps: int = MAX_ITER, tol: float = 1e-3) -> WholeLogFit:
     """The tempered whole-recording posterior's mode and Laplace covariance (see the module docstring),
@@ -261,12 +274,13 @@ def fit(model: TwinModel, rec: Recordings, fold: np.ndarray, adam_steps: int = 5
     iterations, trials = int(lap.iterations), int(lap.trials)
     # Adam's gradients and the two open-loop residuals are one evaluation each, a curvature P (tangents)
     converged = iterations < newton_steps and bool(np.isfinite(np.asarray(lap.chol)).all())
-    held_out = None
+    held_out = variance = None
     if converged:
         c = np.asarray(lap.chol, np.float64)
         weights = 1.0 / (temper * np.sum(resid ** 2, axis=(0, 1)) / mask.sum())
         held_out = held_out_residuals(resid, np.asarray(jac), fold, np.linalg.inv(c @ c.T), weights)
-    return WholeLogFit(full(lap.mean), chol, temper, resid, held_out, adam_steps + iterations,
+        variance = predictive_variance(jac, c, model.cfg.observation.noise_scale["q"])
+    return WholeLogFit(full(lap.mean), chol, temper, resid, held_out, variance, adam_steps + iterations,
                        adam_steps + 2 + iterations * p + trials, converged)
 
 
@@ -288,11 +302,11 @@ def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_I
     """Fit `twin` (a `Twin`) on whole recordings (`Trajectory`s; padded as `stack` pads with `bucket`), or
     on their segments of `horizon_s` (`segments`): its posterior becomes the Laplace approximation as
     `cfg.inference.particles` particles (the next version), and its model error is learned from its
-    cross-validated residuals (`held_out_residuals`, `inference.discrepancy`: from zero at each
-    recording's or segment's start); the rest of its state (recorded windows, κ, drift baseline, key)
-    stays. Returns the fit's cost and figures (JSON-ready);
-    `refused` (reason, detail) where Newton found no mode: then the twin keeps its posterior, flagged
-    stale, as a refused batch fit does."""
+    cross-validated residuals above the predictive's own variance (`held_out_residuals`,
+    `predictive_variance`, `inference.discrepancy`: from zero at each recording's or segment's start);
+    the rest of its state (recorded windows, κ, drift baseline, key) stays. Returns the fit's cost and
+    figures (JSON-ready); `refused` (reason, detail) where Newton found no mode: then the twin keeps its
+    posterior, flagged stale, as a refused batch fit does."""
     start = time.perf_counter()
     rec = (stack(twin.model, trajectories, bucket) if horizon_s is None
            else segments(twin.model, trajectories, horizon_s))
@@ -313,7 +327,7 @@ def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_I
     twin.restore(particles(res, jax.random.PRNGKey(twin.cfg.inference.seed), twin.cfg.inference.particles),
                  int(twin.state.version) + 1)
     twin.state = twin.state._replace(prior=GaussianPrior(res.mode, _positive_chol(res.chol), jnp.asarray(False)))
-    twin.model_error = fit_model_error(res.held_out, rec.mask, rec.settings, twin.model.robot.dt)
+    twin.model_error = fit_model_error(res.held_out, rec.mask, rec.settings, twin.model.robot.dt, res.variance)
     rms = lambda r: np.sqrt(np.sum(r ** 2, axis=(0, 1)) / steps).tolist()  # noqa: E731
     return {**cost, "wall_time_s": time.perf_counter() - start, "refused": None,
             "fit_mae": float(np.sum(np.abs(res.residuals)) / steps / res.residuals.shape[-1]),
