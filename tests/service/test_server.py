@@ -329,12 +329,12 @@ def test_duplicates_shuffled_give_the_same_posterior_and_the_service_publishes(c
             r = h["robots"][RID]
             assert r["posterior_version"] == WINDOWS and r["applied_seq"] == APPLIED and r["rejected_windows"] == 0
             assert r["calibration"]["n_batches"] == 1 and 0.0 <= r["calibration"]["coverage_90"] <= 1.0
-            # idle work: the newest applied window re-predicted by the posterior before it (an older one
-            # only if the worker idled between the two), every sample of it scored; the model is exact, so
-            # its bands hold most of the data (one or two windows of correlated samples: 0.73 to 0.9 seen;
-            # a misspecified arm without model error covers 0.1-0.4)
+            # idle work: the second window re-predicted by the posterior before it (the first, which the
+            # prior predicted, is not scored), every sample of it scored; the model is exact, so its bands
+            # hold most of the data (one window of correlated samples: 0.73 to 0.9 seen; a misspecified
+            # arm without model error covers 0.1-0.4)
             mc = r["model_calibration"]
-            assert 1 <= mc["n_batches"] <= WINDOWS and mc["n_points"] == mc["n_batches"] * 250 * 4
+            assert mc["n_batches"] == WINDOWS - 1 and mc["n_points"] == 250 * 4
             assert 0.6 <= mc["coverage_90"] <= 1.0 and mc["coverage_50"] < mc["coverage_90"]
             assert len(svc.store.scores(RID)) == 1
             assert [a["parameter"] for a in h["alerts"]] == ["dof_damping:shoulder"]
@@ -556,7 +556,8 @@ def test_the_service_learns_the_model_error_of_a_misspecified_robot_and_checkpoi
         with TwinClient(svc.endpoints["query"], timeout_s=60) as client:
             for k in range(1, n_windows + 1):
                 acked(svc.endpoints["ingest"], chunks[(k - 1) * per_window:k * per_window + 1])
-                wait_for(client, lambda h, k=k: h["robots"][RID]["model_calibration"]["n_batches"] >= k, 300)
+                wait_for(client, lambda h, k=k: h["robots"][RID]["windows"] >= k     # the prior's window: not scored
+                         and h["robots"][RID]["model_calibration"]["n_batches"] >= k - 1, 300)
             # the last windows' refit is idle work of its own, after their re-predictions
             wait_for(client, lambda h: h["robots"][RID]["model_error"]["fitted_windows"] == n_windows, 300)
             snap = client.snapshot(RID)
@@ -564,7 +565,7 @@ def test_the_service_learns_the_model_error_of_a_misspecified_robot_and_checkpoi
     me, mc = snap.extra["model_error"], robot["model_calibration"]
     assert me is not None and min(me["sd_rad"]) > 5 * cfg.observation.noise_scale["q"], me
     assert robot["model_error"] == {**me, "windows": n_windows, "fitted_windows": n_windows}
-    assert mc["n_points"] == n_windows * step * 4
+    assert mc["n_points"] == (n_windows - 1) * step * 4
     saved = checkpoint.load_latest(tmp_path / "misspecified-ckpt")
     arrays = {k[len(RID) + 1:]: v for k, v in saved.arrays.items() if k.startswith(f"{RID}/")}
     in_checkpoint = as_model_error(engine.state_from_arrays(svc.twins[RID].state, arrays).model_error)
@@ -626,7 +627,8 @@ def test_after_preload_the_stream_loads_no_executable(cfg, model, chunks, tmp_pa
             svc_ref.append(svc)
             with TwinClient(svc.endpoints["query"], timeout_s=60) as client:
                 acked(svc.endpoints["ingest"], chunks)
-                health = wait_for(client, lambda h: h["robots"][RID]["model_calibration"]["n_batches"] >= WINDOWS, 600)
+                health = wait_for(client, lambda h: h["robots"][RID]["model_calibration"]["n_batches"] >= WINDOWS - 1,
+                                  600)
     finally:      # the service has stopped: the refit that follows the last window's validation is done
         monitoring.unregister_event_duration_listener(listen)
     preload = health["preload"]

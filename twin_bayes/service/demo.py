@@ -151,7 +151,8 @@ def run_demo(config: str = "arm2", seconds: float = 10.0, seed: int = 0, out: st
             print(f"     robot done: {robot_out.strip()}", flush=True)
             mc = settled_health(client, robot_id, applied.windows)["model_calibration"]
             if mc["n_batches"]:
-                print(f"     model calibration (each window predicted before it was seen, {mc['n_batches']} windows): "
+                print(f"     model calibration (each window after the first predicted before it was seen, "
+                      f"{mc['n_batches']} windows): "
                       f"90% bands cover {mc['coverage_90']:.2f}, 50% bands {mc['coverage_50']:.2f}", flush=True)
             print("4/4  posterior snapshot and a held-out prediction by query; HTML report ...", flush=True)
             snap = client.snapshot(robot_id)

@@ -474,7 +474,10 @@ class Worker:
                 todo.append(rt)
             except WindowError as e:
                 rt.last_update = {"accepted": False, "reason": str(e)}
-        before = {rt.robot_id: rt.twin.draws() for rt in todo} if self.settings.validate else {}
+        # Model calibration scores windows predicted by a posterior that has seen data (version ≥ 1): a
+        # prior's prediction of one robot says where that robot lies in the prior, not how honest the twin is.
+        before = ({rt.robot_id: rt.twin.draws() for rt in todo if rt.twin.posterior.version > 0}
+                  if self.settings.validate else {})
         for rt, window in zip(todo, windows):     # kept for the model error (and checkpointed)
             rt.twin.record_window(window)
             rt.unfitted += self.settings.validate
@@ -506,8 +509,8 @@ class Worker:
                                                                                           c.ctrl))
         self._predict(todo, cuts)
         self._checkpoint()
-        if self.settings.validate:
-            for rt, window in zip(todo, windows):    # each with the posterior before it
+        for rt, window in zip(todo, windows):        # each with the posterior before it
+            if rt.robot_id in before:
                 self._unvalidated.setdefault(rt.robot_id, deque(maxlen=VALIDATION_QUEUE)).append(
                     (cuts[rt.robot_id], window, before[rt.robot_id]))
 
@@ -631,8 +634,8 @@ class Worker:
     def _validate(self, robots: list[RobotTwin], windows: dict[str, tuple[Cut, Window, np.ndarray]]) -> None:
         """Model calibration: each window just applied, predicted again open loop from its first measured
         state under the commands really applied, by the posterior before it (its draws, kept with the
-        window: the window is held out), and scored against what was measured
-        (`RobotTwin.model_calibration`). Unlike the forecast score, this measures the twin: no command
+        window: the window is held out; windows the prior predicted are not scored), and scored against
+        what was measured (`RobotTwin.model_calibration`). Unlike the forecast score, this measures the twin: no command
         was guessed. The score's bands carry the model error learned before this window. Windows are
         the update's, padded to the full length (padding not scored), so one executable serves."""
         commands, observed, keys, starts, settings, draws = [], [], [], [], [], []
