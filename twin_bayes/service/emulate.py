@@ -83,9 +83,11 @@ class EmulatedRobot:
     """A robot producing telemetry chunks: rows k hold time k·dt, the noisy state before command k
     acts, and command k (the Trajectory convention).
 
-    noise {"q": rad, "qd": rad/s}: sensor noise sds. `misspecified` adds what the twin's model class
-    lacks (twin_bayes.sim.truth): friction loss and backlash in the native robot, AR(1)-coloured
-    noise (same marginal sds), and positions reported as round(q / Δ) · Δ after the noise.
+    noise {"q": rad, "qd": rad/s, <MJCF sensor>: its unit}: sensor noise sds (white and Gaussian on
+    the MJCF sensors' readings, which pass through the truth's sensor models). `misspecified` adds
+    what the twin's model class lacks (twin_bayes.sim.truth): friction loss and backlash in the
+    native robot, AR(1)-coloured noise (same marginal sds), and positions reported as
+    round(q / Δ) · Δ after the noise.
     """
 
     def __init__(self, robot: Robot, truth: Mapping[str, float], seed: int = 0,
@@ -128,11 +130,13 @@ class EmulatedRobot:
         """The commands (n, nu) of steps start..start+n-1: the robot's excitation, known in advance."""
         return excitation(self.robot, n, self.seed, start=start)
 
-    def chunk(self, n: int) -> dict[str, np.ndarray]:
-        """The next n samples: t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu)."""
+    def chunk(self, n: int) -> dict:
+        """The next n samples: t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu), and sensors {name: (n, dim)}
+        for the MJCF's sensors (row k read at state k under command k, as `sim.emulator.emulate` reads them)."""
         r, k0 = self.robot, self.step_index
         u = self.commands(k0, n)
         q, qd = np.empty((n, r.nq)), np.empty((n, r.nv))
+        readings = np.empty((n, r.mj_model.nsensordata))
         done = 0
         while done < n:  # in pieces that end where a drift is due
             self._apply_due_drifts()
@@ -140,6 +144,7 @@ class EmulatedRobot:
             q[done], qd[done] = self.native.measure()
             qa, qda = self.native.step(u[done:upto])
             q[done + 1:upto], qd[done + 1:upto] = qa[:-1], qda[:-1]
+            readings[done:upto] = self.native.sensordata
             self.step_index += upto - done
             done = upto
         spec = self.misspecified
@@ -150,7 +155,9 @@ class EmulatedRobot:
             self.last_noise[name] = e[-1]
         if spec.q_resolution:
             q = np.round(q / spec.q_resolution) * spec.q_resolution
-        return {"t": (k0 + np.arange(n)) * r.dt, "q": q, "qd": qd, "ctrl": u}
+        sensors = {s.name: readings[:, s.adr:s.adr + s.dim] + self.noise.get(s.name, 0.0)
+                   * self.rng.standard_normal((n, s.dim)) for s in r.layout.sensors.sensors}
+        return {"t": (k0 + np.arange(n)) * r.dt, "q": q, "qd": qd, "ctrl": u, "sensors": sensors}
 
 
 def stream(emulated: EmulatedRobot, link: RobotLink, seconds: float, chunk_samples: int,

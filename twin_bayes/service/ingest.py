@@ -54,6 +54,7 @@ class RobotShape:
     dt: float
     max_n: int
     settings: tuple[str, ...] = ()  # the twin's setting names; a chunk's body may set them by name or kind
+    sensors: tuple[tuple[str, int], ...] = ()   # (name, columns) of each MJCF sensor the twin observes
 
 
 @dataclass
@@ -152,6 +153,12 @@ class Ingest:
         for name, width in (("q", s.nq), ("qd", s.nv), ("ctrl", s.nu)):
             if a[name].shape[1] != width:
                 return "shape_mismatch", f"{name} has {a[name].shape[1]} columns, this robot has {width}"
+        for name, width in s.sensors:
+            field = protocol.SENSOR + name
+            if field not in a:
+                return "bad_field", f"telemetry lacks {field} ({width} columns): this robot's twin observes it"
+            if a[field].ndim != 2 or a[field].shape[1] != width or a[field].dtype.kind != "f":
+                return "shape_mismatch", f"{field} is {a[field].dtype} {a[field].shape}, expected float (n, {width})"
         if n > s.max_n:
             return "too_large", f"{n} samples > {s.max_n} (one twin window): send smaller chunks"
         if n > 1:

@@ -36,6 +36,9 @@ TELEMETRY_FIELDS = ("t", "q", "qd", "ctrl")
 #: stored, their times `plan_t` (H,) s. They are checked by twin_bayes.service.plan, so that a bad
 #: plan costs the plan only, never the chunk's telemetry.
 PLAN_FIELDS = ("plan", "plan_t")
+#: Telemetry arrays `sensor:<name>` (n, dim): readings of the MJCF sensor <name> (docs/SENSORS.md),
+#: required for each sensor the robot's twin observes.
+SENSOR = "sensor:"
 FLEET = "*"  # robot_id of queries, replies and errors not about one robot
 MAX_RESEND = 1024
 
@@ -364,15 +367,18 @@ def topic(msg_type: str, robot_id: str) -> bytes:
 def telemetry(robot_id: str, seq: int, t: np.ndarray, q: np.ndarray, qd: np.ndarray,
               ctrl: np.ndarray, settings: Mapping[str, float] | None = None,
               plan: np.ndarray | None = None, plan_t0: float | None = None,
-              **channels: np.ndarray) -> list[bytes]:
+              sensors: Mapping[str, np.ndarray] | None = None, **channels: np.ndarray) -> list[bytes]:
     """Telemetry chunk number `seq`: t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu), extras (n, ...).
 
     `settings`: known constants of the recording the chunk belongs to (e.g. servo_kp, servo_vin),
     sent in the body when given. `plan` (H, nu): the commands the robot plans to send next, the
-    first at time `plan_t0` (s), one per sample interval (docs/PROTOCOL.md, "Plans").
+    first at time `plan_t0` (s), one per sample interval (docs/PROTOCOL.md, "Plans"). `sensors`
+    {name: (n, dim) or (n,)}: MJCF sensor readings, sent as `sensor:<name>` fields.
     """
     body: dict[str, Any] = {"settings": {k: float(v) for k, v in settings.items()}} if settings else {}
     arrays = {"t": np.asarray(t, dtype=np.float64), "q": q, "qd": qd, "ctrl": ctrl, **channels}
+    arrays.update({SENSOR + k: np.asarray(v, np.float64).reshape(len(arrays["t"]), -1)
+                   for k, v in (sensors or {}).items()})
     if plan is not None:
         if plan_t0 is None:
             raise ProtocolError("bad_body", "a plan needs plan_t0, the time of its first row (s)")

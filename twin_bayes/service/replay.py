@@ -10,17 +10,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 
-import numpy as np
-
 from twin_bayes.data import Trajectory
 from twin_bayes.service.robot_link import RobotLink
 
 
-def chunks(traj: Trajectory, chunk_samples: int, t_offset: float = 0.0) -> Iterator[dict[str, np.ndarray]]:
-    """Consecutive chunks of at most `chunk_samples` rows: t (n,) s shifted by t_offset, q, qd, ctrl."""
+def chunks(traj: Trajectory, chunk_samples: int, t_offset: float = 0.0) -> Iterator[dict]:
+    """Consecutive chunks of at most `chunk_samples` rows: t (n,) s shifted by t_offset, q, qd, ctrl,
+    and the recording's sensor readings {name: (n, dim)}."""
     for a in range(0, len(traj), chunk_samples):
         b = min(a + chunk_samples, len(traj))
-        yield {"t": traj.t[a:b] + t_offset, "q": traj.q[a:b], "qd": traj.qd[a:b], "ctrl": traj.ctrl[a:b]}
+        yield {"t": traj.t[a:b] + t_offset, "q": traj.q[a:b], "qd": traj.qd[a:b], "ctrl": traj.ctrl[a:b],
+               "sensors": {k: v[a:b] for k, v in traj.sensors.items()}}
 
 
 def replay(trajectories: Sequence[Trajectory], link: RobotLink, chunk_samples: int, speed: float = 1.0,

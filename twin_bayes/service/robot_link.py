@@ -92,15 +92,16 @@ class RobotLink:
 
     def send(self, t, q, qd, ctrl, settings: Mapping[str, float] | None = None,
              timeout_s: float | None = None, plan: np.ndarray | None = None, plan_t0: float | None = None,
-             **channels: np.ndarray) -> int:
+             sensors: Mapping[str, np.ndarray] | None = None, **channels: np.ndarray) -> int:
         """Queue and send the next chunk: t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu), extras (n, ...).
 
-        `plan` (H, nu): the commands planned from time `plan_t0` (s) on, one per sample interval
-        (protocol.telemetry). Returns its chunk number. Blocks while `max_unacked` chunks are pending; raises
-        LinkTimeout after `timeout_s` (None: wait forever) and ProtocolError for invalid arrays.
+        `plan` (H, nu): the commands planned from time `plan_t0` (s) on, one per sample interval;
+        `sensors` {name: (n, dim)}: MJCF sensor readings (protocol.telemetry). Returns its chunk number.
+        Blocks while `max_unacked` chunks are pending; raises LinkTimeout after `timeout_s` (None: wait
+        forever) and ProtocolError for invalid arrays.
         """
         frames = protocol.telemetry(self.robot_id, self.next_seq, t, q, qd, ctrl, settings, plan, plan_t0,
-                                    **channels)
+                                    sensors, **channels)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while len(self.pending) >= self.max_unacked:
             left = None if deadline is None else deadline - time.monotonic()

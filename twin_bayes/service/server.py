@@ -128,7 +128,9 @@ class TwinService:
         self.worker = Worker(self.store, self.twins, self._from_worker, settings.worker, self.metrics_registry)
         self.predictor = Predictor(self.worker.robots, lambda env, frames: self.outbox.put(("reply", env, frames)))
         shapes = {rid: RobotShape(t.model.robot.nq, t.model.robot.nv, t.model.robot.nu, t.model.robot.dt,
-                                  t.model.window_samples, t.model.setting_names) for rid, t in self.twins.items()}
+                                  t.model.window_samples, t.model.setting_names,
+                                  tuple(zip(t.model.sensors, t.model.sensor_widths)))
+                  for rid, t in self.twins.items()}
         self.keys = auth.load(settings.curve_keys, auth.SERVER) if settings.curve_keys else None
         owners = auth.owners(settings.curve_keys) if settings.curve_keys else None
         self.ingest = Ingest(self.store, shapes, self.worker.notify, owners, metrics=self.metrics_registry)

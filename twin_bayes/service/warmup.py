@@ -50,7 +50,7 @@ def warmup(cfg, robot_counts, horizon_s: float, model=None) -> dict:
     m = first.model
     traj = emulate(m.robot, {}, (m.window_samples - 1) * m.robot.dt, seed=0, settings=dict(cfg.settings))
     settings = dict(cfg.settings) or None
-    window = first.as_window({"q": traj.q, "qd": traj.qd, "ctrl": traj.ctrl}, settings)
+    window = first.as_window({"q": traj.q, "qd": traj.qd, "ctrl": traj.ctrl, "sensors": traj.sensors}, settings)
     max_batch, _ = parallelism()
     h = max(1, int(round(horizon_s / m.robot.dt)))
     predictions = ((np.repeat(traj.ctrl[-1:], h, axis=0), -1, PREDICTION_DRAWS), (traj.ctrl[:-1], 0, VALIDATION_DRAWS))

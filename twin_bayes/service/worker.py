@@ -137,7 +137,8 @@ class StoreMismatch(RuntimeError):
 class Cut(NamedTuple):
     """A robot's next window: arrays (n, ·) and times t (n,) s; usable: at least one segment;
     settings: the recording's known constants; end_seq, end_row: chunk and row of its last sample
-    (where the next window starts)."""
+    (where the next window starts); sensors {name: (n, dim)}: the readings of the sensors the twin
+    observes."""
 
     t: np.ndarray
     q: np.ndarray
@@ -147,13 +148,14 @@ class Cut(NamedTuple):
     settings: dict[str, float]
     end_seq: int
     end_row: int
+    sensors: dict[str, np.ndarray]
 
 
 def next_cut(chunks: list[Message], row0: int, model) -> Cut | None:
     """The next complete window of consecutive chunks (seq order) from row row0 of the first, cut by
     the shared cutter (`data.windows.cut_windows`, not final: a trailing part waits), or None."""
-    cat = {k: np.concatenate([chunks[0].arrays[k][row0:]] + [c.arrays[k] for c in chunks[1:]])
-           for k in ("t", "q", "qd", "ctrl")}
+    fields = ("t", "q", "qd", "ctrl", *(protocol.SENSOR + s for s in model.sensors))
+    cat = {k: np.concatenate([chunks[0].arrays[k][row0:]] + [c.arrays[k] for c in chunks[1:]]) for k in fields}
     sizes = [chunks[0].n - row0] + [c.n for c in chunks[1:]]
     settings, groups = settings_groups(chunks, sizes)
     bounds, _ = cut_windows(cat["t"], model.window_samples, model.segment_steps + 1, model.robot.dt, groups,
@@ -165,7 +167,8 @@ def next_cut(chunks: list[Message], row0: int, model) -> Cut | None:
     j = int(np.searchsorted(ends, b.stop - 1, side="right"))     # chunk of the window's last sample
     row = b.stop - 1 - (ends[j - 1] if j else 0) + (row0 if j == 0 else 0)
     return Cut(*(cat[k][b.start:b.stop] for k in ("t", "q", "qd", "ctrl")), b.usable,
-               settings[int(np.searchsorted(ends, b.start, side="right"))], chunks[j].seq, int(row))
+               settings[int(np.searchsorted(ends, b.start, side="right"))], chunks[j].seq, int(row),
+               {s: cat[protocol.SENSOR + s][b.start:b.stop] for s in model.sensors})
 
 
 def stored_windows(chunks: list[Message], model) -> list[Cut]:
@@ -469,7 +472,7 @@ class Worker:
             if not cut.usable:
                 continue
             try:
-                windows.append(rt.twin.as_window({"q": cut.q, "qd": cut.qd, "ctrl": cut.ctrl,
+                windows.append(rt.twin.as_window({"q": cut.q, "qd": cut.qd, "ctrl": cut.ctrl, "sensors": cut.sensors,
                                                   "settings": cut.settings or None}))
                 todo.append(rt)
             except WindowError as e:
