@@ -1,10 +1,11 @@
 """Posterior calibration: do the 90 % credible intervals cover the true parameters 90 % of the time?
 
 For each seed the hidden truth is drawn from the twin's own prior
-(`TwinModel.priors` of the estimated parameters; sensor noise stays at the
-emulator's, which is the config's nominal noise scale), the emulated robot
-(native MuJoCo, Gaussian sensor noise, random-sine excitation with the same
-seed) records `--seconds` of telemetry, and the twin brings it in window by
+(`TwinModel.priors` of the estimated parameters, sensor models included; sensor
+noise stays at the emulator's, which is the config's nominal noise scale), the
+emulated robot (native MuJoCo, Gaussian sensor noise on every observed channel
+and sensor, random-sine excitation with the same seed) records `--seconds` of
+telemetry, and the twin brings it in window by
 window with `Twin.update` (the config's streaming SMC) or, with
 `--method fit`, in one `Twin.fit(windows, engine=...)`. Coverage is whether
 truth lies in [q05, q95] of the final posterior; per parameter and overall
@@ -14,10 +15,17 @@ uses, a calibrated posterior covers 90 % on average (target band 85-95 %).
 The PIT (posterior probability below the truth) is recorded too: calibrated
 means uniform on [0, 1]; mass near 0 and 1 means over-confident.
 
+Each parameter's contraction (1 − posterior var / prior var; median over seeds)
+and the pairs of parameters whose posterior correlation reaches |r| ≥ 0.5 (with
+the seeds they do so in) say what the motion leaves unidentified: no
+contraction, or a ridge along which two parameters trade.
+
 One `TwinModel` is compiled once and shared: each seed gets
 `Twin(cfg with seed, model=model)`, so the jitted kernels are reused.
 
     .venv/bin/python benchmarks/calibration.py                # 20 seeds, 3 s each
+    .venv/bin/python benchmarks/calibration.py --config humanoid_fixed_sensors --seconds 1.2 \
+        --out benchmarks/results/calibration_sensors.json   # sensor models on the fixed humanoid
     .venv/bin/python benchmarks/calibration.py --seeds 10 --seconds 4
     .venv/bin/python benchmarks/calibration.py --quick        # 2 seeds, smoke run
 """
@@ -38,7 +46,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import command, machine  # noqa: E402
-from update import CompileMeter, setup_jax, windows_of  # noqa: E402
+from update import CompileMeter, setup_jax  # noqa: E402
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -72,42 +80,80 @@ def pit(values: np.ndarray, weights: np.ndarray, x: float) -> float:
 
 def run_seed(cfg, model, seed: int, seconds: float, method: str, engine: str, meter) -> dict:
     import jax
+    from twin_bayes.data import trajectory_windows
+    from twin_bayes.diagnostics import identification_table
     from twin_bayes.inference import Twin
     from twin_bayes.sim.emulator import emulate
 
     truth = draw_truth(jax, model, seed)
-    noise = {"q": 0.002, "qd": 0.02}
+    noise = dict(cfg.observation.noise_scale)
     traj = emulate(model.robot, truth, seconds, seed=seed, noise=noise)
-    T = model.window_samples
-    n_win = (len(traj.t) - 1) // (T - 1)
     twin = Twin(cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"seed": seed})}), model=model)
+    T = model.window_samples
+    windows = [twin.window(w["q"], w["qd"], w["ctrl"], sensors=w["sensors"] or None)
+               for w in trajectory_windows([traj], T, T, model.robot.dt, final=False)]
     t0 = time.perf_counter()
     meter.take()
     reports = []
     if method == "update":
-        for q, qd, u in windows_of(traj, T, n_win):
-            rep = twin.update(twin.window(q, qd, u))
+        for w in windows:
+            rep = twin.update(w)
             reports.append({"accepted": rep.accepted, "reason": rep.reason, "stages": rep.stages,
                             "ess": rep.ess, "acceptance": rep.acceptance, "latency_s": rep.latency_s})
     else:
-        res = twin.fit([twin.window(*w) for w in windows_of(traj, T, n_win)], engine=engine)
+        res = twin.fit(windows, engine=engine)
         reports.append({"accepted": True, "info": {k: (float(v) if np.isscalar(v) and not isinstance(v, str) else v)
                                                    for k, v in res.info.items()}})
     wall = time.perf_counter() - t0
     comp = meter.take()
     post = twin.posterior
     summ = post.summary()
-    truth_all = dict(truth) | {"noise:q": noise["q"], "noise:qd": noise["qd"]}
+    truth_all = dict(truth) | {f"noise:{c}": noise[c] for c in noise}
+    prior = np.asarray(jax.vmap(model.constrain)(model.sample_prior(jax.random.PRNGKey(1), 4000)))
+    idx = post.resample(np.random.default_rng(seed), 4000)
+    ident = identification_table(post.names, prior, {n: post.values[idx, i] for i, n in enumerate(post.names)},
+                                 summ, threshold=0.5)
     per = {}
     for i, name in enumerate(post.names):
         s, x = summ[name], truth_all[name]
         per[name] = {"truth": x, "q05": s["q05"], "q50": s["q50"], "q95": s["q95"], "mean": s["mean"], "sd": s["sd"],
                      "covered": bool(s["q05"] <= x <= s["q95"]), "pit": pit(post.values[:, i], post.weights, x),
-                     "rel_err_median": abs(s["q50"] - x) / abs(x), "z": (s["mean"] - x) / s["sd"] if s["sd"] > 0 else None}
-    return {"seed": seed, "seconds": seconds, "windows": n_win, "wall_s": wall, "compile": comp,
+                     "contraction": ident["parameters"][name]["contraction"],
+                     "rel_err_median": abs(s["q50"] - x) / abs(x),
+                     "z": (s["mean"] - x) / s["sd"] if s["sd"] > 0 else None}
+    return {"seed": seed, "seconds": seconds, "windows": len(windows), "wall_s": wall, "compile": comp,
             "all_accepted": all(r["accepted"] for r in reports), "updates": reports,
             "posterior_ess": post.ess, "particles": len(post),
-            "unique_particles": int(len(np.unique(np.asarray(post.particles.z), axis=0))), "params": per}
+            "unique_particles": int(len(np.unique(np.asarray(post.particles.z), axis=0))), "params": per,
+            "correlated_pairs": ident["confounded_pairs"]}
+
+
+def summary(model, rows: list[dict]) -> dict:
+    """Coverage overall and per parameter, PIT tails, errors, contraction, correlated pairs and timing
+    of the seeds run so far."""
+    names = model.param_names
+    per_param = {n: coverage_stats([r["params"][n]["covered"] for r in rows]) for n in model.names}
+    for n in model.names:
+        pits = np.array([r["params"][n]["pit"] for r in rows])
+        per_param[n]["pit_tails"] = float(np.mean((pits < 0.05) | (pits > 0.95)))
+        per_param[n]["median_rel_err"] = float(np.median([r["params"][n]["rel_err_median"] for r in rows]))
+        per_param[n]["median_ci90_rel_width"] = float(np.median(
+            [(r["params"][n]["q95"] - r["params"][n]["q05"]) / r["params"][n]["truth"] for r in rows]))
+        per_param[n]["median_contraction"] = float(np.median([r["params"][n]["contraction"] for r in rows]))
+        per_param[n]["estimated"] = n in names
+    pairs: dict[str, list[float]] = {}
+    for r in rows:
+        for a, b, c in r["correlated_pairs"]:
+            pairs.setdefault(f"{a} ~ {b}", []).append(c)
+    correlated = {k: {"seeds": len(v), "median_r": float(np.median(v))}
+                  for k, v in sorted(pairs.items(), key=lambda kv: -len(kv[1]))}
+    steady = [r["wall_s"] for r in rows if r["compile"]["total_s"] < 1.0]
+    return {"overall_coverage": coverage_stats([r["params"][n]["covered"] for r in rows for n in names]),
+            "per_parameter": per_param, "correlated_pairs": correlated,
+            "target": {"nominal": 0.9, "band": [0.85, 0.95]},
+            "timing": {"median_seed_wall_s_without_compile": float(np.median(steady)) if steady else None,
+                       "first_seed_wall_s": rows[0]["wall_s"], "first_seed_compile": rows[0]["compile"]},
+            "seeds": rows}
 
 
 def main(argv=None):
@@ -138,54 +184,39 @@ def main(argv=None):
     model = TwinModel(cfg)
     rows = []
     t_all = time.perf_counter()
+    header = {"benchmark": "calibration", "command": command(),
+              "machine": machine(compilation_cache_dir=cache, load_average_at_start=load_start), "config": cfg.name,
+              "settings": {"seeds": args.seeds, "first_seed": args.first_seed, "seconds": args.seconds,
+                           "method": args.method,
+                           "engine": args.engine if args.method == "fit" else cfg.inference.engine,
+                           "particles": cfg.inference.particles, "window_s": cfg.inference.window_s,
+                           "interval": "posterior q05..q95 (90 % credible)", "truth": "drawn from TwinModel.priors",
+                           "emulator_noise": dict(cfg.observation.noise_scale), "quick": args.quick}}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         r = run_seed(cfg, model, seed, args.seconds, args.method, args.engine, meter)
         rows.append(r)
         cov = " ".join("Y" if p["covered"] else "." for n, p in r["params"].items() if n in model.param_names)
         print(f"seed {seed:3d}: {r['wall_s']:7.1f} s (compile {r['compile']['total_s']:6.1f} s)  covered [{cov}]  "
               f"{'all accepted' if r['all_accepted'] else 'SOME UPDATES REJECTED'}", flush=True)
-    total = time.perf_counter() - t_all
-
-    names = model.param_names
-    per_param = {n: coverage_stats([r["params"][n]["covered"] for r in rows]) for n in model.names}
-    for n in model.names:
-        pits = np.array([r["params"][n]["pit"] for r in rows])
-        per_param[n]["pit_tails"] = float(np.mean((pits < 0.05) | (pits > 0.95)))
-        per_param[n]["median_rel_err"] = float(np.median([r["params"][n]["rel_err_median"] for r in rows]))
-        per_param[n]["median_ci90_rel_width"] = float(np.median(
-            [(r["params"][n]["q95"] - r["params"][n]["q05"]) / r["params"][n]["truth"] for r in rows]))
-        per_param[n]["estimated"] = n in names
-    overall = coverage_stats([r["params"][n]["covered"] for r in rows for n in names])
-    steady = [r["wall_s"] for r in rows if r["compile"]["total_s"] < 1.0]
-    out = {
-        "benchmark": "calibration",
-        "command": command(),
-        "machine": machine(compilation_cache_dir=cache, load_average_at_start=load_start),
-        "config": cfg.name,
-        "settings": {"seeds": args.seeds, "first_seed": args.first_seed, "seconds": args.seconds,
-                     "method": args.method, "engine": args.engine if args.method == "fit" else cfg.inference.engine,
-                     "particles": cfg.inference.particles, "window_s": cfg.inference.window_s,
-                     "interval": "posterior q05..q95 (90 % credible)", "truth": "drawn from TwinModel.priors",
-                     "emulator_noise": {"q": 0.002, "qd": 0.02}, "quick": args.quick},
-        "overall_coverage_6_params": overall,
-        "per_parameter": per_param,
-        "target": {"nominal": 0.9, "band": [0.85, 0.95]},
-        "timing": {"total_s": total, "median_seed_wall_s_without_compile": float(np.median(steady)) if steady else None,
-                   "first_seed_wall_s": rows[0]["wall_s"], "first_seed_compile": rows[0]["compile"]},
-        "seeds": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1, default=float))
-
-    print(f"\n{'parameter':<24} {'coverage':>9} {'± se':>6} {'Wilson 95%':>15} {'PIT tails':>9} "
-          f"{'med rel err':>11} {'med CI/truth':>12}")
+        out = {**header, **summary(model, rows), "seeds_done": len(rows), "total_s": time.perf_counter() - t_all}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1, default=float))   # each seed: a long run keeps its seeds
+    per_param, overall, correlated = out["per_parameter"], out["overall_coverage"], out["correlated_pairs"]
+    names, total = model.param_names, out["total_s"]
+    print(f"\n{'parameter':<28} {'coverage':>9} {'± se':>6} {'Wilson 95%':>15} {'PIT tails':>9} "
+          f"{'med rel err':>11} {'contraction':>11}")
     for n in model.names:
         s = per_param[n]
         tag = "" if s["estimated"] else "  (noise, not in overall)"
-        print(f"{n:<24} {s['coverage']:>9.2f} {s['se']:>6.2f} [{s['wilson95'][0]:.2f}, {s['wilson95'][1]:.2f}]"
-              f"{s['pit_tails']:>10.2f} {s['median_rel_err']:>11.4f} {s['median_ci90_rel_width']:>12.4f}{tag}")
-    print(f"{'overall (6 parameters)':<24} {overall['coverage']:>9.2f} {overall['se']:>6.2f} "
+        print(f"{n:<28} {s['coverage']:>9.2f} {s['se']:>6.2f} [{s['wilson95'][0]:.2f}, {s['wilson95'][1]:.2f}]"
+              f"{s['pit_tails']:>10.2f} {s['median_rel_err']:>11.4f} {s['median_contraction']:>11.3f}{tag}")
+    print(f"{f'overall ({len(names)} parameters)':<28} {overall['coverage']:>9.2f} {overall['se']:>6.2f} "
           f"[{overall['wilson95'][0]:.2f}, {overall['wilson95'][1]:.2f}]   target 0.90 (0.85-0.95)")
+    for pair, c in correlated.items():      # the JSON lists every pair; here those of a quarter of the seeds
+        if c["seeds"] < max(2, len(rows) // 4):
+            continue
+        print(f"correlated (|r| >= 0.5) in {c['seeds']:2d} of {len(rows)} seeds: {pair} "
+              f"(median r {c['median_r']:+.2f})")
     print(f"{len(rows)} seeds, {args.seconds} s each, {total:.0f} s in all. JSON: {args.out}")
 
 

@@ -72,7 +72,8 @@ def test_every_shipped_config_loads_and_builds_a_model(name):
     for key in cfg.parameters:
         assert key in robot.param_names
     model = TwinModel(cfg, robot)
-    assert model.names == tuple(cfg.parameters) + tuple(f"noise:{c}" for c in cfg.observation.channels)
+    observed = [*cfg.observation.channels, *cfg.observation.sensors]
+    assert model.names == tuple(cfg.parameters) + tuple(f"noise:{c}" for c in observed)
     assert model.window_samples - 1 >= model.segment_steps
     # the same config loads by path too
     assert load_config(cfg.source) == cfg
