@@ -125,6 +125,8 @@ class InferenceSection(_Strict):
     laplace: bool = True
     autocorrelation: bool = True
     mcmc_steps: int = Field(1, ge=1)
+    max_mcmc_steps: int = Field(10, ge=1)
+    move_correlation: float = Field(0.1, ge=0, lt=1)
     target_ess: float = Field(0.5, gt=0, lt=1)
     max_stages: int = Field(30, ge=1)
     max_latency_s: float = Field(0.02, ge=0)
@@ -139,6 +141,8 @@ class InferenceSection(_Strict):
 
     @model_validator(mode="after")
     def _dtype(self):
+        if self.max_mcmc_steps < self.mcmc_steps:
+            raise ValueError(f"max_mcmc_steps = {self.max_mcmc_steps} is below mcmc_steps = {self.mcmc_steps}")
         if not self.float64:
             raise ValueError("float64 = false is not available: MJX rollouts under float32 lose the "
                              "gradient accuracy identification needs (see README, 'Precision')")
@@ -218,7 +222,14 @@ def parse_config(data: dict, source: Path | None = None) -> TwinConfig:
                               "truncnormal (low >= 0) or uniform, not normal")
         if spec.dist in ("truncnormal", "uniform") and positive and spec.low < 0:
             raise ConfigError(f"{where}: parameters.{name}: a positive quantity needs low >= 0, got {spec.low}")
+    _check_delays(cfg, where)
     _check_sensors(cfg.observation, robot, where)
+    inf = cfg.inference
+    if cfg.observation.sensors and (inf.engine == "whole-log" or inf.consolidate_after_s > 0):
+        key = "engine" if inf.engine == "whole-log" else "consolidate_after_s"
+        raise ConfigError(f"{where}: inference.{key}: the whole-log engine observes joint positions only, and "
+                          f"this twin observes sensors {list(cfg.observation.sensors)}; use the stream, smc, nuts "
+                          "or svi engine, and consolidate_after_s = 0")
     if cfg.fleet is not None:
         _check_fleet(cfg.fleet, list(cfg.parameters), where)
     steps = cfg.inference.window_s / robot.dt
@@ -227,6 +238,23 @@ def parse_config(data: dict, source: Path | None = None) -> TwinConfig:
                           f"{robot.dt} s, fewer than one segment (inference.segment_steps = "
                           f"{cfg.inference.segment_steps})")
     return cfg
+
+
+def _check_delays(cfg: TwinConfig, where: str) -> None:
+    """Command latency and sensor delays stay within `inference.max_latency_s`: the commands sent that
+    long before a segment are what it carries, and a delayed sensor's rows that reach back that far
+    are what its segments leave unscored (`models.twin_model`)."""
+    bound = cfg.inference.max_latency_s
+    for name, spec in cfg.parameters.items():
+        if name == "latency_s" or name.startswith("delay_s:"):
+            high = spec.high if spec.dist in ("truncnormal", "uniform") else math.inf
+            if high > bound:
+                raise ConfigError(f"{where}: parameters.{name}: its prior reaches {high} s, beyond "
+                                  f"inference.max_latency_s = {bound} s; bound it (truncnormal or uniform, "
+                                  "high) or raise max_latency_s")
+    for name, value in cfg.settings.items():
+        if (name == "latency_s" or name.startswith("delay_s:")) and value > bound:
+            raise ConfigError(f"{where}: settings.{name} = {value} s exceeds inference.max_latency_s = {bound} s")
 
 
 def _check_sensors(obs: ObservationSection, robot: Robot, where: str) -> None:

@@ -8,8 +8,8 @@ the whole session; tests that need a fresh posterior build a new
 
 The small config is the shipped arm2 config with 0.5 s windows (251 samples,
 10 segments) and 32 particles (the shipped count). `mcmc_steps = 5` is the
-move count of the tempered-SMC twins here (`laplace = false`, and the gate
-tests that force tempering).
+least move count per stage of the tempered-SMC twins here (`laplace = false`,
+and the gate tests that force tempering).
 
 The data are emulated by native MuJoCo (`twin_bayes.sim.emulator.emulate`)
 under a hidden truth inside the prior, with the emulator's default sensor

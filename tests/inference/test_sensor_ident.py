@@ -203,3 +203,31 @@ def test_replayed_chunks_carry_the_recordings_sensor_readings(model, tmp_path):
     assert [len(c["t"]) for c in sent] == [40, 40, 40, 31]
     for name, readings in rec.sensors.items():
         np.testing.assert_array_equal(np.concatenate([c["sensors"][name] for c in sent]), readings)
+
+
+def test_a_delayed_sensors_rows_that_reach_before_their_segment_are_not_scored():
+    """A gyro delayed by 3.5 steps reports, in each segment's first rows, readings from before the
+    segment's start, which the segment (simulated from its measured start state) cannot predict: they
+    are left out for every delay the prior allows (⌈max_latency_s / dt⌉ = 5 rows), and every row
+    scored is predicted exactly at the true parameters of a noise-free emulated robot."""
+    cfg = parse_config({**CONFIG, "parameters": {
+        **CONFIG["parameters"], "delay_s:gyro": {"dist": "truncnormal", "loc": 0.004, "scale": 0.003,
+                                                  "low": 0.0, "high": 0.01}},
+        "inference": {**CONFIG["inference"], "max_latency_s": 0.01}})
+    delayed = TwinModel(cfg)
+    robot = delayed.robot
+    truth = {**robot.nominal(), "body_mass:forearm": 0.55, "bias_y:gyro": 0.02, "scale_y:gyro": 1.03,
+             "delay_s:gyro": 3.5 * robot.dt}
+    rec = emulate(robot, truth, 0.5, seed=4, noise={"q": 0.0, "qd": 0.0})
+    T = delayed.window_samples
+    w = delayed.window(rec.q[:T], rec.qd[:T], rec.ctrl[:T], sensors={k: v[:T] for k, v in rec.sensors.items()})
+    assert delayed.unscored_rows == (5, 5, 5, 0, 0, 0)                    # gyro x, y, z; acc x, y, z
+    values = np.array([truth[n] for n in delayed.param_names] + [NOISE[c] for c in ("q", "qd", "gyro", "acc")])
+    z = delayed.unconstrain(values)
+    q, qd, s = delayed.segment_predictions(z, w)
+    e, mask = delayed.standardised_residuals(z, q, qd, s, w)
+    gyro = slice(2 * robot.nq, 2 * robot.nq + 3)
+    assert np.all(np.asarray(mask)[:, :5, gyro] == 0) and np.all(np.asarray(mask)[:, 5:, gyro] == 1)
+    assert np.max(np.abs(np.asarray(e)[..., 2 * robot.nq:])) < 1e-6           # scored rows: exact
+    held = np.asarray(delayed._segments(w)[5])[:, :4, :3] - np.asarray(s)[:, :4, :3]
+    assert np.max(np.abs(held)) > 10 * NOISE["gyro"]               # the rows left out would miss by more

@@ -237,6 +237,19 @@ def test_bounded_prior_on_positive_quantity_must_not_reach_below_zero(tmp_path, 
         load_config(write(tmp_path, data))
 
 
+@pytest.mark.parametrize("prior", [{"dist": "lognormal", "loc": 0.004, "scale": 0.5},
+                                   {"dist": "uniform", "low": 0.0, "high": 0.05}])
+def test_a_latency_prior_beyond_max_latency_is_a_config_error(tmp_path, prior):
+    """Segments carry the commands of max_latency_s before them: a latency prior reaching further
+    (unbounded, or high above it) would make the twin hold the oldest command instead."""
+    data = arm2_data()
+    data["parameters"]["latency_s"] = prior
+    with pytest.raises(ConfigError, match=r"parameters\.latency_s.*max_latency_s = 0\.02"):
+        load_config(write(tmp_path, data))
+    data["parameters"]["latency_s"] = {"dist": "uniform", "low": 0.0, "high": 0.02}
+    assert "latency_s" in load_config(write(tmp_path, data)).parameters
+
+
 @pytest.mark.parametrize("window_s, segment_steps", [(0.01, 25), (0.5, 600)])
 def test_window_shorter_than_one_segment_is_a_config_error(tmp_path, window_s, segment_steps):
     """arm2 steps 2 ms: 0.01 s holds 5 steps (< 25); 0.5 s holds 250 (< 600)."""
@@ -295,6 +308,19 @@ def test_bad_sensor_observation_names_the_key(tmp_path, case):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value).startswith(str(path)) and re.search(pattern, str(err.value)), str(err.value)
+
+
+@pytest.mark.parametrize("inference", [{"engine": "whole-log"}, {"consolidate_after_s": 5.0}])
+def test_a_twin_of_sensors_refuses_the_whole_log_engine_up_front(tmp_path, inference):
+    """The whole-log engine (and the consolidation that runs it) observes joint positions only: a twin
+    observing sensors would have its sensor models silently left at their priors."""
+    data = humanoid_fixed_data()
+    data["observation"]["sensors"] = ["torso_gyro"]
+    data["observation"].setdefault("noise_scale", {})["torso_gyro"] = 0.01
+    data["inference"].update(inference)
+    key = next(iter(inference))
+    with pytest.raises(ConfigError, match=rf"inference\.{key}: the whole-log engine observes joint positions only"):
+        load_config(write(tmp_path, data))
 
 
 def test_sensor_parameter_of_an_unknown_sensor_is_a_config_error(tmp_path):

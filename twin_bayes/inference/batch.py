@@ -1,7 +1,6 @@
 """Batch refits over many windows: NUTS (NumPyro, warm-started), SVI (NumPyro), tempered SMC from the prior."""
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -17,7 +16,7 @@ from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from twin_bayes.config import InferenceSection
 from twin_bayes.inference.engine import REASONS
 from twin_bayes.inference.posterior import Particles, ess, moments
-from twin_bayes.inference.smc import GaussianPrior, tempered_update
+from twin_bayes.inference.smc import GaussianPrior, Moves, tempered_update
 from twin_bayes.models import TwinModel, Window, batch_log_lik
 
 
@@ -96,22 +95,25 @@ def fit_svi(model: TwinModel, key, windows: Window, steps=1500, lr=0.01, num_dra
                        {"engine": "svi", "final_loss": float(result.losses[-1])})
 
 
-def fit_smc(model: TwinModel, key, windows: Window, particles: int, max_stages=200, num_mcmc_steps=3) -> BatchResult:
-    """Tempered SMC from the prior to the posterior of all windows at once."""
+def fit_smc(model: TwinModel, key, windows: Window, particles: int, max_stages=200) -> BatchResult:
+    """Tempered SMC from the prior to the posterior of all windows at once, each stage moving as the
+    config's `mcmc_steps`, `max_mcmc_steps` and `move_correlation` say."""
     k1, k2 = jax.random.split(key)
     z0 = model.sample_prior(k1, particles)
-    p, info = _tempered_from_prior(model, k2, z0, windows, jnp.asarray(max_stages), num_mcmc_steps)
-    stages = int(info.stages)
-    evals = stages * particles * (2 + 2 * num_mcmc_steps)
-    return BatchResult(p, None, None, None, evals, {"engine": "smc", "stages": stages, "beta": float(info.beta),
-                                                    "divergent": float(info.divergent), "ess": float(info.ess)})
+    p, info = _tempered_from_prior(model, k2, z0, windows, jnp.asarray(max_stages))
+    stages, moves = int(info.stages), int(info.moves)
+    evals = particles * (2 * stages + 2 * moves)
+    return BatchResult(p, None, None, None, evals, {"engine": "smc", "stages": stages, "moves": moves,
+                                                    "beta": float(info.beta), "divergent": float(info.divergent),
+                                                    "ess": float(info.ess)})
 
 
-@partial(jax.jit, static_argnums=5)
-def _tempered_from_prior(model: TwinModel, key, z0, windows: Window, max_stages, num_mcmc_steps: int):
-    d = z0.shape[1]
+@jax.jit
+def _tempered_from_prior(model: TwinModel, key, z0, windows: Window, max_stages):
+    d, nums = z0.shape[1], model.numbers
     g = GaussianPrior(jnp.zeros(d), jnp.eye(d), jnp.asarray(True))
-    return tempered_update(model, key, z0, windows, g, 0.5, max_stages, num_mcmc_steps)
+    return tempered_update(model, key, z0, windows, g, 0.5, max_stages,
+                           Moves(nums.min_moves, nums.max_moves, nums.move_correlation))
 
 
 def gate(res: BatchResult, inf: InferenceSection) -> tuple[str, str] | tuple[()]:

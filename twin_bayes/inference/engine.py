@@ -44,7 +44,7 @@ from twin_bayes.inference.autocorrelation import integrated_time, lagged_product
 from twin_bayes.inference.discrepancy import ModelErrorState, init_state as init_model_error
 from twin_bayes.inference.laplace import MAX_ITER, Laplace, find_mode, importance_draws, importance_weights, log_target
 from twin_bayes.inference.posterior import Particles
-from twin_bayes.inference.smc import GaussianPrior, gaussian_prior, tempered_update
+from twin_bayes.inference.smc import GaussianPrior, Moves, gaussian_prior, tempered_update
 from twin_bayes.models import TwinModel, Window, map_rows
 
 # Step size of the one-step HMC move, in units where the mass matrix whitens the cloud.
@@ -118,7 +118,8 @@ class TwinState(NamedTuple):
 
 
 class UpdateInfo(NamedTuple):
-    """What one update did, all scalars: accepted, reason (REASONS), engine (ENGINES), SMC stages, β,
+    """What one update did, all scalars: accepted, reason (REASONS), engine (ENGINES), SMC stages, MCMC
+    moves per particle over them, β,
     mean move acceptance, divergent share, ESS, surprise (nats per observation), Newton iterations,
     drift (a change point was declared and the past forgotten), temper κ (the likelihood's power is 1/κ)."""
 
@@ -126,6 +127,7 @@ class UpdateInfo(NamedTuple):
     reason: jnp.ndarray
     engine: jnp.ndarray
     stages: jnp.ndarray
+    moves: jnp.ndarray
     beta: jnp.ndarray
     acceptance: jnp.ndarray
     divergent: jnp.ndarray
@@ -245,7 +247,7 @@ def _laplace(model: TwinModel, g: GaussianPrior, window: Window, z_start, key, c
     lap = lap._replace(mean=jnp.where(picking, best, lap.mean))
     n_obs = jnp.sum(window.mask) * model.observed_width
     f, i = jnp.asarray(0.0), jnp.asarray(0)
-    info = UpdateInfo(jnp.asarray(False), i, i, jnp.asarray(1), jnp.asarray(1.0), jnp.asarray(jnp.nan), f, ess,
+    info = UpdateInfo(jnp.asarray(False), i, i, jnp.asarray(1), i, jnp.asarray(1.0), jnp.asarray(jnp.nan), f, ess,
                       -log_evidence / n_obs, lap.iterations, jnp.asarray(False), 1.0 / window.weight)
     return _Proposal(new, GaussianPrior(lap.mean, lap.chol, jnp.asarray(False)), windows, lap, acorr, info)
 
@@ -304,7 +306,7 @@ def _blank(model: TwinModel, window: Window, z) -> _Proposal:
     n, d = model.particles, z.shape[0]
     zeros = lambda *shape, dtype=z.dtype: jnp.zeros(shape, dtype)  # noqa: E731
     b, i, f = jnp.bool_, jnp.int64, z.dtype
-    info = UpdateInfo(*(zeros(dtype=t) for t in (b, i, i, i, f, f, f, f, f, i, b, f)))
+    info = UpdateInfo(*(zeros(dtype=t) for t in (b, i, i, i, i, f, f, f, f, f, i, b, f)))
     return _Proposal(Particles(zeros(n, d), zeros(n)), GaussianPrior(zeros(d), zeros(d, d), zeros(dtype=b)),
                      jax.tree.map(lambda x: jnp.zeros((1,) + x.shape, x.dtype), window),
                      Laplace(zeros(d), zeros(d, d), zeros(dtype=i), zeros(dtype=i)), init_autocorrelation(model), info)
@@ -320,10 +322,11 @@ def _temper(model: TwinModel, state: TwinState, g: GaussianPrior, prop: _Proposa
     k1, k2 = jax.random.split(key)
     n, d = model.particles, model.dim
     z0 = jnp.where(g.exact, model.sample_prior(k1, n), g.mean + jax.random.normal(k1, (n, d)) @ g.chol.T)
-    new, t = tempered_update(model, k2, z0, prop.windows, g, state.step_size, model.numbers.max_stages,
-                             model.mcmc_steps)
-    info = prop.info._replace(engine=jnp.asarray(1), stages=t.stages, beta=t.beta, acceptance=t.acceptance,
-                              divergent=t.divergent, ess=t.ess)
+    nums = model.numbers
+    new, t = tempered_update(model, k2, z0, prop.windows, g, state.step_size, nums.max_stages,
+                             Moves(nums.min_moves, nums.max_moves, nums.move_correlation))
+    info = prop.info._replace(engine=jnp.asarray(1), stages=t.stages, moves=t.moves, beta=t.beta,
+                              acceptance=t.acceptance, divergent=t.divergent, ess=t.ess)
     return prop._replace(particles=new, gauss=gaussian_prior(new, jnp.zeros(d), False), info=info), t.step_size
 
 

@@ -10,7 +10,10 @@ step needs no move (the draws are exact for it); where the window is too
 informative for one step, BlackJAX `adaptive_tempered_smc` stages follow, each
 picking the largest temperature step that keeps the target ESS, resampling,
 and moving every particle with a one-step HMC kernel (MALA with a dense mass
-matrix from the particle cloud) on the tempered target.
+matrix from the particle cloud) on the tempered target. Each stage moves the
+particles until they have forgotten where resampling put them (`decorrelating_moves`):
+a window that tempers over many stages resamples many times, and a cloud moved
+a fixed few times per stage collapses onto copies of a few particles.
 """
 from __future__ import annotations
 
@@ -38,12 +41,32 @@ class GaussianPrior(NamedTuple):
     exact: jnp.ndarray
 
 
+class Moves(NamedTuple):
+    """How long each tempered stage moves its particles, scalars: at least `least` and at most `most`
+    moves, stopping once the mean correlation of the particles' coordinates with where resampling put
+    them is at most `correlation`."""
+
+    least: jnp.ndarray
+    most: jnp.ndarray
+    correlation: jnp.ndarray
+
+
+class MoveInfo(NamedTuple):
+    """One stage's moves: per particle the mean acceptance (N,) and the share of moves that diverged (N,);
+    moves made ()."""
+
+    acceptance_rate: jnp.ndarray
+    divergent: jnp.ndarray
+    moves: jnp.ndarray
+
+
 class TemperInfo(NamedTuple):
     """A tempered update's account, all scalars: stages run (the first, move-free one included),
-    β reached, mean acceptance of the moves (NaN where none ran), mean share of divergent moves,
-    final ESS, and the step size the next update starts from."""
+    moves per particle over all stages, β reached, mean acceptance of the moves (NaN where none ran),
+    mean share of divergent moves, final ESS, and the step size the next update starts from."""
 
     stages: jnp.ndarray
+    moves: jnp.ndarray
     beta: jnp.ndarray
     acceptance: jnp.ndarray
     divergent: jnp.ndarray
@@ -88,8 +111,48 @@ def first_temperature(ll: jnp.ndarray, target_ess) -> jnp.ndarray:
     return jnp.where(frac(1.0) >= target_ess, 1.0, jnp.maximum(lo, 1e-12))
 
 
+def _mean_correlation(x0: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
+    """Mean over coordinates of the correlation across particles between x0 and x (N, D)."""
+    a, b = x0 - x0.mean(0), x - x.mean(0)
+    r = jnp.sum(a * b, 0) / jnp.sqrt(jnp.sum(a ** 2, 0) * jnp.sum(b ** 2, 0) + 1e-300)
+    return jnp.mean(r)
+
+
+def decorrelating_moves(moves: Moves):
+    """A BlackJAX SMC update strategy (`update_strategy` of `tempered.build_kernel`): every particle
+    takes the MCMC kernel's moves together under `lax.while_loop`, at least `moves.least`, then until
+    the cloud's mean correlation with its resampled start falls to `moves.correlation` (the criterion
+    of PyMC's SMC samplers), at most `moves.most`."""
+
+    def strategy(mcmc_init_fn, logposterior_fn, shared_step_fn, num_mcmc_steps, n_particles, batch_size=0):
+        del num_mcmc_steps, batch_size
+
+        def update(keys, positions, params):
+            init = jax.vmap(mcmc_init_fn, in_axes=(0, None))(positions, logposterior_fn)
+            move = jax.vmap(lambda k, st, pr: shared_step_fn(k, st, logposterior_fn, **pr))
+
+            def body(carry):
+                k, states, acc, div = carry
+                states, info = move(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k), states, params)
+                return k + 1, states, acc + info.acceptance_rate, div + info.is_divergent
+
+            def more(carry):
+                k, states = carry[0], carry[1]
+                return (k < moves.least) | ((k < moves.most)
+                                            & (_mean_correlation(positions, states.position) > moves.correlation))
+
+            n = positions.shape[0]
+            k, states, acc, div = jax.lax.while_loop(
+                more, body, (jnp.asarray(0), init, jnp.zeros(n, positions.dtype), jnp.zeros(n, positions.dtype)))
+            return states.position, MoveInfo(acc / jnp.maximum(k, 1), div / jnp.maximum(k, 1), k)
+
+        return update, n_particles
+
+    return strategy
+
+
 def tempered_update(model: TwinModel, key, z0: jnp.ndarray, windows: Window, g: GaussianPrior,
-                    step_size, max_stages, num_mcmc_steps: int = 1) -> tuple[Particles, TemperInfo]:
+                    step_size, max_stages, moves: Moves) -> tuple[Particles, TemperInfo]:
     """Temper the windows' likelihood (B windows stacked) into particles z0 (N, D) drawn from the prior g.
 
     The first temperature step needs no move: z0 are exact draws from the
@@ -99,7 +162,8 @@ def tempered_update(model: TwinModel, key, z0: jnp.ndarray, windows: Window, g: 
     all. Before each of them the (dense) inverse mass matrix is set to the
     particles' covariance, so moves follow the correlations between
     parameters the data cannot tell apart, and the step size follows the last
-    acceptance rate. Pure: runs under `jit` and `vmap`.
+    acceptance rate; each stage moves as long as `moves` says
+    (`decorrelating_moves`). Pure: runs under `jit` and `vmap`.
     """
     target = model.numbers.target_ess
     log_prior = partial(window_log_prior, model, g)
@@ -112,27 +176,28 @@ def tempered_update(model: TwinModel, key, z0: jnp.ndarray, windows: Window, g: 
     d = z0.shape[1]
 
     def stage(carry):
-        key, state, step, stages, acc_sum, acc_n, div_sum = carry
+        key, state, step, stages, moved_total, acc_sum, acc_n, div_sum = carry
         key, sub = jax.random.split(key)
         inverse_mass = jnp.cov(state.particles.T, aweights=state.weights) + 1e-10 * jnp.eye(d)
         kernel = blackjax.adaptive_tempered_smc(
             log_prior, log_lik, blackjax.hmc.build_kernel(), blackjax.hmc.init,
             blackjax.smc.extend_params({"step_size": step, "inverse_mass_matrix": inverse_mass,
                                         "num_integration_steps": 1}),
-            resampling.systematic, target, num_mcmc_steps=num_mcmc_steps)
+            resampling.systematic, target, update_strategy=decorrelating_moves(moves))
         state, info = kernel.step(sub, state)
         acc = jnp.mean(info.update_info.acceptance_rate)
         moved = jnp.isfinite(acc)
         step = jnp.where(moved, jnp.clip(step * jnp.exp(acc - TARGET_ACCEPT), 0.02, 2.0), step)
-        return (key, state, step, stages + 1, acc_sum + jnp.where(moved, acc, 0.0), acc_n + moved,
-                div_sum + jnp.mean(info.update_info.is_divergent))
+        return (key, state, step, stages + 1, moved_total + info.update_info.moves,
+                acc_sum + jnp.where(moved, acc, 0.0), acc_n + moved, div_sum + jnp.mean(info.update_info.divergent))
 
-    carry = (key, state, jnp.asarray(step_size, z0.dtype), jnp.asarray(1), jnp.zeros(()), jnp.asarray(0),
-             jnp.zeros(()))
-    _, state, step, stages, acc_sum, acc_n, div_sum = jax.lax.while_loop(
+    carry = (key, state, jnp.asarray(step_size, z0.dtype), jnp.asarray(1), jnp.asarray(0), jnp.zeros(()),
+             jnp.asarray(0), jnp.zeros(()))
+    _, state, step, stages, moved_total, acc_sum, acc_n, div_sum = jax.lax.while_loop(
         lambda c: (c[1].tempering_param < 1.0) & (c[3] < max_stages), stage, carry)
     log_w = jnp.log(jnp.maximum(state.weights, 1e-300))
     log_w = log_w - jax.scipy.special.logsumexp(log_w)
-    info = TemperInfo(stages, state.tempering_param, jnp.where(acc_n > 0, acc_sum / jnp.maximum(acc_n, 1), jnp.nan),
+    info = TemperInfo(stages, moved_total, state.tempering_param,
+                      jnp.where(acc_n > 0, acc_sum / jnp.maximum(acc_n, 1), jnp.nan),
                       div_sum / stages, ess(log_w), step)
     return Particles(state.particles, log_w), info

@@ -42,6 +42,7 @@ class UpdateReport:
     version: int
     engine: str
     stages: int = 0
+    moves: int = 0                # MCMC moves per particle over the tempered stages
     beta: float = 0.0
     acceptance: float = float("nan")
     divergent: float = 0.0
@@ -380,7 +381,7 @@ def predict_many(twins: Sequence[Twin], starts: Sequence[tuple], commands: Seque
 def _report(info: engine.UpdateInfo, old: Posterior, new: Posterior, latency_s: float) -> UpdateReport:
     accepted = bool(info.accepted)
     return UpdateReport(accepted, REASONS[int(info.reason)], new.version, engine.ENGINES[int(info.engine)],
-                        int(info.stages), float(info.beta), float(info.acceptance), float(info.divergent),
+                        int(info.stages), int(info.moves), float(info.beta), float(info.acceptance), float(info.divergent),
                         float(info.ess), float(info.surprise), int(info.newton_steps), bool(info.drift),
                         bool(info.drift), latency_s, _changes(old, new), float(info.temper))
 

@@ -106,9 +106,9 @@ class Design(NamedTuple):
     channels: tuple[str, ...]
     sensors: tuple[str, ...]
     readings: tuple[int, ...]
+    unscored_rows: tuple[int, ...]        # per reading column: rows at each segment's start not scored
     student_t: bool
     particles: int
-    mcmc_steps: int
 
 
 class Numbers(NamedTuple):
@@ -136,6 +136,9 @@ class Numbers(NamedTuple):
     drift_sigma: jnp.ndarray
     drift_windows: jnp.ndarray
     max_stages: jnp.ndarray
+    min_moves: jnp.ndarray
+    max_moves: jnp.ndarray
+    move_correlation: jnp.ndarray
     laplace: jnp.ndarray
     temper: jnp.ndarray
 
@@ -147,6 +150,23 @@ def _prior_numbers(spec: PriorSpec, nominal: float) -> tuple[str, float, float, 
     if spec.dist == "lognormal":
         return spec.dist, math.log(loc), spec.scale, -math.inf, math.inf
     return spec.dist, loc, spec.scale, low, high
+
+
+def _unscored_rows(cfg: TwinConfig, robot: Robot, base: dict) -> tuple[int, ...]:
+    """Per observed sensordata column, how many rows at each segment's start go unscored.
+
+    A sensor delayed by τ reports at row k the reading of time k·dt − τ; for k·dt < τ that time
+    precedes the segment's start, where the segment has no simulation (its start state is measured,
+    its past is not), so those rows cannot be predicted. They are left out for every value the delay
+    may take: ⌈max_latency_s / dt⌉ rows where the delay is estimated (its prior lies within
+    `inference.max_latency_s`, `config`), ⌈τ / dt⌉ where it is fixed at τ, none for an undelayed sensor.
+    """
+    rows = []
+    for name in cfg.observation.sensors:
+        delay = f"delay_s:{name}"
+        bound = cfg.inference.max_latency_s if delay in cfg.parameters else base.get(delay, 0.0)
+        rows += [int(math.ceil(bound / robot.dt - 1e-9))] * robot.layout.sensors.by_name[name].dim
+    return tuple(rows)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -179,15 +199,16 @@ class TwinModel:
             tuple(r.layout.index[n] for n in param_names), setting_names,
             tuple(r.layout.index[n] for n in setting_names), window_samples, inf.segment_steps,
             int(math.ceil(inf.max_latency_s / r.dt)) + 1, tuple(obs.channels), tuple(obs.sensors),
-            tuple(r.layout.sensors.columns(obs.sensors).tolist()), obs.noise == "student_t",
-            inf.particles, inf.mcmc_steps)
+            tuple(r.layout.sensors.columns(obs.sensors).tolist()), _unscored_rows(cfg, r, base),
+            obs.noise == "student_t", inf.particles)
         f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
         drift = [cfg.parameters[n].drift for n in param_names] + [0.0] * len(obs.channels + obs.sensors)
         self.numbers = Numbers(
             *(f64([p[i] for p in priors]) for i in range(1, 5)), np.asarray(r.to_vector(base)),
             f64([base[n] for n in setting_names]), f64(drift), f64(obs.df), f64(inf.target_ess),
             f64(inf.min_ess), f64(inf.max_divergent), f64(inf.drift_sigma), np.int64(inf.drift_windows),
-            np.int64(inf.max_stages), np.bool_(inf.laplace), np.bool_(inf.autocorrelation))
+            np.int64(inf.max_stages), np.int64(inf.mcmc_steps), np.int64(inf.max_mcmc_steps),
+            f64(inf.move_correlation), np.bool_(inf.laplace), np.bool_(inf.autocorrelation))
 
     # --- pytree ------------------------------------------------------------------------
     def tree_flatten(self):
@@ -364,9 +385,9 @@ class TwinModel:
         var_col = jnp.concatenate([jnp.full(k, noise[c] ** 2) for c, k in zip(self.channels, widths)]
                                   + [jnp.full(k, noise[c] ** 2) for c, k in zip(self.sensors, self.sensor_widths)])
         state_rows = w.mask[1: 1 + n * L].reshape(n, L, 1)           # states k·steps + 1 …, readings k·steps …
-        read_rows = w.mask[: n * L].reshape(n, L, 1)
-        mask = jnp.concatenate([jnp.broadcast_to(state_rows, (n, L, sum(widths))),
-                                jnp.broadcast_to(read_rows, (n, L, len(self.readings)))], -1).reshape(n, -1)
+        read_rows = w.mask[: n * L].reshape(n, L, 1) * (np.arange(L)[:, None] >= np.asarray(
+            self.unscored_rows, np.int64).reshape(1, -1))                        # (S, L, R): delayed rows out
+        mask = jnp.concatenate([jnp.broadcast_to(state_rows, (n, L, sum(widths))), read_rows], -1).reshape(n, -1)
         resid = (self._observed(q_tgt, qd_tgt, s_tgt) - self._observed(q, qd, s)).reshape(n, -1) * mask
         d = jnp.where(mask > 0, jnp.tile(var_col, L)[None, :], 1.0)                       # (S, L·C)
         start_var = jnp.concatenate([jnp.full(r.nq, noise["q"] ** 2 if "q" in noise else 1e-12),
