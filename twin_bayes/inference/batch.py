@@ -16,7 +16,7 @@ from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from twin_bayes.config import InferenceSection
 from twin_bayes.inference.engine import REASONS
 from twin_bayes.inference.posterior import Particles, ess, moments
-from twin_bayes.inference.smc import GaussianPrior, Moves, tempered_update
+from twin_bayes.inference.smc import GaussianPrior, tempered_update
 from twin_bayes.models import TwinModel, Window, batch_log_lik
 
 
@@ -110,10 +110,9 @@ def fit_smc(model: TwinModel, key, windows: Window, particles: int, max_stages=2
 
 @jax.jit
 def _tempered_from_prior(model: TwinModel, key, z0, windows: Window, max_stages):
-    d, nums = z0.shape[1], model.numbers
+    d = z0.shape[1]
     g = GaussianPrior(jnp.zeros(d), jnp.eye(d), jnp.asarray(True))
-    return tempered_update(model, key, z0, windows, g, 0.5, max_stages,
-                           Moves(nums.min_moves, nums.max_moves, nums.move_correlation))
+    return tempered_update(model, key, z0, windows, g, 0.5, max_stages)
 
 
 def gate(res: BatchResult, inf: InferenceSection) -> tuple[str, str] | tuple[()]:

@@ -44,7 +44,7 @@ from twin_bayes.inference.autocorrelation import integrated_time, lagged_product
 from twin_bayes.inference.discrepancy import ModelErrorState, init_state as init_model_error
 from twin_bayes.inference.laplace import MAX_ITER, Laplace, find_mode, importance_draws, importance_weights, log_target
 from twin_bayes.inference.posterior import Particles
-from twin_bayes.inference.smc import GaussianPrior, Moves, gaussian_prior, tempered_update
+from twin_bayes.inference.smc import GaussianPrior, gaussian_prior, tempered_update
 from twin_bayes.models import TwinModel, Window, map_rows
 
 # Step size of the one-step HMC move, in units where the mass matrix whitens the cloud.
@@ -322,9 +322,7 @@ def _temper(model: TwinModel, state: TwinState, g: GaussianPrior, prop: _Proposa
     k1, k2 = jax.random.split(key)
     n, d = model.particles, model.dim
     z0 = jnp.where(g.exact, model.sample_prior(k1, n), g.mean + jax.random.normal(k1, (n, d)) @ g.chol.T)
-    nums = model.numbers
-    new, t = tempered_update(model, k2, z0, prop.windows, g, state.step_size, nums.max_stages,
-                             Moves(nums.min_moves, nums.max_moves, nums.move_correlation))
+    new, t = tempered_update(model, k2, z0, prop.windows, g, state.step_size, model.numbers.max_stages)
     info = prop.info._replace(engine=jnp.asarray(1), stages=t.stages, moves=t.moves, beta=t.beta,
                               acceptance=t.acceptance, divergent=t.divergent, ess=t.ess)
     return prop._replace(particles=new, gauss=gaussian_prior(new, jnp.zeros(d), False), info=info), t.step_size

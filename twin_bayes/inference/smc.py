@@ -152,7 +152,7 @@ def decorrelating_moves(moves: Moves):
 
 
 def tempered_update(model: TwinModel, key, z0: jnp.ndarray, windows: Window, g: GaussianPrior,
-                    step_size, max_stages, moves: Moves) -> tuple[Particles, TemperInfo]:
+                    step_size, max_stages) -> tuple[Particles, TemperInfo]:
     """Temper the windows' likelihood (B windows stacked) into particles z0 (N, D) drawn from the prior g.
 
     The first temperature step needs no move: z0 are exact draws from the
@@ -162,10 +162,12 @@ def tempered_update(model: TwinModel, key, z0: jnp.ndarray, windows: Window, g: 
     all. Before each of them the (dense) inverse mass matrix is set to the
     particles' covariance, so moves follow the correlations between
     parameters the data cannot tell apart, and the step size follows the last
-    acceptance rate; each stage moves as long as `moves` says
-    (`decorrelating_moves`). Pure: runs under `jit` and `vmap`.
+    acceptance rate; each stage moves as long as the config's `mcmc_steps`,
+    `max_mcmc_steps` and `move_correlation` say (`decorrelating_moves`). Pure:
+    runs under `jit` and `vmap`.
     """
-    target = model.numbers.target_ess
+    nums = model.numbers
+    target, moves = nums.target_ess, Moves(nums.min_moves, nums.max_moves, nums.move_correlation)
     log_prior = partial(window_log_prior, model, g)
     log_lik = partial(batch_log_lik, model, windows=windows)
     ll = jax.vmap(log_lik)(z0)

@@ -381,8 +381,8 @@ def predict_many(twins: Sequence[Twin], starts: Sequence[tuple], commands: Seque
 def _report(info: engine.UpdateInfo, old: Posterior, new: Posterior, latency_s: float) -> UpdateReport:
     accepted = bool(info.accepted)
     return UpdateReport(accepted, REASONS[int(info.reason)], new.version, engine.ENGINES[int(info.engine)],
-                        int(info.stages), int(info.moves), float(info.beta), float(info.acceptance), float(info.divergent),
-                        float(info.ess), float(info.surprise), int(info.newton_steps), bool(info.drift),
+                        int(info.stages), int(info.moves), float(info.beta), float(info.acceptance),
+                        float(info.divergent), float(info.ess), float(info.surprise), int(info.newton_steps), bool(info.drift),
                         bool(info.drift), latency_s, _changes(old, new), float(info.temper))
 
 

@@ -152,6 +152,11 @@ def _prior_numbers(spec: PriorSpec, nominal: float) -> tuple[str, float, float, 
     return spec.dist, loc, spec.scale, low, high
 
 
+def _steps(seconds: float, dt: float) -> int:
+    """Whole steps of dt that a delay of `seconds` reaches back over, ⌈seconds / dt⌉."""
+    return int(math.ceil(seconds / dt - 1e-9))
+
+
 def _unscored_rows(cfg: TwinConfig, robot: Robot, base: dict) -> tuple[int, ...]:
     """Per observed sensordata column, how many rows at each segment's start go unscored.
 
@@ -164,8 +169,8 @@ def _unscored_rows(cfg: TwinConfig, robot: Robot, base: dict) -> tuple[int, ...]
     rows = []
     for name in cfg.observation.sensors:
         delay = f"delay_s:{name}"
-        bound = cfg.inference.max_latency_s if delay in cfg.parameters else base.get(delay, 0.0)
-        rows += [int(math.ceil(bound / robot.dt - 1e-9))] * robot.layout.sensors.by_name[name].dim
+        bound = cfg.inference.max_latency_s if delay in cfg.parameters else base[delay]
+        rows += [_steps(bound, robot.dt)] * robot.layout.sensors.by_name[name].dim
     return tuple(rows)
 
 
@@ -198,7 +203,7 @@ class TwinModel:
             r, param_names, tuple(f"noise:{c}" for c in obs.channels + obs.sensors), tuple(p[0] for p in priors),
             tuple(r.layout.index[n] for n in param_names), setting_names,
             tuple(r.layout.index[n] for n in setting_names), window_samples, inf.segment_steps,
-            int(math.ceil(inf.max_latency_s / r.dt)) + 1, tuple(obs.channels), tuple(obs.sensors),
+            _steps(inf.max_latency_s, r.dt) + 1, tuple(obs.channels), tuple(obs.sensors),
             tuple(r.layout.sensors.columns(obs.sensors).tolist()), _unscored_rows(cfg, r, base),
             obs.noise == "student_t", inf.particles)
         f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
