@@ -15,8 +15,9 @@ scores. Recorded here:
   (`Twin.update`: the service's algorithm without the service) and to one batch SMC fit over all of them
   (`Twin.fit`, what `twin-bayes fit` does): the live posterior's difference from each, in posterior sds;
 - the four held-out kp = 400 logs predicted whole by the service (the `predict` query with each log's
-  settings): MAE of the median and band coverage, next to the whole-log fit of `experiments/xl330_real.py`;
-  by the streamed posterior, and, where the config consolidates (`inference.consolidate_after_s`), by
+  settings): MAE of the median and band coverage, with the range a calibrated twin's coverage of these
+  four logs would fall in (`twin_bayes.cli.evaluate_recordings` on the service's posterior snapshot), next
+  to the whole-log fit of `experiments/xl330_real.py`; by the streamed posterior, and, where the config consolidates (`inference.consolidate_after_s`), by
   the posterior the service consolidated once the stream paused (`service.consolidate`).
 
 Writes experiments/results/xl330_online.json and .png (xl330_online_<config>.json for another config).
@@ -34,12 +35,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from twin_bayes import Twin
+from twin_bayes.cli import evaluate_recordings
 from twin_bayes.config import load_config
 from twin_bayes.data import read_trajectory
 from twin_bayes.data.shared import bam_logs
+from twin_bayes.inference.discrepancy import ModelError
+from twin_bayes.inference.posterior import Particles
 from twin_bayes.service.client import TwinClient
 from twin_bayes.service.store import TelemetryStore
 from twin_bayes.service.worker import stored_windows
@@ -121,6 +127,18 @@ def held_out(client: TwinClient, logs) -> dict:
                      "coverage90": float(np.mean((obs >= q[0]) & (obs <= q[4])))})
     return {"per_log": rows, **{k: float(np.mean([r[k] for r in rows]))
                                 for k in ("mae_median_q", "coverage50", "coverage90")}}
+
+
+def if_calibrated(config: str, snap, logs) -> dict:
+    """The central 90 % ranges of the mean 50 / 90 % coverage of `logs` that a calibrated twin would score,
+    from a local twin holding the service's posterior snapshot (particles, weights, model error)."""
+    twin = Twin(load_config(config))
+    z = jax.vmap(twin.model.unconstrain)(jnp.asarray(snap.arrays["values"]))
+    twin.restore(Particles(z, jnp.log(jnp.asarray(snap.arrays["weights"]))), int(snap.extra["version"]))
+    me = snap.extra["model_error"]
+    twin.model_error = me and ModelError.from_dict(me, twin.model.robot.nq, len(twin.model.setting_names))
+    overall = evaluate_recordings(twin, logs)["overall"]
+    return {k: overall[k] for k in ("coverage50_if_calibrated", "coverage90_if_calibrated")}
 
 
 def consolidated(client: TwinClient, windows: int, timeout_s: float) -> dict:
@@ -206,8 +224,9 @@ def run(config: str, speed: float, timeout_s: float, out: Path, live_only: bool 
                 snap = client.snapshot(ROBOT_ID)
                 history.append({"version": snap.extra["version"], "windows": consolidation["windows"],
                                 "t_s": time.monotonic(), "summary": snap.extra["summary"], "consolidated": True})
-            model_error = client.snapshot(ROBOT_ID).extra["model_error"]
-            test = held_out(client, test_logs)
+            snap = client.snapshot(ROBOT_ID)
+            model_error = snap.extra["model_error"]
+            test = {**held_out(client, test_logs), **if_calibrated(config, snap, test_logs)}
         finally:
             client.close()
             serve.terminate()           # the service stops after the window in progress
@@ -226,7 +245,8 @@ def run(config: str, speed: float, timeout_s: float, out: Path, live_only: bool 
     (out / "xl330_online_live.json").write_text(json.dumps(partial, indent=2, default=float))
     print(f"service done: {robot['windows']} windows; held-out MAE streamed "
           f"{streamed['held_out_kp400']['mae_median_q']:.4f} -> live {test['mae_median_q']:.4f}, "
-          f"cov90 {test['coverage90']:.3f}", flush=True)
+          f"cov90 {test['coverage90']:.3f} (a calibrated twin: {test['coverage90_if_calibrated'][0]:.3f}–"
+          f"{test['coverage90_if_calibrated'][1]:.3f})", flush=True)
     off = None if live_only else offline(config, windows)
     whole_log_file = RESULTS / f"xl330_real_{config}.json"   # experiments/xl330_real.py
     whole = json.loads(whole_log_file.read_text()) if whole_log_file.exists() else None

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from twin_bayes import Twin
-from twin_bayes.cli import evaluate_trajectory
+from twin_bayes.cli import evaluate_recordings
 from twin_bayes.config import load_config
 from twin_bayes.data import read_trajectory
 from twin_bayes.data.shared import bam_logs
@@ -45,10 +45,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def held_out(twin: Twin, logs) -> tuple[dict, list]:
-    per_log = [evaluate_trajectory(twin, tr) for tr in logs]
-    for row in per_log:
+    scores = evaluate_recordings(twin, logs)
+    for row in scores["files"]:
         row["file"] = Path(row["file"]).name
-    return {k: float(np.mean([r[k] for r in per_log])) for k in ("mae_q", "coverage50", "coverage90", "crps_q")}, per_log
+    return scores["overall"], scores["files"]
 
 
 def parameter_table(twin: Twin) -> tuple[dict, np.ndarray, dict]:

@@ -240,24 +240,45 @@ def cmd_fit_fleet(args) -> int:
 
 
 # --- evaluate ------------------------------------------------------------------------------
-def evaluate_trajectory(twin, traj, draws_per_particle: int = 8) -> dict:
-    """Predict a whole recording from its first state under its commands; score against it."""
+def _scored(twin, traj, draws_per_particle: int) -> tuple[dict, dict]:
+    """A recording predicted whole from its first state under its commands, scored against it; and the
+    coverages (S,) of its predictive draws at 50 and 90 % (`diagnostics.draw_coverage`)."""
     import numpy as np
 
-    from twin_bayes.diagnostics import band_coverage, crps_ensemble
+    from twin_bayes.diagnostics import band_coverage, calibrated_range, crps_ensemble, draw_coverage
     b = twin.predict(traj.q[0], traj.qd[0], traj.ctrl[:-1], quantiles=(0.05, 0.25, 0.5, 0.75, 0.95),
                      settings=traj.settings, draws_per_particle=draws_per_particle)
     obs = traj.q[1:]
+    draws = {level: draw_coverage(b.samples_q, level / 100, np.isfinite(obs)) for level in (50, 90)}
     return {"file": traj.source, "samples": int(len(obs)),
             "mae_q": float(np.mean(np.abs(b.mean_q - obs))),
             "coverage50": band_coverage(b.samples_q, obs, 0.5),
             "coverage90": band_coverage(b.samples_q, obs, 0.9),
-            "crps_q": float(np.mean(crps_ensemble(b.samples_q, obs)))}
+            "crps_q": float(np.mean(crps_ensemble(b.samples_q, obs))),
+            **{f"coverage{level}_if_calibrated": calibrated_range([d]) for level, d in draws.items()}}, draws
+
+
+def evaluate_trajectory(twin, traj, draws_per_particle: int = 8) -> dict:
+    """Predict a whole recording from its first state under its commands; score against it. The
+    coverage<L>_if_calibrated [lo, hi] are the central 90 % of what a calibrated twin would score."""
+    return _scored(twin, traj, draws_per_particle)[0]
+
+
+def evaluate_recordings(twin, trajs, draws_per_particle: int = 8) -> dict:
+    """`evaluate_trajectory` of each recording ("files") and their means ("overall"), where the
+    coverage<L>_if_calibrated ranges are those of the mean over these recordings."""
+    import numpy as np
+
+    from twin_bayes.diagnostics import calibrated_range
+    scored = [_scored(twin, tr, draws_per_particle) for tr in trajs]
+    files = [row for row, _ in scored]
+    overall = {k: float(np.mean([f[k] for f in files])) for k in ("mae_q", "coverage50", "coverage90", "crps_q")}
+    for level in (50, 90):
+        overall[f"coverage{level}_if_calibrated"] = calibrated_range([draws[level] for _, draws in scored])
+    return {"files": files, "overall": overall}
 
 
 def cmd_evaluate(args) -> int:
-    import numpy as np
-
     from twin_bayes import Twin
     from twin_bayes.config import load_config
     from twin_bayes.inference.store import load_posterior
@@ -267,13 +288,17 @@ def cmd_evaluate(args) -> int:
         out, rows, columns = horizon_report(twin, _read(args.data), args.horizon)
         _print(out, args.json, _param_table(f"held-out prediction, restarted every {args.horizon} s", rows, columns))
         return 0
-    per_file = [evaluate_trajectory(twin, tr) for tr in _read(args.data)]
-    overall = {k: float(np.mean([f[k] for f in per_file])) for k in ("mae_q", "coverage50", "coverage90", "crps_q")}
-    out = {"posterior": str(args.posterior), "files": per_file, "overall": overall}
-    rows = [(Path(f["file"]).name, f["mae_q"], f["coverage50"], f["coverage90"], f["crps_q"]) for f in per_file]
-    rows.append(("overall", *overall.values()))
+    scores = evaluate_recordings(twin, _read(args.data))
+    out = {"posterior": str(args.posterior), **scores}
+    span = lambda r: f"{r[0]:.2f}–{r[1]:.2f}"  # noqa: E731
+    rows = [(Path(f["file"]).name, f["mae_q"], f["coverage50"], f["coverage90"], span(f["coverage90_if_calibrated"]),
+             f["crps_q"]) for f in scores["files"]]
+    o = scores["overall"]
+    rows.append(("overall", o["mae_q"], o["coverage50"], o["coverage90"], span(o["coverage90_if_calibrated"]),
+                 o["crps_q"]))
     _print(out, args.json, _param_table("held-out prediction", rows,
-                                        ["parameter", "MAE q (rad)", "cov 50%", "cov 90%", "CRPS"]))
+                                        ["parameter", "MAE q (rad)", "cov 50%", "cov 90%",
+                                         "cov 90% of a calibrated twin (90 % range)", "CRPS"]))
     return 0
 
 

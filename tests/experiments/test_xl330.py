@@ -101,6 +101,8 @@ def test_short_whole_log_fit_by_cli_beats_the_prior_and_its_saved_model_error_wi
     banded, plain = (json.loads(x.out)["overall"] for x in (banded, plain))
     assert plain["mae_q"] < 0.85 * before["mae_q"] and banded["mae_q"] == pytest.approx(plain["mae_q"], rel=0.05)
     assert banded["coverage90"] > plain["coverage90"]
+    lo, hi = banded["coverage90_if_calibrated"]            # one 2 s recording of ~1 s error: a wide range
+    assert 0.5 < lo < 0.85 and 0.95 < hi <= 1.0
 
 
 @needs_logs

@@ -4,7 +4,9 @@ predictive calibration and HTML reports."""
 from twin_bayes.diagnostics.calibration import (
     OnlineCalibration,
     band_coverage,
+    calibrated_range,
     crps_ensemble,
+    draw_coverage,
     interval_coverage_of_truth,
     log_score,
     quantile_bands,
@@ -29,11 +31,13 @@ from twin_bayes.diagnostics.summary import (
 __all__ = [
     "OnlineCalibration",
     "band_coverage",
+    "calibrated_range",
     "confounded_pairs",
     "contraction",
     "correlations",
     "crps_ensemble",
     "divergences",
+    "draw_coverage",
     "identification_table",
     "interval_coverage_of_truth",
     "load_netcdf",

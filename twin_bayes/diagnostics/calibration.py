@@ -44,6 +44,35 @@ def band_coverage(samples: np.ndarray, observed: np.ndarray, level: float) -> fl
     return float(np.mean(_inside(x, y, level)[ok])) if ok.any() else float("nan")
 
 
+def draw_coverage(samples: np.ndarray, level: float, where: np.ndarray | None = None) -> np.ndarray:
+    """Coverage (S,) that each of the S draws would score as the observation, in the central ``level``
+    band of the other S − 1 (by its rank among them: inside iff a fraction in [(1 − level)/2, (1 + level)/2]
+    of them lies below it), over the points ``where`` (..., bool; default all).
+
+    A recording that behaves as the predictive says is one more such draw, so these are the coverages a
+    calibrated twin scores on it: their spread is how far from ``level`` an honest coverage of this
+    recording may fall (wide for a few long recordings of autocorrelated error)."""
+    x = np.asarray(samples, dtype=float)
+    if x.shape[0] < 3:
+        raise ValueError("draw coverage needs at least 3 samples")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    below = np.argsort(np.argsort(x, axis=0), axis=0) / (x.shape[0] - 1)      # (S, ...) share of the others
+    inside = (below >= (1 - level) / 2) & (below <= (1 + level) / 2)
+    where = np.ones(x.shape[1:], bool) if where is None else np.broadcast_to(np.asarray(where, bool), x.shape[1:])
+    return inside[:, where].mean(axis=1) if where.any() else np.full(x.shape[0], np.nan)
+
+
+def calibrated_range(draw_coverages: list[np.ndarray], mass: float = 0.9, n: int = 4000,
+                     seed: int = 0) -> list[float]:
+    """[lo, hi]: the central ``mass`` range of the mean coverage over R recordings that a calibrated twin
+    scores, from each recording's `draw_coverage` (S_r,): one draw per recording, independently, averaged
+    (n Monte Carlo means)."""
+    rng = np.random.default_rng(seed)
+    means = np.mean([c[rng.integers(0, len(c), n)] for c in draw_coverages], axis=0)
+    return np.quantile(means, [(1 - mass) / 2, (1 + mass) / 2]).tolist()
+
+
 def interval_coverage_of_truth(lo: np.ndarray, hi: np.ndarray, truth: np.ndarray) -> float:
     """Fraction of ``truth`` values inside [lo, hi] (broadcast), e.g. true parameters
     inside their 90% credible intervals over many simulated fits."""
