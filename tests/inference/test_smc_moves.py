@@ -54,3 +54,30 @@ def test_one_move_per_stage_leaves_the_cloud_near_its_copies():
 def test_least_and_most_bound_the_moves():
     assert int(move(Moves(7, 200, 0.99))[2].moves) == 7        # stopped by the least count, not the criterion
     assert int(move(Moves(1, 3, 0.0))[2].moves) == 3           # the cap, the criterion never met
+
+
+def _mahalanobis_ratio(cov, sigma_chol, rng) -> float:
+    """Mean of xᵀ cov⁻¹ x / D over draws x of the truth N(0, Σ): 1 when cov is Σ, > 1 when too narrow."""
+    x = rng.standard_normal((400, sigma_chol.shape[0])) @ sigma_chol.T
+    return float(np.mean(np.einsum("ki,ij,kj->k", x, np.linalg.inv(np.asarray(cov)), x)) / sigma_chol.shape[0])
+
+
+def test_the_window_gaussian_of_a_small_cloud_is_not_too_narrow():
+    """32 draws of a correlated N(0, Σ) in 15 dimensions (the sensor twin's case): their sample
+    covariance makes the truth look twice as far as it is (too narrow along its small eigenvalues);
+    the shrunk one (`smc.shrunk_moments`) within 15 %, over 20 clouds. From 4,000 draws both agree."""
+    from twin_bayes.inference.posterior import Particles, moments
+    from twin_bayes.inference.smc import shrunk_moments
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((15, 15))
+    chol = np.linalg.cholesky(a @ a.T / 15 + 0.1 * np.eye(15))
+
+    def ratios(n):
+        clouds = [Particles(jnp.asarray(rng.standard_normal((n, 15)) @ chol.T), jnp.full(n, -np.log(n)))
+                  for _ in range(20)]
+        return [np.median([_mahalanobis_ratio(f(p)[1], chol, rng) for p in clouds]) for f in (moments, shrunk_moments)]
+
+    raw, shrunk = ratios(32)
+    assert raw > 1.8 and abs(shrunk - 1) < 0.15, (raw, shrunk)
+    big = Particles(jnp.asarray(rng.standard_normal((4000, 15)) @ chol.T), jnp.full(4000, -np.log(4000)))
+    np.testing.assert_allclose(shrunk_moments(big)[1], moments(big)[1], atol=0.02 * np.abs(moments(big)[1]).max())

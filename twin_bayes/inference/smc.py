@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.smc import resampling
 
-from twin_bayes.inference.posterior import Particles, ess, moments
+from twin_bayes.inference.posterior import Particles, ess, moments, normalise
 from twin_bayes.models import TwinModel, Window, batch_log_lik
 
 
@@ -74,9 +74,30 @@ class TemperInfo(NamedTuple):
     step_size: jnp.ndarray
 
 
-def gaussian_prior(p: Particles, drift: jnp.ndarray, exact) -> GaussianPrior:
-    """The Gaussian fitted to particles, its variance widened by drift (D,) sd per window."""
+def shrunk_moments(p: Particles) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Weighted mean (D,) and covariance (D, D) whose correlations are shrunk toward zero, variances
+    kept, by the Schäfer–Strimmer estimate of the weight λ (their target "D"; n = the ESS):
+
+        λ = Σ_{i≠j} Var(r_ij) / Σ_{i≠j} r_ij²,  C = S^{1/2} ((1 − λ) R + λ I) S^{1/2}.
+
+    A cloud of n effective particles in D dimensions, n not ≫ D, gives a sample covariance whose
+    small eigenvalues are too small; the next window's prior would be too narrow along them."""
     mean, cov = moments(p)
+    w = jnp.exp(normalise(p.log_weights))
+    n = jnp.maximum(ess(p.log_weights), 2.0)
+    sd = jnp.sqrt(jnp.diag(cov)) + 1e-300
+    x = (p.z - mean) / sd                                                     # (N, D)
+    products = x[:, :, None] * x[:, None, :]                                  # (N, D, D)
+    r = jnp.einsum("n,nij->ij", w, products)
+    var_r = n ** 2 / (n - 1) ** 3 * jnp.einsum("n,nij->ij", w, (products - r) ** 2)
+    off = 1.0 - jnp.eye(mean.shape[0])
+    lam = jnp.clip(jnp.sum(off * var_r) / jnp.maximum(jnp.sum(off * (n / (n - 1) * r) ** 2), 1e-300), 0.0, 1.0)
+    return mean, cov * ((1 - lam) * off + jnp.eye(mean.shape[0]))
+
+
+def gaussian_prior(p: Particles, drift: jnp.ndarray, exact) -> GaussianPrior:
+    """The Gaussian fitted to particles (`shrunk_moments`), its variance widened by drift (D,) sd per window."""
+    mean, cov = shrunk_moments(p)
     d = mean.shape[0]
     cov = cov + jnp.diag(drift ** 2) + 1e-10 * jnp.eye(d)
     return GaussianPrior(mean, jnp.linalg.cholesky(cov), jnp.asarray(exact))
