@@ -193,6 +193,62 @@ def test_sensor_telemetry_through_the_service_gives_the_posterior_of_the_same_wi
     np.testing.assert_allclose(snap.arrays["weights"], offline.posterior.weights, rtol=1e-9, atol=1e-12)
 
 
+def test_a_served_sensor_twin_predicts_readings_and_scores_them_per_sensor(model, tmp_path):
+    """Over loopback, a sensor twin's predict reply carries each observed sensor's bands `sensor:<name>` (Q, h, dim)
+    besides q and qd, and so does each published prediction; health's model calibration (the second window
+    re-predicted by the posterior before it) keeps its joint q, qd figures and reports each channel apart:
+    q, qd and every sensor, each scored on its own samples."""
+    import time
+
+    from twin_bayes.service.client import Subscriber, TwinClient
+    from twin_bayes.service.emulate import EmulatedRobot, stream
+    from twin_bayes.service.robot_link import RobotLink
+    from twin_bayes.service.server import ServiceSettings, TwinService
+    from twin_bayes.service.worker import QUANTILES, WorkerSettings
+
+    robot, cfg, rid, windows = model.robot, model.cfg, "imu-arm", 2
+    truth = {n: spec.draw(robot.nominal()[n], np.random.default_rng(3)) for n, spec in cfg.parameters.items()}
+    settings = ServiceSettings({rid: cfg}, tmp_path / "telemetry.db", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*",
+                               "tcp://127.0.0.1:*", worker=WorkerSettings(checkpoints=tmp_path / "ckpt"))
+    svc = TwinService(settings, {rid: model}).start()
+    sub = Subscriber(svc.endpoints["pub"], ["prediction/"])
+    try:
+        time.sleep(0.2)                                                  # the subscription reaches the PUB
+        link = RobotLink(svc.endpoints["ingest"], rid)
+        stream(EmulatedRobot(robot, truth, seed=3, noise=NOISE), link,
+               windows * (model.window_samples - 1) * robot.dt + 0.1, chunk_samples=50, rate_hz=0)
+        link.close()
+        published = sub.recv(900.0)[-1].message.arrays
+        h = len(published["t"])
+        assert published["q_bands"].shape == (len(QUANTILES), h, robot.nq)
+        assert published["sensor:gyro"].shape == published["sensor:acc"].shape == (len(QUANTILES), h, 3)
+        with TwinClient(svc.endpoints["query"], timeout_s=600, retries=0) as client:
+            deadline = time.monotonic() + 900
+            while (client.health()["robots"][rid]["model_calibration"]["n_batches"] < windows - 1
+                   and time.monotonic() < deadline):
+                time.sleep(0.2)
+            mc = client.health()["robots"][rid]["model_calibration"]
+            rec = emulate(robot, truth, 0.1, seed=4, noise=NOISE)
+            pred = client.predict(rid, rec.q[0], rec.qd[0], rec.ctrl[:25], quantiles=(0.05, 0.5, 0.95))
+    finally:
+        sub.close()
+        svc.stop()
+    samples = model.window_samples - 1                                   # scored per window
+    assert mc["n_batches"] == windows - 1 and mc["n_points"] == samples * (robot.nq + robot.nv)
+    per = mc["channels"]
+    assert list(per) == ["q", "qd", "sensor:gyro", "sensor:acc"]
+    widths = {"q": robot.nq, "qd": robot.nv, "sensor:gyro": 3, "sensor:acc": 3}
+    for name, c in per.items():
+        assert c["n_batches"] == 1 and c["n_points"] == samples * widths[name], (name, c)
+        # one window of correlated samples, 32 draws: 90 % bands hold 0.945-0.96 of it (q, qd, gyro, acc)
+        assert 0.75 <= c["coverage_90"] <= 1.0 and c["coverage_50"] < c["coverage_90"], (name, c)
+    assert set(pred.arrays) == {"t", "q", "qd", "sensor:gyro", "sensor:acc"}
+    for name in ("sensor:gyro", "sensor:acc"):
+        band = pred.arrays[name]
+        assert band.shape == (3, 25, 3) and np.all(np.isfinite(band))
+        assert np.all(band[0] < band[1]) and np.all(band[1] < band[2])
+
+
 def test_replayed_chunks_carry_the_recordings_sensor_readings(model, tmp_path):
     """`twin-bayes replay` of an NPZ recording with sensor channels sends them with every chunk."""
     from twin_bayes.data import read_npz, write_npz
@@ -209,7 +265,10 @@ def test_a_delayed_sensors_rows_that_reach_before_their_segment_are_not_scored()
     """A gyro delayed by 3.5 steps reports, in each segment's first rows, readings from before the
     segment's start, which the segment (simulated from its measured start state) cannot predict: they
     are left out for every delay the prior allows (⌈max_latency_s / dt⌉ = 5 rows), and every row
-    scored is predicted exactly at the true parameters of a noise-free emulated robot."""
+    scored is predicted exactly at the true parameters of a noise-free emulated robot. The service's model
+    calibration leaves the same rows out of its scores."""
+    from twin_bayes.service.worker import measured_channels
+
     cfg = parse_config({**CONFIG, "parameters": {
         **CONFIG["parameters"], "delay_s:gyro": {"dist": "truncnormal", "loc": 0.004, "scale": 0.003,
                                                   "low": 0.0, "high": 0.01}},
@@ -231,3 +290,6 @@ def test_a_delayed_sensors_rows_that_reach_before_their_segment_are_not_scored()
     assert np.max(np.abs(np.asarray(e)[..., 2 * robot.nq:])) < 1e-6           # scored rows: exact
     held = np.asarray(delayed._segments(w)[5])[:, :4, :3] - np.asarray(s)[:, :4, :3]
     assert np.max(np.abs(held)) > 10 * NOISE["gyro"]               # the rows left out would miss by more
+    seen = measured_channels(delayed, w)
+    assert np.isnan(seen["sensor:gyro"][:5]).all() and np.isfinite(seen["sensor:gyro"][5:]).all()
+    assert np.isfinite(seen["sensor:acc"]).all() and np.isfinite(seen["q"]).all()

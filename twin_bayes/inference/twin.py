@@ -230,8 +230,8 @@ class Twin:
     # --- prediction -----------------------------------------------------------------------------
     def predict(self, q0, qd0, commands, quantiles=(0.05, 0.5, 0.95), settings=None,
                 draws_per_particle: int = 8, key=None, model_error: bool = True) -> Bands:
-        """Predictive bands of q and qd under commands (T, nu) from the measured state (q0, qd0),
-        with the learned model error added to q where known (and `model_error`).
+        """Predictive bands (`Bands`) of q, qd and the observed sensors' readings under commands (T, nu) from the
+        measured state (q0, qd0), with the learned model error added to q where known (and `model_error`).
 
         `key`: PRNG key of the predictive draws; None takes the twin's next key (then
         predictions and updates share one key stream).

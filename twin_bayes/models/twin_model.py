@@ -20,7 +20,7 @@ from numpyro.distributions.transforms import biject_to
 
 from twin_bayes.config import PriorSpec, TwinConfig
 from twin_bayes.sim import Robot
-from twin_bayes.sim.rollout import rollout, segment, shoot
+from twin_bayes.sim.rollout import segment, shoot, simulate
 
 
 class WindowError(ValueError):
@@ -313,9 +313,13 @@ class TwinModel:
 
     def _shoot(self, theta, q0, qd0, u, state_grad: bool):
         """Segment predictions (q (S, L, nq), qd (S, L, nv), readings (S, L, R))."""
-        out = shoot(self.robot, theta, q0, qd0, u, self.history, free=self.free_idx, state_grad=state_grad,
-                    readings=self.readings)
-        return out if self.readings else out + (jnp.zeros(out[0].shape[:2] + (0,), out[0].dtype),)
+        return self._with_readings(shoot(self.robot, theta, q0, qd0, u, self.history, free=self.free_idx,
+                                         state_grad=state_grad, readings=self.readings))
+
+    def _with_readings(self, out: tuple) -> tuple:
+        """A simulation's (q (..., nq), qd (..., nv), readings (..., R)): zero reading columns appended where the
+        twin observes no sensor, so every twin's predictions have the same structure."""
+        return out if self.readings else out + (jnp.zeros(out[0].shape[:-1] + (0,), out[0].dtype),)
 
     def _observed(self, q, qd, s, axis: int = -1):
         """Stack the observed channels along axis: (..., L, C) with C = nq and/or nv columns, then the R
@@ -451,10 +455,18 @@ class TwinModel:
         numpyro.factor("log_lik", batch_log_lik_jit(self, z, windows))
 
     # --- prediction -----------------------------------------------------------------------
-    def predict_clean(self, z: jnp.ndarray, q0, qd0, commands, settings) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Noise-free rollout (T, nq), (T, nv) of one particle from a measured state."""
+    def predict_clean(self, z: jnp.ndarray, q0, qd0, commands, settings) -> tuple[jnp.ndarray, ...]:
+        """Noise-free rollout of particle z (D,) from a measured state q0 (nq,), qd0 (nv,) under commands (T, nu)
+        (no earlier commands: the first is held before the start): q (T, nq), qd (T, nv) after each command, and
+        the observed sensors' readings (T, R) in `readings` order through their sensor models at the particle's
+        parameters, row k read at state k under command k (row 0 at the start state; docs/SENSORS.md).
+
+        A sensor delayed by τ reads at row k the signal of time k·dt − τ, by the likelihood's own formula
+        (`SensorLayout.apply`). For k·dt < τ that time precedes the start, where the rollout has no signal: those
+        rows hold the start state's reading, as in the likelihood's segments, which leave them
+        unscored (`unscored_rows`: ⌈max_latency_s / dt⌉ rows for an estimated delay)."""
         theta = self.theta(self.constrain(z), settings)
-        return rollout(self.robot, theta, q0, qd0, commands)
+        return self._with_readings(simulate(self.robot, theta, q0, qd0, commands, readings=self.readings))
 
     # --- windows --------------------------------------------------------------------------
     def window(self, q, qd, ctrl, settings: dict[str, float] | None = None,

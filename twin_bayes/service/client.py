@@ -3,7 +3,7 @@
     client = TwinClient("tcp://127.0.0.1:5557", timeout_s=5, retries=3)
     client.health()                       # dict, see docs/PROTOCOL.md
     snap = client.snapshot("arm2")        # Message: body version/summary/..., arrays values, weights
-    bands = client.predict("arm2", q0, qd0, commands)   # Message: arrays t, q, qd (Q, h, n)
+    bands = client.predict("arm2", q0, qd0, commands)   # Message: arrays t, q, qd (Q, h, n), sensor:<name>
 
     for event in Subscriber("tcp://127.0.0.1:5556", ["posterior/", "health/"], client):
         event.topic, event.message, event.resync
@@ -110,7 +110,8 @@ class TwinClient:
                 horizon_s: float | None = None, ctrl_hold=None, settings=None) -> protocol.Message:
         """Bands from state (q0 (nq,), qd0 (nv,)) under commands (h, nu), or under `ctrl_hold`
         (nu,) held for `horizon_s`; `settings` {name: value} of the recording (e.g. servo_kp), default
-        the config's. Reply arrays: t (h,) s, q (Q, h, nq), qd (Q, h, nv)."""
+        the config's. Reply arrays: t (h,) s, q (Q, h, nq), qd (Q, h, nv), and `sensor:<name>` (Q, h, dim) per
+        sensor the twin observes (row k read at t[k] − dt, docs/PROTOCOL.md)."""
         arrays = {"q0": np.asarray(q0, np.float64), "qd0": np.asarray(qd0, np.float64)}
         params: dict[str, Any] = {"quantiles": [float(x) for x in quantiles]}
         if settings is not None:

@@ -387,6 +387,13 @@ def telemetry(robot_id: str, seq: int, t: np.ndarray, q: np.ndarray, qd: np.ndar
     return encode("telemetry", robot_id, seq, arrays, **body)
 
 
+def sensor_fields(names: Sequence[str], widths: Sequence[int], readings: np.ndarray) -> dict[str, np.ndarray]:
+    """`sensor:<name>` arrays (..., dim) of readings (..., R) whose columns are the named sensors' in order, each
+    `widths` columns wide (a twin's `sensors`, `sensor_widths` and predicted readings)."""
+    ends = np.cumsum(widths, dtype=np.int64)
+    return {SENSOR + n: readings[..., e - w:e] for n, w, e in zip(names, widths, ends)}
+
+
 def ack(robot_id: str, seq: int, duplicate: bool = False) -> list[bytes]:
     """Ack of chunk `seq`, sent once it is durable (or was already stored)."""
     return encode("ack", robot_id, seq, status="duplicate" if duplicate else "stored")

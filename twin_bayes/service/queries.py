@@ -86,7 +86,8 @@ def _settings(msg: protocol.Message, rt: RobotTwin) -> dict[str, float] | None:
 
 
 def predict(msg: protocol.Message, rt: RobotTwin) -> list[bytes]:
-    """Predict reply: t (h,) s from now, q (Q, h, nq), qd (Q, h, nv) bands for `quantiles`."""
+    """Predict reply: t (h,) s from now, q (Q, h, nq), qd (Q, h, nv) bands for `quantiles`, and per observed sensor
+    `sensor:<name>` (Q, h, dim), row k read at t[k] − dt (`Bands`)."""
     q0, qd0, commands = _predict_inputs(msg, rt)
     settings = _settings(msg, rt)
     qs = msg.extra.get("quantiles", list(QUANTILES))
@@ -97,9 +98,10 @@ def predict(msg: protocol.Message, rt: RobotTwin) -> list[bytes]:
         b = rt.twin.predict(q0, qd0, commands, tuple(qs), settings, key=jax.random.PRNGKey(msg.seq % (2**31)))
     except ValueError as e:
         raise QueryError(BAD_QUERY, str(e)) from None
-    dt = rt.twin.model.robot.dt
-    t = dt * np.arange(1, len(commands) + 1)
-    return protocol.reply(msg.robot_id, msg.seq, "predict", {"t": t, "q": b.q, "qd": b.qd},
+    model = rt.twin.model
+    t = model.robot.dt * np.arange(1, len(commands) + 1)
+    sensors = protocol.sensor_fields(model.sensors, model.sensor_widths, b.readings)
+    return protocol.reply(msg.robot_id, msg.seq, "predict", {"t": t, "q": b.q, "qd": b.qd, **sensors},
                           quantiles=qs, posterior_version=version)
 
 

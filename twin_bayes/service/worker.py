@@ -182,6 +182,23 @@ def stored_windows(chunks: list[Message], model) -> list[Cut]:
     return out
 
 
+def channels(model, q, qd, readings) -> dict[str, np.ndarray]:
+    """{q: q (..., nq), qd: qd (..., nv), sensor:<name>: its columns of readings (..., R)} of a twin's model."""
+    return {"q": q, "qd": qd, **protocol.sensor_fields(model.sensors, model.sensor_widths, readings)}
+
+
+def measured_channels(model, w: Window) -> dict[str, np.ndarray]:
+    """What a window measured after its first state, per channel (`channels`), aligned with its prediction from
+    that state under its commands: q (T − 1, nq), qd (T − 1, nv) of rows 1 …, readings of rows 0 … T − 2 (read
+    under each command). NaN (not scored) where padded and in a delayed sensor's first rows, which the
+    prediction holds at the start (`TwinModel.unscored_rows`)."""
+    rows = np.arange(len(w.q) - 1)[:, None]
+    padded_state, padded_reading = (np.asarray(m)[:, None] == 0 for m in (w.mask[1:], w.mask[:-1]))
+    held = rows < np.asarray(model.unscored_rows, np.int64)
+    return channels(model, np.where(padded_state, np.nan, w.q[1:]), np.where(padded_state, np.nan, w.qd[1:]),
+                    np.where(padded_reading | held, np.nan, w.sensors[:-1]))
+
+
 @dataclass
 class Pending:
     """A published prediction awaiting its data: samples (S, H, nq + nv) at times t (H,) s."""
@@ -207,6 +224,7 @@ class RobotTwin:
     pending: Pending | None = None
     calibration: OnlineCalibration = field(default_factory=OnlineCalibration)       # of the forecasts
     model_calibration: OnlineCalibration = field(default_factory=OnlineCalibration)  # of the windows re-predicted
+    channel_calibration: dict[str, OnlineCalibration] = field(init=False)  # the same per channel: q, qd, sensor:<name>
     validated_round: int = -1     # the last validation round that re-predicted one of its windows
     unfitted: int = 0             # windows recorded since its model error's last refit here
     applied_at: float = 0.0       # time.monotonic() when its last window was applied
@@ -216,11 +234,17 @@ class RobotTwin:
     alerts: dict[str, dict] = field(default_factory=dict)
     last_update: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        sensors = (protocol.SENSOR + n for n in self.twin.model.sensors)
+        self.channel_calibration = {c: OnlineCalibration() for c in ("q", "qd", *sensors)}
+
     def status(self) -> dict[str, Any]:
         p = self.twin.posterior
+        per_channel = {c: cal.as_dict() for c, cal in self.channel_calibration.items()}
         return {"posterior_version": p.version, "stale": p.stale, "reason": p.reason,
                 "applied_seq": self.applied_seq, "windows": self.windows, "rejected_windows": self.rejected,
-                "calibration": self.calibration.as_dict(), "model_calibration": self.model_calibration.as_dict(),
+                "calibration": self.calibration.as_dict(),
+                "model_calibration": {**self.model_calibration.as_dict(), "channels": per_channel},
                 "model_error": self.model_error_status(), "consolidation": self.consolidation,
                 "alerts": list(self.alerts.values()),
                 "last_update": self.last_update}
@@ -556,7 +580,9 @@ class Worker:
             pid, rid, version = rt.predictions, rt.robot_id, rt.twin.posterior.version
             rt.predictions += 1
             rt.pending = Pending(pid, t, np.concatenate([b.samples_q, b.samples_qd], axis=-1))
-            arrays = {"t": t, "q_bands": b.q, "qd_bands": b.qd, "ctrl": ctrl}
+            model = rt.twin.model
+            arrays = {"t": t, "q_bands": b.q, "qd_bands": b.qd, "ctrl": ctrl,
+                      **protocol.sensor_fields(model.sensors, model.sensor_widths, b.readings)}
             self.publish("prediction", rid, lambda seq, rid=rid, version=version, arrays=arrays, pid=pid:
                          protocol.prediction(rid, seq, version, arrays, quantiles=list(QUANTILES), prediction_id=pid))
 
@@ -640,14 +666,14 @@ class Worker:
         window: the window is held out; windows the prior predicted are not scored), and scored against
         what was measured (`RobotTwin.model_calibration`). Unlike the forecast score, this measures the twin: no command
         was guessed. The score's bands carry the model error learned before this window. Windows are
-        the update's, padded to the full length (padding not scored), so one executable serves."""
+        the update's, padded to the full length (padding not scored), so one executable serves. Scored over q
+        and qd together (`model_calibration`), and per channel: q, qd and each observed sensor's readings
+        (`channel_calibration`; a delayed sensor's first rows, which the likelihood leaves out, are not scored)."""
         commands, observed, keys, starts, settings, draws = [], [], [], [], [], []
         for rt in robots:
             cut, w, z = windows[rt.robot_id]
-            seen = np.concatenate([np.asarray(w.q[1:]), np.asarray(w.qd[1:])], axis=-1)
-            seen[np.asarray(w.mask[1:]) == 0] = np.nan
             commands.append(np.asarray(w.ctrl[:-1]))
-            observed.append(seen)
+            observed.append(measured_channels(rt.twin.model, w))
             draws.append(z)
             keys.append(jax.random.fold_in(jax.random.PRNGKey(self.settings.seed + 1), cut.end_seq))
             starts.append((np.asarray(w.q[0]), np.asarray(w.qd[0])))
@@ -656,8 +682,13 @@ class Worker:
                              draws_per_particle=VALIDATION_DRAWS, max_batch=self.max_batch, executor=self._pool,
                              model_error=False, draws=draws)
         for rt, b, seen, key, s in zip(robots, bands, observed, keys, settings):
-            scored = rt.twin.with_model_error(b, key, rt.twin.model.settings_vector(s))
-            rt.model_calibration.update(np.concatenate([scored.samples_q, scored.samples_qd], axis=-1), seen)
+            model = rt.twin.model
+            scored = rt.twin.with_model_error(b, key, model.settings_vector(s))
+            predicted = channels(model, scored.samples_q, scored.samples_qd, scored.samples_readings)
+            for c, cal in rt.channel_calibration.items():
+                cal.update(predicted[c], seen[c])
+            joint = [np.concatenate([x["q"], x["qd"]], axis=-1) for x in (predicted, seen)]
+            rt.model_calibration.update(*joint)     # last: health that counts this window has its channels too
 
     def _score(self, rt: RobotTwin, cut: Cut) -> None:
         """Score the pending prediction against the window that follows it, if it covers the horizon."""
