@@ -13,7 +13,7 @@ import numpy as np
 
 from twin_bayes.sim.native import native_rollout
 from twin_bayes.sim.robot import Robot
-from twin_bayes.sim.rollout import rollout, simulate
+from twin_bayes.sim.rollout import simulate
 
 # Horizon (s) of the native agreement check, and its tolerance (rad).
 # Humanoids: 0.2 s with contacts; MJX and MuJoCo run the same solver to the
