@@ -50,7 +50,6 @@ class UpdateReport:
     surprise: float = float("nan")
     newton_steps: int = 0
     drift: bool = False
-    widened: bool = False
     latency_s: float = 0.0
     changed: dict[str, dict[str, float]] = field(default_factory=dict)
     temper: float = 1.0           # κ: the window's likelihood was raised to 1/κ (inference.engine)
@@ -381,9 +380,10 @@ def predict_many(twins: Sequence[Twin], starts: Sequence[tuple], commands: Seque
 def _report(info: engine.UpdateInfo, old: Posterior, new: Posterior, latency_s: float) -> UpdateReport:
     accepted = bool(info.accepted)
     return UpdateReport(accepted, REASONS[int(info.reason)], new.version, engine.ENGINES[int(info.engine)],
-                        int(info.stages), int(info.moves), float(info.beta), float(info.acceptance),
-                        float(info.divergent), float(info.ess), float(info.surprise), int(info.newton_steps), bool(info.drift),
-                        bool(info.drift), latency_s, _changes(old, new), float(info.temper))
+                        stages=int(info.stages), moves=int(info.moves), beta=float(info.beta),
+                        acceptance=float(info.acceptance), divergent=float(info.divergent), ess=float(info.ess),
+                        surprise=float(info.surprise), newton_steps=int(info.newton_steps), drift=bool(info.drift),
+                        latency_s=latency_s, changed=_changes(old, new), temper=float(info.temper))
 
 
 def _changes(old: Posterior, new: Posterior) -> dict[str, dict[str, float]]:

@@ -327,6 +327,11 @@ class TwinModel:
         parts = {"q": q, "qd": qd}
         return jnp.concatenate([parts[c] for c in self.channels] + [s], axis=axis)
 
+    def scored_readings(self, rows: int) -> np.ndarray:
+        """(rows, R) bool: which reading rows of a prediction from a measured start are scored, row k of a
+        column iff k ≥ its `unscored_rows` (a delayed sensor's earlier rows reach before the start)."""
+        return np.arange(rows)[:, None] >= np.asarray(self.unscored_rows, np.int64).reshape(1, -1)
+
     @property
     def sensor_widths(self) -> tuple[int, ...]:
         """Columns per observed sensor."""
@@ -394,8 +399,7 @@ class TwinModel:
         var_col = jnp.concatenate([jnp.full(k, noise[c] ** 2) for c, k in zip(self.channels, widths)]
                                   + [jnp.full(k, noise[c] ** 2) for c, k in zip(self.sensors, self.sensor_widths)])
         state_rows = w.mask[1: 1 + n * L].reshape(n, L, 1)           # states k·steps + 1 …, readings k·steps …
-        read_rows = w.mask[: n * L].reshape(n, L, 1) * (np.arange(L)[:, None] >= np.asarray(
-            self.unscored_rows, np.int64).reshape(1, -1))                        # (S, L, R): delayed rows out
+        read_rows = w.mask[: n * L].reshape(n, L, 1) * self.scored_readings(L)      # (S, L, R): delayed rows out
         mask = jnp.concatenate([jnp.broadcast_to(state_rows, (n, L, sum(widths))), read_rows], -1).reshape(n, -1)
         resid = (self._observed(q_tgt, qd_tgt, s_tgt) - self._observed(q, qd, s)).reshape(n, -1) * mask
         d = jnp.where(mask > 0, jnp.tile(var_col, L)[None, :], 1.0)                       # (S, L·C)

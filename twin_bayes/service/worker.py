@@ -191,10 +191,9 @@ def measured_channels(model, w: Window) -> dict[str, np.ndarray]:
     """What a window measured after its first state, per channel (`channels`), aligned with its prediction from
     that state under its commands: q (T − 1, nq), qd (T − 1, nv) of rows 1 …, readings of rows 0 … T − 2 (read
     under each command). NaN (not scored) where padded and in a delayed sensor's first rows, which the
-    prediction holds at the start (`TwinModel.unscored_rows`)."""
-    rows = np.arange(len(w.q) - 1)[:, None]
+    prediction holds at the start (`TwinModel.scored_readings`)."""
     padded_state, padded_reading = (np.asarray(m)[:, None] == 0 for m in (w.mask[1:], w.mask[:-1]))
-    held = rows < np.asarray(model.unscored_rows, np.int64)
+    held = ~model.scored_readings(len(w.q) - 1)
     return channels(model, np.where(padded_state, np.nan, w.q[1:]), np.where(padded_state, np.nan, w.qd[1:]),
                     np.where(padded_reading | held, np.nan, w.sensors[:-1]))
 
