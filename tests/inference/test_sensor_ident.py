@@ -249,6 +249,130 @@ def test_a_served_sensor_twin_predicts_readings_and_scores_them_per_sensor(model
         assert np.all(band[0] < band[1]) and np.all(band[1] < band[2])
 
 
+def zenoh_peer():
+    """A zenoh peer listening on a free loopback port (multicast off): (session, endpoint)."""
+    import json
+    import socket
+
+    import zenoh
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"tcp/127.0.0.1:{sock.getsockname()[1]}"
+    cfg = zenoh.Config()
+    cfg.insert_json5("mode", '"peer"')
+    cfg.insert_json5("listen/endpoints", json.dumps([endpoint]))
+    cfg.insert_json5("scouting/multicast/enabled", "false")
+    return zenoh.open(cfg), endpoint
+
+
+def mcap_messages(path: Path) -> dict[str, list[dict]]:
+    """{topic: [JSON message, ...]} of an MCAP file."""
+    import json
+
+    from mcap.reader import make_reader
+    out: dict[str, list[dict]] = {}
+    with open(path, "rb") as f:
+        for _, channel, message in make_reader(f).iter_messages():
+            out.setdefault(channel.topic, []).append(json.loads(message.data))
+    return out
+
+
+def test_a_served_sensor_twins_readings_reach_foxglove_and_ros2_and_its_forecasts_are_scored_per_sensor(
+        model, tmp_path):
+    """A sensor twin served over loopback, watched by the Foxglove sink (MCAP) and the ROS 2 bridge (a real zenoh
+    peer): each published prediction's `sensor:<name>` bands come out as the sensor's Foxglove median and bands and
+    as its ROS 2 `prediction_bands/<name>` Float64MultiArray, value for value, shaped as the `predict` reply
+    (Q, h, dim), whose readings from the same state under the same commands they match within Monte Carlo error;
+    each measured reading reaches `/twin/R/measured/<name>`. Health's forecast score (the first prediction, scored
+    when the second window arrives) has each sensor's channel, every row of the horizon scored."""
+    import threading
+    import time
+
+    from twin_bayes.service import ros2_keys as keys
+    from twin_bayes.service.client import Subscriber, TwinClient
+    from twin_bayes.service.emulate import EmulatedRobot, stream
+    from twin_bayes.service.foxglove import FoxgloveSink
+    from twin_bayes.service.robot_link import RobotLink
+    from twin_bayes.service.ros2 import BridgeSettings, Ros2Bridge
+    from twin_bayes.service.server import ServiceSettings, TwinService
+    from twin_bayes.service.worker import QUANTILES, WorkerSettings
+
+    robot, cfg, rid, windows, names = model.robot, model.cfg, "imu-arm", 2, ("gyro", "acc")
+    truth = {n: spec.draw(robot.nominal()[n], np.random.default_rng(5)) for n, spec in cfg.parameters.items()}
+    settings = ServiceSettings({rid: cfg}, tmp_path / "telemetry.db", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*",
+                               "tcp://127.0.0.1:*", worker=WorkerSettings(checkpoints=tmp_path / "ckpt"))
+    session, endpoint = zenoh_peer()
+    ts, bridged = keys.typestore("jazzy"), {n: [] for n in names}
+    subs = [session.declare_subscriber(
+        keys.TopicKey(0, f"/twin/imu_arm/prediction_bands/{n}", keys.FLOAT_ARRAY, "jazzy").data,
+        lambda s, n=n: bridged[n].append(ts.deserialize_cdr(s.payload.to_bytes(), keys.FLOAT_ARRAY))) for n in names]
+    svc = TwinService(settings, {rid: model}).start()
+    ends, stop = svc.endpoints, threading.Event()
+    bridge = Ros2Bridge(BridgeSettings(str(config_toml(tmp_path / "arm2_sensors.toml")), rid,
+                                       zenoh_connect=(endpoint,), ingest=ends["ingest"], pub=ends["pub"],
+                                       query=ends["query"]))
+    bridging = threading.Thread(target=bridge.run, args=(stop,))
+    bridging.start()
+    sub, sink = Subscriber(ends["pub"]), FoxgloveSink(mcap=tmp_path / "twin.mcap")
+    published: dict[str, list] = {"prediction": [], "telemetry": []}
+    try:
+        deadline = time.monotonic() + 60
+        while not bridge.published["diagnostics"] and time.monotonic() < deadline:    # the bridge's loop runs
+            time.sleep(0.05)
+        time.sleep(0.3)                                          # the subscriptions reach the PUB
+        with RobotLink(ends["ingest"], rid) as link:
+            stream(EmulatedRobot(robot, truth, seed=5, noise=NOISE), link,
+                   windows * (model.window_samples - 1) * robot.dt + 0.1, chunk_samples=50, rate_hz=0)
+        deadline = time.monotonic() + 900
+        while (len(published["prediction"]) < windows or min(map(len, bridged.values())) < windows) \
+                and time.monotonic() < deadline:
+            for event in sub.recv(0.2):
+                sink(event)
+                published.setdefault(event.topic.split("/")[0], []).append(event.message)
+        last, state = published["prediction"][-1], published["telemetry"][-1].arrays
+        with TwinClient(ends["query"], timeout_s=600, retries=0) as client:
+            forecast = client.health()["robots"][rid]["calibration"]
+            reply = client.predict(rid, state["q"][-1], state["qd"][-1], last.arrays["ctrl"], quantiles=QUANTILES)
+    finally:
+        stop.set()
+        bridging.join(30)
+        sink.close()
+        sub.close()
+        for s in subs:
+            s.undeclare()
+        session.close()
+        svc.stop()
+    predictions = published["prediction"]
+    h = len(last.arrays["t"])
+    assert len(predictions) == windows and h == round(WorkerSettings.horizon_s / robot.dt)
+    fox = mcap_messages(tmp_path / "twin.mcap")
+    for name in names:
+        field = f"sensor:{name}"
+        assert reply.arrays[field].shape == last.arrays[field].shape == (len(QUANTILES), h, 3)
+        assert len(bridged[name]) == len(fox[f"/twin/{rid}/prediction/bands/{name}"]) == windows
+        for m, ros, median, bands in zip(predictions, bridged[name], fox[f"/twin/{rid}/prediction/median/{name}"],
+                                         fox[f"/twin/{rid}/prediction/bands/{name}"]):
+            band = m.arrays[field]
+            assert [(d.label, d.size) for d in ros.layout.dim] == [("quantile", 5), ("time", h), ("axis", 3)]
+            np.testing.assert_array_equal(ros.data[ros.layout.data_offset:].reshape(band.shape), band)
+            np.testing.assert_array_equal(median["readings"], band[2])
+            np.testing.assert_array_equal(bands["readings"], band)
+            assert bands["end"] == {"q05": band[0, -1].tolist(), "q50": band[2, -1].tolist(),
+                                    "q95": band[4, -1].tolist()}
+        # the same predictive distribution (64 draws published, 256 in the reply): quantiles within their noise
+        width = reply.arrays[field][4] - reply.arrays[field][0]
+        assert np.all(np.abs(last.arrays[field] - reply.arrays[field])[[0, 2, 4]] < 0.5 * width), name
+        measured = np.concatenate([m.arrays[field] for m in published["telemetry"]])
+        np.testing.assert_array_equal([r["reading"] for r in fox[f"/twin/{rid}/measured/{name}"]], measured)
+    per = forecast["channels"]
+    assert list(per) == ["q", "qd", "sensor:gyro", "sensor:acc"]
+    widths = {"q": robot.nq, "qd": robot.nv, "sensor:gyro": 3, "sensor:acc": 3}
+    for name, c in per.items():
+        assert c["n_batches"] == 1 and c["n_points"] == h * widths[name], (name, c)
+        assert 0.0 <= c["coverage_50"] <= c["coverage_90"] <= 1.0 and np.isfinite(c["crps"]), (name, c)
+    assert forecast["n_points"] == per["q"]["n_points"] + per["qd"]["n_points"]
+
+
 def test_replayed_chunks_carry_the_recordings_sensor_readings(model, tmp_path):
     """`twin-bayes replay` of an NPZ recording with sensor channels sends them with every chunk."""
     from twin_bayes.data import read_npz, write_npz
@@ -290,6 +414,6 @@ def test_a_delayed_sensors_rows_that_reach_before_their_segment_are_not_scored()
     assert np.max(np.abs(np.asarray(e)[..., 2 * robot.nq:])) < 1e-6           # scored rows: exact
     held = np.asarray(delayed._segments(w)[5])[:, :4, :3] - np.asarray(s)[:, :4, :3]
     assert np.max(np.abs(held)) > 10 * NOISE["gyro"]               # the rows left out would miss by more
-    seen = measured_channels(delayed, w)
+    seen = measured_channels(delayed, w.q, w.qd, w.sensors, w.mask)
     assert np.isnan(seen["sensor:gyro"][:5]).all() and np.isfinite(seen["sensor:gyro"][5:]).all()
     assert np.isfinite(seen["sensor:acc"]).all() and np.isfinite(seen["q"]).all()

@@ -23,14 +23,16 @@ SUMMARY = {"body_mass:forearm": {"mean": 0.6, "sd": 0.01, "q05": 0.58, "q50": 0.
 
 
 def events(rid="arm2"):
-    """A posterior, a prediction (2 joints, 3 steps), 2 measured samples, health and an alert."""
+    """A posterior, a prediction (2 joints and a 3-axis gyro, 3 steps), 2 measured samples, health and an alert."""
     bands = np.stack([np.full((3, 2), x) for x in (-1.0, -0.5, 0.0, 0.5, 1.0)])
+    gyro = np.stack([np.arange(9.0).reshape(3, 3) + x for x in (-1.0, -0.5, 0.0, 0.5, 1.0)])
     t = np.array([10.0, 10.002])
     frames = [("posterior", protocol.posterior(rid, 1, 3, SUMMARY, stale=False)),
               ("prediction", protocol.prediction(rid, 2, 3, {"t": 10.004 + np.arange(3) * 0.002, "q_bands": bands,
-                                                             "qd_bands": 2 * bands},
+                                                             "qd_bands": 2 * bands, "sensor:gyro": gyro},
                                                  quantiles=[0.05, 0.25, 0.5, 0.75, 0.95])),
-              ("telemetry", protocol.telemetry(rid, 3, t, np.c_[t, -t], np.ones((2, 2)), np.zeros((2, 2)))),
+              ("telemetry", protocol.telemetry(rid, 3, t, np.c_[t, -t], np.ones((2, 2)), np.zeros((2, 2)),
+                                               sensors={"gyro": np.c_[t, 2 * t, 3 * t]})),
               ("health", protocol.reply(protocol.FLEET, 4, "health", status="ok", problems=[],
                                         robots={rid: {"posterior_version": 3}})),
               ("alert", protocol.reply(rid, 5, "alert", parameter="dof_damping:shoulder", active=True, p_outside=0.97,
@@ -132,6 +134,15 @@ def test_watch_cli_writes_the_mcap(tmp_path, capsys):
     assert last["/twin/arm2/measured"]["timestamp"] == {"sec": 10, "nsec": 2_000_000}
     assert last["/twin/arm2/posterior/body_mass:forearm"]["q95"] == 0.62
     assert last["/twin/arm2/prediction/bands"]["end"] == {"q05": [-1.0, -1.0], "q50": [0.0, 0.0], "q95": [1.0, 1.0]}
+    # a sensor's readings: measured per sample, predicted as the joints are (median, bands, the band at the end)
+    assert last["/twin/arm2/measured/gyro"]["reading"] == [10.002, 20.004, 30.006]
+    assert last["/twin/arm2/measured/gyro"]["timestamp"] == {"sec": 10, "nsec": 2_000_000}
+    median, bands = last["/twin/arm2/prediction/median/gyro"], last["/twin/arm2/prediction/bands/gyro"]
+    assert median["sensor"] == "gyro" and median["readings"] == np.arange(9.0).reshape(3, 3).tolist()
+    assert median["t"] == bands["t"] == last["/twin/arm2/prediction/median"]["t"]
+    assert np.asarray(bands["readings"]).shape == (5, 3, 3)
+    assert bands["end"] == {"q05": [5.0, 6.0, 7.0], "q50": [6.0, 7.0, 8.0], "q95": [7.0, 8.0, 9.0]}
+    assert json.loads(channels["/twin/arm2/prediction/bands/gyro"][1].data) == SCHEMAS["prediction/bands/sensor"]
     assert last["/twin/arm2/alerts"]["active"] is True
     assert main(["watch", "--endpoint", endpoint, "--seconds", "0.1", "--mcap", str(tmp_path / "no" / "x.mcap")]) == 2
     assert "error" in capsys.readouterr().err
@@ -148,11 +159,12 @@ def test_foxglove_server_advertises_channels_and_streams_to_a_websocket_client()
                      open_timeout=10) as ws:
             assert ws.subprotocol == "foxglove.sdk.v1"
             advertised, deadline = {}, time.monotonic() + 10
-            while len(advertised) < 7 and time.monotonic() < deadline:
+            while len(advertised) < 10 and time.monotonic() < deadline:
                 msg = json.loads(ws.recv(timeout=5))
                 if msg["op"] == "advertise":
                     advertised.update({c["topic"]: c for c in msg["channels"]})
-            wanted = {"/twin/health", "/twin/arm2/posterior/body_mass:forearm"} | \
+            wanted = {"/twin/health", "/twin/arm2/posterior/body_mass:forearm", "/twin/arm2/measured/gyro",
+                      "/twin/arm2/prediction/median/gyro", "/twin/arm2/prediction/bands/gyro"} | \
                 {f"/twin/arm2/{k}" for k in ROBOT_CHANNELS}
             assert wanted == set(advertised)
             posterior = advertised["/twin/arm2/posterior"]

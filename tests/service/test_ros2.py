@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from twin_bayes.service.worker import WorkerSettings
 from twin_bayes.sim.emulator import emulate
 
 TS = keys.typestore("jazzy")
+SENSORS_CONFIG = Path(__file__).resolve().parents[2] / "benchmarks" / "configs" / "arm2_sensors.toml"  # gyro, acc
 T0_NS = 1_700_000_000 * 10**9
 DT_NS = 2_000_000  # arm2: 500 Hz
 JOINTS = ["shoulder", "elbow"]
@@ -67,9 +69,9 @@ def command(values) -> bytes:
 
 
 @contextmanager
-def bridging(endpoint: str, ingest: str, pub: str, query: str | None = None):
-    """A bridge for arm2 connected to the test's zenoh peer, running in its own thread."""
-    bridge = Ros2Bridge(BridgeSettings("arm2", "arm-1", zenoh_connect=(endpoint,), ingest=ingest, pub=pub,
+def bridging(endpoint: str, ingest: str, pub: str, query: str | None = None, config: str = "arm2"):
+    """A bridge for arm2 (`config`) connected to the test's zenoh peer, running in its own thread."""
+    bridge = Ros2Bridge(BridgeSettings(config, "arm-1", zenoh_connect=(endpoint,), ingest=ingest, pub=pub,
                                        query=query, first_seq=None if query else 0, idle_flush_s=0.3))
     stop = threading.Event()
     thread = threading.Thread(target=bridge.run, args=(stop,))
@@ -177,8 +179,9 @@ def test_joint_states_become_acked_chunks_on_the_grid_and_bad_samples_are_counte
 
 
 def service_stream(pub: zmq.Socket, stop: threading.Event) -> None:
-    """A service's PUB stream for arm-1: posterior, prediction (2 joints, 3 steps), health, alert."""
+    """A service's PUB stream for arm-1: posterior, prediction (2 joints and a gyro, 3 steps), health, alert."""
     seq, bands = 0, np.stack([np.full((3, 2), x) for x in (-1.0, -0.5, 0.0, 0.5, 1.0)])
+    gyro = np.arange(45.0).reshape(5, 3, 3)
     health = {"status": "ok", "problems": [], "robots": {"arm-1": {"posterior_version": 4, "stale": False,
                                                                     "windows": 4, "calibration": {"coverage_90": 0.9}}}}
     while not stop.wait(0.05):
@@ -186,7 +189,8 @@ def service_stream(pub: zmq.Socket, stop: threading.Event) -> None:
                 ("posterior", "arm-1", lambda s: protocol.posterior("arm-1", s, 4, {"body_mass:forearm": {
                     "mean": 0.6, "sd": 0.01, "q05": 0.58, "q50": 0.6, "q95": 0.62}}, stale=False)),
                 ("prediction", "arm-1", lambda s: protocol.prediction(
-                    "arm-1", s, 4, {"t": 1.7e9 + np.arange(1, 4) * 0.002, "q_bands": bands, "qd_bands": bands * 10},
+                    "arm-1", s, 4, {"t": 1.7e9 + np.arange(1, 4) * 0.002, "q_bands": bands, "qd_bands": bands * 10,
+                                    "sensor:gyro": gyro},
                     quantiles=[0.05, 0.25, 0.5, 0.75, 0.95])),
                 ("health", protocol.FLEET, lambda s: protocol.reply(protocol.FLEET, s, "health", **health)),
                 ("alert", "arm-1", lambda s: protocol.reply("arm-1", s, "alert", parameter="dof_damping:shoulder",
@@ -202,7 +206,8 @@ def test_service_stream_comes_out_as_ros2_messages_with_attachments(ros, router_
     pub_addr = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
     got: dict[str, tuple[bytes, bytes]] = {}
     outputs = {"posterior": keys.STRING, "prediction": keys.TRAJECTORY, "prediction_bands": keys.FLOAT_ARRAY,
-               "alerts": keys.STRING}
+               "alerts": keys.STRING, "prediction_bands/gyro": keys.FLOAT_ARRAY,
+               "prediction_bands/acc": keys.FLOAT_ARRAY}
     subs = [session.declare_subscriber(key(f"/twin/arm_1/{name}", t),
                                        lambda s, name=name: got.setdefault(name, (s.payload.to_bytes(),
                                                                                   s.attachment.to_bytes())))
@@ -213,9 +218,10 @@ def test_service_stream_comes_out_as_ros2_messages_with_attachments(ros, router_
     feeder = threading.Thread(target=service_stream, args=(pub, stop))
     feeder.start()
     try:
-        with bridging(endpoint, router_peer().endpoint, pub_addr):
-            wait(lambda: len(got) == 5 and twin_status(got["diagnostics"][0])[0] == 0,
-                 what=f"all five outputs and an OK twin status, got {sorted(got)}")
+        with bridging(endpoint, router_peer().endpoint, pub_addr, config=str(SENSORS_CONFIG)) as bridge:
+            wait(lambda: len(got) == 6 and twin_status(got["diagnostics"][0])[0] == 0,
+                 what=f"six outputs (no acc in these predictions) and an OK twin status, got {sorted(got)}")
+            tokens_now = tokens(session)
     finally:
         stop.set()
         feeder.join()
@@ -237,6 +243,12 @@ def test_service_stream_comes_out_as_ros2_messages_with_attachments(ros, router_
     cube = bands.data[off:].reshape(5, 3, 4)
     np.testing.assert_array_equal(cube[0, :, :2], -1.0)
     np.testing.assert_array_equal(cube[4, :, 2:], 10.0)
+    gyro = TS.deserialize_cdr(got["prediction_bands/gyro"][0], keys.FLOAT_ARRAY)  # laid out as the joints' bands
+    assert [(d.label, d.size) for d in gyro.layout.dim] == [("quantile", 5), ("time", 3), ("axis", 3)]
+    np.testing.assert_array_equal(gyro.data[:8], bands.data[:8])
+    np.testing.assert_array_equal(gyro.data[gyro.layout.data_offset:], np.arange(45.0))
+    assert sum("/MP/" in t and "prediction_bands%acc" in t for t in tokens_now) == 1     # announced all the same
+    assert bridge.published["prediction_bands/gyro"] >= 1 and "prediction_bands/acc" not in bridge.published
     assert json.loads(TS.deserialize_cdr(got["alerts"][0], keys.STRING).data) == {
         "robot_id": "arm-1", "parameter": "dof_damping:shoulder", "active": True, "p_outside": 0.95}
     level, message, values = twin_status(got["diagnostics"][0])

@@ -3,11 +3,14 @@ protocol (`foxglove.websocket.v1`) and/or in an MCAP file, through `foxglove-sdk
 
 Per robot R (all created when R is first seen; JSON encoding, each with a JSON schema):
 
-    /twin/R/measured             one message per measured sample (when the service publishes
-                                 `telemetry/R/`): t s, q, qd, ctrl
+    /twin/R/measured             one message per measured sample (the service's `telemetry/R/`): t s, q, qd, ctrl
+    /twin/R/measured/<sensor>    the same per observed sensor: t s, reading (dim,)
     /twin/R/prediction/median    per prediction: t (h,) s, q (h, nq), qd (h, nv) of the 0.5 quantile
     /twin/R/prediction/bands     per prediction: quantiles (Q,), t, q (Q, h, nq), qd (Q, h, nv), and the
                                  band at the horizon's end (`end`: q05, q50, q95 per joint)
+    /twin/R/prediction/median/<sensor>, /twin/R/prediction/bands/<sensor>
+                                 the same of each predicted sensor's readings (`readings` (h, dim), (Q, h, dim),
+                                 `end` per axis), row k read at t[k] − dt (docs/PROTOCOL.md)
     /twin/R/posterior            per version: version, stale, reason, parameters [{name, mean, sd, q05, q95}]
     /twin/R/posterior/<name>     per version, one parameter: version, mean, sd, q05, q95
     /twin/R/alerts               per alert: parameter, active, p_outside, healthy, mean
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from twin_bayes.service.client import Event
+from twin_bayes.service.protocol import SENSOR
 
 _NUM = {"type": "number"}
 _VEC = {"type": "array", "items": _NUM}
@@ -33,6 +37,7 @@ _MAT = {"type": "array", "items": _VEC}
 _CUBE = {"type": "array", "items": _MAT}
 _TIME = {"type": "object", "title": "time", "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}}}
 _STATS = {"mean": _NUM, "sd": _NUM, "q05": _NUM, "q95": _NUM}
+_END = {"type": "object", "properties": {"q05": _VEC, "q50": _VEC, "q95": _VEC}}
 
 
 def _schema(title: str, **properties: Any) -> dict:
@@ -41,11 +46,19 @@ def _schema(title: str, **properties: Any) -> dict:
 
 SCHEMAS = {
     "measured": _schema("twin_bayes.Measured", robot_id={"type": "string"}, t=_NUM, q=_VEC, qd=_VEC, ctrl=_VEC),
+    "measured/sensor": _schema("twin_bayes.MeasuredReading", robot_id={"type": "string"}, sensor={"type": "string"},
+                               t=_NUM, reading=_VEC),
     "prediction/median": _schema("twin_bayes.PredictionMedian", robot_id={"type": "string"},
                                  posterior_version={"type": "integer"}, t=_VEC, q=_MAT, qd=_MAT),
     "prediction/bands": _schema("twin_bayes.PredictionBands", robot_id={"type": "string"},
                                 posterior_version={"type": "integer"}, quantiles=_VEC, t=_VEC, q=_CUBE, qd=_CUBE,
-                                end={"type": "object", "properties": {"q05": _VEC, "q50": _VEC, "q95": _VEC}}),
+                                end=_END),
+    "prediction/median/sensor": _schema("twin_bayes.PredictedReadingsMedian", robot_id={"type": "string"},
+                                        sensor={"type": "string"}, posterior_version={"type": "integer"}, t=_VEC,
+                                        readings=_MAT),
+    "prediction/bands/sensor": _schema("twin_bayes.PredictedReadingsBands", robot_id={"type": "string"},
+                                       sensor={"type": "string"}, posterior_version={"type": "integer"},
+                                       quantiles=_VEC, t=_VEC, readings=_CUBE, end=_END),
     "posterior": _schema("twin_bayes.Posterior", robot_id={"type": "string"}, version={"type": "integer"},
                          stale={"type": "boolean"}, reason={"type": ["string", "null"]},
                          parameters={"type": "array", "items": {"type": "object", "properties": {
@@ -68,6 +81,17 @@ def _stamp(t_s: float) -> dict[str, int]:
 def _now() -> dict[str, int]:
     ns = time.time_ns()
     return {"sec": ns // 10**9, "nsec": ns % 10**9}
+
+
+def _end(quantiles: list[float], bands: np.ndarray) -> dict[str, list[float]]:
+    """{q05, q50, q95} (those among the quantiles): bands (Q, h, n) at the horizon's end, per column."""
+    return {f"q{round(x * 100):02d}": bands[quantiles.index(x), -1].tolist() for x in (0.05, 0.5, 0.95)
+            if x in quantiles}
+
+
+def _sensors(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{name: array} of a message's `sensor:<name>` arrays."""
+    return {k.removeprefix(SENSOR): np.asarray(v, float) for k, v in arrays.items() if k.startswith(SENSOR)}
 
 
 def _jsonable(x: Any) -> Any:
@@ -137,11 +161,18 @@ class FoxgloveSink:
             self._log(f"/twin/{rid}/alerts", "alerts", {"timestamp": _now(), "robot_id": rid,
                       **{k: body.get(k) for k in ("parameter", "active", "p_outside", "healthy", "mean")}})
         elif kind == "telemetry":
-            a = m.arrays
-            for k in range(m.n):
-                self._log(f"/twin/{rid}/measured", "measured", {
-                    "timestamp": _stamp(float(a["t"][k])), "robot_id": rid, "t": float(a["t"][k]),
-                    **{f: np.asarray(a[f][k], float).tolist() for f in ("q", "qd", "ctrl")}})
+            self._measured(rid, m)
+
+    def _measured(self, rid: str, m) -> None:
+        a, sensors = m.arrays, _sensors(m.arrays)
+        for k in range(m.n):
+            t = float(a["t"][k])
+            head = {"timestamp": _stamp(t), "robot_id": rid, "t": t}
+            self._log(f"/twin/{rid}/measured", "measured",
+                      {**head, **{f: np.asarray(a[f][k], float).tolist() for f in ("q", "qd", "ctrl")}})
+            for name, r in sensors.items():
+                self._log(f"/twin/{rid}/measured/{name}", "measured/sensor", {**head, "sensor": name,
+                                                                               "reading": r[k].tolist()})
 
     def _posterior(self, rid: str, body: Mapping[str, Any]) -> None:
         summary = body.get("summary") or {}
@@ -162,10 +193,18 @@ class FoxgloveSink:
             i = quantiles.index(0.5)
             self._log(f"/twin/{rid}/prediction/median", "prediction/median",
                       {**head, "q": q[i].tolist(), "qd": qd[i].tolist()})
-        end = {f"q{round(x * 100):02d}": q[quantiles.index(x), -1].tolist()
-               for x in (0.05, 0.5, 0.95) if x in quantiles}
         self._log(f"/twin/{rid}/prediction/bands", "prediction/bands",
-                  {**head, "quantiles": quantiles, "q": q.tolist(), "qd": qd.tolist(), "end": end})
+                  {**head, "quantiles": quantiles, "q": q.tolist(), "qd": qd.tolist(), "end": _end(quantiles, q)})
+        for name, r in _sensors(m.arrays).items():
+            self._readings(f"/twin/{rid}/prediction", name, {**head, "sensor": name}, quantiles, r)
+
+    def _readings(self, prefix: str, name: str, head: dict, quantiles: list[float], bands: np.ndarray) -> None:
+        """A sensor's predicted readings, bands (Q, h, dim): median and bands as the joints' under `prefix`."""
+        if 0.5 in quantiles:
+            self._log(f"{prefix}/median/{name}", "prediction/median/sensor",
+                      {**head, "readings": bands[quantiles.index(0.5)].tolist()})
+        self._log(f"{prefix}/bands/{name}", "prediction/bands/sensor",
+                  {**head, "quantiles": quantiles, "readings": bands.tolist(), "end": _end(quantiles, bands)})
 
     def close(self) -> None:
         if self.server is not None:

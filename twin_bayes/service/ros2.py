@@ -28,7 +28,8 @@ from twin_bayes.service.client import ServiceError, Subscriber, TwinClient, Twin
 from twin_bayes.service.robot_link import LinkTimeout, RobotLink
 from twin_bayes.service.ros2_inbound import (Rejected, Sampler, array_command, decode, imu_reading, joint_state,
                                              robot_joints, stamp_ns, trajectory_command)
-from twin_bayes.service.ros2_outbound import diagnostics, posterior_json, prediction_messages, string_message
+from twin_bayes.service.ros2_outbound import (diagnostics, posterior_json, prediction_messages, sensor_output,
+                                              string_message)
 
 COMMAND_TYPES = {"float64_multi_array": keys.FLOAT_ARRAY, "joint_trajectory": keys.TRAJECTORY}
 OUTPUTS = {"posterior": keys.STRING, "prediction": keys.TRAJECTORY, "prediction_bands": keys.FLOAT_ARRAY,
@@ -101,8 +102,9 @@ class Ros2Bridge:
                        "commands": keys.TopicKey(s.domain, s.commands, COMMAND_TYPES[s.command_type], s.distro)}
         if s.imu is not None:
             self.inputs["imu"] = keys.TopicKey(s.domain, s.imu, keys.IMU, s.distro)
+        outputs = {**OUTPUTS, **{sensor_output(n): keys.FLOAT_ARRAY for n in self.robot.sensors}}
         self.outputs = {name: keys.TopicKey(s.domain, f"{namespace}/{name}", t, s.distro)
-                        for name, t in OUTPUTS.items()}
+                        for name, t in outputs.items()}
         self.outputs["diagnostics"] = keys.TopicKey(s.domain, "/diagnostics", keys.DIAGNOSTICS, s.distro)
         for topic in (*self.inputs.values(), *self.outputs.values()):
             keys.check_topic(topic.topic)

@@ -33,13 +33,15 @@ class Rejected(ValueError):
 @dataclass(frozen=True)
 class RobotJoints:
     """The twin's columns: `joints` of q and qd (MJCF order), the joint each ctrl column drives
-    (`actuators`), the sample interval `dt` (s) and the config's `settings` names."""
+    (`actuators`), the sample interval `dt` (s), the config's `settings` names and the MJCF sensors
+    its twin observes (`sensors`, config order)."""
 
     robot: str
     joints: tuple[str, ...]
     actuators: tuple[str, ...]
     dt: float
     settings: tuple[str, ...] = ()
+    sensors: tuple[str, ...] = ()
 
 
 def _config_path(config: str | Path) -> Path:
@@ -79,7 +81,7 @@ def robot_joints(config: str | Path) -> RobotJoints:
         raise ValueError(f"{mjcf.name}: every actuator must drive a joint")
     return RobotJoints(name, tuple(joint(j) for j in range(m.njnt)),
                        tuple(joint(j) for j in m.actuator_trnid[:, 0]), float(m.opt.timestep),
-                       tuple(data.get("settings", {})))
+                       tuple(data.get("settings", {})), tuple(data.get("observation", {}).get("sensors", ())))
 
 
 def decode(raw: bytes, msgtype: str, distro: str):

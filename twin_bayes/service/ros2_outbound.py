@@ -4,7 +4,8 @@
 - prediction: trajectory_msgs/JointTrajectory of the median (q50) positions and velocities, and
   std_msgs/Float64MultiArray of every band: data[0:Q] the quantile levels, data[Q:Q+h] the times
   (s after the prediction's start), then from data_offset = Q + h the bands (Q, h, nq + nv),
-  q columns first, in the twin's joint order;
+  q columns first, in the twin's joint order; and per observed sensor a Float64MultiArray of its
+  readings' bands (Q, h, dim), laid out alike, row k read one step before its time;
 - health: diagnostic_msgs/DiagnosticArray, one status for the twin and one for the bridge.
 """
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from twin_bayes.service.protocol import Message
-from twin_bayes.service.ros2_keys import DIAGNOSTICS, FLOAT_ARRAY, STRING, TRAJECTORY, typestore
+from twin_bayes.service.protocol import SENSOR, Message
+from twin_bayes.service.ros2_keys import DIAGNOSTICS, FLOAT_ARRAY, STRING, TRAJECTORY, ros_token, typestore
 from twin_bayes.service.ros2_inbound import RobotJoints
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3  # diagnostic_msgs/DiagnosticStatus levels
@@ -48,9 +49,27 @@ def posterior_json(msg: Message) -> dict[str, Any]:
             "summary": body.get("summary") or {}}
 
 
+def sensor_output(sensor: str) -> str:
+    """The output name of an observed sensor's predicted readings: 'prediction_bands/<sensor as a ROS name>'."""
+    return f"prediction_bands/{ros_token(sensor)}"
+
+
+def bands_message(ts, quantiles: list[float], after_s: np.ndarray, bands: np.ndarray, label: str) -> bytes:
+    """CDR of a Float64MultiArray of bands (Q, h, w): layout dims quantile, time and `label`; data the quantile
+    levels (Q), the step times after the prediction's start (h) s, then the bands from data_offset = Q + h."""
+    dim = ts.types["std_msgs/msg/MultiArrayDimension"]
+    Q, h, w = bands.shape
+    layout = ts.types["std_msgs/msg/MultiArrayLayout"](
+        dim=[dim(label="quantile", size=Q, stride=Q * h * w), dim(label="time", size=h, stride=h * w),
+             dim(label=label, size=w, stride=w)], data_offset=Q + h)
+    data = np.concatenate([quantiles, after_s, np.asarray(bands, np.float64).ravel()])
+    return bytes(ts.serialize_cdr(ts.types[FLOAT_ARRAY](layout=layout, data=data), FLOAT_ARRAY))
+
+
 def prediction_messages(msg: Message, robot: RobotJoints, distro: str) -> list[tuple[str, bytes]]:
     """[(output name, CDR)] of a prediction: 'prediction' (JointTrajectory of the median, when the
-    quantiles include 0.5) and 'prediction_bands' (Float64MultiArray)."""
+    quantiles include 0.5), 'prediction_bands' (Float64MultiArray) and, per sensor of `robot.sensors`
+    the prediction carries, its readings' bands (`sensor_output`, Float64MultiArray)."""
     ts = typestore(distro)
     quantiles = [float(x) for x in msg.extra.get("quantiles", [])]
     t, q, qd = (np.asarray(msg.arrays[k], np.float64) for k in ("t", "q_bands", "qd_bands"))
@@ -66,15 +85,10 @@ def prediction_messages(msg: Message, robot: RobotJoints, distro: str) -> list[t
                         time_from_start=_duration(ts, after_ns[k])) for k in range(len(t))]
         traj = ts.types[TRAJECTORY](header=_header(ts, start_ns), joint_names=list(robot.joints), points=points)
         out.append(("prediction", bytes(ts.serialize_cdr(traj, TRAJECTORY))))
-    bands = np.concatenate([q, qd], axis=-1)  # (Q, h, nq + nv)
-    dim = ts.types["std_msgs/msg/MultiArrayDimension"]
-    Q, h, w = bands.shape
-    layout = ts.types["std_msgs/msg/MultiArrayLayout"](
-        dim=[dim(label="quantile", size=Q, stride=Q * h * w), dim(label="time", size=h, stride=h * w),
-             dim(label="q_qd", size=w, stride=w)], data_offset=Q + h)
-    data = np.concatenate([quantiles, np.asarray(after_ns) * 1e-9, bands.ravel()])
-    out.append(("prediction_bands", bytes(ts.serialize_cdr(ts.types[FLOAT_ARRAY](layout=layout, data=data),
-                                                            FLOAT_ARRAY))))
+    after_s = np.asarray(after_ns) * 1e-9
+    out.append(("prediction_bands", bands_message(ts, quantiles, after_s, np.concatenate([q, qd], axis=-1), "q_qd")))
+    out += [(sensor_output(s), bands_message(ts, quantiles, after_s, msg.arrays[SENSOR + s], "axis"))
+            for s in robot.sensors if SENSOR + s in msg.arrays]
     return out
 
 

@@ -187,24 +187,26 @@ def channels(model, q, qd, readings) -> dict[str, np.ndarray]:
     return {"q": q, "qd": qd, **protocol.sensor_fields(model.sensors, model.sensor_widths, readings)}
 
 
-def measured_channels(model, w: Window) -> dict[str, np.ndarray]:
-    """What a window measured after its first state, per channel (`channels`), aligned with its prediction from
-    that state under its commands: q (T − 1, nq), qd (T − 1, nv) of rows 1 …, readings of rows 0 … T − 2 (read
-    under each command). NaN (not scored) where padded and in a delayed sensor's first rows, which the
-    prediction holds at the start (`TwinModel.scored_readings`)."""
-    padded_state, padded_reading = (np.asarray(m)[:, None] == 0 for m in (w.mask[1:], w.mask[:-1]))
-    held = ~model.scored_readings(len(w.q) - 1)
-    return channels(model, np.where(padded_state, np.nan, w.q[1:]), np.where(padded_state, np.nan, w.qd[1:]),
-                    np.where(padded_reading | held, np.nan, w.sensors[:-1]))
+def measured_channels(model, q, qd, readings, mask=None) -> dict[str, np.ndarray]:
+    """What was measured after a start state, per channel (`channels`), aligned with a prediction from that state
+    under the commands that follow. From rows 0 … T − 1 (row 0 the start) of q (T, nq), qd (T, nv) and readings
+    (T, R): q (T − 1, nq), qd (T − 1, nv) of rows 1 …, readings of rows 0 … T − 2 (read under each command). NaN
+    (not scored) where mask (T,) is 0 (padding) and in a delayed sensor's first rows, which the prediction holds at
+    the start (`TwinModel.scored_readings`)."""
+    ok = np.ones(len(q), bool) if mask is None else np.asarray(mask) != 0
+    state, reading = ok[1:, None], ok[:-1, None] & model.scored_readings(len(q) - 1)
+    return channels(model, np.where(state, q[1:], np.nan), np.where(state, qd[1:], np.nan),
+                    np.where(reading, readings[:-1], np.nan))
 
 
 @dataclass
 class Pending:
-    """A published prediction awaiting its data: samples (S, H, nq + nv) at times t (H,) s."""
+    """A published prediction awaiting its data: its draws per channel (`channels`), q (S, H, nq) and qd (S, H, nv)
+    at times t (H,) s, each sensor's readings (S, H, dim) at t − dt."""
 
     prediction_id: int
     t: np.ndarray
-    samples: np.ndarray
+    samples: dict[str, np.ndarray]
 
 
 @dataclass
@@ -221,9 +223,10 @@ class RobotTwin:
     tail: list = field(default_factory=list)   # fetched chunks from applied_seq on, seq order
     fetched_seq: int = -1
     pending: Pending | None = None
-    calibration: OnlineCalibration = field(default_factory=OnlineCalibration)       # of the forecasts
+    calibration: OnlineCalibration = field(default_factory=OnlineCalibration)       # of the forecasts, q and qd
     model_calibration: OnlineCalibration = field(default_factory=OnlineCalibration)  # of the windows re-predicted
-    channel_calibration: dict[str, OnlineCalibration] = field(init=False)  # the same per channel: q, qd, sensor:<name>
+    calibration_channels: dict[str, OnlineCalibration] = field(init=False)   # each per channel: q, qd, sensor:<name>
+    model_calibration_channels: dict[str, OnlineCalibration] = field(init=False)
     validated_round: int = -1     # the last validation round that re-predicted one of its windows
     unfitted: int = 0             # windows recorded since its model error's last refit here
     applied_at: float = 0.0       # time.monotonic() when its last window was applied
@@ -234,16 +237,19 @@ class RobotTwin:
     last_update: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        sensors = (protocol.SENSOR + n for n in self.twin.model.sensors)
-        self.channel_calibration = {c: OnlineCalibration() for c in ("q", "qd", *sensors)}
+        names = ("q", "qd", *(protocol.SENSOR + n for n in self.twin.model.sensors))
+        self.calibration_channels = {c: OnlineCalibration() for c in names}
+        self.model_calibration_channels = {c: OnlineCalibration() for c in names}
 
     def status(self) -> dict[str, Any]:
         p = self.twin.posterior
-        per_channel = {c: cal.as_dict() for c, cal in self.channel_calibration.items()}
+
+        def scores(joint: OnlineCalibration, per_channel: dict[str, OnlineCalibration]) -> dict[str, Any]:
+            return {**joint.as_dict(), "channels": {c: cal.as_dict() for c, cal in per_channel.items()}}
         return {"posterior_version": p.version, "stale": p.stale, "reason": p.reason,
                 "applied_seq": self.applied_seq, "windows": self.windows, "rejected_windows": self.rejected,
-                "calibration": self.calibration.as_dict(),
-                "model_calibration": {**self.model_calibration.as_dict(), "channels": per_channel},
+                "calibration": scores(self.calibration, self.calibration_channels),
+                "model_calibration": scores(self.model_calibration, self.model_calibration_channels),
                 "model_error": self.model_error_status(), "consolidation": self.consolidation,
                 "alerts": list(self.alerts.values()),
                 "last_update": self.last_update}
@@ -532,7 +538,7 @@ class Worker:
             self._publish_posterior(rt)
             cut, rid = cuts[rt.robot_id], rt.robot_id     # the measured window, for live views (Foxglove)
             self.publish("telemetry", rid, lambda seq, rid=rid, c=cut: protocol.telemetry(rid, seq, c.t, c.q, c.qd,
-                                                                                          c.ctrl))
+                                                                                          c.ctrl, sensors=c.sensors))
         self._predict(todo, cuts)
         self._checkpoint()
         for rt, window in zip(todo, windows):        # each with the posterior before it
@@ -578,8 +584,8 @@ class Worker:
             t = cut.t[-1] + dt * np.arange(1, len(ctrl) + 1)
             pid, rid, version = rt.predictions, rt.robot_id, rt.twin.posterior.version
             rt.predictions += 1
-            rt.pending = Pending(pid, t, np.concatenate([b.samples_q, b.samples_qd], axis=-1))
             model = rt.twin.model
+            rt.pending = Pending(pid, t, channels(model, b.samples_q, b.samples_qd, b.samples_readings))
             arrays = {"t": t, "q_bands": b.q, "qd_bands": b.qd, "ctrl": ctrl,
                       **protocol.sensor_fields(model.sensors, model.sensor_widths, b.readings)}
             self.publish("prediction", rid, lambda seq, rid=rid, version=version, arrays=arrays, pid=pid:
@@ -667,12 +673,13 @@ class Worker:
         was guessed. The score's bands carry the model error learned before this window. Windows are
         the update's, padded to the full length (padding not scored), so one executable serves. Scored over q
         and qd together (`model_calibration`), and per channel: q, qd and each observed sensor's readings
-        (`channel_calibration`; a delayed sensor's first rows, which the likelihood leaves out, are not scored)."""
+        (`model_calibration_channels`; a delayed sensor's first rows, which the likelihood leaves out, are not
+        scored)."""
         commands, observed, keys, starts, settings, draws = [], [], [], [], [], []
         for rt in robots:
             cut, w, z = windows[rt.robot_id]
             commands.append(np.asarray(w.ctrl[:-1]))
-            observed.append(measured_channels(rt.twin.model, w))
+            observed.append(measured_channels(rt.twin.model, w.q, w.qd, w.sensors, w.mask))
             draws.append(z)
             keys.append(jax.random.fold_in(jax.random.PRNGKey(self.settings.seed + 1), cut.end_seq))
             starts.append((np.asarray(w.q[0]), np.asarray(w.qd[0])))
@@ -684,23 +691,30 @@ class Worker:
             model = rt.twin.model
             scored = rt.twin.with_model_error(b, key, model.settings_vector(s))
             predicted = channels(model, scored.samples_q, scored.samples_qd, scored.samples_readings)
-            for c, cal in rt.channel_calibration.items():
+            for c, cal in rt.model_calibration_channels.items():
                 cal.update(predicted[c], seen[c])
             joint = [np.concatenate([x["q"], x["qd"]], axis=-1) for x in (predicted, seen)]
             rt.model_calibration.update(*joint)     # last: health that counts this window has its channels too
 
     def _score(self, rt: RobotTwin, cut: Cut) -> None:
-        """Score the pending prediction against the window that follows it, if it covers the horizon."""
+        """Score the pending prediction against the window that follows it, if it covers the horizon and the state
+        it started from: over q and qd together (`calibration`, stored per prediction) and per channel, q, qd and
+        each observed sensor (`calibration_channels`), on the rows model calibration scores (`measured_channels`)."""
         p, rt.pending = rt.pending, None
         if p is None:
             return
-        dt = rt.twin.model.robot.dt
-        i = int(np.searchsorted(cut.t, p.t[0] - 0.5 * dt))
-        seen = cut.t[i:i + len(p.t)]
-        if len(seen) < len(p.t) or np.max(np.abs(seen - p.t)) > 0.5 * dt:
+        model, h = rt.twin.model, len(p.t)
+        dt = model.robot.dt
+        i = int(np.searchsorted(cut.t, p.t[0] - 1.5 * dt))          # the start state's row
+        seen = cut.t[i:i + h + 1]
+        if len(seen) <= h or np.max(np.abs(seen - np.r_[p.t[0] - dt, p.t])) > 0.5 * dt:
             return
-        observed = np.concatenate([cut.q, cut.qd], axis=-1)[i:i + len(p.t)]
-        s = rt.calibration.update(p.samples, observed)
+        rows = slice(i, i + h + 1)
+        readings = np.concatenate([cut.sensors[n] for n in model.sensors] + [np.zeros((len(cut.t), 0))], axis=1)
+        observed = measured_channels(model, cut.q[rows], cut.qd[rows], readings[rows])
+        for c, cal in rt.calibration_channels.items():
+            cal.update(p.samples[c], observed[c])
+        s = rt.calibration.update(*(np.concatenate([x["q"], x["qd"]], axis=-1) for x in (p.samples, observed)))
         c = rt.calibration.as_dict()
         self.metrics.set_calibration(rt.robot_id, c["coverage_50"], c["coverage_90"])
         try:
