@@ -373,6 +373,83 @@ def test_a_served_sensor_twins_readings_reach_foxglove_and_ros2_and_its_forecast
     assert forecast["n_points"] == per["q"]["n_points"] + per["qd"]["n_points"]
 
 
+def ros2_messages(ts, t_ns: int, joints, rec, k: int) -> tuple[bytes, bytes, bytes]:
+    """CDR of row k of a recording as a sensor_msgs/Imu (the gyro and acc readings), a Float64MultiArray
+    command and a sensor_msgs/JointState, all stamped t_ns."""
+    header = ts.types["std_msgs/msg/Header"](stamp=ts.types["builtin_interfaces/msg/Time"](
+        sec=t_ns // 10**9, nanosec=t_ns % 10**9), frame_id="imu")
+    vector, cov = ts.types["geometry_msgs/msg/Vector3"], np.zeros(9)
+    imu = ts.types["sensor_msgs/msg/Imu"](
+        header=header, orientation=ts.types["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
+        orientation_covariance=np.r_[-1.0, np.zeros(8)], angular_velocity=vector(*rec.sensors["gyro"][k]),
+        angular_velocity_covariance=cov, linear_acceleration=vector(*rec.sensors["acc"][k]),
+        linear_acceleration_covariance=cov)
+    layout = ts.types["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
+    command = ts.types["std_msgs/msg/Float64MultiArray"](layout=layout, data=rec.ctrl[k])
+    state = ts.types["sensor_msgs/msg/JointState"](header=header, name=list(joints), position=rec.q[k],
+                                                   velocity=rec.qd[k], effort=np.zeros(0))
+    return tuple(bytes(ts.serialize_cdr(m, m.__msgtype__)) for m in (imu, command, state))
+
+
+def test_a_ros2_robots_imu_reaches_a_served_sensor_twin_as_its_sensor_readings(model, tmp_path):
+    """An emulated robot on a real zenoh peer publishes JointState, Float64MultiArray commands and an Imu (orientation
+    not provided), bridged with `--imu /imu=angular_velocity:gyro,linear_acceleration:acc` to a sensor twin served
+    over loopback: the service takes every chunk, stores each sample's readings as `sensor:gyro`, `sensor:acc`,
+    exactly the emulated ones, and applies a window of them (health counts its samples and the window)."""
+    import threading
+    import time
+
+    from twin_bayes.service import ros2_keys as keys
+    from twin_bayes.service.client import TwinClient
+    from twin_bayes.service.ros2 import BridgeSettings, Ros2Bridge
+    from twin_bayes.service.server import ServiceSettings, TwinService
+    from twin_bayes.service.worker import WorkerSettings
+
+    robot, cfg, rid = model.robot, model.cfg, "imu-arm"
+    rec = emulate(robot, {}, (model.window_samples + 49) * robot.dt, seed=6, noise=NOISE)   # one window and a rest
+    settings = ServiceSettings({rid: cfg}, tmp_path / "telemetry.db", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*",
+                               "tcp://127.0.0.1:*", worker=WorkerSettings(checkpoints=tmp_path / "ckpt"))
+    session, endpoint = zenoh_peer()
+    svc = TwinService(settings, {rid: model}).start()
+    ends, stop, ts = svc.endpoints, threading.Event(), keys.typestore("jazzy")
+    bridge = Ros2Bridge(BridgeSettings(str(config_toml(tmp_path / "arm2_sensors.toml")), rid,
+                                       imu={"/imu": {"angular_velocity": "gyro", "linear_acceleration": "acc"}},
+                                       zenoh_connect=(endpoint,), ingest=ends["ingest"], pub=ends["pub"],
+                                       query=ends["query"]))
+    bridging = threading.Thread(target=bridge.run, args=(stop,))
+    bridging.start()
+    inputs = (("/imu", keys.IMU), ("/twin/commands", keys.FLOAT_ARRAY), ("/joint_states", keys.JOINT_STATE))
+    topics = [keys.TopicKey(0, topic, msgtype, "jazzy").data for topic, msgtype in inputs]
+    try:
+        deadline = time.monotonic() + 60
+        while sum("/MS/" in str(r.ok.key_expr) for r in session.liveliness().get("@ros2_lv/0/**")
+                  if r.ok is not None) < 3 and time.monotonic() < deadline:         # the bridge subscribes
+            time.sleep(0.05)
+        for k in range(len(rec)):
+            for topic, payload in zip(topics, ros2_messages(ts, 1_700_000_000 * 10**9 + k * 2_000_000,
+                                                            bridge.robot.joints, rec, k)):
+                session.put(topic, payload)
+        with TwinClient(ends["query"], timeout_s=600, retries=0) as client:
+            deadline = time.monotonic() + 900
+            while client.health()["robots"][rid]["windows"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            health = client.health()["robots"][rid]
+        stored = svc.store.get_chunks(rid)
+    finally:
+        stop.set()
+        bridging.join(30)
+        session.close()
+        svc.stop()
+    stats, n = bridge.stats(), len(rec) - 1                             # the last state waits for the next one
+    assert stats["rejected_total"] == 0 and stats["link"]["rejected"] == 0, stats
+    assert stats["received"] == {"joint_states": len(rec), "commands": len(rec), "imu:/imu": len(rec)}
+    assert health["samples"] == n and health["chunks"] == len(stored) and health["windows"] == 1, health
+    for name in ("gyro", "acc"):
+        np.testing.assert_array_equal(np.concatenate([c.arrays[f"sensor:{name}"] for c in stored]),
+                                      rec.sensors[name][:n])
+    np.testing.assert_array_equal(np.concatenate([c.arrays["q"] for c in stored]), rec.q[:n])
+
+
 def test_replayed_chunks_carry_the_recordings_sensor_readings(model, tmp_path):
     """`twin-bayes replay` of an NPZ recording with sensor channels sends them with every chunk."""
     from twin_bayes.data import read_npz, write_npz

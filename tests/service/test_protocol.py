@@ -18,7 +18,7 @@ def _chunk(n: int = 8, seq: int = 3) -> list[bytes]:
     t = 0.01 * np.arange(n)
     return P.telemetry("arm-1", seq, t, np.sin(t)[:, None] * [1.0, 2.0],
                        np.ones((n, 2), np.float32), np.zeros((n, 1)),
-                       imu_gyro=np.arange(3 * n, dtype=">f8").reshape(n, 3),
+                       motor_current=np.arange(3 * n, dtype=">f8").reshape(n, 3),
                        contact=np.ones(n, np.uint8))
 
 
@@ -45,10 +45,10 @@ def test_telemetry_round_trip() -> None:
     frames = _chunk()
     m = decode(frames)
     assert (m.type, m.robot_id, m.seq, m.n, m.extra) == ("telemetry", "arm-1", 3, 8, {})
-    assert list(m.arrays) == ["t", "q", "qd", "ctrl", "imu_gyro", "contact"]
+    assert list(m.arrays) == ["t", "q", "qd", "ctrl", "motor_current", "contact"]
     assert m.arrays["qd"].dtype == np.float32 and m.arrays["q"].shape == (8, 2)
-    assert m.arrays["imu_gyro"].dtype.str == "<f8"  # big-endian input sent little-endian
-    np.testing.assert_array_equal(m.arrays["imu_gyro"], np.arange(24.0).reshape(8, 3))
+    assert m.arrays["motor_current"].dtype.str == "<f8"  # big-endian input sent little-endian
+    np.testing.assert_array_equal(m.arrays["motor_current"], np.arange(24.0).reshape(8, 3))
     assert not m.arrays["q"].flags.writeable  # zero-copy views on the frames
     assert encode(m.type, m.robot_id, m.seq, m.arrays) == frames
 

@@ -17,7 +17,7 @@ from twin_bayes.cli import main
 from twin_bayes.service import protocol
 from twin_bayes.service import ros2_keys as keys
 from twin_bayes.service.ros2 import BridgeSettings, Ros2Bridge
-from twin_bayes.service.ros2_inbound import Rejected, Sampler, decode, robot_joints, trajectory_command
+from twin_bayes.service.ros2_inbound import Rejected, Sampler, decode, imu_readings, robot_joints, trajectory_command
 from twin_bayes.service.ros2_inbound import joint_state as joint_state_of
 from twin_bayes.service.server import ServiceSettings, TwinService
 from twin_bayes.service.worker import WorkerSettings
@@ -25,6 +25,7 @@ from twin_bayes.sim.emulator import emulate
 
 TS = keys.typestore("jazzy")
 SENSORS_CONFIG = Path(__file__).resolve().parents[2] / "benchmarks" / "configs" / "arm2_sensors.toml"  # gyro, acc
+SENSORS_MJCF = Path(__file__).resolve().parents[1] / "sim" / "arm2_sensors.xml"  # gyro, acc, quat (framequat), ...
 T0_NS = 1_700_000_000 * 10**9
 DT_NS = 2_000_000  # arm2: 500 Hz
 JOINTS = ["shoulder", "elbow"]
@@ -282,33 +283,39 @@ def test_cli_bridges_until_its_seconds_and_prints_its_counters(ros, router_peer,
     thread = threading.Thread(target=robot)
     thread.start()
     try:
-        assert main(["ros2", "--config", "arm2", "--robot-id", "arm-1", "--joint-states", "/arm/joint_states",
-                     "--commands", "/arm/commands", "--zenoh-endpoint", endpoint, "--service-ingest", peer.endpoint,
-                     "--service-pub", pub_addr, "--service-query", "", "--imu", "/arm/imu", "--seconds", "3"]) == 0
+        assert main(["ros2", "--config", str(SENSORS_CONFIG), "--robot-id", "arm-1", "--joint-states",
+                     "/arm/joint_states", "--commands", "/arm/commands", "--zenoh-endpoint", endpoint,
+                     "--service-ingest", peer.endpoint, "--service-pub", pub_addr, "--service-query", "",
+                     "--imu", "/arm/imu", "--seconds", "3"]) == 0  # a bare topic: the config's gyro and acc
     finally:
         thread.join()
         pub.close()
     out = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert out["received"] == {"joint_states": 31, "commands": 30, "imu": 30}
+    assert out["received"] == {"joint_states": 31, "commands": 30, "imu:/arm/imu": 30}
     assert out["rejected"] == {"wrong_type": 1, "out_of_order": 1}
     assert out["link"]["acked"] == 1 and list(peer.chunks) == [0]  # sent when it stopped
     chunk = peer.chunks[0].arrays
     np.testing.assert_array_equal(chunk["q"][:, 0], np.arange(29))
-    gyro_x = chunk["imu_gyro"][:, 0]  # the reading latest at each joint state; the stale one at 5 was dropped
+    gyro_x = chunk["sensor:gyro"][:, 0]  # the reading latest at each joint state; the stale one at 5 was dropped
     np.testing.assert_array_equal(gyro_x, np.where(np.arange(29) == 5, 4, np.arange(29)))
-    np.testing.assert_array_equal(chunk["imu_accel"][:, 2], gyro_x + 9.81)
+    np.testing.assert_array_equal(chunk["sensor:acc"][:, 2], gyro_x + 9.81)
+
+
+def imu_message(t_ns: int, gyro, accel, quat_xyzw=(0.0, 0.0, 0.0, 1.0), no_orientation: bool = False):
+    """A sensor_msgs/Imu (rad/s, m/s², orientation x, y, z, w; covariance[0] = -1 marks it not provided)."""
+    Header, Time = TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
+    Vector3, Quaternion = TS.types["geometry_msgs/msg/Vector3"], TS.types["geometry_msgs/msg/Quaternion"]
+    x, y, z, w = map(float, quat_xyzw)
+    return TS.types[keys.IMU](header=Header(stamp=Time(sec=t_ns // 10**9, nanosec=t_ns % 10**9), frame_id="imu"),
+                              orientation=Quaternion(x=x, y=y, z=z, w=w),
+                              orientation_covariance=np.r_[-1.0 if no_orientation else 0.0, np.zeros(8)],
+                              angular_velocity=Vector3(*map(float, gyro)), angular_velocity_covariance=np.zeros(9),
+                              linear_acceleration=Vector3(*map(float, accel)),
+                              linear_acceleration_covariance=np.zeros(9))
 
 
 def imu(t_ns: int, x: float) -> bytes:
-    Header, Time = TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
-    Vector3, Quaternion = TS.types["geometry_msgs/msg/Vector3"], TS.types["geometry_msgs/msg/Quaternion"]
-    msg = TS.types[keys.IMU](header=Header(stamp=Time(sec=t_ns // 10**9, nanosec=t_ns % 10**9), frame_id="imu"),
-                             orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0), orientation_covariance=np.zeros(9),
-                             angular_velocity=Vector3(x=float(x), y=0.0, z=0.0),
-                             angular_velocity_covariance=np.zeros(9),
-                             linear_acceleration=Vector3(x=0.0, y=0.0, z=x + 9.81),
-                             linear_acceleration_covariance=np.zeros(9))
-    return bytes(TS.serialize_cdr(msg, keys.IMU))
+    return bytes(TS.serialize_cdr(imu_message(t_ns, (x, 0.0, 0.0), (0.0, 0.0, x + 9.81)), keys.IMU))
 
 
 def test_cli_rejects_bad_input_without_a_traceback(capsys):
@@ -320,7 +327,7 @@ def test_cli_rejects_bad_input_without_a_traceback(capsys):
 
 def test_trajectory_commands_and_imu_are_held_on_the_grid():
     robot = robot_joints("arm2")
-    sampler = Sampler(robot.dt, chunk_samples=4, max_gap_s=0.05, use_imu=True)
+    sampler = Sampler(robot.dt, chunk_samples=4, max_gap_s=0.05, sensors=("gyro", "acc"))
     Point, Duration = TS.types["trajectory_msgs/msg/JointTrajectoryPoint"], TS.types["builtin_interfaces/msg/Duration"]
     Header, Time = TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
     points = [Point(positions=np.array([x, -x]), velocities=np.zeros(0), accelerations=np.zeros(0), effort=np.zeros(0),
@@ -329,17 +336,69 @@ def test_trajectory_commands_and_imu_are_held_on_the_grid():
                                      joint_names=JOINTS[::-1], points=points)  # zero stamp: starts now
     chunks = sampler.state(T0_NS, np.zeros(2), np.zeros(2))
     sampler.command = trajectory_command(traj, robot, sampler.latest_ns)
-    sampler.imu = np.arange(6.0)
+    sampler.readings.update(gyro=np.arange(3.0), acc=np.arange(3.0, 6.0))
     for k in range(1, 6):
         chunks += sampler.state(T0_NS + k * DT_NS, np.full(2, k), np.zeros(2))
     assert len(chunks) == 1  # state 0 came before any command or IMU reading: the grid starts at state 1
     np.testing.assert_array_equal(chunks[0]["q"][:, 0], [1, 2, 3, 4])
     # joint names map the points' columns (elbow first); the second point holds from 3 dt on
     np.testing.assert_array_equal(chunks[0]["ctrl"], [[-1, 1], [-1, 1], [-2, 2], [-2, 2]])
-    np.testing.assert_array_equal(chunks[0]["imu_gyro"], np.tile([0.0, 1, 2], (4, 1)))
-    np.testing.assert_array_equal(chunks[0]["imu_accel"], np.tile([3.0, 4, 5], (4, 1)))
+    np.testing.assert_array_equal(chunks[0]["sensors"]["gyro"], np.tile([0.0, 1, 2], (4, 1)))
+    np.testing.assert_array_equal(chunks[0]["sensors"]["acc"], np.tile([3.0, 4, 5], (4, 1)))
     with pytest.raises(Rejected, match="out_of_order"):
         sampler.state(T0_NS + 5 * DT_NS, np.zeros(2), np.zeros(2))
+
+
+def sensor_config(path: Path, sensors: list[str], mjcf: Path = SENSORS_MJCF) -> str:
+    """A twin config with what the bridge reads of one: the robot's MJCF and the sensors it observes."""
+    path.write_text(f'[robot]\nname = "{mjcf}"\n\n[observation]\nsensors = {json.dumps(sensors)}\n')
+    return str(path)
+
+
+@pytest.mark.parametrize("sensors, imu, refused", [
+    (["gyro", "acc"], {"/imu": {"angular_velocity": "gyro", "linear_acceleration": "nope"}},
+     "maps to sensor 'nope', which the twin config does not observe"),
+    (["gyro", "acc"], {"/imu": {"angular_velocity": "acc", "linear_acceleration": "gyro"}},
+     "angular_velocity feeds a sensor of type gyro; 'acc' is of type accelerometer"),
+    (["gyro", "acc"], {"/imu": {"angular_velocity": "gyro"}}, r"observes sensors \['acc'\] that no --imu"),
+    (["gyro", "acc", "quat"], {"/imu": {}}, r"observes sensors \['quat'\] that no --imu"),
+    (["gyro", "acc"], {"/a": {"angular_velocity": "gyro", "linear_acceleration": "acc"}, "/b": {}},
+     r"sensors \['acc', 'gyro'\] are fed more than once"),
+    ([], {"/imu": {}}, "observes no gyro or accelerometer"),
+    (["gyro", "nope"], {}, r"declares no sensors \['nope'\]"),
+])
+def test_imu_mappings_the_twin_cannot_take_are_refused_at_start(tmp_path, sensors, imu, refused):
+    with pytest.raises(ValueError, match=refused):
+        Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "twin.toml", sensors), "arm-1", imu=imu))
+
+
+def test_sensors_whose_ros_names_collide_and_malformed_imu_options_are_refused(tmp_path, capsys):
+    """Two sensors whose names make one ROS name would share prediction_bands/<sensor>; two gyros leave a bare
+    --imu ambiguous; the command line refuses both, and a malformed --imu, without a traceback (exit 2)."""
+    mjcf = tmp_path / "arm2_clash.xml"
+    mjcf.write_text(SENSORS_MJCF.read_text().replace('<gyro name="gyro"', '<gyro name="a-b"')
+                    .replace('<framequat name="quat" objtype="site" objname="imu"/>', '<gyro name="a_b" site="imu"/>'))
+    config = sensor_config(tmp_path / "clash.toml", ["a-b", "a_b"], mjcf)
+    for imu, refused in ((["/imu"], "gyro sensors ['a-b', 'a_b']; name the one angular_velocity feeds"),
+                         ([], "sensors ['a-b', 'a_b'] would all publish on <namespace>/prediction_bands/a_b"),
+                         (["/imu=angular_velocity"], "expected TOPIC=FIELD:SENSOR")):
+        args = ["ros2", "--config", config, "--robot-id", "arm-1", *(a for i in imu for a in ("--imu", i))]
+        assert main(args) == 2
+        assert refused in capsys.readouterr().err
+
+
+def test_imu_orientation_is_a_unit_quaternion_w_first_continuous_in_sign():
+    fields = {"angular_velocity": "gyro", "orientation": "quat"}
+    first = imu_readings(imu_message(T0_NS, (1, 2, 3), (0, 0, 9.81), (0.0, 0.0, 0.6, 0.8)), fields, {})
+    np.testing.assert_array_equal(first["gyro"], [1, 2, 3])
+    np.testing.assert_allclose(first["quat"], [0.8, 0.0, 0.0, 0.6], rtol=0, atol=1e-15)
+    flipped = imu_readings(imu_message(T0_NS, (0, 0, 0), (0, 0, 0), (0.0, 0.0, -1.2, -1.6)), fields, first)
+    np.testing.assert_allclose(flipped["quat"], first["quat"], rtol=0, atol=1e-15)  # -q is q: kept continuous
+    for msg, code in ((imu_message(T0_NS, (0, 0, 0), (0, 0, 0), no_orientation=True), "bad_message"),
+                      (imu_message(T0_NS, (0, 0, 0), (0, 0, 0), (0, 0, 0, 0)), "bad_message"),
+                      (imu_message(T0_NS, (np.nan, 0, 0), (0, 0, 0)), "non_finite")):
+        with pytest.raises(Rejected, match=code):
+            imu_readings(msg, fields, first)
 
 
 def test_ros2_robot_into_the_service_advances_the_posterior_and_predictions_come_back(ros, tmp_path, service_model):

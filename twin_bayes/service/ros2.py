@@ -1,12 +1,13 @@
 """`Ros2Bridge`: a robot on ROS 2 (rmw_zenoh) as a twin-bayes robot, and the twin back as ROS 2 topics.
 
 Without a ROS installation: the bridge is a zenoh peer that subscribes to the robot's topics by
-their rmw_zenoh key expressions, decodes CDR with `rosbags`, puts joint states and commands on
-the twin's time grid (`ros2_inbound.Sampler`) and streams them to the service through a
-`RobotLink` (numbered chunks, kept until acked). It subscribes to the service's PUB stream and
-publishes posterior, predictions, alerts and health as ROS 2 messages (`ros2_outbound`), with
-the liveliness tokens that make the node, its publishers and its subscriptions visible to
-`ros2 node list` / `ros2 topic list`. A message that cannot be used is counted by reason
+their rmw_zenoh key expressions, decodes CDR with `rosbags`, puts joint states, commands and
+the readings of Imu topics (as the MJCF sensors the twin observes) on the twin's time grid
+(`ros2_inbound.Sampler`) and streams them to the service through a `RobotLink` (numbered chunks,
+kept until acked). It subscribes to the service's PUB stream and publishes posterior,
+predictions, alerts and health as ROS 2 messages (`ros2_outbound`), with the liveliness tokens
+that make the node, its publishers and its subscriptions visible to `ros2 node list` /
+`ros2 topic list`. A message that cannot be used is counted by reason
 (`stats()["rejected"]`) and dropped; nothing a peer sends can stop the bridge.
 
 One thread owns the ZeroMQ sockets (the one that calls `run`); zenoh's callbacks only queue.
@@ -18,6 +19,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import zmq
@@ -26,9 +28,9 @@ from twin_bayes.service import protocol, ros2_keys as keys
 from twin_bayes.service.auth import CurveKeys
 from twin_bayes.service.client import ServiceError, Subscriber, TwinClient, TwinTimeout
 from twin_bayes.service.robot_link import LinkTimeout, RobotLink
-from twin_bayes.service.ros2_inbound import (Rejected, Sampler, array_command, decode, imu_reading, joint_state,
-                                             robot_joints, stamp_ns, trajectory_command)
-from twin_bayes.service.ros2_outbound import (diagnostics, posterior_json, prediction_messages, sensor_output,
+from twin_bayes.service.ros2_inbound import (Rejected, Sampler, array_command, decode, imu_readings, imu_sensors,
+                                             joint_state, robot_joints, stamp_ns, trajectory_command)
+from twin_bayes.service.ros2_outbound import (diagnostics, posterior_json, prediction_messages, sensor_outputs,
                                               string_message)
 
 COMMAND_TYPES = {"float64_multi_array": keys.FLOAT_ARRAY, "joint_trajectory": keys.TRAJECTORY}
@@ -41,6 +43,8 @@ class BridgeSettings:
     """What to bridge. Topics are fully qualified ROS 2 names; outputs go under `namespace`
     (default /twin/<robot_id as a ROS name>), health to /diagnostics.
 
+    imu: {sensor_msgs/Imu topic: {field: MJCF sensor}} (fields angular_velocity, linear_acceleration,
+    orientation; {}: to the twin's one observed gyro and accelerometer), sent as `sensor:<name>` fields;
     chunk_samples: samples per telemetry chunk (default 0.1 s worth); max_gap_s: joint states further
     apart start a new grid; first_seq: number of the first chunk (default: the service's highest
     stored + 1, asked at `query`, else 0); idle_flush_s: a partial chunk is sent after this long
@@ -52,7 +56,7 @@ class BridgeSettings:
     joint_states: str = "/joint_states"
     commands: str = "/twin/commands"
     command_type: str = "float64_multi_array"
-    imu: str | None = None
+    imu: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     domain: int = 0
     distro: str = "jazzy"
     zenoh_connect: tuple[str, ...] = ("tcp/127.0.0.1:7447",)
@@ -94,15 +98,17 @@ class Ros2Bridge:
         self.robot = robot_joints(s.config)
         if s.chunk_samples is not None and s.chunk_samples < 1:
             raise ValueError(f"chunk_samples must be >= 1, got {s.chunk_samples}")
+        # Imu input 'imu:<topic>' -> {field: MJCF sensor it feeds}
+        self.imu = {f"imu:{topic}": fields for topic, fields in imu_sensors(self.robot, s.imu).items()}
         self.sampler = Sampler(self.robot.dt, s.chunk_samples or max(1, round(0.1 / self.robot.dt)), s.max_gap_s,
-                               use_imu=s.imu is not None)
+                               sensors=tuple(n for fields in self.imu.values() for n in fields.values()))
         namespace = s.namespace or f"/twin/{keys.ros_token(s.robot_id)}"
         self.node = s.node or keys.ros_token(f"twin_bayes_{s.robot_id}")
         self.inputs = {"joint_states": keys.TopicKey(s.domain, s.joint_states, keys.JOINT_STATE, s.distro),
                        "commands": keys.TopicKey(s.domain, s.commands, COMMAND_TYPES[s.command_type], s.distro)}
-        if s.imu is not None:
-            self.inputs["imu"] = keys.TopicKey(s.domain, s.imu, keys.IMU, s.distro)
-        outputs = {**OUTPUTS, **{sensor_output(n): keys.FLOAT_ARRAY for n in self.robot.sensors}}
+        self.inputs.update({name: keys.TopicKey(s.domain, name.removeprefix("imu:"), keys.IMU, s.distro)
+                            for name in self.imu})
+        outputs = {**OUTPUTS, **{name: keys.FLOAT_ARRAY for name in sensor_outputs(self.robot.sensors)}}
         self.outputs = {name: keys.TopicKey(s.domain, f"{namespace}/{name}", t, s.distro)
                         for name, t in outputs.items()}
         self.outputs["diagnostics"] = keys.TopicKey(s.domain, "/diagnostics", keys.DIAGNOSTICS, s.distro)
@@ -114,7 +120,7 @@ class Ros2Bridge:
         self.published: Counter = Counter()
         self.lost = 0  # samples missing by the publishers' attachment sequence numbers
         self.last_problem = ""
-        self._last_imu_ns: int | None = None
+        self._last_imu_ns: dict[str, int] = {}  # Imu input -> stamp of its latest message used
         self._seen: dict[bytes, int] = {}  # publisher gid -> last attachment sequence number
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._health: dict | None = None
@@ -181,10 +187,11 @@ class Ros2Bridge:
                                     if self.settings.command_type == "joint_trajectory"
                                     else array_command(msg, self.robot))
         else:
-            t = stamp_ns(msg.header)
-            if self._last_imu_ns is not None and t <= self._last_imu_ns:
-                raise Rejected("out_of_order", f"Imu stamp {t} ns is not after the last one, {self._last_imu_ns} ns")
-            self.sampler.imu, self._last_imu_ns = imu_reading(msg), t
+            t, last = stamp_ns(msg.header), self._last_imu_ns.get(name)
+            if last is not None and t <= last:
+                raise Rejected("out_of_order", f"Imu stamp {t} ns is not after the last one, {last} ns")
+            self.sampler.readings.update(imu_readings(msg, self.imu[name], self.sampler.readings))
+            self._last_imu_ns[name] = t
 
     def _send(self, chunk) -> None:
         try:

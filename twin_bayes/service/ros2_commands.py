@@ -23,7 +23,11 @@ def register(sub) -> dict:
     p.add_argument("--command-type", choices=("float64_multi_array", "joint_trajectory"),
                    default="float64_multi_array",
                    help="std_msgs/Float64MultiArray (one value per actuator) or trajectory_msgs/JointTrajectory")
-    p.add_argument("--imu", default=None, help="sensor_msgs/Imu topic (sent as imu_gyro, imu_accel; default: none)")
+    p.add_argument("--imu", action="append", default=[], metavar="TOPIC[=FIELD:SENSOR,...]",
+                   help="sensor_msgs/Imu topic feeding the twin's observed sensors, as `fit --imu`: fields "
+                        "angular_velocity, linear_acceleration, orientation, e.g. "
+                        "/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel; a bare TOPIC feeds the "
+                        "config's one observed gyro and accelerometer (repeat per topic; default: none)")
     p.add_argument("--domain", type=int, default=0, help="ROS_DOMAIN_ID")
     p.add_argument("--distro", choices=("humble", "jazzy", "kilted", "rolling"), default="jazzy",
                    help="humble: key expressions carry TypeHashNotSupported instead of RIHS01 hashes")
@@ -50,6 +54,19 @@ def register(sub) -> dict:
     return {"ros2": cmd_ros2}
 
 
+def imu_topics(specs: list[str]) -> dict[str, dict[str, str]]:
+    """`--imu` specs as {topic: {field: sensor}}: TOPIC=FIELD:SENSOR[,...] as `fit --imu`, a bare TOPIC as {}
+    (the bridge maps it to the config's gyro and accelerometer); ValueError for a malformed spec."""
+    from twin_bayes.data.rosbag import parse_imu_topics
+
+    topics = parse_imu_topics([s for s in specs if "=" in s])
+    for topic in (s for s in specs if "=" not in s):
+        if topic in topics:
+            raise ValueError(f"--imu: topic {topic} given twice")
+        topics[topic] = {}
+    return topics
+
+
 def cmd_ros2(args) -> int:
     import zenoh
     import zmq
@@ -60,8 +77,8 @@ def cmd_ros2(args) -> int:
     try:
         curve = None if args.curve_keys is None else load(args.curve_keys, args.key_name or args.robot_id)
         settings = BridgeSettings(
-            args.config, args.robot_id, args.joint_states, args.commands, args.command_type, args.imu, args.domain,
-            args.distro, tuple(args.zenoh_endpoint or ("tcp/127.0.0.1:7447",)),
+            args.config, args.robot_id, args.joint_states, args.commands, args.command_type, imu_topics(args.imu),
+            args.domain, args.distro, tuple(args.zenoh_endpoint or ("tcp/127.0.0.1:7447",)),
             tuple(args.zenoh_listen or ("tcp/127.0.0.1:0",)), args.service_ingest, args.service_pub,
             args.service_query or None, args.namespace, settings=_settings(args.setting),
             chunk_samples=args.chunk_samples, max_gap_s=args.max_gap, first_seq=args.first_seq, curve=curve)

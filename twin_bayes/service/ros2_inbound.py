@@ -3,14 +3,15 @@
 No JAX: the robot is read from the twin config's MJCF with native MuJoCo. The service takes
 telemetry only at exactly the twin's timestep, so `Sampler` puts joint states on that grid:
 q and qd are interpolated linearly between consecutive joint states, and each grid sample gets
-the command (and IMU reading) that was the latest one received when the last joint state at or
-before it arrived (a state stamped up to dt/10 after a grid time counts as at it: stamp jitter),
-held as on the robot. A joint state more than `max_gap_s` after the previous one starts
-a new grid (the service sees a time jump and cuts its window there).
+the command (and each Imu-fed sensor's reading) that was the latest one received when the last
+joint state at or before it arrived (a state stamped up to dt/10 after a grid time counts as at
+it: stamp jitter), held as on the robot. A joint state more than `max_gap_s` after the previous
+one starts a new grid (the service sees a time jump and cuts its window there).
 """
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from twin_bayes.service.ros2_keys import typestore
 
 ROBOTS_DIR = Path(__file__).resolve().parent.parent / "robots"
 _HINGE_OR_SLIDE = (2, 3)  # mjtJoint: free 0, ball 1, slide 2, hinge 3
+#: sensor_msgs/Imu field -> the MJCF sensor type it feeds (as `fit --imu`, data.rosbag.IMU_FIELDS).
+IMU_SENSOR_TYPES = {"angular_velocity": "gyro", "linear_acceleration": "accelerometer", "orientation": "framequat"}
 
 
 class Rejected(ValueError):
@@ -33,8 +36,9 @@ class Rejected(ValueError):
 @dataclass(frozen=True)
 class RobotJoints:
     """The twin's columns: `joints` of q and qd (MJCF order), the joint each ctrl column drives
-    (`actuators`), the sample interval `dt` (s), the config's `settings` names and the MJCF sensors
-    its twin observes (`sensors`, config order)."""
+    (`actuators`), the sample interval `dt` (s), the config's `settings` names, the MJCF sensors
+    its twin observes (`sensors`, config order) and their MuJoCo types (`sensor_types`: 'gyro',
+    'accelerometer', 'framequat', ...)."""
 
     robot: str
     joints: tuple[str, ...]
@@ -42,6 +46,7 @@ class RobotJoints:
     dt: float
     settings: tuple[str, ...] = ()
     sensors: tuple[str, ...] = ()
+    sensor_types: tuple[str, ...] = ()
 
 
 def _config_path(config: str | Path) -> Path:
@@ -79,9 +84,65 @@ def robot_joints(config: str | Path) -> RobotJoints:
                          "(a JointState carries one position per joint)")
     if any(t != mujoco.mjtTrn.mjTRN_JOINT for t in m.actuator_trntype):
         raise ValueError(f"{mjcf.name}: every actuator must drive a joint")
+    sensors = tuple(data.get("observation", {}).get("sensors", ()))
     return RobotJoints(name, tuple(joint(j) for j in range(m.njnt)),
                        tuple(joint(j) for j in m.actuator_trnid[:, 0]), float(m.opt.timestep),
-                       tuple(data.get("settings", {})), tuple(data.get("observation", {}).get("sensors", ())))
+                       tuple(data.get("settings", {})), sensors, _sensor_types(m, sensors, mjcf.name))
+
+
+def _sensor_types(m, names: tuple[str, ...], mjcf: str) -> tuple[str, ...]:
+    """MuJoCo type of each named sensor of model `m`, lower case ('gyro'); ValueError for a name it lacks."""
+    import mujoco
+
+    ids = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SENSOR, n) for n in names]
+    unknown = [n for n, i in zip(names, ids) if i < 0]
+    if unknown:
+        raise ValueError(f"{mjcf}: declares no sensors {unknown}, which the config observes")
+    return tuple(mujoco.mjtSensor(int(m.sensor_type[i])).name.removeprefix("mjSENS_").lower() for i in ids)
+
+
+def imu_sensors(robot: RobotJoints, topics: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
+    """{Imu topic: {field: MJCF sensor}} checked against the twin: an empty mapping is filled with each of
+    angular_velocity and linear_acceleration to the one observed gyro and accelerometer. ValueError for an
+    unknown field, a sensor the twin does not observe or of another type, a sensor fed twice, or (with any
+    topic) an observed sensor left unfed: the service refuses telemetry without it."""
+    types = dict(zip(robot.sensors, robot.sensor_types))
+    out = {topic: dict(fields) or _derived(robot, topic) for topic, fields in topics.items()}
+    fed = []
+    for topic, fields in out.items():
+        for part, name in fields.items():
+            if part not in IMU_SENSOR_TYPES:
+                raise ValueError(f"--imu {topic}: unknown field {part!r}; expected one of {list(IMU_SENSOR_TYPES)}")
+            if name not in types:
+                raise ValueError(f"--imu {topic}: {part} maps to sensor {name!r}, which the twin config does not "
+                                 f"observe (it observes {list(robot.sensors)})")
+            if types[name] != IMU_SENSOR_TYPES[part]:
+                raise ValueError(f"--imu {topic}: {part} feeds a sensor of type {IMU_SENSOR_TYPES[part]}; "
+                                 f"{name!r} is of type {types[name]}")
+            fed.append(name)
+    twice = sorted({n for n in fed if fed.count(n) > 1})
+    if twice:
+        raise ValueError(f"--imu: sensors {twice} are fed more than once")
+    unfed = [n for n in robot.sensors if n not in fed]
+    if out and unfed:
+        raise ValueError(f"the twin config observes sensors {unfed} that no --imu mapping feeds "
+                         "(the service refuses telemetry without them)")
+    return out
+
+
+def _derived(robot: RobotJoints, topic: str) -> dict[str, str]:
+    """angular_velocity and linear_acceleration to the twin's one observed gyro and accelerometer (if any)."""
+    out = {}
+    for part in ("angular_velocity", "linear_acceleration"):
+        kind = IMU_SENSOR_TYPES[part]
+        names = [n for n, t in zip(robot.sensors, robot.sensor_types) if t == kind]
+        if len(names) > 1:
+            raise ValueError(f"--imu {topic}: the twin config observes {kind} sensors {names}; name the one "
+                             f"{part} feeds: {topic}=FIELD:SENSOR[,FIELD:SENSOR...]")
+        out.update({part: n for n in names})
+    if not out:
+        raise ValueError(f"--imu {topic}: the twin config observes no gyro or accelerometer for it to feed")
+    return out
 
 
 def decode(raw: bytes, msgtype: str, distro: str):
@@ -164,12 +225,30 @@ def trajectory_command(msg, robot: RobotJoints, now_ns: int | None) -> Command:
     return Command(t, values)
 
 
-def imu_reading(msg) -> np.ndarray:
-    """(6,) angular velocity (rad/s) then linear acceleration (m/s^2) of a sensor_msgs/Imu."""
-    w, a = msg.angular_velocity, msg.linear_acceleration
-    out = np.array([w.x, w.y, w.z, a.x, a.y, a.z], np.float64)
-    _finite("Imu", out)
+def imu_readings(msg, fields: Mapping[str, str], previous: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{sensor: reading} of a sensor_msgs/Imu, one per mapped field {field: sensor}: angular_velocity (3,) rad/s,
+    linear_acceleration (3,) m/s^2, orientation (4,) w, x, y, z, unit, of the sign nearest the sensor's
+    `previous` reading (q and -q are one rotation). Rejected('bad_message') for a field marked not provided
+    (covariance[0] = -1) or a zero quaternion."""
+    out = {}
+    for part, name in fields.items():
+        if getattr(msg, f"{part}_covariance")[0] == -1:
+            raise Rejected("bad_message", f"Imu marks {part} as not provided (covariance[0] = -1)")
+        v = getattr(msg, part)
+        out[name] = np.array([v.w, v.x, v.y, v.z] if part == "orientation" else [v.x, v.y, v.z], np.float64)
+        _finite(f"Imu {part}", out[name])
+        if part == "orientation":
+            out[name] = _unit(out[name], previous.get(name))
     return out
+
+
+def _unit(quat: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+    """A quaternion (4,) normalised, with the sign nearest `previous` (4,)."""
+    norm = float(np.linalg.norm(quat))
+    if norm == 0:
+        raise Rejected("bad_message", "Imu orientation has zero norm")
+    quat = quat / norm
+    return -quat if previous is not None and quat @ previous < 0 else quat
 
 
 @dataclass
@@ -178,7 +257,7 @@ class _Last:
     q: np.ndarray
     qd: np.ndarray
     command: Command | None
-    imu: np.ndarray | None
+    readings: dict[str, np.ndarray]
 
 
 @dataclass
@@ -186,16 +265,17 @@ class Sampler:
     """Joint states to chunks of samples on the grid t0 + k dt (see the module docstring).
 
     Times are integer nanoseconds inside (exact grid), seconds in the chunks. `state` returns
-    finished chunks: dicts of t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu) and, with `use_imu`,
-    imu_gyro (n, 3) rad/s and imu_accel (n, 3) m/s^2. `gaps` counts grids restarted after a gap.
+    finished chunks: dicts of t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu) and, with `sensors`, sensors
+    {name: (n, dim)} held from `readings` {name: (dim,)}; no sample is made before each of `sensors` has
+    a reading. `gaps` counts grids restarted after a gap.
     """
 
     dt: float
     chunk_samples: int
     max_gap_s: float
-    use_imu: bool = False
+    sensors: tuple[str, ...] = ()
     command: Command | None = None
-    imu: np.ndarray | None = None
+    readings: dict[str, np.ndarray] = field(default_factory=dict)
     gaps: int = 0
     _last: _Last | None = None
     _grid0: int = 0
@@ -214,7 +294,7 @@ class Sampler:
         if last is not None and t_ns <= last.t_ns:
             raise Rejected("out_of_order", f"stamp {t_ns} ns is not after the last one, {last.t_ns} ns")
         out: list[dict[str, np.ndarray]] = []
-        ready = last is not None and last.command is not None and (last.imu is not None or not self.use_imu)
+        ready = last is not None and last.command is not None and all(n in last.readings for n in self.sensors)
         gap = ready and (t_ns - last.t_ns) > self.max_gap_s * 1e9
         if not ready or gap:
             self.gaps += gap
@@ -226,22 +306,22 @@ class Sampler:
             while (tau := self._grid0 + self._k * dt_ns) < t_ns - dt_ns // 10:
                 w = (tau - last.t_ns) / (t_ns - last.t_ns)
                 self._rows.append((tau, (1 - w) * last.q + w * q, (1 - w) * last.qd + w * qd,
-                                   last.command.at(tau), last.imu))
+                                   last.command.at(tau), last.readings))
                 self._k += 1
                 if len(self._rows) == self.chunk_samples:
                     out += self.flush()
-        self._last = _Last(t_ns, q, qd, self.command, self.imu)
+        self._last = _Last(t_ns, q, qd, self.command, dict(self.readings))
         return out
 
     def flush(self) -> list[dict[str, np.ndarray]]:
         """The samples gathered so far as one chunk ([] if none)."""
         if not self._rows:
             return []
-        t, q, qd, ctrl, imu = zip(*self._rows)
+        t, q, qd, ctrl, readings = zip(*self._rows)
         self._rows = []
         ns = np.array(t, np.int64)
         chunk = {"t": (ns // 10**9) + (ns % 10**9) * 1e-9, "q": np.stack(q), "qd": np.stack(qd),
                  "ctrl": np.stack(ctrl)}
-        if self.use_imu:
-            chunk["imu_gyro"], chunk["imu_accel"] = np.stack(imu)[:, :3], np.stack(imu)[:, 3:]
+        if self.sensors:
+            chunk["sensors"] = {n: np.stack([r[n] for r in readings]) for n in self.sensors}
         return [chunk]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,18 @@ def posterior_json(msg: Message) -> dict[str, Any]:
 def sensor_output(sensor: str) -> str:
     """The output name of an observed sensor's predicted readings: 'prediction_bands/<sensor as a ROS name>'."""
     return f"prediction_bands/{ros_token(sensor)}"
+
+
+def sensor_outputs(sensors: Sequence[str]) -> list[str]:
+    """`sensor_output` of each sensor; ValueError if two sensors make one ROS name (e.g. 'a-b' and 'a_b')."""
+    by_output: dict[str, list[str]] = {}
+    for sensor in sensors:
+        by_output.setdefault(sensor_output(sensor), []).append(sensor)
+    for output, names in by_output.items():
+        if len(names) > 1:
+            raise ValueError(f"sensors {names} would all publish on <namespace>/{output} (a ROS name has only "
+                             "[A-Za-z0-9_]): rename them in the MJCF so that they differ there")
+    return list(by_output)
 
 
 def bands_message(ts, quantiles: list[float], after_s: np.ndarray, bands: np.ndarray, label: str) -> bytes:
