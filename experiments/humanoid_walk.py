@@ -6,10 +6,11 @@ twin's posterior, run on real humanoids of hidden truths; the twin predicts its 
 
 The real humanoids are native MuJoCo under the truth files in twin_bayes/robots/humanoid/truths/ (torso and
 leg masses, hip and knee damping and armature, foot friction, command latency); the trainer and the twin
-see none of them. The walker is `policy.walk` (phase clock, mirror-symmetric linear policy on the torso's
-state, PD to joint targets), trained by ARS (`policy.ars`) on batched `mujoco.rollout` episodes.
+see none of them. The walker is `policy.walk` (a designed foot-placement gait, SIMBICON-like, 22 gains),
+refined by ARS (`policy.ars`) on batched `mujoco.rollout` episodes. The twin is `humanoid_latency`: the
+floating humanoid's torso mass, hip damping and foot friction, and its command latency.
 
-1. Pretraining: `PRETRAIN` ARS iterations on the nominal model from the gait prior (`walk.gait_prior`).
+1. Pretraining: `PRETRAIN` ARS iterations on the nominal model from the designed gait (`walk.designed_gait`).
 2. Per truth, the pretrained walker runs on the real humanoid; its telemetry (sensor noise on every
    3 ms reading, the commands as sent; whole 0.3 s windows until the run ends or the torso falls, at
    most `WINDOWS`) is streamed through a `humanoid` twin with `Twin.update`, as the identification
@@ -38,13 +39,12 @@ from twin_bayes.inference import Twin  # noqa: E402
 from twin_bayes.inference.store import save_posterior  # noqa: E402
 from twin_bayes.models import TwinModel  # noqa: E402
 from twin_bayes.policy import ars, experiment, walk  # noqa: E402
-from twin_bayes.sim import load_robot  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRUTHS = Path(walk.__file__).resolve().parents[1] / "robots" / "humanoid" / "truths"
-SETTINGS = ars.Settings(directions=16, top=8, step_size=0.03, noise=0.05)
-EPISODE_S, RUN_S, DRAWS, WINDOWS, SEEDS = 3.0, 10.0, 32, 3, [1, 2, 3]
-PRETRAIN, FINETUNE = 150, 30
+SETTINGS = ars.Settings(directions=16, top=8, step_size=0.1, noise=0.3)
+EPISODE_S, RUN_S, DRAWS, WINDOWS, SEEDS = 8.0, 10.0, 32, 3, [1, 2, 3]
+PRETRAIN, FINETUNE = 80, 30
 
 
 def fit_posterior(cfg, model: TwinModel, robot, truth, noise, walker, seed: int, out: Path):
@@ -57,7 +57,7 @@ def fit_posterior(cfg, model: TwinModel, robot, truth, noise, walker, seed: int,
     qd = run.qvel[0, :n] + rng.normal(0.0, noise[1], (n, robot.nv))
     twin = Twin(cfg, model)
     reports = [twin.update(w) for w in consecutive_windows(q, qd, run.sent[0, :n], model.window_samples)]
-    save_posterior(twin, out)
+    save_posterior(twin, out, {"config": cfg.name, "parameters": twin.posterior.summary()})   # a shipped name
     return twin, reports
 
 
@@ -131,35 +131,40 @@ def main(argv=None) -> dict:
     name = "humanoid_walk" + ("_quick" if quick else "")
     store = Path(args.out) / name
     store.mkdir(parents=True, exist_ok=True)
-    pretrain, finetune, run_s = (4, 2, 2.0) if quick else (PRETRAIN, FINETUNE, RUN_S)
+    pretrain, finetune, run_s, episode_s = (4, 2, 2.0, 2.0) if quick else (PRETRAIN, FINETUNE, RUN_S, EPISODE_S)
     files = sorted(TRUTHS.glob("*.toml"))[:1 if quick else None]
     seeds = SEEDS[:1] if quick else SEEDS
-    cfg = load_config("humanoid")
+    cfg = load_config("humanoid_latency")
     model = TwinModel(cfg)
     robot = model.robot
     truths = {f.stem: walk.read_truth(f, robot) for f in files}
     started = time.perf_counter()
 
-    def train(models, policy, iterations, seed, label):
-        trained, history = walk.train(robot, models, policy, iterations, EPISODE_S, seed, SETTINGS)
+    def train(thetas, policy, iterations, seed, label):
+        """ARS on the training distribution of parameter draws thetas (n, P) (models and latencies)."""
+        thetas = np.asarray(thetas)
+        models = [robot.model_with(t) for t in thetas]
+        latencies = [float(robot.layout.latency(t)) for t in thetas]
+        trained, history = walk.train(robot, models, policy, iterations, episode_s, seed, SETTINGS, latencies)
         experiment.log.info("%s: mean return %.3f -> %.3f over %d iterations", label, history[0]["mean_return"],
                             history[-1]["mean_return"], iterations)
         walk.save(trained, store / f"{label}.json", robot.name, {"trained_on": label, "iterations": iterations})
         return trained, [h["mean_return"] for h in history], int(sum(h["steps"] for h in history))
 
-    def models_of(thetas):
-        return [robot.model_with(np.asarray(t)) for t in thetas]
-
-    pre, pre_curve, pre_steps = train([robot.mj_model], walk.gait_prior(robot), pretrain, 0, "pretrained")
+    nominal = experiment.nominal_thetas(model)
+    pre, pre_curve, pre_steps = train(nominal, walk.designed_gait(), pretrain, 0, "pretrained")
     training = {"pretrained": {"curve": pre_curve, "steps": pre_steps}}
     walkers = {}
-    for label, thetas in (("nominal", experiment.nominal_thetas(model)),
+    for label, thetas in (("nominal", nominal),
                           ("uniform_dr", experiment.uniform_thetas(model, jax.random.PRNGKey(0), DRAWS))):
-        walkers[label], curve, steps = train(models_of(thetas), pre, finetune, 1, label)
+        walkers[label], curve, steps = train(thetas, pre, finetune, 1, label)
         training[label] = {"curve": curve, "steps": steps}
     identification, twins = {}, {}
     for i, (truth_name, (truth, noise)) in enumerate(truths.items()):
+        fit_started = time.perf_counter()
         twin, reports = fit_posterior(cfg, model, robot, truth, noise, pre, 100 + i, store / f"posterior_{truth_name}")
+        experiment.log.info("%s: twin fitted on %d windows in %.0f s", truth_name, len(reports),
+                            time.perf_counter() - fit_started)
         twins[truth_name] = twin
         summary = twin.posterior.summary()
         identification[truth_name] = {
@@ -169,7 +174,7 @@ def main(argv=None) -> dict:
                           for n in summary}}
         thetas, _ = experiment.posterior_draws(twin, DRAWS, seed=i)
         label = f"posterior_{truth_name}"
-        walkers[label], curve, steps = train(models_of(thetas), pre, finetune, 1, label)
+        walkers[label], curve, steps = train(thetas, pre, finetune, 1, label)
         training[label] = {"curve": curve, "steps": steps}
     runs, gait_runs = [], {}
     for i, (truth_name, (truth, noise)) in enumerate(truths.items()):
@@ -195,8 +200,9 @@ def main(argv=None) -> dict:
             "walked_3m_without_fall": int(sum(r["distance_m"] >= 3.0 and not r["falls"] for r in rows)),
             "no_fall": int(sum(not r["falls"] for r in rows)),
             "distance_within_predicted_90": int(sum(r["distance_within_predicted_90"] for r in rows))}
-    result = {"run_s": run_s, "episode_s": EPISODE_S, "seeds": seeds, "draws": DRAWS, "windows": WINDOWS,
-              "fall_height_m": walk.FALL_HEIGHT, "ars": SETTINGS._asdict(), "pretrain_iterations": pretrain,
+    result = {"run_s": run_s, "episode_s": episode_s, "seeds": seeds, "draws": DRAWS, "windows": WINDOWS,
+              "fall_height_m": walk.FALL_HEIGHT, "ars": SETTINGS._asdict(), "config": cfg.name,
+              "pretrain_iterations": pretrain,
               "finetune_iterations": finetune,
               "finetune_budget_episodes": finetune * 2 * SETTINGS.directions,
               "truths": {k: {"file": str(f.relative_to(TRUTHS.parents[2])),

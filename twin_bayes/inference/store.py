@@ -24,8 +24,9 @@ MODEL_ERROR = "model_error.json"
 
 
 def save_posterior(twin: Twin, out: str | Path, summary: dict | None = None, engine: str = "particles") -> Path:
-    """Write particles.npz, state.npz (the whole TwinState), posterior.nc (ArviZ), summary.json and, where the twin has a
-    model error (`Twin.model_error`), model_error.json into out/ (a stale model_error.json is removed).
+    """Write particles.npz, state.npz (the whole TwinState), posterior.nc (ArviZ), summary.json (default: the config's
+    path and each parameter's summary) and, where the twin has a model error (`Twin.model_error`), model_error.json
+    into out/ (a stale model_error.json is removed).
 
     posterior.nc names the engine of a batch fit with chains; a particle posterior is labelled `engine`."""
     out = Path(out)
@@ -47,7 +48,8 @@ def save_posterior(twin: Twin, out: str | Path, summary: dict | None = None, eng
         idata = to_inference_data(samples, prior=_prior_draws(twin), weights=post.weights[None],
                                   attrs={"config": str(twin.cfg.source), "engine": engine})
     save_netcdf(idata, out / NETCDF)
-    (out / SUMMARY).write_text(json.dumps(summary or {"parameters": post.summary()}, indent=2))
+    summary = summary or {"config": str(twin.cfg.source), "parameters": post.summary()}
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2))
     if twin.model_error is not None:
         (out / MODEL_ERROR).write_text(json.dumps(twin.model_error.as_dict(), indent=2))
     else:

@@ -4,9 +4,9 @@ A policy is a flat parameter vector theta (D,). One iteration draws N
 directions delta (N, D), scores theta ± noise·delta (the pair shares its model
 and its sensor-noise seed: common random numbers), keeps the `top` directions
 by max(r+, r−) and steps along Σ (r+ − r−)·delta, scaled by the standard
-deviation of the kept returns. The policy normalises its own inputs (for the
-walker, fixed physical scales: `policy.walk.OBS_SCALE`), so this is V1-t on
-normalised inputs.
+deviation of the kept returns. The policy scales its own parameters (for the
+walker, each gain by a fixed physical scale: `policy.walk.SCALES`), so this is
+V1-t in those units.
 """
 from __future__ import annotations
 

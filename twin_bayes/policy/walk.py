@@ -1,23 +1,30 @@
-"""A walking controller for the floating `humanoid`: a phase clock, a mirror-symmetric linear policy on the
-torso's state, PD to the joint targets it sets, run batched on native MuJoCo (`mujoco.rollout`).
+"""A walking controller for the floating `humanoid`: a designed foot-placement gait (SIMBICON-like) whose
+gains augmented random search refines, run batched on native MuJoCo (`mujoco.rollout`).
 
-Policy (`WalkPolicy`): every `CONTROL_STEPS` physics steps (3 ms each) the controller reads the measured
-state, forms the balance features b (9,) (`balance_features`), normalises them by fixed physical scales
-(`OBS_SCALE`), and sets joint targets around the standing posture (rad):
-    right leg (hip x, z, y, knee) = stand + W_side · f(b, φ)
-    left leg = stand + W_side · f(mirror b, φ + π)
-    abdomen (y, z, x) = stand + ½ (W_centre · f(b, φ) + s ∘ W_centre · f(mirror b, φ + π))
-(s: the abdomen's mirror signs; the arms hold the standing posture) with f (26,) = [normalised b (9),
-sin φ, cos φ, sin 2φ, cos 2φ, 1, and six of b times sin φ and cos φ (foot placement that depends on the
-phase)], φ = 2π·gait_hz·t. The command is u = clip(kp·(target − q) − kd·q̇, ±0.4) (control units; the
-motors' gears make torques of them). Mirror symmetry halves the parameters (182) and makes the gait the
-same on both legs.
+Controller (`WalkPolicy`, the values of `PARAMETERS`): every `CONTROL_STEPS` physics steps (3 ms each) it
+reads the measured state and, through its own (nominal) model's kinematics, the centre of mass c, the
+pelvis's pitch and roll and the feet. One leg stands, the other swings; they swap every `step_s`
+(a phase clock: the humanoid's feet are points, so a step's time, not a heel strike, is the event).
+Torques (N·m; the command is τ / gear, clipped to ±0.4):
+    torso:  τ_t = (kp·(0 − roll) − kd·ω_x, kp·(lean − pitch) − kd·ω_y, kp_yaw·(0 − yaw) − kd_yaw·ω_z)
+            about the world axes (ω: the torso's world angular velocity), the torque the hips put on the
+            pelvis;
+    swing hip, in the world: flexion  φ_s = swing_flex + cd·(c_x − p_x) + cv·v_x,
+                             sideways  φ_l = ±swing_out + cd_y·(c_y − p_y) + cv_y·v_y
+            (p the stance foot, v the torso's velocity; + moves the foot forward / toward +y), PD toward
+            them minus the pelvis's pitch and roll;
+    stance hip: −τ_t − τ_swing about each axis (the pelvis gets the torso torque);
+    knees: PD to swing_knee for the first knee_lift of the swing, then to knee_extend; the stance knee to
+            stance_knee; abdomen, hip yaw and arms: fixed PD to the standing posture.
+This is SIMBICON's balance law (Yin, Loken & van de Panne 2007): foot placement from the centre of
+mass's position and velocity over the stance foot, torso attitude through the stance hip.
 
 Episode (`simulate`): from standing (`policy.tasks.standing_posture`), sensor noise on every reading,
 command latency (linear interpolation, as `sim.latency.delay_commands`); it ends when the torso (root body)
-is below `FALL_HEIGHT`. Reward per control period: forward (world x) displacement of the torso (m) +
-(ALIVE − EFFORT·mean (u/0.4)²)·period (s).
+is below `FALL_HEIGHT`. Reward per control period: a·period − |Δx − a·period| with Δx the torso's forward
+(world x) displacement (m) and a = `SPEED` (the most at that speed), + (ALIVE − EFFORT·mean (u/0.4)²)·period.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,146 +37,209 @@ import numpy as np
 from mujoco import rollout
 
 from twin_bayes.policy import ars
-from twin_bayes.policy.tasks import deadbeat_kd, standing_posture
+from twin_bayes.policy.tasks import standing_posture
 from twin_bayes.sim.checks import start_state
 from twin_bayes.sim.robot import Robot
 from twin_bayes.sim import truth as truth_file
 
 FALL_HEIGHT = 1.0          # m: the torso's height (standing 1.29) below which the humanoid has fallen
 CONTROL_STEPS = 2          # physics steps per command (6 ms: 167 Hz)
-GAIT_HZ = 1.5              # strides per second of the phase clock (3 steps per second)
-KP = 3.0                   # command units per rad (× gear 25-300 N·m per unit)
+SPEED = 0.8                # m/s: the forward speed the reward pays most for
 ALIVE, EFFORT = 3.0, 0.1   # reward per second alive; weight of the mean squared command (of its range)
 NOISE = {"q": 0.002, "qd": 0.02}   # sensor noise sd (rad or m, rad/s or m/s), as the project's real robots
-# The tracking cost's scales (as the `policy.tasks` humanoid tasks): joint error 0.1 rad; base tilt 0.05,
-# its rate 0.5 rad/s.
-JOINT_SCALE, BASE_SCALE = 0.1, np.array([0.05, 0.05, 0.5, 0.5])
-FORMAT, VERSION = "twin-bayes walking controller", 1
+# The tracking cost's scales (as the `policy.tasks` humanoid tasks): base tilt 0.05, its rate 0.5 rad/s.
+BASE_SCALE = np.array([0.05, 0.05, 0.5, 0.5])
+FORMAT, VERSION = "twin-bayes walking controller", 2
 
-RIGHT = ("right_hip_x", "right_hip_z", "right_hip_y", "right_knee")
-LEFT = tuple(n.replace("right", "left") for n in RIGHT)
-CENTRE = ("abdomen_y", "abdomen_z", "abdomen_x")
-# Under the mirror (reflection y -> -y) the MJCF's leg joints keep their values (their axes are mirrored);
-# abdomen yaw and roll change sign.
-CENTRE_SIGN = np.array([1.0, -1, -1])
-# Balance features: tilt toward torso x, toward y, roll rate, pitch rate, yaw rate, height, forward and
-# lateral velocity (heading frame), yaw; PARITY is their sign under the mirror.
-FEATURES = ("tilt_x", "tilt_y", "rate_x", "rate_y", "rate_z", "height", "v_forward", "v_lateral", "yaw")
-PARITY = np.array([1.0, -1, -1, 1, -1, 1, 1, -1, -1])
-GATED = np.array([0, 1, 2, 3, 6, 7])   # features also multiplied by sin φ and cos φ (foot placement by phase)
-N_FEATURES = len(FEATURES) + 5 + 2 * len(GATED)
-# The features' normalisation b_n = (b − OBS_MEAN) / OBS_SCALE: fixed physical scales (a tilt of 0.1, a rate
-# of 1 rad/s, 5 cm of height about 1.25 m, 0.5 m/s forward, 0.3 m/s sideways, 0.2 rad of yaw), so that a
-# designed gait prior keeps its meaning while ARS trains (running moments would rescale it each iteration).
-OBS_MEAN = np.array([0.0, 0, 0, 0, 0, 1.25, 0, 0, 0])
-OBS_SCALE = np.array([0.1, 0.1, 1.0, 1.0, 1.0, 0.05, 0.5, 0.3, 0.2])
+# The controller's parameters: name, designed value, unit, and the scale ARS explores it in (its flat
+# coordinates are value / scale).
+PARAMETERS = (
+    ("step_s", 0.15, "s", 0.05),              # duration of a step (half a stride)
+    ("lean", 0.08, "rad", 0.05),              # torso pitch target (forward)
+    ("torso_kp", 480.0, "N·m/rad", 100.0),    # torso attitude (pitch and roll) PD, through the stance hip
+    ("torso_kd", 18.0, "N·m·s/rad", 10.0),
+    ("yaw_kp", 100.0, "N·m/rad", 30.0),       # torso heading PD, through the stance hip's yaw
+    ("yaw_kd", 10.0, "N·m·s/rad", 3.0),
+    ("swing_flex", 0.23, "rad", 0.1),         # swing thigh's forward angle from vertical ...
+    ("cd", 0.52, "rad/m", 0.2),               # ... + cd·(c − p) + cv·v, sagittal
+    ("cv", 0.27, "rad·s/m", 0.1),
+    ("swing_out", 0.035, "rad", 0.05),        # swing thigh's outward angle ...
+    ("cd_y", 0.34, "rad/m", 0.2),             # ... + cd_y·(c − p) + cv_y·v, lateral
+    ("cv_y", 0.30, "rad·s/m", 0.1),
+    ("swing_kp", 420.0, "N·m/rad", 100.0),    # swing hip PD, pitch
+    ("swing_kd", 19.0, "N·m·s/rad", 10.0),
+    ("swing_x_kp", 190.0, "N·m/rad", 50.0),   # swing hip PD, roll
+    ("swing_x_kd", 2.0, "N·m·s/rad", 5.0),
+    ("swing_knee", -1.39, "rad", 0.2),        # swing knee target while lifting ...
+    ("knee_lift", 0.96, "1", 0.1),            # ... for this fraction of the step,
+    ("knee_extend", -0.2, "rad", 0.05),       # then this
+    ("stance_knee", -0.16, "rad", 0.05),
+    ("knee_kp", 240.0, "N·m/rad", 50.0),      # knee PD (both legs)
+    ("knee_kd", 29.0, "N·m·s/rad", 5.0),
+)
+NAMES = tuple(p[0] for p in PARAMETERS)
+DESIGNED = np.array([p[1] for p in PARAMETERS])
+SCALES = np.array([p[3] for p in PARAMETERS])
+STEP_S = NAMES.index("step_s")
+LOWER = {"step_s": 0.06, "knee_lift": 0.0}          # bounds a refined value is clipped to (gains: ≥ 0)
+UPPER = {"knee_lift": 1.0}
+# Fixed PD to the standing posture (N·m/rad, N·m·s/rad): abdomen, the swing leg's hip yaw, arms.
+HOLD = {"abdomen": (200.0, 10.0), "hip_z": (50.0, 5.0), "arm": (10.0, 0.5)}
+LEGS = (("right_hip_x", "right_hip_z", "right_hip_y", "right_knee"),
+        ("left_hip_x", "left_hip_z", "left_hip_y", "left_knee"))
+FEET = ("right_foot", "left_foot")
+# Hip x (roll) and z (yaw) axes point along +x, +z on the right leg and −x, −z on the left (the MJCF
+# mirrors them); hip y and knee axes are the same on both legs.
+AXIS_SIGN = np.array([1.0, -1.0])
 
 
 class WalkPolicy(NamedTuple):
-    """side (4, 26) and centre (3, 26): rad per feature; obs_mean, obs_std (9,): the balance features'
-    normalisation; gait_hz, kp (command per rad), kd (command per rad/s): fixed by the trainer."""
+    """The controller: the values (P,) of `PARAMETERS`, in their units."""
 
-    side: np.ndarray
-    centre: np.ndarray
-    obs_mean: np.ndarray
-    obs_std: np.ndarray
-    gait_hz: float
-    kp: float
-    kd: float
+    values: np.ndarray
 
     def flat(self) -> np.ndarray:
-        """The trained parameters (182,)."""
-        return np.concatenate([self.side.ravel(), self.centre.ravel()])
+        """ARS's coordinates (P,): value / scale."""
+        return self.values / SCALES
 
     def with_flat(self, theta: np.ndarray) -> "WalkPolicy":
-        """The policy with parameters theta (182,)."""
-        n = self.side.size
-        return self._replace(side=theta[:n].reshape(self.side.shape), centre=theta[n:].reshape(self.centre.shape))
+        """The policy at ARS coordinates theta (P,)."""
+        return WalkPolicy(np.asarray(theta, np.float64) * SCALES)
+
+    def as_dict(self) -> dict[str, float]:
+        return {n: float(v) for n, v in zip(NAMES, self.values)}
 
 
-def gait_prior(robot: Robot) -> WalkPolicy:
-    """The starting gait: hips swing ±0.25 rad, each knee flexes up to 0.3 rad in its swing (a Fourier fit of
-    −0.3·max(0, cos φ)); no balance feedback yet; normalisation `OBS_MEAN`, `OBS_SCALE`; kd half the
-    `deadbeat_kd`."""
-    side = np.zeros((len(RIGHT), N_FEATURES))
-    sin1, cos1, cos2, bias = 9, 10, 12, 13   # columns of f
-    side[2, sin1] = -0.25
-    side[3, [bias, cos1, cos2]] = [-0.095, -0.15, -0.064]
-    q0 = start_state(robot)[0]
-    q0[robot.layout.act_qadr] = standing_posture(robot)
-    return WalkPolicy(side, np.zeros((len(CENTRE), N_FEATURES)), OBS_MEAN, OBS_SCALE, GAIT_HZ, KP,
-                      0.5 * deadbeat_kd(robot, q0))
+def designed_gait() -> WalkPolicy:
+    """The designed gait (`PARAMETERS`' values), before any training."""
+    return WalkPolicy(DESIGNED.copy())
 
 
-def balance_features(q: np.ndarray, qd: np.ndarray) -> np.ndarray:
-    """The features `FEATURES` (E, 9) of free-base states q (E, nq), qd (E, nv) (root first: position,
-    quaternion w x y z; world linear velocity, body angular velocity)."""
-    w, x, y, z = q[:, 3], q[:, 4], q[:, 5], q[:, 6]
-    yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
-    c, s = np.cos(yaw), np.sin(yaw)
-    vx, vy = qd[:, 0], qd[:, 1]
-    return np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), qd[:, 3], qd[:, 4], qd[:, 5], q[:, 2],
-                     c * vx + s * vy, -s * vx + c * vy, yaw], axis=1)
+def bounded(values: np.ndarray) -> np.ndarray:
+    """values (E, P) with gains ≥ 0 and `LOWER` / `UPPER` applied."""
+    lo = np.array([LOWER.get(n, 0.0 if n.endswith(("_kp", "_kd")) else -np.inf) for n in NAMES])
+    hi = np.array([UPPER.get(n, np.inf) for n in NAMES])
+    return np.clip(values, lo, hi)
 
 
-def _inputs(b: np.ndarray, phase: np.ndarray) -> np.ndarray:
-    """f (E, 26) from normalised features b (E, 9) and phases (E,) (rad): b, sin φ, cos φ, sin 2φ, cos 2φ, 1,
-    b[GATED]·sin φ, b[GATED]·cos φ."""
-    s, c = np.sin(phase)[:, None], np.cos(phase)[:, None]
-    clock = np.concatenate([s, c, np.sin(2 * phase)[:, None], np.cos(2 * phase)[:, None], np.ones_like(s)], axis=1)
-    return np.concatenate([b, clock, b[:, GATED] * s, b[:, GATED] * c], axis=1)
+class Body(NamedTuple):
+    """What the controller knows of its robot (the nominal model): actuator index of each leg's hip x, z,
+    y and knee (2, 4); those joints' qpos and dof addresses (2, 4); abdomen and arm actuators; every
+    actuator's qpos, dof address, gear (N·m per unit) and standing angle (nu,); foot and pelvis body ids;
+    the model and a scratch MjData for its kinematics."""
 
-
-class Joints(NamedTuple):
-    """Where the policy's joints are: actuator indices of RIGHT, LEFT, CENTRE; the actuated joints' qpos and
-    dof addresses (nu,); standing posture, joint range low, high (nu,) (rad)."""
-
-    right: np.ndarray
-    left: np.ndarray
-    centre: np.ndarray
+    leg_act: np.ndarray
+    leg_q: np.ndarray
+    leg_v: np.ndarray
+    abdomen: np.ndarray
+    arms: np.ndarray
     qadr: np.ndarray
     dofadr: np.ndarray
+    gear: np.ndarray
     stand: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
+    feet: np.ndarray
+    pelvis: int
+    model: mujoco.MjModel
+    data: mujoco.MjData
 
     @classmethod
-    def of(cls, robot: Robot) -> "Joints":
-        names = [robot.mj_model.actuator(i).name for i in range(robot.nu)]
-        idx = lambda group: np.array([names.index(n) for n in group])  # noqa: E731
-        jnt = robot.mj_model.actuator_trnid[:, 0]
-        rng = robot.mj_model.jnt_range[jnt]
-        return cls(idx(RIGHT), idx(LEFT), idx(CENTRE), robot.layout.act_qadr, robot.layout.act_dofadr,
-                   standing_posture(robot), rng[:, 0], rng[:, 1])
+    def of(cls, robot: Robot) -> "Body":
+        m = robot.mj_model
+        names = [m.actuator(i).name for i in range(robot.nu)]
+        leg_act = np.array([[names.index(n) for n in leg] for leg in LEGS])
+        qadr, dofadr = robot.layout.act_qadr, robot.layout.act_dofadr
+        return cls(leg_act, qadr[leg_act], dofadr[leg_act],
+                   np.array([i for i, n in enumerate(names) if n.startswith("abdomen")]),
+                   np.array([i for i, n in enumerate(names) if "shoulder" in n or "elbow" in n]),
+                   qadr, dofadr, m.actuator_gear[:, 0] * m.actuator_gainprm[:, 0], standing_posture(robot),
+                   np.array([m.body(f).id for f in FEET]), m.body("pelvis").id, m, mujoco.MjData(m))
+
+    def sense(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """From measured q (E, nq): centre of mass (E, 3) (m), pelvis rotation (E, 3, 3), feet (E, 2, 3) (m)."""
+        m, d = self.model, self.data
+        com, pelvis, feet = np.zeros((len(q), 3)), np.zeros((len(q), 3, 3)), np.zeros((len(q), 2, 3))
+        for e, qe in enumerate(q):
+            d.qpos[:] = qe
+            mujoco.mj_kinematics(m, d)
+            com[e] = m.body_mass @ d.xipos / m.body_mass.sum()
+            pelvis[e] = d.xmat[self.pelvis].reshape(3, 3)
+            feet[e] = d.xpos[self.feet]
+        return com, pelvis, feet
 
 
-def targets(policy: WalkPolicy, joints: Joints, thetas: np.ndarray, q: np.ndarray, qd: np.ndarray,
-            t: float) -> np.ndarray:
-    """Joint targets (E, nu) (rad) of E policies with parameters thetas (E, 182) at measured q (E, nq),
-    qd (E, nv), time t (s)."""
-    b = (balance_features(q, qd) - policy.obs_mean) / policy.obs_std
-    phase = np.full(len(q), 2 * np.pi * policy.gait_hz * t)
-    f_right, f_left = _inputs(b, phase), _inputs(b * PARITY, phase + np.pi)
-    n = policy.side.size
-    side = thetas[:, :n].reshape(-1, *policy.side.shape)
-    centre = thetas[:, n:].reshape(-1, *policy.centre.shape)
-    out = np.repeat(joints.stand[None], len(q), axis=0)
-    out[:, joints.right] += np.einsum("ejf,ef->ej", side, f_right)
-    out[:, joints.left] += np.einsum("ejf,ef->ej", side, f_left)
-    out[:, joints.centre] += 0.5 * (np.einsum("ejf,ef->ej", centre, f_right)
-                                    + CENTRE_SIGN * np.einsum("ejf,ef->ej", centre, f_left))
-    return np.clip(out, joints.low, joints.high)
+def _tilt(rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pitch (about world y, + leans the body's z axis toward +x) and roll (about world x) (E,) of
+    rotations (E, 3, 3)."""
+    up = rot[:, :, 2]
+    return np.arctan2(up[:, 0], up[:, 2]), -np.arctan2(up[:, 1], up[:, 2])
 
 
-def commands(policy: WalkPolicy, joints: Joints, target: np.ndarray, q: np.ndarray, qd: np.ndarray) -> np.ndarray:
-    """PD commands (E, nu), clipped to the control range ±0.4, toward target (E, nu) from measured q, qd."""
-    return np.clip(policy.kp * (target - q[:, joints.qadr]) - policy.kd * qd[:, joints.dofadr], -0.4, 0.4)
+def _quat_rot(quat: np.ndarray) -> np.ndarray:
+    """Rotation matrices (E, 3, 3) of unit quaternions (E, 4) (w, x, y, z)."""
+    w, x, y, z = quat.T
+    return np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+                     np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+                     np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], 1)
+
+
+def commands(body: Body, values: np.ndarray, stance: np.ndarray, since: np.ndarray, q: np.ndarray,
+             qd: np.ndarray) -> np.ndarray:
+    """Commands (E, nu) (control units, ±0.4) of E controllers with parameter values (E, P) (`bounded`) at measured
+    q (E, nq), qd (E, nv); stance (E,) the standing leg (0 right, 1 left), since (E,) the time in this
+    step (s)."""
+    p = dict(zip(NAMES, values.T))
+    E, rows = len(q), np.arange(len(q))
+    swing = 1 - stance
+    rot = _quat_rot(q[:, 3:7])
+    omega = np.einsum("eij,ej->ei", rot, qd[:, 3:6])                      # world angular velocity
+    pitch, roll = _tilt(rot)
+    yaw = np.arctan2(rot[:, 1, 0], rot[:, 0, 0])
+    com, pelvis_rot, feet = body.sense(q)
+    pelvis_pitch, pelvis_roll = _tilt(pelvis_rot)
+    torso = np.stack([p["torso_kp"] * -roll - p["torso_kd"] * omega[:, 0],
+                      p["torso_kp"] * (p["lean"] - pitch) - p["torso_kd"] * omega[:, 1],
+                      p["yaw_kp"] * -yaw - p["yaw_kd"] * omega[:, 2]], 1)
+    offset = com[:, :2] - feet[rows, stance, :2]
+    flex = p["swing_flex"] + p["cd"] * offset[:, 0] + p["cv"] * qd[:, 0]
+    side = p["swing_out"] * np.where(swing == 1, 1.0, -1.0) + p["cd_y"] * offset[:, 1] + p["cv_y"] * qd[:, 1]
+
+    def joint(leg, k):
+        return q[rows, body.leg_q[leg, k]], qd[rows, body.leg_v[leg, k]]
+
+    def pd(leg, k, target, kp, kd):
+        angle, rate = joint(leg, k)
+        return kp * (target - angle) - kd * rate
+
+    sx, ss = AXIS_SIGN[swing], AXIS_SIGN[stance]
+    swing_x = pd(swing, 0, sx * (side - pelvis_roll), p["swing_x_kp"], p["swing_x_kd"])
+    swing_z = pd(swing, 1, body.stand[body.leg_act[swing, 1]], *HOLD["hip_z"])
+    swing_y = pd(swing, 2, -flex - pelvis_pitch, p["swing_kp"], p["swing_kd"])
+    lifting = since < p["knee_lift"] * p["step_s"]
+    swing_knee = pd(swing, 3, np.where(lifting, p["swing_knee"], p["knee_extend"]), p["knee_kp"], p["knee_kd"])
+    stance_knee = pd(stance, 3, p["stance_knee"], p["knee_kp"], p["knee_kd"])
+    tau = np.zeros((E, len(body.gear)))
+    for k, (sw, st) in enumerate(((swing_x, ss * (-torso[:, 0] - sx * swing_x)),
+                                  (swing_z, ss * (-torso[:, 2] - sx * swing_z)),
+                                  (swing_y, -torso[:, 1] - swing_y), (swing_knee, stance_knee))):
+        tau[rows, body.leg_act[swing, k]] = sw
+        tau[rows, body.leg_act[stance, k]] = st
+    for idx, (kp, kd) in ((body.abdomen, HOLD["abdomen"]), (body.arms, HOLD["arm"])):
+        tau[:, idx] = kp * (body.stand[idx] - q[:, body.qadr[idx]]) - kd * qd[:, body.dofadr[idx]]
+    return np.clip(tau / body.gear, -0.4, 0.4)
+
+
+def base_reading(q: np.ndarray, qd: np.ndarray) -> np.ndarray:
+    """The torso's tilt toward its x and y axes and its roll and pitch rates (E, 4) of free-base states
+    q (E, nq), qd (E, nv) (root first: position, quaternion w x y z; world linear velocity, body angular
+    velocity)."""
+    w, x, y, z = q[:, 3], q[:, 4], q[:, 5], q[:, 6]
+    return np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), qd[:, 3], qd[:, 4]], axis=1)
 
 
 class Outcome(NamedTuple):
     """E episodes: reward (E,); distance (m, torso x displacement), fell (bool), seconds (until the end or
-    the fall), energy (J, Σ_steps Σ_joints |τ·q̇|·dt), tracking (mean squared normalised joint error from the
-    targets + mean squared command + mean squared normalised base reading) (E,); steps: physics steps
+    the fall), energy (J, Σ_steps Σ_joints |τ·q̇|·dt), tracking (mean squared command + mean squared
+    normalised base reading, `BASE_SCALE`) (E,); steps: physics steps
     simulated; when recorded (else None) the true state at every physics step, qpos (E, T+1, nq) and qvel
     (E, T+1, nv) (NaN after a fall), and the commands sent, sent (E, T, nu) (each acts after the latency)."""
 
@@ -191,14 +261,16 @@ class Outcome(NamedTuple):
                 "tracking_cost": float(self.tracking[i])}
 
 
-def simulate(robot: Robot, models: list, policy: WalkPolicy, thetas: np.ndarray, seconds: float, seeds,
+def simulate(robot: Robot, models: list, thetas: np.ndarray, seconds: float, seeds,
              latency_s=None, noise_sd=None, record: bool = False, threads: int | None = None) -> Outcome:
-    """E episodes of `seconds`, episode e on models[e] (MjModel) with parameters thetas[e] (182,), sensor
-    noise from seed seeds[e] with sd noise_sd[e] = (q, qd) (default `NOISE`) and command latency
-    latency_s[e] (s, default 0), on `threads` threads (default all cores)."""
-    m0, joints = robot.mj_model, Joints.of(robot)
+    """E episodes of `seconds`, episode e on models[e] (MjModel) with ARS coordinates thetas[e] (P,) (values
+    `thetas·SCALES`), sensor noise from seed seeds[e] with sd noise_sd[e] = (q, qd) (default `NOISE`) and
+    command latency latency_s[e] (s, default 0), on `threads` threads (default all cores)."""
+    m0, body = robot.mj_model, Body.of(robot)
     E, nq, nv, dt = len(models), m0.nq, m0.nv, robot.dt
-    periods = int(round(seconds / (dt * CONTROL_STEPS)))
+    period = CONTROL_STEPS * dt
+    periods = int(round(seconds / period))
+    values = bounded(np.asarray(thetas, np.float64) * SCALES)
     latency = np.zeros(E) if latency_s is None else np.asarray(latency_s, np.float64)
     sd = np.tile([NOISE["q"], NOISE["qd"]], (E, 1)) if noise_sd is None else np.asarray(noise_sd, np.float64)
     noise = [np.random.default_rng(s).standard_normal((periods, nq + nv)) for s in seeds]
@@ -206,13 +278,13 @@ def simulate(robot: Robot, models: list, policy: WalkPolicy, thetas: np.ndarray,
     torque_per_unit = np.stack([m.actuator_gear[:, 0] * m.actuator_gainprm[:, 0] for m in models])
     spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
     q0 = start_state(robot)[0]
-    q0[joints.qadr] = joints.stand
+    q0[body.qadr] = body.stand
     state = np.zeros((E, mujoco.mj_stateSize(m0, spec)))
     state[:, 1:1 + nq] = q0
     sent = np.zeros((E, periods * CONTROL_STEPS, robot.nu))   # commands per physics step, as sent
     whole = np.floor(latency / dt).astype(int)
     frac = latency / dt - whole
-    alive, out_seconds = np.ones(E, bool), np.full(E, periods * CONTROL_STEPS * dt)
+    alive, out_seconds = np.ones(E, bool), np.full(E, periods * period)
     reward, energy, tracking = np.zeros(E), np.zeros(E), np.zeros(E)
     steps = 0
     qpos = np.full((E, len(sent[0]) + 1, nq), np.nan) if record else None
@@ -226,9 +298,9 @@ def simulate(robot: Robot, models: list, policy: WalkPolicy, thetas: np.ndarray,
             break
         q, qd = state[live, 1:1 + nq], state[live, 1 + nq:1 + nq + nv]
         meas = noise[live, k]
-        q_meas, qd_meas = q + meas[:, :nq], qd + meas[:, nq:]
-        target = targets(policy, joints, thetas[live], q_meas, qd_meas, k * CONTROL_STEPS * dt)
-        u = commands(policy, joints, target, q_meas, qd_meas)
+        step = np.floor(k * period / values[live, STEP_S] + 1e-9).astype(int)    # steps taken
+        u = commands(body, values[live], step % 2, k * period - step * values[live, STEP_S], q + meas[:, :nq],
+                     qd + meas[:, nq:])
         rows = k * CONTROL_STEPS + np.arange(CONTROL_STEPS)
         sent[live[:, None], rows[None]] = u[:, None]
         now = np.maximum(rows[None] - whole[live, None], 0)
@@ -237,13 +309,12 @@ def simulate(robot: Robot, models: list, policy: WalkPolicy, thetas: np.ndarray,
         acting = (1 - f) * sent[live[:, None], now] + f * sent[live[:, None], before]
         traj, _ = rollout.rollout([models[e] for e in live], datas, state[live], acting, persistent_pool=True)
         steps += len(live) * CONTROL_STEPS
-        qd_steps = traj[:, :, 1 + nq:1 + nq + nv][:, :, joints.dofadr]
+        qd_steps = traj[:, :, 1 + nq:1 + nq + nv][:, :, body.dofadr]
         energy[live] += np.abs(torque_per_unit[live, None] * acting * qd_steps).sum(axis=(1, 2)) * dt
-        base = balance_features(q, qd)[:, :4]
-        tracking[live] += (np.mean(((target - q[:, joints.qadr]) / JOINT_SCALE) ** 2, axis=1)
-                           + np.mean(u ** 2, axis=1) + np.mean((base / BASE_SCALE) ** 2, axis=1))
-        period = CONTROL_STEPS * dt
-        reward[live] += traj[:, -1, 1] - q[:, 0] + period * (ALIVE - EFFORT * np.mean((u / 0.4) ** 2, axis=1))
+        tracking[live] += np.mean(u ** 2, axis=1) + np.mean((base_reading(q, qd) / BASE_SCALE) ** 2, axis=1)
+        ahead = SPEED * period
+        forward = ahead - np.abs(traj[:, -1, 1] - q[:, 0] - ahead)           # most at SPEED
+        reward[live] += forward + period * (ALIVE - EFFORT * np.mean((u / 0.4) ** 2, axis=1))
         state[live] = traj[:, -1]
         fallen = (traj[:, :, 3] < FALL_HEIGHT).any(axis=1)
         out_seconds[live[fallen]] = (k + 1) * period
@@ -251,24 +322,25 @@ def simulate(robot: Robot, models: list, policy: WalkPolicy, thetas: np.ndarray,
         if record:
             qpos[live[:, None], rows[None] + 1] = traj[:, :, 1:1 + nq]
             qvel[live[:, None], rows[None] + 1] = traj[:, :, 1 + nq:1 + nq + nv]
-    periods_run = np.round(out_seconds / (CONTROL_STEPS * dt))
+    periods_run = np.round(out_seconds / period)
     distance = state[:, 1] - q0[0]
     return Outcome(reward, distance, ~alive, out_seconds, energy, tracking / periods_run, steps, qpos, qvel,
                    sent if record else None)
 
 
 def train(robot: Robot, models: list, policy: WalkPolicy, iterations: int, seconds: float, seed: int,
-          settings: ars.Settings = ars.Settings(), log=None) -> tuple[WalkPolicy, list[dict]]:
+          settings: ars.Settings = ars.Settings(), latencies=None, log=None) -> tuple[WalkPolicy, list[dict]]:
     """ARS from `policy` for `iterations`, each pair of episodes on a model drawn uniformly from `models`
-    (a training distribution) with one sensor-noise seed. Returns the policy and per iteration
-    {iteration, mean_return, max_return, steps}."""
+    (a training distribution: MjModels with their command latencies, latencies (s, default 0)) with one
+    sensor-noise seed. Returns the policy and per iteration {iteration, mean_return, max_return, steps}."""
+    latencies = np.zeros(len(models)) if latencies is None else np.asarray(latencies, np.float64)
     theta, history = policy.flat(), []
     for it in range(iterations):
         rng = np.random.default_rng([seed, it])
         delta, candidates = ars.perturbations(theta, rng, settings)
-        pick = rng.integers(len(models), size=settings.directions)
+        pick = np.tile(rng.integers(len(models), size=settings.directions), 2)
         seeds = rng.integers(2 ** 31, size=settings.directions)
-        out = simulate(robot, [models[i] for i in np.tile(pick, 2)], policy, candidates, seconds, np.tile(seeds, 2))
+        out = simulate(robot, [models[i] for i in pick], candidates, seconds, np.tile(seeds, 2), latencies[pick])
         theta = ars.ars_update(theta, delta, out.reward, settings)
         history.append({"iteration": it, "mean_return": float(out.reward.mean()),
                         "max_return": float(out.reward.max()), "steps": out.steps})
@@ -278,20 +350,18 @@ def train(robot: Robot, models: list, policy: WalkPolicy, iterations: int, secon
 
 
 def save(policy: WalkPolicy, path, robot: str, metadata: dict | None = None) -> Path:
-    """Write the controller as JSON: format, version, robot, gait and gains, weights, normalisation."""
+    """Write the controller as JSON: format, version, robot, control period and every parameter's value
+    and unit."""
     path = Path(path)
     doc = {"format": FORMAT, "version": VERSION, "robot": robot, "control_steps": CONTROL_STEPS,
-           "features": list(FEATURES), "gait_hz": policy.gait_hz, "kp": policy.kp, "kd": policy.kd,
-           "side_joints": list(RIGHT), "centre_joints": list(CENTRE), "side": policy.side.tolist(),
-           "centre": policy.centre.tolist(), "obs_mean": policy.obs_mean.tolist(),
-           "obs_std": policy.obs_std.tolist(), "metadata": metadata or {}}
+           "parameters": policy.as_dict(), "units": {n: u for n, _, u, _ in PARAMETERS}, "metadata": metadata or {}}
     path.write_text(json.dumps(doc, indent=1))
     return path
 
 
 def load(path, robot: str) -> WalkPolicy:
     """Read a controller written by `save`; ValueError if the file is not one, is of another version, is
-    for another robot than `robot`, or holds arrays of the wrong shape or non-finite values."""
+    for another robot than `robot`, or misses a parameter, holds an unknown one or a non-finite value."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -303,20 +373,17 @@ def load(path, robot: str) -> WalkPolicy:
         raise ValueError(f"{path}: controller format version {doc.get('version')!r}, this software reads {VERSION}")
     if doc.get("robot") != robot:
         raise ValueError(f"{path}: a controller for robot {doc.get('robot')!r}, not {robot!r}")
-    shapes = {"side": (len(RIGHT), N_FEATURES), "centre": (len(CENTRE), N_FEATURES),
-              "obs_mean": (len(FEATURES),), "obs_std": (len(FEATURES),)}
+    params = doc.get("parameters")
+    if not isinstance(params, dict) or set(params) != set(NAMES) or doc.get("control_steps") != CONTROL_STEPS:
+        raise ValueError(f"{path}: corrupt controller (control_steps {doc.get('control_steps')!r}; parameters "
+                         f"must be exactly {', '.join(NAMES)})")
     try:
-        arrays = {k: np.asarray(doc[k], np.float64) for k in shapes}
-        scalars = {k: float(doc[k]) for k in ("gait_hz", "kp", "kd")}
-    except (KeyError, TypeError, ValueError) as err:
+        values = np.array([float(params[n]) for n in NAMES])
+    except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: corrupt controller ({err})") from None
-    for k, shape in shapes.items():
-        if arrays[k].shape != shape or not np.isfinite(arrays[k]).all():
-            raise ValueError(f"{path}: {k} must be finite of shape {shape}, got {arrays[k].shape}")
-    if doc.get("control_steps") != CONTROL_STEPS or (arrays["obs_std"] <= 0).any():
-        raise ValueError(f"{path}: corrupt controller (control_steps {doc.get('control_steps')!r}, "
-                         f"obs_std must be positive)")
-    return WalkPolicy(**arrays, **scalars)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{path}: non-finite parameters {[n for n, v in zip(NAMES, values) if not np.isfinite(v)]}")
+    return WalkPolicy(values)
 
 
 def read_truth(path, robot: Robot):
@@ -335,7 +402,7 @@ def real_run(robot: Robot, truth, policy: WalkPolicy, seconds: float, seed: int,
     """One recorded run on the real humanoid: native MuJoCo under truth ({name: value}, others nominal),
     with its `latency_s` as command latency and sensor noise sd noise_sd = (q, qd) (default `NOISE`)."""
     vec = robot.to_vector(dict(truth))
-    return simulate(robot, [robot.model_with(vec)], policy, policy.flat()[None], seconds, [seed],
+    return simulate(robot, [robot.model_with(vec)], policy.flat()[None], seconds, [seed],
                     [float(robot.layout.latency(vec))], None if noise_sd is None else [noise_sd], record=True)
 
 
@@ -345,7 +412,7 @@ def predicted(robot: Robot, thetas, noise_sd, policy: WalkPolicy, seconds: float
     thetas = np.asarray(thetas, np.float64)
     models = [robot.model_with(t) for t in thetas]
     latency = [float(robot.layout.latency(t)) for t in thetas]
-    return simulate(robot, models, policy, np.tile(policy.flat(), (len(thetas), 1)), seconds,
+    return simulate(robot, models, np.tile(policy.flat(), (len(thetas), 1)), seconds,
                     [seed * 1000 + i for i in range(len(thetas))], latency, noise_sd)
 
 
