@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from twin_bayes.config import load_config  # noqa: E402
 from twin_bayes.data import consecutive_windows  # noqa: E402
 from twin_bayes.inference import Twin  # noqa: E402
-from twin_bayes.inference.store import save_posterior  # noqa: E402
+from twin_bayes.inference.store import SUMMARY, load_posterior, save_posterior  # noqa: E402
 from twin_bayes.models import TwinModel  # noqa: E402
 from twin_bayes.policy import ars, experiment, walk  # noqa: E402
 
@@ -47,8 +47,20 @@ EPISODE_S, RUN_S, DRAWS, WINDOWS, SEEDS = 8.0, 10.0, 32, 3, [1, 2, 3]
 PRETRAIN, FINETUNE = 80, 30
 
 
-def fit_posterior(cfg, model: TwinModel, robot, truth, noise, walker, seed: int, out: Path):
-    """The twin of one real humanoid, fitted on the walker's telemetry there (data seed `seed`)."""
+def fit_posterior(cfg, model: TwinModel, robot, truth_file: Path, truth, noise, walker, seed: int, out: Path):
+    """The twin of one real humanoid, fitted on the walker's telemetry there (data seed `seed`), and its fit
+    record {fitted_on, windows, accepted, wall_s}. A posterior already in `out` fitted on the same inputs
+    (`fitted_on`: config, walker, truth file, seed, windows) is loaded instead: a fit takes half an hour."""
+    fitted_on = {"config": cfg.name, "walker": walker.as_dict(), "truth": truth_file.name, "seed": seed,
+                 "windows": WINDOWS}
+    try:
+        saved = json.loads((out / SUMMARY).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    if saved.get("fitted_on") == fitted_on:
+        experiment.log.info("%s: twin loaded from %s (fitted on the same telemetry)", truth_file.stem, out)
+        return load_posterior(Twin(cfg, model), out), {k: saved.get(k) for k in ("windows", "accepted", "wall_s")}
+    started = time.perf_counter()
     window_s = (model.window_samples - 1) * robot.dt
     run = walk.real_run(robot, truth, walker, WINDOWS * window_s + 0.01, seed, noise)
     n = int(np.sum(~np.isnan(run.qpos[0, :, 0]))) - 1          # steps before the run ended
@@ -57,8 +69,12 @@ def fit_posterior(cfg, model: TwinModel, robot, truth, noise, walker, seed: int,
     qd = run.qvel[0, :n] + rng.normal(0.0, noise[1], (n, robot.nv))
     twin = Twin(cfg, model)
     reports = [twin.update(w) for w in consecutive_windows(q, qd, run.sent[0, :n], model.window_samples)]
-    save_posterior(twin, out, {"config": cfg.name, "parameters": twin.posterior.summary()})   # a shipped name
-    return twin, reports
+    record = {"windows": len(reports), "accepted": [bool(r.accepted) for r in reports],
+              "wall_s": time.perf_counter() - started}
+    experiment.log.info("%s: twin fitted on %d windows in %.0f s", truth_file.stem, len(reports), record["wall_s"])
+    save_posterior(twin, out, {"config": cfg.name, "fitted_on": fitted_on, **record,   # config: a shipped name
+                               "parameters": twin.posterior.summary()})
+    return twin, record
 
 
 def plot_distance(result: dict, path) -> None:
@@ -161,14 +177,12 @@ def main(argv=None) -> dict:
         training[label] = {"curve": curve, "steps": steps}
     identification, twins = {}, {}
     for i, (truth_name, (truth, noise)) in enumerate(truths.items()):
-        fit_started = time.perf_counter()
-        twin, reports = fit_posterior(cfg, model, robot, truth, noise, pre, 100 + i, store / f"posterior_{truth_name}")
-        experiment.log.info("%s: twin fitted on %d windows in %.0f s", truth_name, len(reports),
-                            time.perf_counter() - fit_started)
+        twin, record = fit_posterior(cfg, model, robot, files[i], truth, noise, pre, 100 + i,
+                                     store / f"posterior_{truth_name}")
         twins[truth_name] = twin
         summary = twin.posterior.summary()
         identification[truth_name] = {
-            "windows": len(reports), "accepted": [bool(r.accepted) for r in reports],
+            **record,
             "posterior": {n: {**summary[n], "truth": truth.get(n),
                               "covered": summary[n]["q05"] <= truth[n] <= summary[n]["q95"] if n in truth else None}
                           for n in summary}}

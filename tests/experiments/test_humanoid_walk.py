@@ -48,3 +48,10 @@ def test_the_short_study_writes_walkers_a_twin_and_runs_the_cli_reproduces(tmp_p
                      "--seconds", "0.5", "--json"]) == 0
     predicted = json.loads(capsys.readouterr().out)
     assert predicted["distance_m"]["q05"] <= predicted["distance_m"]["mean"] <= predicted["distance_m"]["q95"]
+    # Run again: the twin fitted on the same telemetry is loaded, not fitted again, and the study's figures
+    # are the same.
+    again = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)], check=True,
+                           timeout=1800, capture_output=True, text=True)
+    assert "twin loaded from" in again.stderr
+    second = json.loads((tmp_path / "humanoid_walk_quick.json").read_text())
+    assert second["identification"] == result["identification"] and second["runs"] == result["runs"]
