@@ -422,6 +422,9 @@ def test_ros2_robot_into_the_service_advances_the_posterior_and_predictions_come
                 session.put(js, joint_state(T0_NS + k * DT_NS, traj.q[k], traj.qd[k]))
             wait(lambda: any(p["version"] >= 1 for p in posteriors) and predictions, timeout_s=900,
                  what="a new posterior and a prediction over ROS 2")  # the first window compiles the kernels
+            # The posterior comes after the first window; the rest of the samples may still be on their way.
+            wait(lambda: service.metrics()["samples_stored"] >= len(traj.t) - 1, timeout_s=60,
+                 what="every sample stored")
             stats = bridge.stats()
         stored = service.metrics()["samples_stored"]
     for s in subs:
