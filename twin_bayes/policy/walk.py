@@ -154,17 +154,19 @@ class Body(NamedTuple):
                    qadr, dofadr, m.actuator_gear[:, 0] * m.actuator_gainprm[:, 0], standing_posture(robot),
                    np.array([m.body(f).id for f in FEET]), m.body("pelvis").id, m, mujoco.MjData(m))
 
-    def sense(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """From measured q (E, nq): centre of mass (E, 3) (m), pelvis rotation (E, 3, 3), feet (E, 2, 3) (m)."""
+    def sense(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """From measured q (E, nq): centre of mass (E, 3) (m), torso and pelvis rotations (E, 3, 3), feet
+        (E, 2, 3) (m)."""
         m, d = self.model, self.data
-        com, pelvis, feet = np.zeros((len(q), 3)), np.zeros((len(q), 3, 3)), np.zeros((len(q), 2, 3))
+        com, feet = np.zeros((len(q), 3)), np.zeros((len(q), 2, 3))
+        torso, pelvis = np.zeros((len(q), 3, 3)), np.zeros((len(q), 3, 3))
         for e, qe in enumerate(q):
             d.qpos[:] = qe
             mujoco.mj_kinematics(m, d)
             com[e] = m.body_mass @ d.xipos / m.body_mass.sum()
-            pelvis[e] = d.xmat[self.pelvis].reshape(3, 3)
+            torso[e], pelvis[e] = d.xmat[1].reshape(3, 3), d.xmat[self.pelvis].reshape(3, 3)   # body 1: the root
             feet[e] = d.xpos[self.feet]
-        return com, pelvis, feet
+        return com, torso, pelvis, feet
 
 
 def _tilt(rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,14 +174,6 @@ def _tilt(rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rotations (E, 3, 3)."""
     up = rot[:, :, 2]
     return np.arctan2(up[:, 0], up[:, 2]), -np.arctan2(up[:, 1], up[:, 2])
-
-
-def _quat_rot(quat: np.ndarray) -> np.ndarray:
-    """Rotation matrices (E, 3, 3) of unit quaternions (E, 4) (w, x, y, z)."""
-    w, x, y, z = quat.T
-    return np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-                     np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-                     np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], 1)
 
 
 def commands(body: Body, values: np.ndarray, stance: np.ndarray, since: np.ndarray, q: np.ndarray,
@@ -190,11 +184,10 @@ def commands(body: Body, values: np.ndarray, stance: np.ndarray, since: np.ndarr
     p = dict(zip(NAMES, values.T))
     E, rows = len(q), np.arange(len(q))
     swing = 1 - stance
-    rot = _quat_rot(q[:, 3:7])
+    com, rot, pelvis_rot, feet = body.sense(q)
     omega = np.einsum("eij,ej->ei", rot, qd[:, 3:6])                      # world angular velocity
     pitch, roll = _tilt(rot)
     yaw = np.arctan2(rot[:, 1, 0], rot[:, 0, 0])
-    com, pelvis_rot, feet = body.sense(q)
     pelvis_pitch, pelvis_roll = _tilt(pelvis_rot)
     torso = np.stack([p["torso_kp"] * -roll - p["torso_kd"] * omega[:, 0],
                       p["torso_kp"] * (p["lean"] - pitch) - p["torso_kd"] * omega[:, 1],
