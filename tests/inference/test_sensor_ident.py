@@ -329,10 +329,14 @@ def test_a_served_sensor_twins_readings_reach_foxglove_and_ros2_and_its_forecast
             for event in sub.recv(0.2):
                 sink(event)
                 published.setdefault(event.topic.split("/")[0], []).append(event.message)
-        last, state = published["prediction"][-1], published["telemetry"][-1].arrays
+        # a prediction starts from its window's last measured state, one step before its first time
+        last, rows = published["prediction"][-1], {k: np.concatenate([m.arrays[k] for m in published["telemetry"]])
+                                                   for k in ("t", "q", "qd")}
+        start = int(np.argmin(np.abs(rows["t"] - (last.arrays["t"][0] - robot.dt))))
+        assert abs(rows["t"][start] - (last.arrays["t"][0] - robot.dt)) < 1e-9
         with TwinClient(ends["query"], timeout_s=600, retries=0) as client:
             forecast = client.health()["robots"][rid]["calibration"]
-            reply = client.predict(rid, state["q"][-1], state["qd"][-1], last.arrays["ctrl"], quantiles=QUANTILES)
+            reply = client.predict(rid, rows["q"][start], rows["qd"][start], last.arrays["ctrl"], quantiles=QUANTILES)
     finally:
         stop.set()
         bridging.join(30)
@@ -359,9 +363,12 @@ def test_a_served_sensor_twins_readings_reach_foxglove_and_ros2_and_its_forecast
             np.testing.assert_array_equal(bands["readings"], band)
             assert bands["end"] == {"q05": band[0, -1].tolist(), "q50": band[2, -1].tolist(),
                                     "q95": band[4, -1].tolist()}
-        # the same predictive distribution (64 draws published, 256 in the reply): quantiles within their noise
-        width = reply.arrays[field][4] - reply.arrays[field][0]
-        assert np.all(np.abs(last.arrays[field] - reply.arrays[field])[[0, 2, 4]] < 0.5 * width), name
+        # the same predictive distribution (64 draws published, 256 in the reply): the 5/50/95 % quantiles apart
+        # by a fraction of the 90 % width within their sampling noise (measured: mean 0.03-0.10, max 0.12-0.44
+        # over time and axes); a start one step off the window's last state moves them by 0.9 mean, 1.6 max
+        band, ref = last.arrays[field], reply.arrays[field]
+        gap = np.abs(band - ref)[[0, 2, 4]] / (ref[4] - ref[0])
+        assert np.all(gap.mean(axis=(1, 2)) < 0.2) and np.all(gap < 0.8), (name, gap.mean(axis=(1, 2)), gap.max())
         measured = np.concatenate([m.arrays[field] for m in published["telemetry"]])
         np.testing.assert_array_equal([r["reading"] for r in fox[f"/twin/{rid}/measured/{name}"]], measured)
     per = forecast["channels"]
