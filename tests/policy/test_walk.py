@@ -50,9 +50,8 @@ def test_ars_climbs_a_quadratic():
 
 
 def test_returns_are_fixed_by_the_seed(robot, prior):
-    thetas = np.tile(prior.flat(), (3, 1))
-    a = walk.simulate(robot, [robot.mj_model] * 3, thetas, 0.6, [1, 1, 2])
-    b = walk.simulate(robot, [robot.mj_model] * 3, thetas, 0.6, [1, 1, 2])
+    a = walk.simulate(robot, [robot.mj_model] * 3, prior.controller(robot, 3), 0.6, [1, 1, 2])
+    b = walk.simulate(robot, [robot.mj_model] * 3, prior.controller(robot, 3), 0.6, [1, 1, 2])
     np.testing.assert_array_equal(a.reward, b.reward)
     assert a.reward[0] == a.reward[1] != a.reward[2]      # the sensor noise follows the seed
     assert a.steps == 3 * 200
@@ -108,7 +107,7 @@ def test_a_short_training_run_improves_the_return(robot, prior):
     pays most at 0.8, and 4 of 32 fall). Measured from 10.91: 13.71, 13.98, 14.26, 14.40 for training
     seeds 0-3."""
     def held_out(policy):
-        out = walk.simulate(robot, [robot.mj_model] * 32, np.tile(policy.flat(), (32, 1)), 4.0, range(100, 132),
+        out = walk.simulate(robot, [robot.mj_model] * 32, policy.controller(robot, 32), 4.0, range(100, 132),
                             latency_s=np.linspace(0.0, 0.008, 32))
         return out.reward.mean()
     trained, history = walk.train(robot, [robot.mj_model], prior, 20, 4.0, 0,
@@ -127,6 +126,7 @@ def test_training_episodes_run_at_their_models_latency(robot, prior):
     _, candidates = ars.perturbations(prior.flat(), rng, settings)
     pick = np.tile(rng.integers(2, size=2), 2)
     seeds = np.tile(rng.integers(2 ** 31, size=2), 2)
+    candidates = walk.Gait(walk.Body.of(robot), walk.bounded(candidates * walk.SCALES))
     again = walk.simulate(robot, [robot.mj_model] * 4, candidates, 0.3, seeds, np.array([0.0, 0.006])[pick])
     assert logged[0]["mean_return"] == pytest.approx(again.reward.mean(), abs=1e-12)
     unlagged = walk.simulate(robot, [robot.mj_model] * 4, candidates, 0.3, seeds)

@@ -19,10 +19,11 @@ Torques (N·m; the command is τ / gear, clipped to ±0.4):
 This is SIMBICON's balance law (Yin, Loken & van de Panne 2007): foot placement from the centre of
 mass's position and velocity over the stance foot, torso attitude through the stance hip.
 
-Episode (`simulate`): from standing (`policy.tasks.standing_posture`), sensor noise on every reading,
-command latency (linear interpolation, as `sim.latency.delay_commands`); it ends when the torso (root body)
-is below `FALL_HEIGHT`. Reward per control period: a·period − |Δx − a·period| with Δx the torso's forward
-(world x) displacement (m) and a = `SPEED` (the most at that speed), + (ALIVE − EFFORT·mean (u/0.4)²)·period.
+Episode (`simulate`, of this controller or another: `Gait`, `policy.walk_net.WalkNet`): from standing
+(`standing`), sensor noise on every reading, command latency (linear interpolation, as
+`sim.latency.delay_commands`); it ends when the torso (root body) is below `FALL_HEIGHT`. Reward per
+control period: a·period − |Δx − a·period| with Δx the torso's forward (world x) displacement (m) and
+a = `SPEED` (the most at that speed), + (ALIVE − EFFORT·mean (u/0.4)²)·period.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import mujoco
 import numpy as np
 from mujoco import rollout
 
-from twin_bayes.policy import ars
+from twin_bayes.policy import ars, walk_net
 from twin_bayes.policy.tasks import standing_posture
 from twin_bayes.sim.checks import start_state
 from twin_bayes.sim.robot import Robot
@@ -108,6 +109,10 @@ class WalkPolicy(NamedTuple):
 
     def as_dict(self) -> dict[str, float]:
         return {n: float(v) for n, v in zip(NAMES, self.values)}
+
+    def controller(self, robot: Robot, n: int) -> "Gait":
+        """`simulate`'s controller for n episodes of `robot` with these values."""
+        return Gait(Body.of(robot), bounded(np.tile(self.values, (n, 1))))
 
 
 def designed_gait() -> WalkPolicy:
@@ -221,12 +226,33 @@ def commands(body: Body, values: np.ndarray, stance: np.ndarray, since: np.ndarr
     return np.clip(tau / body.gear, -0.4, 0.4)
 
 
+class Gait(NamedTuple):
+    """E designed-gait controllers on `body` with values (E, P) (`bounded`), as `simulate` runs controllers:
+    called with the episodes still running live (L,), the time t (s) and their measured q (L, nq), qd (L, nv),
+    it gives their commands (L, nu). The stance leg and the time in the step follow from t (`step_s`)."""
+
+    body: Body
+    values: np.ndarray
+
+    def __call__(self, live: np.ndarray, t: float, q: np.ndarray, qd: np.ndarray) -> np.ndarray:
+        values = self.values[live]
+        step = np.floor(t / values[:, STEP_S] + 1e-9).astype(int)    # steps taken
+        return commands(self.body, values, step % 2, t - step * values[:, STEP_S], q, qd)
+
+
 def base_reading(q: np.ndarray, qd: np.ndarray) -> np.ndarray:
     """The torso's tilt toward its x and y axes and its roll and pitch rates (E, 4) of free-base states
     q (E, nq), qd (E, nv) (root first: position, quaternion w x y z; world linear velocity, body angular
     velocity)."""
     w, x, y, z = q[:, 3], q[:, 4], q[:, 5], q[:, 6]
     return np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), qd[:, 3], qd[:, 4]], axis=1)
+
+
+def standing(robot: Robot) -> np.ndarray:
+    """An episode's start q (nq,): standing still, feet on the floor, the joints at the standing posture."""
+    q0 = start_state(robot)[0]
+    q0[robot.layout.act_qadr] = standing_posture(robot)
+    return q0
 
 
 class Outcome(NamedTuple):
@@ -254,24 +280,23 @@ class Outcome(NamedTuple):
                 "tracking_cost": float(self.tracking[i])}
 
 
-def simulate(robot: Robot, models: list, thetas: np.ndarray, seconds: float, seeds,
+def simulate(robot: Robot, models: list, controller, seconds: float, seeds,
              latency_s=None, noise_sd=None, record: bool = False, threads: int | None = None) -> Outcome:
-    """E episodes of `seconds`, episode e on models[e] (MjModel) with ARS coordinates thetas[e] (P,) (values
-    `thetas·SCALES`), sensor noise from seed seeds[e] with sd noise_sd[e] = (q, qd) (default `NOISE`) and
-    command latency latency_s[e] (s, default 0), on `threads` threads (default all cores)."""
+    """E episodes of `seconds`, episode e on models[e] (MjModel) under `controller` (a `Gait` of E
+    controllers, or any callable (live, t, q, qd) -> commands, e.g. `WalkNet.controller`), sensor noise
+    from seed seeds[e] with sd noise_sd[e] = (q, qd) (default `NOISE`) and command latency latency_s[e]
+    (s, default 0), on `threads` threads (default all cores)."""
     m0, body = robot.mj_model, Body.of(robot)
     E, nq, nv, dt = len(models), m0.nq, m0.nv, robot.dt
     period = CONTROL_STEPS * dt
     periods = int(round(seconds / period))
-    values = bounded(np.asarray(thetas, np.float64) * SCALES)
     latency = np.zeros(E) if latency_s is None else np.asarray(latency_s, np.float64)
     sd = np.tile([NOISE["q"], NOISE["qd"]], (E, 1)) if noise_sd is None else np.asarray(noise_sd, np.float64)
     noise = [np.random.default_rng(s).standard_normal((periods, nq + nv)) for s in seeds]
     noise = np.stack(noise) * np.concatenate([np.repeat(sd[:, :1], nq, 1), np.repeat(sd[:, 1:], nv, 1)], 1)[:, None]
     torque_per_unit = np.stack([m.actuator_gear[:, 0] * m.actuator_gainprm[:, 0] for m in models])
     spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
-    q0 = start_state(robot)[0]
-    q0[body.qadr] = body.stand
+    q0 = standing(robot)
     state = np.zeros((E, mujoco.mj_stateSize(m0, spec)))
     state[:, 1:1 + nq] = q0
     sent = np.zeros((E, periods * CONTROL_STEPS, robot.nu))   # commands per physics step, as sent
@@ -291,9 +316,7 @@ def simulate(robot: Robot, models: list, thetas: np.ndarray, seconds: float, see
             break
         q, qd = state[live, 1:1 + nq], state[live, 1 + nq:1 + nq + nv]
         meas = noise[live, k]
-        step = np.floor(k * period / values[live, STEP_S] + 1e-9).astype(int)    # steps taken
-        u = commands(body, values[live], step % 2, k * period - step * values[live, STEP_S], q + meas[:, :nq],
-                     qd + meas[:, nq:])
+        u = controller(live, k * period, q + meas[:, :nq], qd + meas[:, nq:])
         rows = k * CONTROL_STEPS + np.arange(CONTROL_STEPS)
         sent[live[:, None], rows[None]] = u[:, None]
         now = np.maximum(rows[None] - whole[live, None], 0)
@@ -327,13 +350,14 @@ def train(robot: Robot, models: list, policy: WalkPolicy, iterations: int, secon
     (a training distribution: MjModels with their command latencies, latencies (s, default 0)) with one
     sensor-noise seed. Returns the policy and per iteration {iteration, mean_return, max_return, steps}."""
     latencies = np.zeros(len(models)) if latencies is None else np.asarray(latencies, np.float64)
-    theta, history = policy.flat(), []
+    theta, history, body = policy.flat(), [], Body.of(robot)
     for it in range(iterations):
         rng = np.random.default_rng([seed, it])
         delta, candidates = ars.perturbations(theta, rng, settings)
         pick = np.tile(rng.integers(len(models), size=settings.directions), 2)
         seeds = rng.integers(2 ** 31, size=settings.directions)
-        out = simulate(robot, [models[i] for i in pick], candidates, seconds, np.tile(seeds, 2), latencies[pick])
+        out = simulate(robot, [models[i] for i in pick], Gait(body, bounded(candidates * SCALES)), seconds,
+                       np.tile(seeds, 2), latencies[pick])
         theta = ars.ars_update(theta, delta, out.reward, settings)
         history.append({"iteration": it, "mean_return": float(out.reward.mean()),
                         "max_return": float(out.reward.max()), "steps": out.steps})
@@ -342,34 +366,45 @@ def train(robot: Robot, models: list, policy: WalkPolicy, iterations: int, secon
     return policy.with_flat(theta), history
 
 
-def save(policy: WalkPolicy, path, robot: str, metadata: dict | None = None) -> Path:
-    """Write the controller as JSON: format, version, robot, control period and every parameter's value
-    and unit."""
+def save(policy, path, robot: str, metadata: dict | None = None) -> Path:
+    """Write a controller as JSON: format, version, robot, control period, and a `WalkPolicy`'s every
+    parameter's value and unit or a `WalkNet`'s network (`policy.walk_net`)."""
     path = Path(path)
-    doc = {"format": FORMAT, "version": VERSION, "robot": robot, "control_steps": CONTROL_STEPS,
-           "parameters": policy.as_dict(), "units": {n: u for n, _, u, _ in PARAMETERS}, "metadata": metadata or {}}
+    if isinstance(policy, walk_net.WalkNet):
+        head, body = {"format": walk_net.FORMAT, "version": walk_net.VERSION}, {"network": policy.as_doc()}
+    else:
+        head = {"format": FORMAT, "version": VERSION}
+        body = {"parameters": policy.as_dict(), "units": {n: u for n, _, u, _ in PARAMETERS}}
+    doc = {**head, "robot": robot, "control_steps": CONTROL_STEPS, **body, "metadata": metadata or {}}
     path.write_text(json.dumps(doc, indent=1))
     return path
 
 
-def load(path, robot: str) -> WalkPolicy:
-    """Read a controller written by `save`; ValueError if the file is not one, is of another version, is
-    for another robot than `robot`, or misses a parameter, holds an unknown one or a non-finite value."""
+def load(path, robot: str):
+    """Read a controller written by `save` (a `WalkPolicy` or a `WalkNet`); ValueError if the file is not
+    one, is of another version, is for another robot than `robot` or another control period, or misses a
+    parameter, holds an unknown one or a non-finite value (a network: see `walk_net.from_doc`)."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: not a readable walking controller ({err})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a walking controller (format {FORMAT!r} expected)")
-    if doc.get("version") != VERSION:
-        raise ValueError(f"{path}: controller format version {doc.get('version')!r}, this software reads {VERSION}")
+    formats = {FORMAT: VERSION, walk_net.FORMAT: walk_net.VERSION}
+    if not isinstance(doc, dict) or doc.get("format") not in formats:
+        raise ValueError(f"{path}: not a walking controller (format {' or '.join(map(repr, formats))} expected)")
+    if doc.get("version") != formats[doc["format"]]:
+        raise ValueError(f"{path}: controller format version {doc.get('version')!r}, this software reads "
+                         f"{formats[doc['format']]}")
     if doc.get("robot") != robot:
         raise ValueError(f"{path}: a controller for robot {doc.get('robot')!r}, not {robot!r}")
+    if doc.get("control_steps") != CONTROL_STEPS:
+        raise ValueError(f"{path}: corrupt controller (control_steps {doc.get('control_steps')!r}, not "
+                         f"{CONTROL_STEPS})")
+    if doc["format"] == walk_net.FORMAT:
+        return walk_net.from_doc(doc.get("network"), path)
     params = doc.get("parameters")
-    if not isinstance(params, dict) or set(params) != set(NAMES) or doc.get("control_steps") != CONTROL_STEPS:
-        raise ValueError(f"{path}: corrupt controller (control_steps {doc.get('control_steps')!r}; parameters "
-                         f"must be exactly {', '.join(NAMES)})")
+    if not isinstance(params, dict) or set(params) != set(NAMES):
+        raise ValueError(f"{path}: corrupt controller (parameters must be exactly {', '.join(NAMES)})")
     try:
         values = np.array([float(params[n]) for n in NAMES])
     except (TypeError, ValueError) as err:
@@ -391,21 +426,23 @@ def read_truth(path, robot: Robot):
     return truth.params, (truth.noise.get("q", NOISE["q"]), truth.noise.get("qd", NOISE["qd"]))
 
 
-def real_run(robot: Robot, truth, policy: WalkPolicy, seconds: float, seed: int, noise_sd=None) -> Outcome:
-    """One recorded run on the real humanoid: native MuJoCo under truth ({name: value}, others nominal),
-    with its `latency_s` as command latency and sensor noise sd noise_sd = (q, qd) (default `NOISE`)."""
+def real_run(robot: Robot, truth, policy, seconds: float, seed: int, noise_sd=None) -> Outcome:
+    """One recorded run of a controller (`WalkPolicy` or `WalkNet`) on the real humanoid: native MuJoCo under
+    truth ({name: value}, others nominal), with its `latency_s` as command latency and sensor noise sd
+    noise_sd = (q, qd) (default `NOISE`)."""
     vec = robot.to_vector(dict(truth))
-    return simulate(robot, [robot.model_with(vec)], policy.flat()[None], seconds, [seed],
+    return simulate(robot, [robot.model_with(vec)], policy.controller(robot, 1), seconds, [seed],
                     [float(robot.layout.latency(vec))], None if noise_sd is None else [noise_sd], record=True)
 
 
-def predicted(robot: Robot, thetas, noise_sd, policy: WalkPolicy, seconds: float, seed: int) -> Outcome:
-    """The policy on each of n parameter draws thetas (n, P) (full robot vectors, e.g. posterior particles)
-    with their sensor-noise sds noise_sd (n, 2) and latencies: one run each, noise seeds seed·1000 + i."""
+def predicted(robot: Robot, thetas, noise_sd, policy, seconds: float, seed: int) -> Outcome:
+    """The controller (`WalkPolicy` or `WalkNet`) on each of n parameter draws thetas (n, P) (full robot
+    vectors, e.g. posterior particles) with their sensor-noise sds noise_sd (n, 2) and latencies: one run
+    each, noise seeds seed·1000 + i."""
     thetas = np.asarray(thetas, np.float64)
     models = [robot.model_with(t) for t in thetas]
     latency = [float(robot.layout.latency(t)) for t in thetas]
-    return simulate(robot, models, np.tile(policy.flat(), (len(thetas), 1)), seconds,
+    return simulate(robot, models, policy.controller(robot, len(thetas)), seconds,
                     [seed * 1000 + i for i in range(len(thetas))], latency, noise_sd)
 
 
