@@ -14,10 +14,13 @@ import zenoh
 import zmq
 
 from twin_bayes.cli import main
+from twin_bayes.config import load_config
+from twin_bayes.models import TwinModel
 from twin_bayes.service import protocol
 from twin_bayes.service import ros2_keys as keys
 from twin_bayes.service.ros2 import BridgeSettings, Ros2Bridge
-from twin_bayes.service.ros2_inbound import Rejected, Sampler, decode, imu_readings, robot_joints, trajectory_command
+from twin_bayes.service.ros2_inbound import (Command, Rejected, Sampler, decode, imu_readings, joint_efforts,
+                                             robot_joints, trajectory_command)
 from twin_bayes.service.ros2_inbound import joint_state as joint_state_of
 from twin_bayes.service.server import ServiceSettings, TwinService
 from twin_bayes.service.worker import WorkerSettings
@@ -54,12 +57,12 @@ def key(topic: str, msgtype: str, distro: str = "jazzy") -> str:
     return keys.TopicKey(0, topic, msgtype, distro).data
 
 
-def joint_state(t_ns: int, q, qd, names=JOINTS) -> bytes:
+def joint_state(t_ns: int, q, qd, names=JOINTS, effort=()) -> bytes:
     Header, Time = TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
     msg = TS.types[keys.JOINT_STATE](header=Header(stamp=Time(sec=t_ns // 10**9, nanosec=t_ns % 10**9), frame_id=""),
                                      name=list(names), position=np.ascontiguousarray(q, float),
                                      velocity=np.ascontiguousarray(qd, float),
-                                     effort=np.zeros(0))
+                                     effort=np.ascontiguousarray(effort, float))
     return bytes(TS.serialize_cdr(msg, keys.JOINT_STATE))
 
 
@@ -435,6 +438,105 @@ def test_ros2_robot_into_the_service_advances_the_posterior_and_predictions_come
     pred = predictions[-1]
     assert list(pred.joint_names) == JOINTS and len(pred.points) == round(0.05 / 0.002)  # the service's horizon
     assert all(np.isfinite(p.positions).all() and len(p.positions) == 2 for p in pred.points)
+
+
+TORQUES = ["shoulder_frc", "elbow_tau"]  # arm2_sensors.xml: actuatorfrc of the shoulder's motor, jointactuatorfrc
+
+
+def torque_config(path: Path, mjcf: Path = SENSORS_MJCF) -> str:
+    """A twin config observing arm2's two joint torque sensors, with the forearm's mass to estimate."""
+    path.write_text(f'name = "arm2_torque"\n\n[robot]\nname = "{mjcf}"\n\n[parameters]\n'
+                    '"body_mass:forearm" = { dist = "lognormal", scale = 0.3 }\n\n[observation]\n'
+                    f'sensors = {json.dumps(TORQUES)}\n'
+                    'noise_scale = { q = 0.002, qd = 0.02, shoulder_frc = 0.01, elbow_tau = 0.01 }\n\n'
+                    '[inference]\nwindow_s = 0.5\nparticles = 32\n')
+    return str(path)
+
+
+def test_joint_state_efforts_reach_a_served_torque_sensor_twin_as_its_readings(ros, tmp_path):
+    """A twin observing joint torque sensors gets, with no option, each JointState's effort of the sensor's joint
+    (by name: here elbow first, and a gripper the twin lacks, its effort NaN) as the sensor's reading; the service
+    stores exactly the efforts sent, in order, at the joint states' times. JointStates without an effort per name
+    (missing_effort, naming each sensor and its joint) or with a NaN one for a sensor (non_finite) are counted and
+    dropped, and the states after them are used."""
+    session, endpoint = ros
+    config = torque_config(tmp_path / "arm2_torque.toml")
+    model, any_port = TwinModel(load_config(config)), "tcp://127.0.0.1:*"
+    settings = ServiceSettings({"arm-1": model.cfg}, tmp_path / "store.db", any_port, any_port, any_port,
+                               worker=WorkerSettings(checkpoints=tmp_path / "checkpoints"))
+    n = 60  # under a window (251 samples): stored, nothing inferred
+    q, qd, effort = np.random.default_rng(0).normal(size=(3, n, 2))
+    names, t_ns = ["gripper", "elbow", "shoulder"], T0_NS + np.arange(n) * DT_NS
+    with TwinService(settings, {"arm-1": model}) as service:
+        ends = service.endpoints
+        with bridging(endpoint, ends["ingest"], ends["pub"], ends["query"], config=config) as bridge:
+            wait_for_subscriptions(session)
+            js, cmd = key("/joint_states", keys.JOINT_STATE), key("/twin/commands", keys.FLOAT_ARRAY)
+            for k in range(n):
+                session.put(cmd, command([k, -k]))
+                if k == 0:
+                    session.put(js, joint_state(t_ns[0], [0, 0], [0, 0], effort=[0.0, np.nan]))  # NaN at the elbow
+                    session.put(js, joint_state(t_ns[0], [0, 0], [0, 0], effort=[1.0]))  # one effort, two names
+                    session.put(js, joint_state(t_ns[0], [0, 0], [0, 0]))                 # no effort
+                session.put(js, joint_state(t_ns[k], np.r_[0, q[k, ::-1]], np.r_[0, qd[k, ::-1]], names,
+                                            np.r_[np.nan, effort[k, ::-1]]))
+            wait(lambda: service.metrics()["samples_stored"] >= n - 1, what="every sample stored")
+            stats = bridge.stats()
+        stored = service.store.get_chunks("arm-1")
+    assert stats["rejected"] == {"non_finite": 1, "missing_effort": 2} and stats["link"]["rejected"] == 0, stats
+    assert stats["last_problem"] == ("joint_states: missing_effort: JointState carries no effort; the twin's torque "
+                                     "sensors read their joint's effort: 'shoulder_frc' (joint 'shoulder'), "
+                                     "'elbow_tau' (joint 'elbow')")
+    got = {f: np.concatenate([c.arrays[f] for c in stored]) for f in ("t", "q", *(f"sensor:{s}" for s in TORQUES))}
+    assert got["sensor:shoulder_frc"].shape == (n - 1, 1)  # the last state waits for the next one
+    np.testing.assert_array_equal(got["sensor:shoulder_frc"][:, 0], effort[:-1, 0])
+    np.testing.assert_array_equal(got["sensor:elbow_tau"][:, 0], effort[:-1, 1])
+    np.testing.assert_array_equal(got["q"], q[:-1])
+    np.testing.assert_array_equal(got["t"], (t_ns[:-1] // 10**9) + (t_ns[:-1] % 10**9) * 1e-9)
+
+
+def test_torque_sensors_read_their_joints_effort_over_the_gear_and_what_effort_cannot_give_is_refused(tmp_path,
+                                                                                                        capsys):
+    """An actuatorfrc reads the actuator's force: its joint's effort over the gear; one whose joint another actuator
+    also drives (the effort is their sum), or of gear 0, is refused at start, from Python and the command line.
+    Efforts are measured with q and qd: between joint states they are interpolated as q is. An IMU that feeds the
+    rest of the observed sensors makes a complete twin; a sensor neither feeds is refused."""
+    motor = '<motor name="shoulder" joint="shoulder" gear="1"/>'
+    geared = tmp_path / "geared.xml"
+    geared.write_text(SENSORS_MJCF.read_text().replace(motor, motor.replace('"1"', '"2"')))
+    robot = robot_joints(sensor_config(tmp_path / "geared.toml", TORQUES, geared))
+    assert robot.efforts == (("shoulder_frc", "shoulder", 2.0), ("elbow_tau", "elbow", 1.0))
+    msg = decode(joint_state(T0_NS, [0, 0], [0, 0], JOINTS[::-1], effort=[-1.5, 3.0]), keys.JOINT_STATE, "jazzy")
+    assert {s: v.tolist() for s, v in joint_efforts(msg, robot).items()} == {"shoulder_frc": [1.5], "elbow_tau": [-1.5]}
+    sampler = Sampler(robot.dt, chunk_samples=4, max_gap_s=0.05, sensors=("elbow_tau",),
+                      command=Command(np.zeros(1, np.int64), np.zeros((1, 2))))
+    chunks = [c for k, tau in enumerate((0.0, 1.0, 4.0)) for c in sampler.state(
+        T0_NS + 2 * k * DT_NS, np.full(2, tau), np.zeros(2), {"elbow_tau": np.array([tau])})] + sampler.flush()
+    assert len(chunks) == 1  # 2 dt apart: each state's sample, and one between
+    np.testing.assert_array_equal(chunks[0]["q"][:, 0], [0, 0.5, 1, 2.5])
+    np.testing.assert_array_equal(chunks[0]["sensors"]["elbow_tau"][:, 0], [0, 0.5, 1, 2.5])
+
+    for refused, mjcf_text in (
+            ("actuators ['shoulder_2'] drive joint 'shoulder' too",
+             SENSORS_MJCF.read_text().replace(motor, motor + '\n    <motor name="shoulder_2" joint="shoulder"/>')),
+            ("its gear is 0", SENSORS_MJCF.read_text().replace(motor, motor.replace('"1"', '"0"')))):
+        (tmp_path / "arm.xml").write_text(mjcf_text)
+        config = sensor_config(tmp_path / "arm.toml", TORQUES, tmp_path / "arm.xml")
+        with pytest.raises(ValueError, match=r"torque sensor 'shoulder_frc' reads actuator 'shoulder'.s force, "
+                                             r"which a JointState's effort of joint 'shoulder' does not give"):
+            Ros2Bridge(BridgeSettings(config, "arm-1"))
+        assert main(["ros2", "--config", config, "--robot-id", "arm-1"]) == 2
+        assert refused in capsys.readouterr().err
+    imu = {"/imu": {"angular_velocity": "gyro", "linear_acceleration": "acc"}}
+    bridge = Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "all.toml", ["gyro", "acc", "elbow_tau"]), "arm-1",
+                                       imu=imu))
+    assert bridge.sampler.sensors == ("gyro", "acc", "elbow_tau")
+    with pytest.raises(ValueError, match=r"observes sensors \['quat'\] that no --imu mapping feeds, nor a JointState"):
+        Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "all.toml", ["gyro", "acc", "elbow_tau", "quat"]), "arm-1",
+                                  imu=imu))
+    with pytest.raises(ValueError, match="linear_acceleration feeds a sensor of type accelerometer; 'elbow_tau' is of"):
+        Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "all.toml", ["elbow_tau"]), "arm-1",
+                                  imu={"/imu": {"linear_acceleration": "elbow_tau"}}))
 
 
 def test_fuzzed_cdr_is_only_ever_rejected():

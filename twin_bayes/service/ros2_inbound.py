@@ -5,8 +5,9 @@ telemetry only at exactly the twin's timestep, so `Sampler` puts joint states on
 q and qd are interpolated linearly between consecutive joint states, and each grid sample gets
 the command (and each Imu-fed sensor's reading) that was the latest one received when the last
 joint state at or before it arrived (a state stamped up to dt/10 after a grid time counts as at
-it: stamp jitter), held as on the robot. A joint state more than `max_gap_s` after the previous
-one starts a new grid (the service sees a time jump and cuts its window there).
+it: stamp jitter), held as on the robot. The twin's joint torque sensors read the joint states'
+efforts, measured with q and qd and interpolated as they are. A joint state more than `max_gap_s`
+after the previous one starts a new grid (the service sees a time jump and cuts its window there).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ ROBOTS_DIR = Path(__file__).resolve().parent.parent / "robots"
 _HINGE_OR_SLIDE = (2, 3)  # mjtJoint: free 0, ball 1, slide 2, hinge 3
 #: sensor_msgs/Imu field -> the MJCF sensor type it feeds (as `fit --imu`, data.rosbag.IMU_FIELDS).
 IMU_SENSOR_TYPES = {"angular_velocity": "gyro", "linear_acceleration": "accelerometer", "orientation": "framequat"}
+#: MJCF sensor types a JointState's effort feeds: the actuator force at a joint, one actuator's force (1-D both).
+EFFORT_SENSOR_TYPES = ("jointactuatorfrc", "actuatorfrc")
 
 
 class Rejected(ValueError):
@@ -37,8 +40,10 @@ class Rejected(ValueError):
 class RobotJoints:
     """The twin's columns: `joints` of q and qd (MJCF order), the joint each ctrl column drives
     (`actuators`), the sample interval `dt` (s), the config's `settings` names, the MJCF sensors
-    its twin observes (`sensors`, config order) and their MuJoCo types (`sensor_types`: 'gyro',
-    'accelerometer', 'framequat', ...)."""
+    its twin observes (`sensors`, config order), their MuJoCo types (`sensor_types`: 'gyro',
+    'accelerometer', 'framequat', ...) and, per observed joint torque sensor (`efforts`, config order),
+    (sensor, joint, divisor): its reading is the JointState's effort of that joint over the divisor (an
+    actuatorfrc's gear: the actuator's force is the joint's torque over it; 1 for a jointactuatorfrc)."""
 
     robot: str
     joints: tuple[str, ...]
@@ -47,6 +52,7 @@ class RobotJoints:
     settings: tuple[str, ...] = ()
     sensors: tuple[str, ...] = ()
     sensor_types: tuple[str, ...] = ()
+    efforts: tuple[tuple[str, str, float], ...] = ()
 
 
 def _config_path(config: str | Path) -> Path:
@@ -85,27 +91,58 @@ def robot_joints(config: str | Path) -> RobotJoints:
     if any(t != mujoco.mjtTrn.mjTRN_JOINT for t in m.actuator_trntype):
         raise ValueError(f"{mjcf.name}: every actuator must drive a joint")
     sensors = tuple(data.get("observation", {}).get("sensors", ()))
+    types = _sensor_types(m, sensors, mjcf.name)
     return RobotJoints(name, tuple(joint(j) for j in range(m.njnt)),
                        tuple(joint(j) for j in m.actuator_trnid[:, 0]), float(m.opt.timestep),
-                       tuple(data.get("settings", {})), sensors, _sensor_types(m, sensors, mjcf.name))
+                       tuple(data.get("settings", {})), sensors, types, _effort_sensors(m, sensors, types, mjcf.name))
 
 
 def _sensor_types(m, names: tuple[str, ...], mjcf: str) -> tuple[str, ...]:
-    """MuJoCo type of each named sensor of model `m`, lower case ('gyro'); ValueError for a name it lacks."""
+    """MuJoCo type of each named sensor of model `m`, as its MJCF element ('gyro', 'jointactuatorfrc'); ValueError
+    for a name it lacks."""
     import mujoco
 
     ids = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SENSOR, n) for n in names]
     unknown = [n for n, i in zip(names, ids) if i < 0]
     if unknown:
         raise ValueError(f"{mjcf}: declares no sensors {unknown}, which the config observes")
-    return tuple(mujoco.mjtSensor(int(m.sensor_type[i])).name.removeprefix("mjSENS_").lower() for i in ids)
+    kinds = (mujoco.mjtSensor(int(m.sensor_type[i])).name.removeprefix("mjSENS_").lower() for i in ids)
+    return tuple({"jointactfrc": "jointactuatorfrc"}.get(k, k) for k in kinds)  # the enum's one short name
+
+
+def _effort_sensors(m, names: tuple[str, ...], types: tuple[str, ...], mjcf: str) -> tuple[tuple[str, str, float], ...]:
+    """(sensor, joint, divisor) of each joint torque sensor among `names` (see RobotJoints.efforts); ValueError for
+    an actuatorfrc whose joint another actuator drives too (the joint's effort is their sum) or of gear 0."""
+    import mujoco
+
+    obj = mujoco.mjtObj
+    named = lambda kind, i: mujoco.mj_id2name(m, kind, int(i))  # noqa: E731
+    out = []
+    for sensor, kind in zip(names, types):
+        if kind not in EFFORT_SENSOR_TYPES:
+            continue
+        i = int(m.sensor_objid[mujoco.mj_name2id(m, obj.mjOBJ_SENSOR, sensor)])
+        if kind == "jointactuatorfrc":
+            out.append((sensor, named(obj.mjOBJ_JOINT, i), 1.0))
+            continue
+        j, gear = int(m.actuator_trnid[i, 0]), float(m.actuator_gear[i, 0])
+        joint, actuator = named(obj.mjOBJ_JOINT, j), named(obj.mjOBJ_ACTUATOR, i)
+        others = [named(obj.mjOBJ_ACTUATOR, a) for a in range(m.nu) if a != i and m.actuator_trnid[a, 0] == j]
+        if others or gear == 0:
+            why = f"actuators {others} drive joint {joint!r} too" if others else "its gear is 0"
+            raise ValueError(f"{mjcf}: torque sensor {sensor!r} reads actuator {actuator!r}'s force, which a "
+                             f"JointState's effort of joint {joint!r} does not give: {why}; observe a "
+                             f"jointactuatorfrc on {joint!r} instead")
+        out.append((sensor, joint, gear))
+    return tuple(out)
 
 
 def imu_sensors(robot: RobotJoints, topics: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
     """{Imu topic: {field: MJCF sensor}} checked against the twin: an empty mapping is filled with each of
     angular_velocity and linear_acceleration to the one observed gyro and accelerometer. ValueError for an
     unknown field, a sensor the twin does not observe or of another type, a sensor fed twice, or (with any
-    topic) an observed sensor left unfed: the service refuses telemetry without it."""
+    topic) an observed sensor left unfed, by these topics or the JointState's effort (`robot.efforts`): the
+    service refuses telemetry without it."""
     types = dict(zip(robot.sensors, robot.sensor_types))
     out = {topic: dict(fields) or _derived(robot, topic) for topic, fields in topics.items()}
     fed = []
@@ -123,10 +160,10 @@ def imu_sensors(robot: RobotJoints, topics: Mapping[str, Mapping[str, str]]) -> 
     twice = sorted({n for n in fed if fed.count(n) > 1})
     if twice:
         raise ValueError(f"--imu: sensors {twice} are fed more than once")
-    unfed = [n for n in robot.sensors if n not in fed]
+    unfed = [n for n in robot.sensors if n not in fed and n not in {e[0] for e in robot.efforts}]
     if out and unfed:
-        raise ValueError(f"the twin config observes sensors {unfed} that no --imu mapping feeds "
-                         "(the service refuses telemetry without them)")
+        raise ValueError(f"the twin config observes sensors {unfed} that no --imu mapping feeds, nor a JointState's "
+                         "effort (the service refuses telemetry without them)")
     return out
 
 
@@ -179,6 +216,23 @@ def joint_state(msg, robot: RobotJoints) -> tuple[int, np.ndarray, np.ndarray]:
     q, qd = np.asarray(msg.position, np.float64)[idx], np.asarray(msg.velocity, np.float64)[idx]
     _finite("JointState", q, qd)
     return stamp_ns(msg.header), q, qd
+
+
+def joint_efforts(msg, robot: RobotJoints) -> dict[str, np.ndarray]:
+    """{sensor: reading (1,)} of the twin's joint torque sensors (`robot.efforts`) from a sensor_msgs/JointState
+    that `joint_state` took: its effort of each sensor's joint (by name) over the divisor. Rejected('missing_effort')
+    for efforts not one per name (an empty effort included), naming each sensor and its joint."""
+    if not robot.efforts:
+        return {}
+    names, effort = list(msg.name), np.asarray(msg.effort, np.float64)
+    if len(effort) != len(names):
+        needed = ", ".join(f"{s!r} (joint {j!r})" for s, j, _ in robot.efforts)
+        has = "no effort" if not len(effort) else f"{len(effort)} efforts for its {len(names)} names"
+        raise Rejected("missing_effort", f"JointState carries {has}; the twin's torque sensors read their joint's "
+                                         f"effort: {needed}")
+    out = {s: effort[[names.index(j)]] / divisor for s, j, divisor in robot.efforts}
+    _finite("JointState effort", *out.values())
+    return out
 
 
 @dataclass(frozen=True)
@@ -258,6 +312,7 @@ class _Last:
     qd: np.ndarray
     command: Command | None
     readings: dict[str, np.ndarray]
+    measured: Mapping[str, np.ndarray]
 
 
 @dataclass
@@ -266,8 +321,9 @@ class Sampler:
 
     Times are integer nanoseconds inside (exact grid), seconds in the chunks. `state` returns
     finished chunks: dicts of t (n,) s, q (n, nq), qd (n, nv), ctrl (n, nu) and, with `sensors`, sensors
-    {name: (n, dim)} held from `readings` {name: (dim,)}; no sample is made before each of `sensors` has
-    a reading. `gaps` counts grids restarted after a gap.
+    {name: (n, dim)}: held from `readings` {name: (dim,)}, or interpolated as q from the readings measured with
+    each state (`state(..., measured)`); no sample is made before each of `sensors` has a reading. `gaps`
+    counts grids restarted after a gap.
     """
 
     dt: float
@@ -287,14 +343,17 @@ class Sampler:
         """Stamp of the latest joint state accepted."""
         return None if self._last is None else self._last.t_ns
 
-    def state(self, t_ns: int, q: np.ndarray, qd: np.ndarray) -> list[dict[str, np.ndarray]]:
-        """Take one joint state (stamp ns, q (nq,), qd (nv,)); Rejected('out_of_order') unless it is
-        after the previous one."""
+    def state(self, t_ns: int, q: np.ndarray, qd: np.ndarray,
+              measured: Mapping[str, np.ndarray] | None = None) -> list[dict[str, np.ndarray]]:
+        """Take one joint state (stamp ns, q (nq,), qd (nv,)) and the sensor readings `measured` with it
+        ({name: (dim,)}, a JointState's efforts); Rejected('out_of_order') unless it is after the previous one."""
+        measured = measured or {}
         last, dt_ns = self._last, round(self.dt * 1e9)
         if last is not None and t_ns <= last.t_ns:
             raise Rejected("out_of_order", f"stamp {t_ns} ns is not after the last one, {last.t_ns} ns")
         out: list[dict[str, np.ndarray]] = []
-        ready = last is not None and last.command is not None and all(n in last.readings for n in self.sensors)
+        ready = last is not None and last.command is not None and all(
+            n in last.readings or n in last.measured for n in self.sensors)
         gap = ready and (t_ns - last.t_ns) > self.max_gap_s * 1e9
         if not ready or gap:
             self.gaps += gap
@@ -305,12 +364,13 @@ class Sampler:
             # interpolated from the next interval and gets this state's command
             while (tau := self._grid0 + self._k * dt_ns) < t_ns - dt_ns // 10:
                 w = (tau - last.t_ns) / (t_ns - last.t_ns)
+                readings = {**last.readings, **{n: (1 - w) * v + w * measured[n] for n, v in last.measured.items()}}
                 self._rows.append((tau, (1 - w) * last.q + w * q, (1 - w) * last.qd + w * qd,
-                                   last.command.at(tau), last.readings))
+                                   last.command.at(tau), readings))
                 self._k += 1
                 if len(self._rows) == self.chunk_samples:
                     out += self.flush()
-        self._last = _Last(t_ns, q, qd, self.command, dict(self.readings))
+        self._last = _Last(t_ns, q, qd, self.command, dict(self.readings), dict(measured))
         return out
 
     def flush(self) -> list[dict[str, np.ndarray]]:
