@@ -19,7 +19,7 @@ from twin_bayes.models import TwinModel
 from twin_bayes.service import protocol
 from twin_bayes.service import ros2_keys as keys
 from twin_bayes.service.ros2 import BridgeSettings, Ros2Bridge
-from twin_bayes.service.ros2_inbound import (Command, Rejected, Sampler, decode, imu_readings, joint_efforts,
+from twin_bayes.service.ros2_inbound import (Command, Rejected, Sampler, decode, imu_readings, joint_readings,
                                              robot_joints, trajectory_command)
 from twin_bayes.service.ros2_inbound import joint_state as joint_state_of
 from twin_bayes.service.server import ServiceSettings, TwinService
@@ -441,16 +441,40 @@ def test_ros2_robot_into_the_service_advances_the_posterior_and_predictions_come
 
 
 TORQUES = ["shoulder_frc", "elbow_tau"]  # arm2_sensors.xml: actuatorfrc of the shoulder's motor, jointactuatorfrc
+ENCODERS = ["elbow_pos", "elbow_vel"]  # arm2_sensors.xml: the elbow's jointpos and jointvel
 
 
-def torque_config(path: Path, mjcf: Path = SENSORS_MJCF) -> str:
-    """A twin config observing arm2's two joint torque sensors, with the forearm's mass to estimate."""
-    path.write_text(f'name = "arm2_torque"\n\n[robot]\nname = "{mjcf}"\n\n[parameters]\n'
+def joint_sensor_config(path: Path, sensors: list[str]) -> str:
+    """A twin config observing `sensors` of arm2_sensors.xml (noise scale 0.01 each), the forearm's mass to estimate."""
+    noise = "".join(f", {s} = 0.01" for s in sensors)
+    path.write_text(f'name = "{path.stem}"\n\n[robot]\nname = "{SENSORS_MJCF}"\n\n[parameters]\n'
                     '"body_mass:forearm" = { dist = "lognormal", scale = 0.3 }\n\n[observation]\n'
-                    f'sensors = {json.dumps(TORQUES)}\n'
-                    'noise_scale = { q = 0.002, qd = 0.02, shoulder_frc = 0.01, elbow_tau = 0.01 }\n\n'
+                    f'sensors = {json.dumps(sensors)}\nnoise_scale = {{ q = 0.002, qd = 0.02{noise} }}\n\n'
                     '[inference]\nwindow_s = 0.5\nparticles = 32\n')
     return str(path)
+
+
+def serve_joint_states(ros, tmp_path: Path, config: str, states: list[list[bytes]]) -> tuple[dict, dict]:
+    """A served twin of `config` bridged from the test's zenoh peer, which publishes for each step k a command
+    [k, -k], then the JointStates states[k]; (the bridge's stats, the stored chunks' fields concatenated) once every
+    step but the last (its state waits for the next one) is stored. Kept under a window: nothing inferred."""
+    session, endpoint = ros
+    model, any_port = TwinModel(load_config(config)), "tcp://127.0.0.1:*"
+    settings = ServiceSettings({"arm-1": model.cfg}, tmp_path / "store.db", any_port, any_port, any_port,
+                               worker=WorkerSettings(checkpoints=tmp_path / "checkpoints"))
+    with TwinService(settings, {"arm-1": model}) as service:
+        ends = service.endpoints
+        with bridging(endpoint, ends["ingest"], ends["pub"], ends["query"], config=config) as bridge:
+            wait_for_subscriptions(session)
+            js, cmd = key("/joint_states", keys.JOINT_STATE), key("/twin/commands", keys.FLOAT_ARRAY)
+            for k, payloads in enumerate(states):
+                session.put(cmd, command([k, -k]))
+                for payload in payloads:
+                    session.put(js, payload)
+            wait(lambda: service.metrics()["samples_stored"] >= len(states) - 1, what="every sample stored")
+            stats = bridge.stats()
+        stored = service.store.get_chunks("arm-1")
+    return stats, {f: np.concatenate([c.arrays[f] for c in stored]) for f in stored[0].arrays}
 
 
 def test_joint_state_efforts_reach_a_served_torque_sensor_twin_as_its_readings(ros, tmp_path):
@@ -459,39 +483,51 @@ def test_joint_state_efforts_reach_a_served_torque_sensor_twin_as_its_readings(r
     stores exactly the efforts sent, in order, at the joint states' times. JointStates without an effort per name
     (missing_effort, naming each sensor and its joint) or with a NaN one for a sensor (non_finite) are counted and
     dropped, and the states after them are used."""
-    session, endpoint = ros
-    config = torque_config(tmp_path / "arm2_torque.toml")
-    model, any_port = TwinModel(load_config(config)), "tcp://127.0.0.1:*"
-    settings = ServiceSettings({"arm-1": model.cfg}, tmp_path / "store.db", any_port, any_port, any_port,
-                               worker=WorkerSettings(checkpoints=tmp_path / "checkpoints"))
     n = 60  # under a window (251 samples): stored, nothing inferred
     q, qd, effort = np.random.default_rng(0).normal(size=(3, n, 2))
     names, t_ns = ["gripper", "elbow", "shoulder"], T0_NS + np.arange(n) * DT_NS
-    with TwinService(settings, {"arm-1": model}) as service:
-        ends = service.endpoints
-        with bridging(endpoint, ends["ingest"], ends["pub"], ends["query"], config=config) as bridge:
-            wait_for_subscriptions(session)
-            js, cmd = key("/joint_states", keys.JOINT_STATE), key("/twin/commands", keys.FLOAT_ARRAY)
-            for k in range(n):
-                session.put(cmd, command([k, -k]))
-                if k == 0:
-                    session.put(js, joint_state(t_ns[0], [0, 0], [0, 0], effort=[0.0, np.nan]))  # NaN at the elbow
-                    session.put(js, joint_state(t_ns[0], [0, 0], [0, 0], effort=[1.0]))  # one effort, two names
-                    session.put(js, joint_state(t_ns[0], [0, 0], [0, 0]))                 # no effort
-                session.put(js, joint_state(t_ns[k], np.r_[0, q[k, ::-1]], np.r_[0, qd[k, ::-1]], names,
-                                            np.r_[np.nan, effort[k, ::-1]]))
-            wait(lambda: service.metrics()["samples_stored"] >= n - 1, what="every sample stored")
-            stats = bridge.stats()
-        stored = service.store.get_chunks("arm-1")
+    bad = [joint_state(t_ns[0], [0, 0], [0, 0], effort=[0.0, np.nan]),  # NaN at the elbow
+           joint_state(t_ns[0], [0, 0], [0, 0], effort=[1.0]),  # one effort, two names
+           joint_state(t_ns[0], [0, 0], [0, 0])]  # no effort
+    stats, got = serve_joint_states(ros, tmp_path, joint_sensor_config(tmp_path / "arm2_torque.toml", TORQUES), [
+        [*(bad if k == 0 else ()), joint_state(t_ns[k], np.r_[0, q[k, ::-1]], np.r_[0, qd[k, ::-1]], names,
+                                               np.r_[np.nan, effort[k, ::-1]])] for k in range(n)])
     assert stats["rejected"] == {"non_finite": 1, "missing_effort": 2} and stats["link"]["rejected"] == 0, stats
     assert stats["last_problem"] == ("joint_states: missing_effort: JointState carries no effort; the twin's torque "
                                      "sensors read their joint's effort: 'shoulder_frc' (joint 'shoulder'), "
                                      "'elbow_tau' (joint 'elbow')")
-    got = {f: np.concatenate([c.arrays[f] for c in stored]) for f in ("t", "q", *(f"sensor:{s}" for s in TORQUES))}
     assert got["sensor:shoulder_frc"].shape == (n - 1, 1)  # the last state waits for the next one
     np.testing.assert_array_equal(got["sensor:shoulder_frc"][:, 0], effort[:-1, 0])
     np.testing.assert_array_equal(got["sensor:elbow_tau"][:, 0], effort[:-1, 1])
     np.testing.assert_array_equal(got["q"], q[:-1])
+    np.testing.assert_array_equal(got["t"], (t_ns[:-1] // 10**9) + (t_ns[:-1] % 10**9) * 1e-9)
+
+
+def test_joint_state_positions_and_velocities_reach_a_served_encoder_twin_as_its_readings(ros, tmp_path):
+    """A twin observing encoders (a jointpos and a jointvel on the elbow) gets, with no option, each JointState's
+    position and velocity of the sensor's joint (by name: here elbow first, and a gripper the twin lacks, its position
+    and velocity NaN) as the readings: the very numbers its q and qd are made of, stored exactly, in order, at the
+    joint states' times. A JointState without a velocity per name is refused bad_message as it is for qd, its
+    last_problem naming the jointvel and its joint, as is one short of positions (naming the jointpos) and one with
+    a NaN elbow position (non_finite); the states after them are used."""
+    n = 60
+    q, qd = np.random.default_rng(1).normal(size=(2, n, 2))
+    names, t_ns = ["gripper", "elbow", "shoulder"], T0_NS + np.arange(n) * DT_NS
+    bad = [joint_state(t_ns[0], [0, np.nan], [0, 0]),  # NaN at the elbow
+           joint_state(t_ns[0], [0], [0, 0]),  # one position, two names
+           joint_state(t_ns[0], [0, 0], [])]  # no velocity
+    stats, got = serve_joint_states(ros, tmp_path, joint_sensor_config(tmp_path / "arm2_enc.toml", ENCODERS), [
+        [*(bad if k == 0 else ()), joint_state(t_ns[k], np.r_[np.nan, q[k, ::-1]], np.r_[np.nan, qd[k, ::-1]], names)]
+        for k in range(n)])
+    assert stats["rejected"] == {"non_finite": 1, "bad_message": 2} and stats["link"]["rejected"] == 0, stats
+    assert stats["last_problem"] == ("joint_states: bad_message: JointState carries no velocity (q and qd need a "
+                                     "position and a velocity for each name); the twin's encoder sensors read their "
+                                     "joint's velocity: 'elbow_vel' (joint 'elbow')")
+    assert got["sensor:elbow_pos"].shape == got["sensor:elbow_vel"].shape == (n - 1, 1)
+    np.testing.assert_array_equal(got["sensor:elbow_pos"][:, 0], q[:-1, 1])
+    np.testing.assert_array_equal(got["sensor:elbow_vel"][:, 0], qd[:-1, 1])
+    np.testing.assert_array_equal(got["q"], q[:-1])
+    np.testing.assert_array_equal(got["qd"], qd[:-1])
     np.testing.assert_array_equal(got["t"], (t_ns[:-1] // 10**9) + (t_ns[:-1] % 10**9) * 1e-9)
 
 
@@ -505,9 +541,10 @@ def test_torque_sensors_read_their_joints_effort_over_the_gear_and_what_effort_c
     geared = tmp_path / "geared.xml"
     geared.write_text(SENSORS_MJCF.read_text().replace(motor, motor.replace('"1"', '"2"')))
     robot = robot_joints(sensor_config(tmp_path / "geared.toml", TORQUES, geared))
-    assert robot.efforts == (("shoulder_frc", "shoulder", 2.0), ("elbow_tau", "elbow", 1.0))
+    assert robot.joint_sensors == (("shoulder_frc", "effort", "shoulder", 2.0), ("elbow_tau", "effort", "elbow", 1.0))
     msg = decode(joint_state(T0_NS, [0, 0], [0, 0], JOINTS[::-1], effort=[-1.5, 3.0]), keys.JOINT_STATE, "jazzy")
-    assert {s: v.tolist() for s, v in joint_efforts(msg, robot).items()} == {"shoulder_frc": [1.5], "elbow_tau": [-1.5]}
+    assert {s: v.tolist() for s, v in joint_readings(msg, robot).items()} == {"shoulder_frc": [1.5],
+                                                                              "elbow_tau": [-1.5]}
     sampler = Sampler(robot.dt, chunk_samples=4, max_gap_s=0.05, sensors=("elbow_tau",),
                       command=Command(np.zeros(1, np.int64), np.zeros((1, 2))))
     chunks = [c for k, tau in enumerate((0.0, 1.0, 4.0)) for c in sampler.state(
@@ -537,6 +574,70 @@ def test_torque_sensors_read_their_joints_effort_over_the_gear_and_what_effort_c
     with pytest.raises(ValueError, match="linear_acceleration feeds a sensor of type accelerometer; 'elbow_tau' is of"):
         Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "all.toml", ["elbow_tau"]), "arm-1",
                                   imu={"/imu": {"linear_acceleration": "elbow_tau"}}))
+
+
+BALL_ARM = ('<mujoco><worldbody><body name="arm"><joint name="shoulder"/><geom size="0.1" mass="1"/>'
+            '<body name="hand" pos="0.3 0 0"><joint name="wrist" type="ball"/><geom size="0.1" mass="1"/></body>'
+            '</body></worldbody><actuator><motor name="wrist" joint="wrist"/></actuator>'
+            '<sensor><actuatorfrc name="wrist_frc" actuator="wrist"/>{}</sensor></mujoco>')
+
+
+def test_encoders_read_their_joints_position_and_velocity_and_only_hinge_or_slide_joints_carry_them(tmp_path,
+                                                                                                      capsys):
+    """A jointpos and a jointvel read their joint's position and velocity (by name), alongside a torque sensor, a
+    slide joint's as a hinge's; on the grid they are q's and qd's column exactly, interpolated alike. A JointState
+    short of positions or velocities is refused bad_message, naming the encoders that read what it lacks (a twin
+    without encoders: the same code, what q and qd need). A joint sensor on a ball joint is refused at start naming
+    it: an actuatorfrc of the ball joint's motor by the bridge, a jointpos by MuJoCo; from Python and the command
+    line. Encoders count as fed for --imu."""
+    sensors = ["elbow_vel", "shoulder_frc", "elbow_pos"]
+    robot = robot_joints(sensor_config(tmp_path / "enc.toml", sensors))
+    assert robot.joint_sensors == (("elbow_vel", "velocity", "elbow", 1.0), ("shoulder_frc", "effort", "shoulder", 1.0),
+                                   ("elbow_pos", "position", "elbow", 1.0))
+    slide = tmp_path / "slide.xml"
+    slide.write_text(SENSORS_MJCF.read_text().replace('name="elbow" type="hinge"', 'name="elbow" type="slide"'))
+    assert robot_joints(sensor_config(tmp_path / "slide.toml", sensors, slide)).joint_sensors == robot.joint_sensors
+    msg = decode(joint_state(T0_NS, [1.0, 2.0], [3.0, 4.0], JOINTS[::-1], effort=[5.0, 6.0]), keys.JOINT_STATE, "jazzy")
+    assert {s: v.tolist() for s, v in joint_readings(msg, robot).items()} == {"elbow_vel": [3.0], "shoulder_frc": [6.0],
+                                                                              "elbow_pos": [1.0]}
+    sampler = Sampler(robot.dt, chunk_samples=4, max_gap_s=0.05, sensors=tuple(sensors),
+                      command=Command(np.zeros(1, np.int64), np.zeros((1, 2))))
+    chunks = []
+    for k, x in enumerate((0.0, 1.0, 4.0)):  # 2 dt apart: each state's sample, and one between
+        msg = decode(joint_state(T0_NS + 2 * k * DT_NS, [x, -x], [2 * x, -2 * x], effort=[0, 0]), keys.JOINT_STATE,
+                     "jazzy")
+        chunks += sampler.state(*joint_state_of(msg, robot), joint_readings(msg, robot))
+    [chunk] = chunks + sampler.flush()
+    np.testing.assert_array_equal(chunk["q"][:, 1], [0, -0.5, -1, -2.5])
+    np.testing.assert_array_equal(chunk["sensors"]["elbow_pos"][:, 0], chunk["q"][:, 1])
+    np.testing.assert_array_equal(chunk["sensors"]["elbow_vel"][:, 0], chunk["qd"][:, 1])
+
+    need = " (q and qd need a position and a velocity for each name)"
+    for twin, q, qd, detail in (
+            (robot, [0, 0], [], "JointState carries no velocity" + need + "; the twin's encoder sensors read their "
+                                "joint's velocity: 'elbow_vel' (joint 'elbow')"),
+            (robot, [0], [], "JointState carries 1 position for its 2 names and no velocity" + need + "; the twin's "
+                             "encoder sensors read their joint's position or velocity: 'elbow_vel' (joint 'elbow'), "
+                             "'elbow_pos' (joint 'elbow')"),
+            (robot_joints("arm2"), [0, 0], [0], "JointState carries 1 velocity for its 2 names" + need)):
+        with pytest.raises(Rejected) as refused:
+            joint_state_of(decode(joint_state(T0_NS, q, qd), keys.JOINT_STATE, "jazzy"), twin)
+        assert (refused.value.code, refused.value.detail) == ("bad_message", detail)
+
+    for observed, mjcf_text, refused in (
+            (["wrist_frc"], BALL_ARM.format(""), "actuatorfrc sensor 'wrist_frc' reads joint 'wrist', a ball joint; a "
+                                                 "JointState feeds sensors of hinge and slide joints only"),
+            (["wrist_pos"], BALL_ARM.format('<jointpos name="wrist_pos" joint="wrist"/>'),
+             "joint must be slide or hinge in sensor\nElement name 'wrist_pos'")):
+        (tmp_path / "ball.xml").write_text(mjcf_text)
+        config = sensor_config(tmp_path / "ball.toml", observed, tmp_path / "ball.xml")
+        with pytest.raises(ValueError, match=refused):
+            Ros2Bridge(BridgeSettings(config, "arm-1"))
+        assert main(["ros2", "--config", config, "--robot-id", "arm-1"]) == 2
+        assert refused in capsys.readouterr().err
+    imu = {"/imu": {"angular_velocity": "gyro", "linear_acceleration": "acc"}}
+    config = sensor_config(tmp_path / "all.toml", ["gyro", "acc", *ENCODERS])
+    assert Ros2Bridge(BridgeSettings(config, "arm-1", imu=imu)).sampler.sensors == ("gyro", "acc", *ENCODERS)
 
 
 def test_fuzzed_cdr_is_only_ever_rejected():

@@ -2,8 +2,8 @@
 
 Without a ROS installation: the bridge is a zenoh peer that subscribes to the robot's topics by
 their rmw_zenoh key expressions, decodes CDR with `rosbags`, puts joint states, commands and
-the readings of Imu topics and of the joint states' efforts (as the MJCF sensors the twin
-observes: IMU sensors, joint torque sensors) on the twin's time grid
+the readings of Imu topics and of the joint states' positions, velocities and efforts (as the MJCF
+sensors the twin observes: IMU sensors, encoders, joint torque sensors) on the twin's time grid
 (`ros2_inbound.Sampler`) and streams them to the service through a `RobotLink` (numbered chunks,
 kept until acked). It subscribes to the service's PUB stream and publishes posterior,
 predictions, alerts and health as ROS 2 messages (`ros2_outbound`), with the liveliness tokens
@@ -30,7 +30,7 @@ from twin_bayes.service.auth import CurveKeys
 from twin_bayes.service.client import ServiceError, Subscriber, TwinClient, TwinTimeout
 from twin_bayes.service.robot_link import LinkTimeout, RobotLink
 from twin_bayes.service.ros2_inbound import (Rejected, Sampler, array_command, decode, imu_readings, imu_sensors,
-                                             joint_efforts, joint_state, robot_joints, stamp_ns, trajectory_command)
+                                             joint_readings, joint_state, robot_joints, stamp_ns, trajectory_command)
 from twin_bayes.service.ros2_outbound import (diagnostics, posterior_json, prediction_messages, sensor_outputs,
                                               string_message)
 
@@ -46,7 +46,8 @@ class BridgeSettings:
 
     imu: {sensor_msgs/Imu topic: {field: MJCF sensor}} (fields angular_velocity, linear_acceleration,
     orientation; {}: to the twin's one observed gyro and accelerometer), sent as `sensor:<name>` fields,
-    as is each observed joint torque sensor's reading, always, from the joint states' efforts;
+    as is, always, the reading of each observed sensor a JointState feeds (`jointpos`, `jointvel`,
+    `jointactuatorfrc`, `actuatorfrc`: its joint's position, velocity or effort);
     chunk_samples: samples per telemetry chunk (default 0.1 s worth); max_gap_s: joint states further
     apart start a new grid; first_seq: number of the first chunk (default: the service's highest
     stored + 1, asked at `query`, else 0); idle_flush_s: a partial chunk is sent after this long
@@ -102,8 +103,9 @@ class Ros2Bridge:
             raise ValueError(f"chunk_samples must be >= 1, got {s.chunk_samples}")
         # Imu input 'imu:<topic>' -> {field: MJCF sensor it feeds}
         self.imu = {f"imu:{topic}": fields for topic, fields in imu_sensors(self.robot, s.imu).items()}
-        # each torque sensor reads its joint's effort in the JointState (RobotJoints.efforts)
-        fed = (*(n for fields in self.imu.values() for n in fields.values()), *(e[0] for e in self.robot.efforts))
+        # each encoder and torque sensor reads its joint's position, velocity or effort in the JointState
+        fed = (*(n for fields in self.imu.values() for n in fields.values()),
+               *(e.sensor for e in self.robot.joint_sensors))
         self.sampler = Sampler(self.robot.dt, s.chunk_samples or max(1, round(0.1 / self.robot.dt)), s.max_gap_s,
                                sensors=fed)
         namespace = s.namespace or f"/twin/{keys.ros_token(s.robot_id)}"
@@ -184,7 +186,7 @@ class Ros2Bridge:
 
     def _use(self, name: str, msg) -> None:
         if name == "joint_states":
-            for chunk in self.sampler.state(*joint_state(msg, self.robot), joint_efforts(msg, self.robot)):
+            for chunk in self.sampler.state(*joint_state(msg, self.robot), joint_readings(msg, self.robot)):
                 self._send(chunk)
         elif name == "commands":
             self.sampler.command = (trajectory_command(msg, self.robot, self.sampler.latest_ns)

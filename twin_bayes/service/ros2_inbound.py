@@ -5,9 +5,10 @@ telemetry only at exactly the twin's timestep, so `Sampler` puts joint states on
 q and qd are interpolated linearly between consecutive joint states, and each grid sample gets
 the command (and each Imu-fed sensor's reading) that was the latest one received when the last
 joint state at or before it arrived (a state stamped up to dt/10 after a grid time counts as at
-it: stamp jitter), held as on the robot. The twin's joint torque sensors read the joint states'
-efforts, measured with q and qd and interpolated as they are. A joint state more than `max_gap_s`
-after the previous one starts a new grid (the service sees a time jump and cuts its window there).
+it: stamp jitter), held as on the robot. The twin's encoder and joint torque sensors read the joint
+states' positions, velocities and efforts, measured with q and qd and interpolated as they are. A joint
+state more than `max_gap_s` after the previous one starts a new grid (the service sees a time jump and
+cuts its window there).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,8 +26,13 @@ ROBOTS_DIR = Path(__file__).resolve().parent.parent / "robots"
 _HINGE_OR_SLIDE = (2, 3)  # mjtJoint: free 0, ball 1, slide 2, hinge 3
 #: sensor_msgs/Imu field -> the MJCF sensor type it feeds (as `fit --imu`, data.rosbag.IMU_FIELDS).
 IMU_SENSOR_TYPES = {"angular_velocity": "gyro", "linear_acceleration": "accelerometer", "orientation": "framequat"}
-#: MJCF sensor types a JointState's effort feeds: the actuator force at a joint, one actuator's force (1-D both).
-EFFORT_SENSOR_TYPES = ("jointactuatorfrc", "actuatorfrc")
+#: MJCF sensor type -> the sensor_msgs/JointState field (of the sensor's joint) that feeds it: an encoder's
+#: position, velocity; the actuator force at a joint, one actuator's force (1-D all, on a hinge or slide joint).
+JOINT_STATE_SENSOR_TYPES = {"jointpos": "position", "jointvel": "velocity", "jointactuatorfrc": "effort",
+                            "actuatorfrc": "effort"}
+#: What a JointState field's sensors are called in messages.
+_SENSOR_KIND = {"position": "encoder", "velocity": "encoder", "effort": "torque"}
+_PLURAL = {"position": "positions", "velocity": "velocities", "effort": "efforts"}
 
 
 class Rejected(ValueError):
@@ -36,14 +43,24 @@ class Rejected(ValueError):
         self.code, self.detail = code, detail
 
 
+class JointSensor(NamedTuple):
+    """An observed MJCF sensor a JointState feeds: its reading is the message's `field` ('position', 'velocity',
+    'effort') of `joint` (by name) over `divisor` (an actuatorfrc's gear: the actuator's force is the joint's torque
+    over it; 1 for the others)."""
+
+    sensor: str
+    field: str
+    joint: str
+    divisor: float = 1.0
+
+
 @dataclass(frozen=True)
 class RobotJoints:
     """The twin's columns: `joints` of q and qd (MJCF order), the joint each ctrl column drives
     (`actuators`), the sample interval `dt` (s), the config's `settings` names, the MJCF sensors
     its twin observes (`sensors`, config order), their MuJoCo types (`sensor_types`: 'gyro',
-    'accelerometer', 'framequat', ...) and, per observed joint torque sensor (`efforts`, config order),
-    (sensor, joint, divisor): its reading is the JointState's effort of that joint over the divisor (an
-    actuatorfrc's gear: the actuator's force is the joint's torque over it; 1 for a jointactuatorfrc)."""
+    'accelerometer', 'framequat', ...) and those a JointState feeds (`joint_sensors`, config order: encoders
+    `jointpos`, `jointvel` and joint torque sensors `jointactuatorfrc`, `actuatorfrc`)."""
 
     robot: str
     joints: tuple[str, ...]
@@ -52,7 +69,7 @@ class RobotJoints:
     settings: tuple[str, ...] = ()
     sensors: tuple[str, ...] = ()
     sensor_types: tuple[str, ...] = ()
-    efforts: tuple[tuple[str, str, float], ...] = ()
+    joint_sensors: tuple[JointSensor, ...] = ()
 
 
 def _config_path(config: str | Path) -> Path:
@@ -67,7 +84,8 @@ def _config_path(config: str | Path) -> Path:
 
 def robot_joints(config: str | Path) -> RobotJoints:
     """Joint and actuator names of a twin config's robot; ValueError if the robot has joints a
-    JointState cannot carry (free or ball joints) or actuators on anything but a joint."""
+    JointState cannot carry (free or ball joints), actuators on anything but a joint, or observed
+    sensors a JointState cannot feed (`_joint_sensors`)."""
     import mujoco
 
     path = _config_path(config)
@@ -85,16 +103,17 @@ def robot_joints(config: str | Path) -> RobotJoints:
         mjcf = found[0]
     m = mujoco.MjModel.from_xml_path(str(mjcf))
     joint = lambda j: mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, int(j))  # noqa: E731
-    if any(t not in _HINGE_OR_SLIDE for t in m.jnt_type):
-        raise ValueError(f"{mjcf.name}: the ROS 2 bridge needs hinge and slide joints only "
-                         "(a JointState carries one position per joint)")
     if any(t != mujoco.mjtTrn.mjTRN_JOINT for t in m.actuator_trntype):
         raise ValueError(f"{mjcf.name}: every actuator must drive a joint")
     sensors = tuple(data.get("observation", {}).get("sensors", ()))
     types = _sensor_types(m, sensors, mjcf.name)
+    fed = _joint_sensors(m, sensors, types, mjcf.name)  # first: a sensor on a ball joint is refused naming it
+    if any(t not in _HINGE_OR_SLIDE for t in m.jnt_type):
+        raise ValueError(f"{mjcf.name}: the ROS 2 bridge needs hinge and slide joints only "
+                         "(a JointState carries one position per joint)")
     return RobotJoints(name, tuple(joint(j) for j in range(m.njnt)),
                        tuple(joint(j) for j in m.actuator_trnid[:, 0]), float(m.opt.timestep),
-                       tuple(data.get("settings", {})), sensors, types, _effort_sensors(m, sensors, types, mjcf.name))
+                       tuple(data.get("settings", {})), sensors, types, fed)
 
 
 def _sensor_types(m, names: tuple[str, ...], mjcf: str) -> tuple[str, ...]:
@@ -110,30 +129,34 @@ def _sensor_types(m, names: tuple[str, ...], mjcf: str) -> tuple[str, ...]:
     return tuple({"jointactfrc": "jointactuatorfrc"}.get(k, k) for k in kinds)  # the enum's one short name
 
 
-def _effort_sensors(m, names: tuple[str, ...], types: tuple[str, ...], mjcf: str) -> tuple[tuple[str, str, float], ...]:
-    """(sensor, joint, divisor) of each joint torque sensor among `names` (see RobotJoints.efforts); ValueError for
-    an actuatorfrc whose joint another actuator drives too (the joint's effort is their sum) or of gear 0."""
+def _joint_sensors(m, names: tuple[str, ...], types: tuple[str, ...], mjcf: str) -> tuple[JointSensor, ...]:
+    """The sensors among `names` a JointState feeds (see JointSensor); ValueError for one on a joint that is not a
+    hinge or slide (a JointState carries one number per joint), an actuatorfrc whose joint another actuator drives
+    too (the joint's effort is their sum) or of gear 0."""
     import mujoco
 
     obj = mujoco.mjtObj
     named = lambda kind, i: mujoco.mj_id2name(m, kind, int(i))  # noqa: E731
     out = []
     for sensor, kind in zip(names, types):
-        if kind not in EFFORT_SENSOR_TYPES:
+        if kind not in JOINT_STATE_SENSOR_TYPES:
             continue
         i = int(m.sensor_objid[mujoco.mj_name2id(m, obj.mjOBJ_SENSOR, sensor)])
-        if kind == "jointactuatorfrc":
-            out.append((sensor, named(obj.mjOBJ_JOINT, i), 1.0))
-            continue
-        j, gear = int(m.actuator_trnid[i, 0]), float(m.actuator_gear[i, 0])
-        joint, actuator = named(obj.mjOBJ_JOINT, j), named(obj.mjOBJ_ACTUATOR, i)
-        others = [named(obj.mjOBJ_ACTUATOR, a) for a in range(m.nu) if a != i and m.actuator_trnid[a, 0] == j]
-        if others or gear == 0:
-            why = f"actuators {others} drive joint {joint!r} too" if others else "its gear is 0"
-            raise ValueError(f"{mjcf}: torque sensor {sensor!r} reads actuator {actuator!r}'s force, which a "
-                             f"JointState's effort of joint {joint!r} does not give: {why}; observe a "
-                             f"jointactuatorfrc on {joint!r} instead")
-        out.append((sensor, joint, gear))
+        j, gear = (int(m.actuator_trnid[i, 0]), float(m.actuator_gear[i, 0])) if kind == "actuatorfrc" else (i, 1.0)
+        joint = named(obj.mjOBJ_JOINT, j)
+        if m.jnt_type[j] not in _HINGE_OR_SLIDE:
+            jtype = mujoco.mjtJoint(int(m.jnt_type[j])).name.removeprefix("mjJNT_").lower()
+            raise ValueError(f"{mjcf}: {kind} sensor {sensor!r} reads joint {joint!r}, a {jtype} joint; a JointState "
+                             "feeds sensors of hinge and slide joints only (one number per joint)")
+        if kind == "actuatorfrc":
+            actuator = named(obj.mjOBJ_ACTUATOR, i)
+            others = [named(obj.mjOBJ_ACTUATOR, a) for a in range(m.nu) if a != i and m.actuator_trnid[a, 0] == j]
+            if others or gear == 0:
+                why = f"actuators {others} drive joint {joint!r} too" if others else "its gear is 0"
+                raise ValueError(f"{mjcf}: torque sensor {sensor!r} reads actuator {actuator!r}'s force, which a "
+                                 f"JointState's effort of joint {joint!r} does not give: {why}; observe a "
+                                 f"jointactuatorfrc on {joint!r} instead")
+        out.append(JointSensor(sensor, JOINT_STATE_SENSOR_TYPES[kind], joint, gear))
     return tuple(out)
 
 
@@ -141,8 +164,8 @@ def imu_sensors(robot: RobotJoints, topics: Mapping[str, Mapping[str, str]]) -> 
     """{Imu topic: {field: MJCF sensor}} checked against the twin: an empty mapping is filled with each of
     angular_velocity and linear_acceleration to the one observed gyro and accelerometer. ValueError for an
     unknown field, a sensor the twin does not observe or of another type, a sensor fed twice, or (with any
-    topic) an observed sensor left unfed, by these topics or the JointState's effort (`robot.efforts`): the
-    service refuses telemetry without it."""
+    topic) an observed sensor left unfed, by these topics or the JointState (`robot.joint_sensors`): the service
+    refuses telemetry without it."""
     types = dict(zip(robot.sensors, robot.sensor_types))
     out = {topic: dict(fields) or _derived(robot, topic) for topic, fields in topics.items()}
     fed = []
@@ -160,10 +183,10 @@ def imu_sensors(robot: RobotJoints, topics: Mapping[str, Mapping[str, str]]) -> 
     twice = sorted({n for n in fed if fed.count(n) > 1})
     if twice:
         raise ValueError(f"--imu: sensors {twice} are fed more than once")
-    unfed = [n for n in robot.sensors if n not in fed and n not in {e[0] for e in robot.efforts}]
+    unfed = [n for n in robot.sensors if n not in fed and n not in {e.sensor for e in robot.joint_sensors}]
     if out and unfed:
-        raise ValueError(f"the twin config observes sensors {unfed} that no --imu mapping feeds, nor a JointState's "
-                         "effort (the service refuses telemetry without them)")
+        raise ValueError(f"the twin config observes sensors {unfed} that no --imu mapping feeds, nor a JointState "
+                         "(the service refuses telemetry without them)")
     return out
 
 
@@ -207,31 +230,53 @@ def _columns(names: list[str], wanted: tuple[str, ...], what: str) -> list[int]:
     return [names.index(j) for j in wanted]
 
 
-def joint_state(msg, robot: RobotJoints) -> tuple[int, np.ndarray, np.ndarray]:
-    """(stamp ns, q (nq,), qd (nv,)) of a sensor_msgs/JointState, columns in the twin's joint order."""
+def _lacking(msg, robot: RobotJoints, fields: tuple[str, ...], why: str = "") -> str:
+    """'' if a sensor_msgs/JointState has one value per name in each of `fields`, else what it lacks (`why` after
+    it), naming each of the twin's sensors that reads a field it lacks and that sensor's joint."""
     names = list(msg.name)
-    if len(msg.position) != len(names) or len(msg.velocity) != len(names):
-        raise Rejected("bad_message", f"JointState needs a position and a velocity for each of {names}")
+    counts = {f: len(getattr(msg, f)) for f in fields}
+    short = [f for f, n in counts.items() if n != len(names)]
+    if not short:
+        return ""
+    has = " and ".join(f"no {f}" if not counts[f] else
+                       f"{counts[f]} {f if counts[f] == 1 else _PLURAL[f]} for its {len(names)} names" for f in short)
+    readers = [e for e in robot.joint_sensors if e.field in short]
+    read = "" if not readers else (
+        f"; the twin's {_SENSOR_KIND[readers[0].field]} sensors read their joint's "
+        f"{' or '.join(f for f in short if any(e.field == f for e in readers))}: "
+        + ", ".join(f"{e.sensor!r} (joint {e.joint!r})" for e in readers))
+    return f"JointState carries {has}{why}{read}"
+
+
+def joint_state(msg, robot: RobotJoints) -> tuple[int, np.ndarray, np.ndarray]:
+    """(stamp ns, q (nq,), qd (nv,)) of a sensor_msgs/JointState, columns in the twin's joint order.
+    Rejected('bad_message') for positions or velocities not one per name, naming the encoder sensors that read
+    what it lacks."""
+    lacking = _lacking(msg, robot, ("position", "velocity"),
+                       " (q and qd need a position and a velocity for each name)")
+    if lacking:
+        raise Rejected("bad_message", lacking)
+    names = list(msg.name)
     idx = _columns(names, robot.joints, "JointState")
     q, qd = np.asarray(msg.position, np.float64)[idx], np.asarray(msg.velocity, np.float64)[idx]
     _finite("JointState", q, qd)
     return stamp_ns(msg.header), q, qd
 
 
-def joint_efforts(msg, robot: RobotJoints) -> dict[str, np.ndarray]:
-    """{sensor: reading (1,)} of the twin's joint torque sensors (`robot.efforts`) from a sensor_msgs/JointState
-    that `joint_state` took: its effort of each sensor's joint (by name) over the divisor. Rejected('missing_effort')
-    for efforts not one per name (an empty effort included), naming each sensor and its joint."""
-    if not robot.efforts:
+def joint_readings(msg, robot: RobotJoints) -> dict[str, np.ndarray]:
+    """{sensor: reading (1,)} of the twin's sensors a JointState feeds (`robot.joint_sensors`) from a
+    sensor_msgs/JointState that `joint_state` took: its position, velocity or effort of each sensor's joint (by
+    name) over the divisor; a position or velocity is the number q or qd is made of. Rejected('missing_effort') for
+    efforts not one per name (an empty effort included) with torque sensors observed, naming each and its joint."""
+    if not robot.joint_sensors:
         return {}
-    names, effort = list(msg.name), np.asarray(msg.effort, np.float64)
-    if len(effort) != len(names):
-        needed = ", ".join(f"{s!r} (joint {j!r})" for s, j, _ in robot.efforts)
-        has = "no effort" if not len(effort) else f"{len(effort)} efforts for its {len(names)} names"
-        raise Rejected("missing_effort", f"JointState carries {has}; the twin's torque sensors read their joint's "
-                                         f"effort: {needed}")
-    out = {s: effort[[names.index(j)]] / divisor for s, j, divisor in robot.efforts}
-    _finite("JointState effort", *out.values())
+    lacking = _lacking(msg, robot, ("effort",) if any(e.field == "effort" for e in robot.joint_sensors) else ())
+    if lacking:
+        raise Rejected("missing_effort", lacking)
+    names = list(msg.name)
+    out = {e.sensor: np.asarray(getattr(msg, e.field), np.float64)[[names.index(e.joint)]] / e.divisor
+           for e in robot.joint_sensors}
+    _finite("JointState effort", *(out[e.sensor] for e in robot.joint_sensors if e.field == "effort"))
     return out
 
 
@@ -346,7 +391,7 @@ class Sampler:
     def state(self, t_ns: int, q: np.ndarray, qd: np.ndarray,
               measured: Mapping[str, np.ndarray] | None = None) -> list[dict[str, np.ndarray]]:
         """Take one joint state (stamp ns, q (nq,), qd (nv,)) and the sensor readings `measured` with it
-        ({name: (dim,)}, a JointState's efforts); Rejected('out_of_order') unless it is after the previous one."""
+        ({name: (dim,)}, from a JointState); Rejected('out_of_order') unless it is after the previous one."""
         measured = measured or {}
         last, dt_ns = self._last, round(self.dt * 1e9)
         if last is not None and t_ns <= last.t_ns:
