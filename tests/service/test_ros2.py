@@ -1,6 +1,7 @@
 """The ROS 2 bridge on a real zenoh session (peer mode, loopback, no multicast) speaking rmw_zenoh's key
 expressions, CDR by `rosbags`, into a ROUTER on loopback and into the real twin service."""
 import json
+import re
 import socket
 import threading
 import time
@@ -352,9 +353,10 @@ def test_trajectory_commands_and_imu_are_held_on_the_grid():
         sampler.state(T0_NS + 5 * DT_NS, np.zeros(2), np.zeros(2))
 
 
-def sensor_config(path: Path, sensors: list[str], mjcf: Path = SENSORS_MJCF) -> str:
-    """A twin config with what the bridge reads of one: the robot's MJCF and the sensors it observes."""
-    path.write_text(f'[robot]\nname = "{mjcf}"\n\n[observation]\nsensors = {json.dumps(sensors)}\n')
+def sensor_config(path: Path, sensors: list[str], mjcf: Path = SENSORS_MJCF, channels=("q", "qd")) -> str:
+    """A twin config with what the bridge reads of one: the robot's MJCF, the channels and sensors it observes."""
+    path.write_text(f'[robot]\nname = "{mjcf}"\n\n[observation]\nchannels = {json.dumps(list(channels))}\n'
+                    f'sensors = {json.dumps(sensors)}\n')
     return str(path)
 
 
@@ -444,13 +446,14 @@ TORQUES = ["shoulder_frc", "elbow_tau"]  # arm2_sensors.xml: actuatorfrc of the 
 ENCODERS = ["elbow_pos", "elbow_vel"]  # arm2_sensors.xml: the elbow's jointpos and jointvel
 
 
-def joint_sensor_config(path: Path, sensors: list[str]) -> str:
-    """A twin config observing `sensors` of arm2_sensors.xml (noise scale 0.01 each), the forearm's mass to estimate."""
+def joint_sensor_config(path: Path, sensors: list[str], channels=("q", "qd")) -> str:
+    """A twin config observing `channels` and `sensors` of arm2_sensors.xml (noise scale 0.01 each), the forearm's
+    mass to estimate."""
     noise = "".join(f", {s} = 0.01" for s in sensors)
     path.write_text(f'name = "{path.stem}"\n\n[robot]\nname = "{SENSORS_MJCF}"\n\n[parameters]\n'
                     '"body_mass:forearm" = { dist = "lognormal", scale = 0.3 }\n\n[observation]\n'
-                    f'sensors = {json.dumps(sensors)}\nnoise_scale = {{ q = 0.002, qd = 0.02{noise} }}\n\n'
-                    '[inference]\nwindow_s = 0.5\nparticles = 32\n')
+                    f'channels = {json.dumps(list(channels))}\nsensors = {json.dumps(sensors)}\n'
+                    f'noise_scale = {{ q = 0.002, qd = 0.02{noise} }}\n\n[inference]\nwindow_s = 0.5\nparticles = 32\n')
     return str(path)
 
 
@@ -516,7 +519,8 @@ def test_joint_state_positions_and_velocities_reach_a_served_encoder_twin_as_its
     bad = [joint_state(t_ns[0], [0, np.nan], [0, 0]),  # NaN at the elbow
            joint_state(t_ns[0], [0], [0, 0]),  # one position, two names
            joint_state(t_ns[0], [0, 0], [])]  # no velocity
-    stats, got = serve_joint_states(ros, tmp_path, joint_sensor_config(tmp_path / "arm2_enc.toml", ENCODERS), [
+    config = joint_sensor_config(tmp_path / "arm2_enc.toml", ENCODERS, channels=[])   # the encoders, not q, qd
+    stats, got = serve_joint_states(ros, tmp_path, config, [
         [*(bad if k == 0 else ()), joint_state(t_ns[k], np.r_[np.nan, q[k, ::-1]], np.r_[np.nan, qd[k, ::-1]], names)]
         for k in range(n)])
     assert stats["rejected"] == {"non_finite": 1, "bad_message": 2} and stats["link"]["rejected"] == 0, stats
@@ -591,12 +595,12 @@ def test_encoders_read_their_joints_position_and_velocity_and_only_hinge_or_slid
     it: an actuatorfrc of the ball joint's motor by the bridge, a jointpos by MuJoCo; from Python and the command
     line. Encoders count as fed for --imu."""
     sensors = ["elbow_vel", "shoulder_frc", "elbow_pos"]
-    robot = robot_joints(sensor_config(tmp_path / "enc.toml", sensors))
+    robot = robot_joints(sensor_config(tmp_path / "enc.toml", sensors, channels=[]))
     assert robot.joint_sensors == (("elbow_vel", "velocity", "elbow", 1.0), ("shoulder_frc", "effort", "shoulder", 1.0),
                                    ("elbow_pos", "position", "elbow", 1.0))
     slide = tmp_path / "slide.xml"
     slide.write_text(SENSORS_MJCF.read_text().replace('name="elbow" type="hinge"', 'name="elbow" type="slide"'))
-    assert robot_joints(sensor_config(tmp_path / "slide.toml", sensors, slide)).joint_sensors == robot.joint_sensors
+    assert robot_joints(sensor_config(tmp_path / "slide.toml", sensors, slide, [])).joint_sensors == robot.joint_sensors
     msg = decode(joint_state(T0_NS, [1.0, 2.0], [3.0, 4.0], JOINTS[::-1], effort=[5.0, 6.0]), keys.JOINT_STATE, "jazzy")
     assert {s: v.tolist() for s, v in joint_readings(msg, robot).items()} == {"elbow_vel": [3.0], "shoulder_frc": [6.0],
                                                                               "elbow_pos": [1.0]}
@@ -636,8 +640,17 @@ def test_encoders_read_their_joints_position_and_velocity_and_only_hinge_or_slid
         assert main(["ros2", "--config", config, "--robot-id", "arm-1"]) == 2
         assert refused in capsys.readouterr().err
     imu = {"/imu": {"angular_velocity": "gyro", "linear_acceleration": "acc"}}
-    config = sensor_config(tmp_path / "all.toml", ["gyro", "acc", *ENCODERS])
+    config = sensor_config(tmp_path / "all.toml", ["gyro", "acc", *ENCODERS], channels=[])
     assert Ros2Bridge(BridgeSettings(config, "arm-1", imu=imu)).sampler.sensors == ("gyro", "acc", *ENCODERS)
+    # a JointState's position and velocity are one number each: a twin observing q (qd) and a jointpos (jointvel)
+    # would count it twice
+    for channels, twice in ((["q"], "'elbow_pos' reads joint 'elbow''s position, in q too"),
+                            (["qd"], "'elbow_vel' reads joint 'elbow''s velocity, in qd too")):
+        config = sensor_config(tmp_path / "twice.toml", ENCODERS, channels=channels)
+        with pytest.raises(ValueError, match="which it would count twice: " + re.escape(twice) + "; observe each once"):
+            Ros2Bridge(BridgeSettings(config, "arm-1"))
+        assert main(["ros2", "--config", config, "--robot-id", "arm-1"]) == 2
+        assert twice in capsys.readouterr().err
 
 
 def test_fuzzed_cdr_is_only_ever_rejected():

@@ -108,6 +108,7 @@ def robot_joints(config: str | Path) -> RobotJoints:
     sensors = tuple(data.get("observation", {}).get("sensors", ()))
     types = _sensor_types(m, sensors, mjcf.name)
     fed = _joint_sensors(m, sensors, types, mjcf.name)  # first: a sensor on a ball joint is refused naming it
+    _counted_once(fed, tuple(data.get("observation", {}).get("channels", ("q", "qd"))), mjcf.name)
     if any(t not in _HINGE_OR_SLIDE for t in m.jnt_type):
         raise ValueError(f"{mjcf.name}: the ROS 2 bridge needs hinge and slide joints only "
                          "(a JointState carries one position per joint)")
@@ -158,6 +159,18 @@ def _joint_sensors(m, names: tuple[str, ...], types: tuple[str, ...], mjcf: str)
                                  f"jointactuatorfrc on {joint!r} instead")
         out.append(JointSensor(sensor, JOINT_STATE_SENSOR_TYPES[kind], joint, gear))
     return tuple(out)
+
+
+def _counted_once(fed: tuple[JointSensor, ...], channels: tuple[str, ...], mjcf: str) -> None:
+    """ValueError for an encoder (jointpos, jointvel) whose JointState field the twin also observes as its q or
+    qd channel: the message has one position and one velocity per joint, so the twin would count one number
+    twice, as two measurements with independent noise."""
+    twice = [f"{s.sensor!r} reads joint {s.joint!r}'s {s.field}, in {c} too" for s in fed
+             for c in channels if (s.field, c) in (("position", "q"), ("velocity", "qd"))]
+    if twice:
+        raise ValueError(f"{mjcf}: a JointState gives the twin's q and qd and its encoder sensors the same numbers, "
+                         f"which it would count twice: {', '.join(twice)}; observe each once (leave that channel "
+                         "out of [observation] channels, or the sensor out of sensors)")
 
 
 def imu_sensors(robot: RobotJoints, topics: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
