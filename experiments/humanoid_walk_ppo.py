@@ -67,7 +67,8 @@ def train(minutes: float, out: Path, smoke: bool = False) -> None:
     from brax.training.agents.ppo import train as ppo
 
     from twin_bayes.policy import walk, walk_net
-    from twin_bayes.sim import load_robot, model_fields
+    from twin_bayes.sim import delay_commands, load_robot
+    from twin_bayes.sim.params import varying_fields
     jax.config.update("jax_enable_x64", False)       # the package switches float64 on; MJX on a GPU runs float32
     if len(jax.local_devices()) == 1:                # Brax 0.14's PPO still calls this, gone from JAX 0.10
         jax.device_put_replicated = lambda tree, devices: jax.tree.map(lambda a: jnp.asarray(a)[None], tree)
@@ -76,8 +77,7 @@ def train(minutes: float, out: Path, smoke: bool = False) -> None:
     doc = json.loads(TRAINING.read_text())
     assert doc["names"] == list(robot.param_names), "the training draws are for another humanoid"
     thetas = jnp.asarray(doc["draws"], jnp.float32)
-    fields = jax.vmap(lambda th: model_fields(robot.layout, th))(thetas)
-    table = {k: v for k, v in fields.items() if float(jnp.ptp(v, axis=0).max()) > 0}
+    table = varying_fields(robot.layout, thetas)      # {model field: (draws, ...)}
     latency = jax.vmap(robot.layout.latency)(thetas)
     m = robot.model_with(robot.layout.nominal)
     m.opt.iterations, m.opt.ls_iterations = SOLVER["iterations"], SOLVER["ls_iterations"]
@@ -85,8 +85,8 @@ def train(minutes: float, out: Path, smoke: bool = False) -> None:
     dt, nq, nu, steps = robot.dt, robot.nq, robot.nu, walk.CONTROL_STEPS
     q0 = jnp.asarray(walk.standing(robot), jnp.float32)
     noise_sd = jnp.concatenate([jnp.full(nq, walk.NOISE["q"]), jnp.full(robot.nv, walk.NOISE["qd"])])
-    history = 8                                        # commands per physics step kept: ≥ latency / dt + 2
-    assert float(latency.max()) / dt + 2 < history
+    history = 8                                        # commands per physics step kept: > latency / dt + steps
+    assert float(latency.max()) / dt + steps < history
 
     class WalkEnv(Env):
         """The study's episode on MJX (see the module's docstring)."""
@@ -122,13 +122,10 @@ def train(minutes: float, out: Path, smoke: bool = False) -> None:
         def step(self, state, action):
             idx, ps = state.info["idx"], state.pipeline_state
             sys, u = self._sys(idx), walk_net.CTRL * action
-            lag = latency[idx] / dt
-            whole, frac = jnp.floor(lag).astype(jnp.int32), lag - jnp.floor(lag)
             sent = jnp.where(ps.time < dt / 2, jnp.broadcast_to(u, (history, nu)), state.info["sent"])
+            sent = jnp.concatenate([sent[steps:], jnp.broadcast_to(u, (steps, nu))])   # per physics step
             x_before, lowest = ps.q[0], jnp.inf
-            for _ in range(steps):                  # the command acts after the latency, interpolated
-                sent = jnp.concatenate([sent[1:], u[None]])
-                acting = (1 - frac) * sent[history - 1 - whole] + frac * sent[history - 2 - whole]
+            for acting in delay_commands(sent, latency[idx], dt)[-steps:]:    # as walk.simulate
                 ps = pipeline.step(sys, ps, acting)
                 lowest = jnp.minimum(lowest, ps.q[2])
             period = steps * dt

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from twin_bayes.inference.twin import Twin
-from twin_bayes.sim.params import model_fields
+from twin_bayes.sim.params import varying_fields
 
 TEMPLATE = '''"""Domain randomisation drawn from the twin-bayes posterior of {config!r} (version {version}, {n} particles).
 
@@ -53,10 +53,8 @@ def posterior_fields(twin: Twin) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Model fields that differ between particles, {field: (N, ...)}, and the full parameter vectors (N, P)."""
     model = twin.model
     settings = jnp.asarray(model.default_settings)
-    thetas = jax.vmap(lambda v: model.theta(v, settings))(jnp.asarray(twin.posterior.values))
-    fields = jax.vmap(lambda th: model_fields(model.robot.layout, th))(thetas)
-    varying = {k: np.asarray(v) for k, v in fields.items() if np.ptp(np.asarray(v), axis=0).max() > 0}
-    return varying, np.asarray(thetas)
+    thetas = np.asarray(jax.vmap(lambda v: model.theta(v, settings))(jnp.asarray(twin.posterior.values)))
+    return varying_fields(model.robot.layout, thetas), thetas
 
 
 def write_domain_randomization(twin: Twin, out: str | Path) -> Path:

@@ -20,10 +20,10 @@ This is SIMBICON's balance law (Yin, Loken & van de Panne 2007): foot placement 
 mass's position and velocity over the stance foot, torso attitude through the stance hip.
 
 Episode (`simulate`, of this controller or another: `Gait`, `policy.walk_net.WalkNet`): from standing
-(`standing`), sensor noise on every reading, command latency (linear interpolation, as
-`sim.latency.delay_commands`); it ends when the torso (root body) is below `FALL_HEIGHT`. Reward per
-control period: a·period − |Δx − a·period| with Δx the torso's forward (world x) displacement (m) and
-a = `SPEED` (the most at that speed), + (ALIVE − EFFORT·mean (u/0.4)²)·period.
+(`standing`), sensor noise on every reading, command latency (`sim.latency.delay_commands`); it ends
+when the torso (root body) is below `FALL_HEIGHT`. Reward per control period: a·period − |Δx − a·period|
+with Δx the torso's forward (world x) displacement (m) and a = `SPEED` (the most at that speed),
++ (ALIVE − EFFORT·mean (u/0.4)²)·period.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from mujoco import rollout
 from twin_bayes.policy import ars, walk_net
 from twin_bayes.policy.tasks import standing_posture
 from twin_bayes.sim.checks import start_state
+from twin_bayes.sim.latency import delay_commands
 from twin_bayes.sim.robot import Robot
 from twin_bayes.sim import truth as truth_file
 
@@ -300,8 +301,7 @@ def simulate(robot: Robot, models: list, controller, seconds: float, seeds,
     state = np.zeros((E, mujoco.mj_stateSize(m0, spec)))
     state[:, 1:1 + nq] = q0
     sent = np.zeros((E, periods * CONTROL_STEPS, robot.nu))   # commands per physics step, as sent
-    whole = np.floor(latency / dt).astype(int)
-    frac = latency / dt - whole
+    reach = int(np.floor(latency.max(initial=0.0) / dt)) + 1   # rows of earlier commands a latency reaches back
     alive, out_seconds = np.ones(E, bool), np.full(E, periods * period)
     reward, energy, tracking = np.zeros(E), np.zeros(E), np.zeros(E)
     steps = 0
@@ -319,10 +319,10 @@ def simulate(robot: Robot, models: list, controller, seconds: float, seeds,
         u = controller(live, k * period, q + meas[:, :nq], qd + meas[:, nq:])
         rows = k * CONTROL_STEPS + np.arange(CONTROL_STEPS)
         sent[live[:, None], rows[None]] = u[:, None]
-        now = np.maximum(rows[None] - whole[live, None], 0)
-        before = np.maximum(now - 1, 0)
-        f = frac[live, None, None]
-        acting = (1 - f) * sent[live[:, None], now] + f * sent[live[:, None], before]
+        lo = max(rows[0] - reach, 0)                # the live episodes' commands as columns, each its latency
+        window = sent[live, lo:rows[-1] + 1].transpose(1, 0, 2).reshape(rows[-1] + 1 - lo, -1)
+        acting = delay_commands(window, np.repeat(latency[live], robot.nu), dt)[rows[0] - lo:]
+        acting = acting.reshape(CONTROL_STEPS, len(live), robot.nu).transpose(1, 0, 2)
         traj, _ = rollout.rollout([models[e] for e in live], datas, state[live], acting, persistent_pool=True)
         steps += len(live) * CONTROL_STEPS
         qd_steps = traj[:, :, 1 + nq:1 + nq + nv][:, :, body.dofadr]

@@ -283,6 +283,15 @@ def model_fields(layout: ParamLayout, theta: Array) -> dict[str, Array]:
     return f
 
 
+def varying_fields(layout: ParamLayout, thetas: Array) -> dict[str, Array]:
+    """The model fields of parameter draws thetas (N, P) that differ between them, {field: (N, ...)} (a
+    domain randomisation's table; eager, not for tracing)."""
+    xp = namespace(thetas)
+    per = [model_fields(layout, theta) for theta in thetas]
+    fields = {k: xp.stack([f[k] for f in per]) for k in per[0]}
+    return {k: v for k, v in fields.items() if float(xp.max(xp.ptp(v, axis=0))) > 0}
+
+
 def physical_margins(layout: ParamLayout, theta) -> dict[str, float]:
     """How far theta (P,) is inside physics for every full-inertial body: the smallest mass (kg),
     principal moment and triangle-inequality margin I_j + I_k − I_i (kg·m²); all must be ≥ 0."""
