@@ -10,13 +10,13 @@ posterior mean, 90 % interval, whether it covers the truth, contraction 1 − va
 with posterior |r| ≥ 0.8. A parameter is called identifiable when its contraction exceeds 0.5 in every
 seed that ran.
 
-Excitation (`AMPLITUDE`, command units before the motor gears; control range ±0.4): humanoid_fixed (root
-welded in the air) gets sines inside the control range, so the legs swing through much of their joint
-range without saturated square waves; 1.2 s (4 windows). The floating humanoid starts standing, feet 3 mm
-into the floor (`sim.checks.start_state`), under small torques: no open-loop command keeps it up (its
-knees buckle within about 0.4 s even at zero torque, and only the feet collide, so the falling body
-passes through the floor), so its telemetry is the first 0.9 s (3 windows): the loaded stance and the
-buckling with the feet sliding on the floor, where torso mass and foot friction act.
+Telemetry: humanoid_fixed (root welded in the air) gets random-sine torques (`AMPLITUDE`, command units
+before the motor gears; control range ±0.4) inside the control range, so the legs swing through much of
+their joint range without saturated square waves; 1.2 s (4 windows). No open-loop command keeps the
+floating humanoid up (its knees buckle within about 0.4 s), so its telemetry is closed loop: the walking
+study's pretrained walker (`WALKER`, `policy.walk`) walking on the real humanoid from a standing start,
+its sensor noise seeded by the seed; 0.9 s (3 windows): stance, swing and heel strikes, where torso mass,
+hip damping and foot friction act.
 
 Writes experiments/results/humanoid_ident.json (every config studied so far: configs may run as separate,
 parallel processes) and humanoid_ident.png (prior vs posterior of each config's first seed, truth marked).
@@ -40,22 +40,24 @@ import numpy as np  # noqa: E402
 
 from twin_bayes import Twin  # noqa: E402
 from twin_bayes.config import load_config  # noqa: E402
-from twin_bayes.data import consecutive_windows  # noqa: E402
+from twin_bayes.data import Trajectory, consecutive_windows  # noqa: E402
 from twin_bayes.diagnostics import identification_table  # noqa: E402
 from twin_bayes.models import TwinModel  # noqa: E402
+from twin_bayes.policy import walk  # noqa: E402
 from twin_bayes.service.emulate import draw_truth  # noqa: E402
 from twin_bayes.sim import load_robot  # noqa: E402
 from twin_bayes.sim.checks import start_state  # noqa: E402
 from twin_bayes.sim.emulator import emulate, excitation  # noqa: E402
 
 CONFIGS = ("humanoid_fixed", "humanoid")
-AMPLITUDE = {"humanoid_fixed": 0.3, "humanoid": 0.1}
+AMPLITUDE = {"humanoid_fixed": 0.3}
 SECONDS = {"humanoid_fixed": 1.2, "humanoid": 0.9}   # default telemetry per seed: 4 and 3 windows of 0.3 s
 NOISE = {"q": 0.002, "qd": 0.02}      # emulated sensor noise sd (rad, rad/s)
 IDENTIFIED = 0.5                      # contraction above which, in every seed, a parameter counts as pinned down
 CONFOUNDED = 0.8                      # posterior |r| of a confounded pair
 DRAWS = 4000
 RESULTS = Path(__file__).resolve().parent / "results"
+WALKER = RESULTS / "humanoid_walk" / "pretrained.json"
 
 
 class CompileClock:
@@ -78,16 +80,26 @@ class CompileClock:
 
 
 def telemetry(cfg, model: TwinModel, seed: int, seconds: float):
-    """Hidden truth (all robot parameters) and the Trajectory it produces: (seconds/dt + 1) samples.
+    """Hidden truth (all robot parameters) and the Trajectory it produces: (seconds/dt + 1) samples (fewer
+    where the floating humanoid falls).
 
     The telemetry comes from the robot's own MJCF (its constraint solver's iterations), whatever the
     twin config's `solver_iterations`."""
     robot = load_robot(cfg.robot.name, cfg.robot.actuator)
     truth = draw_truth(cfg, robot, seed)
     steps = int(round(seconds / robot.dt))
-    q0, _ = start_state(robot)
-    u = excitation(robot, steps, seed, amplitude=AMPLITUDE.get(cfg.name))
-    return truth, emulate(robot, truth, seconds, seed=seed, noise=NOISE, commands=u, q0=q0)
+    if robot.nq == robot.nv:
+        q0, _ = start_state(robot)
+        u = excitation(robot, steps, seed, amplitude=AMPLITUDE.get(cfg.name))
+        return truth, emulate(robot, truth, seconds, seed=seed, noise=NOISE, commands=u, q0=q0)
+    run = walk.real_run(robot, truth, walk.load(WALKER, robot.name), steps * robot.dt + 1e-9, seed,
+                        (NOISE["q"], NOISE["qd"]))
+    n = min(steps + 1, int(np.sum(~np.isnan(run.qpos[0, :, 0]))))        # states before a fall
+    rng = np.random.default_rng(seed + 10_000)
+    q = run.qpos[0, :n] + rng.normal(0.0, NOISE["q"], (n, robot.nq))
+    qd = run.qvel[0, :n] + rng.normal(0.0, NOISE["qd"], (n, robot.nv))
+    ctrl = np.concatenate([run.sent[0], run.sent[0, -1:]])[:n]     # the last state's command: the last one sent
+    return truth, Trajectory(np.arange(n) * robot.dt, q, qd, ctrl, source=f"walker, seed {seed}")
 
 
 def prior_draws(model: TwinModel) -> np.ndarray:
@@ -118,9 +130,10 @@ def run_seed(cfg, model: TwinModel, seed: int, seconds: float, clock: CompileClo
     updates = []
     for w in consecutive_windows(traj.q, traj.qd, traj.ctrl, model.window_samples):
         r = twin.update(w)
-        updates.append({k: r.as_dict()[k] for k in ("accepted", "reason", "engine", "stages", "ess", "latency_s")})
-        print(f"  {cfg.name} seed {seed} window {len(updates)}: {r.engine} accepted={r.accepted} "
-              f"ess {r.ess:.1f} {r.latency_s:.1f} s", flush=True)
+        updates.append({k: r.as_dict()[k] for k in ("accepted", "reason", "engine", "stages", "ess", "newton_steps",
+                                                     "temper", "latency_s")})
+        print(f"  {cfg.name} seed {seed} window {len(updates)}: {r.engine} accepted={r.accepted} ess {r.ess:.1f} "
+              f"newton {r.newton_steps} stages {r.stages} κ {r.temper:.2f} {r.latency_s:.1f} s", flush=True)
     truth_all = truth | {f"noise:{c}": NOISE[c] for c in model.channels}
     table = parameter_table(twin, truth_all)
     floating = model.robot.nq > model.robot.nv
@@ -175,17 +188,26 @@ def plot(configs: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def study(config: str, seeds: list[int], seconds: float, clock: CompileClock) -> dict:
-    """All seeds of one config on one compiled TwinModel."""
+def study(config: str, seeds: list[int], seconds: float, clock: CompileClock, save) -> dict:
+    """All seeds of one config on one compiled TwinModel; save(result) after each seed (a fit of the floating
+    humanoid takes minutes per seed)."""
     start = time.perf_counter()
     cfg = load_config(config)
     model = TwinModel(cfg)
     runs = []
     for seed in seeds:
         runs.append(run_seed(cfg, model, seed, seconds, clock))
-    return {"config": config, "particles": cfg.inference.particles, "window_s": cfg.inference.window_s,
-            "amplitude": AMPLITUDE[config], "seconds": seconds, "runs": runs, "verdicts": verdicts(runs, model.names),
-            "wall_s": time.perf_counter() - start, "compile_s": sum(r["compile_s"] for r in runs)}
+        covered = {n: p["covered"] for n, p in runs[-1]["parameters"].items()}
+        print(f"  {config} seed {seed}: covered {sum(covered.values())}/{len(covered)} "
+              f"{[n for n, c in covered.items() if not c]} missed", flush=True)
+        result = {"config": config, "particles": cfg.inference.particles, "window_s": cfg.inference.window_s,
+                  "start_search": cfg.inference.start_search,
+                  "telemetry": f"random sines, amplitude {AMPLITUDE[config]}" if config in AMPLITUDE else
+                  f"the walker {WALKER.relative_to(RESULTS.parent.parent)}",
+                  "seconds": seconds, "runs": runs, "verdicts": verdicts(runs, model.names),
+                  "wall_s": time.perf_counter() - start, "compile_s": sum(r["compile_s"] for r in runs)}
+        save(result)
+    return result
 
 
 def main(argv=None) -> int:
@@ -202,21 +224,24 @@ def main(argv=None) -> int:
     path = args.out / "humanoid_ident.json"
     for config in args.configs:
         load = list(os.getloadavg())
-        result = study(config, args.seeds, args.seconds or SECONDS[config], clock)
-        result["command"] = command
-        result["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
-                             "NPROC": os.environ["NPROC"], "load_average_start": load,
-                             "load_average_end": list(os.getloadavg())}
+
+        def save(result, config=config, load=load):
+            result["command"] = command
+            result["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
+                                 "NPROC": os.environ["NPROC"], "load_average_start": load,
+                                 "load_average_end": list(os.getloadavg())}
+            # The report gathers every config studied so far (configs may run as separate processes).
+            report = json.loads(path.read_text()) if path.exists() else {"configs": {}}
+            report.update(rule=f"identifiable: contraction > {IDENTIFIED} in every seed; confounded: posterior "
+                               f"|r| >= {CONFOUNDED}", noise=NOISE)
+            report["configs"][config] = result
+            path.write_text(json.dumps(report, indent=2, default=float))
+
+        result = study(config, args.seeds, args.seconds or SECONDS[config], clock, save)
         for n, v in result["verdicts"].items():
             print(f"{config:15s} {n:28s} contraction {min(v['contraction']):6.2f}  covered {v['covered']}/"
                   f"{v['seeds']}  {v['verdict']}", flush=True)
-        # The report gathers every config studied so far (configs may run as separate processes).
-        report = json.loads(path.read_text()) if path.exists() else {"configs": {}}
-        report.update(rule=f"identifiable: contraction > {IDENTIFIED} in every seed; confounded: posterior "
-                           f"|r| >= {CONFOUNDED}", noise=NOISE)
-        report["configs"][config] = result
-        path.write_text(json.dumps(report, indent=2, default=float))
-        plot(report["configs"], args.out / "humanoid_ident.png")
+        plot(json.loads(path.read_text())["configs"], args.out / "humanoid_ident.png")
     print(f"-> {args.out / 'humanoid_ident.json'}")
     return 0
 

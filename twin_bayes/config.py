@@ -110,8 +110,11 @@ class InferenceSection(_Strict):
     The service always streams. `autocorrelation`: streaming windows' likelihoods are tempered by
     their residuals' autocorrelation time κ (`inference.engine`), which keeps a twin whose model
     class is wrong from growing over-confident window after window; false counts every sample as
-    independent (κ = 1). `consolidate_after_s` > 0: once a robot's stream has paused that long (s), the
-    service refits the newest `consolidate_s` seconds it has stored with the whole-log engine and the
+    independent (κ = 1). `start_search`: each streamed window's segments start from their start states'
+    mode given the parameters, not from the measured states (`inference.laplace.find_starts`): for robots
+    whose predictions are far from linear over the sensor noise of a start, such as a floating base whose
+    feet touch the floor; it costs some forward-mode passes per window. `consolidate_after_s` > 0: once a
+    robot's stream has paused that long (s), the service refits the newest `consolidate_s` seconds it has stored with the whole-log engine and the
     live posterior continues from that fit (`service.consolidate`; for robots whose model class is
     known to be wrong); 0: never.
     """
@@ -124,6 +127,7 @@ class InferenceSection(_Strict):
     float64: bool = True
     laplace: bool = True
     autocorrelation: bool = True
+    start_search: bool = False
     mcmc_steps: int = Field(1, ge=1)
     max_mcmc_steps: int = Field(10, ge=1)
     move_correlation: float = Field(0.1, ge=0, lt=1)

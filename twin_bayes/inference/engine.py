@@ -144,7 +144,8 @@ def empty_window(model: TwinModel) -> Window:
     n_seg = (T - 1) // model.segment_steps
     z = lambda *shape: jnp.zeros(shape)  # noqa: E731
     return Window(z(T, r.nq), z(T, r.nv), z(T, r.nu), z(T), z(len(model.setting_names)),
-                  z(n_seg, model.segment_steps * model.observed_width, r.nq + r.nv), jnp.asarray(1.0),
+                  z(n_seg, model.segment_steps * model.observed_width, r.nq + r.nv), z(n_seg, r.nq + r.nv),
+                  jnp.asarray(1.0),
                   z(T, len(model.readings)))
 
 
@@ -281,7 +282,10 @@ def _laplace_passes(model: TwinModel, g: GaussianPrior, surprise: Surprise, acor
         picking, first = k < pick, k == pick
         g_k = _where(first | ~drift, g, fresh)
         weight = jnp.where(picking, window.weight, 1.0 / kappa)
-        new = _laplace(model, g_k, window._replace(weight=weight), jnp.where(k == 0, z_start, prop.lap.mean),
+        # A later pass starts from the previous one's mode and its segments' start states (`Window.start`).
+        start = jnp.where(k == 0, window.start, prop.windows.start[0])
+        new = _laplace(model, g_k, window._replace(weight=weight, start=start),
+                       jnp.where(k == 0, z_start, prop.lap.mean),
                        keys[k - pick], candidates, picking)
         merged = _where(picking, merged_before, merge_autocorrelation(acorr, new.autocorrelation))
         kappa_new = jnp.where(picking, kappa, autocorrelation_time(model, merged))
@@ -428,12 +432,19 @@ def state_arrays(state: TwinState) -> dict[str, np.ndarray]:
             for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
+# Leaves a saved state may lack, saved before they existed, read as zeros: a pending window's start-state
+# offsets (`Window.start`; zeros: its measured start states, as every window has before its search).
+ADDED_LEAVES = (".pending.windows.start",)
+
+
 def state_from_arrays(template: TwinState, arrays: dict[str, np.ndarray]) -> TwinState:
     """The inverse of `state_arrays`, checked against a template state (`init` of the same model):
-    ValueError names a missing leaf or one of another shape or dtype."""
+    ValueError names a missing leaf (but those of `ADDED_LEAVES`, zeros) or one of another shape or dtype."""
     leaves = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
         name = jax.tree_util.keystr(path)
+        if name not in arrays and name in ADDED_LEAVES:
+            arrays = {**arrays, name: np.zeros_like(np.asarray(leaf))}
         if name not in arrays:
             raise ValueError(f"state has no {name}")
         a = np.asarray(arrays[name])

@@ -1,7 +1,8 @@
 """Laplace proposals: a window posterior's mode by damped Newton, its curvature, importance draws.
 
-`newton_mode` is the damped Newton search over any log target with a local quadratic model;
-`find_mode` runs it on a window's target.
+`newton_mode` is the damped Newton search over any log target with a local quadratic model (one
+problem, or many independent ones together); `find_mode` runs it on a window's target, and
+`find_starts` on each segment's start state (docs/ENGINE.md, Start states).
 
 The target is log g(z) + Σ_b log p(window_b | z) in unconstrained space (D,),
 with g the window's prior (`smc.GaussianPrior`; the config's own prior when
@@ -37,6 +38,9 @@ MAX_ITER = 100
 # The Newton decrement (half the squared decrement: the log density a Newton step would still
 # gain, nats) at which a point is the mode.
 TOL = 1e-4
+# Each segment's start-state search (`find_starts`): its Newton iterations at most, its decrement at the
+# mode (nats per segment), and the passes of a window's search (start states, then parameters).
+START_ITER, START_TOL, START_PASSES = 20, 1e-2, 2
 
 
 class Laplace(NamedTuple):
@@ -109,41 +113,44 @@ def value_grad_curvature(model: TwinModel, g: GaussianPrior, windows: Window, z)
     return value, grad, jax.hessian(linearised)(z), lin
 
 
-def newton_step(curvature_at, target, z, damping, tol: float = TOL):
-    """Damped Newton steps from z (D,) on a log target to maximise.
+def newton_step(curvature_at, target, z, damping, tol: float = TOL, stopped=False):
+    """Damped Newton steps from z (*B, D) on a log target to maximise: B independent problems (none for
+    one), each with its own damping (*B,), evaluated together.
 
-    curvature_at(z) -> (value, gradient (D,), Hessian or its Gauss–Newton stand-in (D, D), aux):
-    the target's local model at z; target(aux, x) -> the target at x, with what aux fixes at z
-    (the windowed target's `Linearisation`; None for the whole-log target). Returns (value at z,
-    trial points (K, D), their values (K,), curvature (D, D), aux, the Newton decrement at z (),
-    trials evaluated ()).
+    curvature_at(z) -> (value (*B,), gradient (*B, D), Hessian or its Gauss–Newton stand-in (*B, D, D),
+    aux): the target's local model at z; target(aux, x) -> the target at x (*B, D) (*B,), with what aux
+    fixes at z (the windowed target's `Linearisation`; None for the whole-log target). Returns (value at
+    z, trial points (*B, K, D), their values (*B, K), curvature (*B, D, D), aux, the Newton decrement at
+    z (*B,), trials evaluated ()).
 
     The curvature is −∇² with eigenvalues reflected to positive (|λ|, floored), so every trial
     step is an ascent direction; trial k adds `damping` × DAMPINGS[k] × the largest eigenvalue
-    to the curvature (trial 0 is the pure Newton step). Trials are evaluated in order until one
-    climbs (one simulation where the Newton step is good, as it is near a mode), none where z
-    is already the mode (decrement below tol); the values of trials not evaluated are −inf. The
-    decrement is ½ ΔᵀHΔ of the pure Newton step Δ.
+    to the curvature (trial 0 is the pure Newton step). Trials are evaluated in order until every
+    problem has one that climbs (one simulation where the Newton step is good, as it is near a mode),
+    none for a problem already at its mode (decrement below tol) or `stopped` (*B,); the values of
+    trials not evaluated are −inf. The decrement is ½ ΔᵀHΔ of the pure Newton step Δ.
     """
     value, grad, hess, aux = curvature_at(z)
     lam, vec = jnp.linalg.eigh(-hess)
-    lam = jnp.maximum(jnp.abs(lam), 1e-8 * jnp.max(jnp.abs(lam)) + 1e-12)
-    damp = damping * jnp.asarray(DAMPINGS)[:, None] * jnp.max(lam)
-    steps = ((vec.T @ grad)[None, :] / (lam[None, :] + damp)) @ vec.T
-    trials = z[None, :] + steps
-    decrement = 0.5 * jnp.sum((vec.T @ grad) ** 2 / lam)
+    lam = jnp.maximum(jnp.abs(lam), 1e-8 * jnp.max(jnp.abs(lam), -1, keepdims=True) + 1e-12)
+    damp = damping[..., None, None] * jnp.asarray(DAMPINGS)[:, None] * jnp.max(lam, -1)[..., None, None]
+    g = jnp.einsum("...ji,...j->...i", vec, grad)                                     # (*B, D) in the eigenbasis
+    trials = z[..., None, :] + jnp.einsum("...kj,...ij->...ki", g[..., None, :] / (lam[..., None, :] + damp), vec)
+    decrement = 0.5 * jnp.sum(g ** 2 / lam, -1)
+    done = (decrement < tol) | stopped
 
     def evaluate(carry):
         k, values = carry
-        v = target(aux, trials[k])
-        return k + 1, values.at[k].set(jnp.where(jnp.isfinite(v), v, -jnp.inf))
+        v = target(aux, trials[..., k, :])
+        return k + 1, values.at[..., k].set(jnp.where(jnp.isfinite(v), v, -jnp.inf))
 
     def climbing(carry):
         k, values = carry
-        return (k < len(DAMPINGS)) & ~jnp.any(values > value) & (decrement >= tol)
+        return (k < len(DAMPINGS)) & ~jnp.all(jnp.any(values > value[..., None], -1) | done)
 
-    evaluated, values = jax.lax.while_loop(climbing, evaluate, (jnp.asarray(0), jnp.full(len(DAMPINGS), -jnp.inf)))
-    curvature = (vec * lam) @ vec.T
+    evaluated, values = jax.lax.while_loop(
+        climbing, evaluate, (jnp.asarray(0), jnp.full(value.shape + (len(DAMPINGS),), -jnp.inf)))
+    curvature = jnp.einsum("...ij,...j,...kj->...ik", vec, lam, vec)
     return value, trials, values, curvature, aux, decrement, evaluated
 
 
@@ -158,59 +165,114 @@ class _Newton(NamedTuple):
 
 
 def newton_mode(curvature_at, target, z0, aux0, max_iter: int = 100, tol: float = TOL) -> tuple[Laplace, object]:
-    """Damped Newton from z0 (D,) to the mode of a log target, under `lax.while_loop` (curvature_at,
-    target as in `newton_step`; aux0: an aux of curvature_at's shape). Returns the Laplace fit and
-    the aux of the last point linearised.
+    """Damped Newton from z0 (*B, D) to the mode of a log target, under `lax.while_loop` (curvature_at,
+    target as in `newton_step`: B independent problems, none for one; aux0: an aux of curvature_at's
+    shape). Returns the Laplace fit (mean (*B, D), chol (*B, D, D); iterations and trials () over all
+    problems) and the aux of the last point linearised.
 
-    Stops at a point whose Newton decrement δ is below tol; after a pure Newton step whose gain
-    matched the quadratic model's δ to ε with 9ε² < 4·tol·δ (a cubic remainder ε leaves a
+    A problem stops at a point whose Newton decrement δ is below tol; after a pure Newton step whose
+    gain matched the quadratic model's δ to ε with 9ε² < 4·tol·δ (a cubic remainder ε leaves a
     gradient whose decrement is about 9ε²/4δ: the step landed within tol of the mode, so one
     more linearisation would only confirm it; near a mode, as in streaming, this saves one per
-    window); or when no trial step climbs at the largest damping. The curvature of the last
-    point linearised gives the covariance.
+    window); or when no trial step climbs at the largest damping. The search ends when every problem
+    has stopped. The curvature of each problem's last point linearised before it stopped gives its
+    covariance (aux is that of the last linearisation of all).
     """
     dampings = jnp.asarray(DAMPINGS)
 
     def body(s: _Newton) -> _Newton:
         value, trials, values, curv, aux, decrement, evaluated = newton_step(curvature_at, target, s.z, s.damping,
-                                                                            tol)
+                                                                            tol, s.done)
         converged = decrement < tol
         values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
-        best = jnp.argmax(values)
-        climbs = values[best] > value
-        model_error = values[0] - value - decrement
+        best = jnp.argmax(values, -1)
+        best_value = jnp.take_along_axis(values, best[..., None], -1)[..., 0]
+        climbs = best_value > value
+        model_error = values[..., 0] - value - decrement
         last = climbs & (best == 0) & (9.0 * model_error ** 2 < 4.0 * tol * decrement)
-        done = converged | last | (~climbs & (s.damping >= 1e6))
-        move = ~converged & climbs
+        done = s.done | converged | last | (~climbs & (s.damping >= 1e6))
+        move = ~s.done & ~converged & climbs
         factor = jnp.where(best > 0, dampings[best], 0.01)
-        damping = jnp.where(converged, s.damping, jnp.where(
+        damping = jnp.where(converged | s.done, s.damping, jnp.where(
             climbs, jnp.clip(s.damping * factor, 1e-9, 1e6), jnp.minimum(s.damping * 1e3, 1e6)))
-        return _Newton(s.it + 1, s.trials + evaluated, jnp.where(move, trials[best], s.z), damping, done, curv, aux)
+        z = jnp.where(move[..., None], jnp.take_along_axis(trials, best[..., None, None], -2)[..., 0, :], s.z)
+        curv = jnp.where(s.done[..., None, None], s.curvature, curv)       # a stopped problem's stays its own
+        return _Newton(s.it + 1, s.trials + evaluated, z, damping, done, curv, aux)
 
     z0 = jnp.asarray(z0)
-    d = z0.shape[0]
-    start = _Newton(jnp.asarray(0), jnp.asarray(0), z0, jnp.asarray(1e-3, z0.dtype), jnp.asarray(False),
-                    jnp.eye(d, dtype=z0.dtype), aux0)
-    s = jax.lax.while_loop(lambda s: ~s.done & (s.it < max_iter), body, start)
+    batch, d = z0.shape[:-1], z0.shape[-1]
+    start = _Newton(jnp.asarray(0), jnp.asarray(0), z0, jnp.full(batch, 1e-3, z0.dtype), jnp.zeros(batch, bool),
+                    jnp.broadcast_to(jnp.eye(d, dtype=z0.dtype), batch + (d, d)), aux0)
+    s = jax.lax.while_loop(lambda s: ~jnp.all(s.done) & (s.it < max_iter), body, start)
     cov = jnp.linalg.inv(s.curvature)
-    chol = jnp.linalg.cholesky(0.5 * (cov + cov.T))
+    chol = jnp.linalg.cholesky(0.5 * (cov + jnp.swapaxes(cov, -1, -2)))
     return Laplace(s.z, chol, s.it, s.trials), s.aux
+
+
+def start_curvature(model: TwinModel, z, windows: Window):
+    """Each segment's start log density at its offset windows.start (B, S, nq + nv) from its measured
+    start (`TwinModel.start_log_density`, parameters z (D,)): value (B, S), gradient (B, S, r), Gauss–Newton
+    Hessian (B, S, r, r), from one forward-mode pass through the simulator; and None (no aux)."""
+    pred, _, state_jac = map_rows(model.linearised_predictions, (z,), windows)
+    windows = jax.lax.stop_gradient(windows._replace(state_jac=state_jac))
+    pred = jax.lax.stop_gradient(pred)
+
+    def one(w, q, qd, s):              # one window: segments are independent, so the blocks are the Hessian's
+        def total(step):
+            return jnp.sum(model.start_log_density(z, q, qd, s, w, step))
+        step = jnp.zeros_like(w.start)
+        hess = jax.hessian(total)(step)                                   # (S, r, S, r)
+        n = step.shape[0]
+        return (model.start_log_density(z, q, qd, s, w), jax.grad(total)(step),
+                hess[jnp.arange(n), :, jnp.arange(n), :])
+
+    return (*jax.vmap(one)(windows, *pred), None)
+
+
+def find_starts(model: TwinModel, z, windows: Window, max_iter=START_ITER) -> tuple[Window, jnp.ndarray]:
+    """The windows (B, ...) with each segment's start state at its mode given parameters z (D,)
+    (`Window.start`: the offset from the measured start maximising log p(y | e, z) + log N(e; 0, Σ0)), by
+    `newton_mode` over the B·S independent segments from windows.start; and the Newton iterations ().
+
+    Through contacts a segment's predictions are far from linear over the measured start's noise (on the
+    floating humanoid, 2 mm of root height changes the feet's contact forces): linearised about the measured
+    start, the likelihood is biased; about the mode it is the Laplace approximation of the start-marginal one.
+    """
+    def target(_, e):
+        moved = windows._replace(start=e)
+        return map_rows(lambda w: model.start_log_density(z, *model.segment_predictions(z, w), w), (), moved)
+
+    lap, _ = newton_mode(lambda e: start_curvature(model, z, windows._replace(start=e)), target, windows.start,
+                         None, max_iter, START_TOL)
+    return windows._replace(start=jax.lax.stop_gradient(lap.mean)), lap.iterations
 
 
 def find_mode(model: TwinModel, z0, windows: Window, g: GaussianPrior,
               max_iter=MAX_ITER) -> tuple[Laplace, Window, Linearisation]:
     """The mode of a window posterior from z0 (D,) (`newton_mode` on `value_grad_curvature`); returns
-    the Laplace fit, the windows (B, ...) with their start-state sensitivities at the last point
-    linearised, and that point's `Linearisation` (its predictions at the mode, `lin.at(mode)`, need
-    no further simulation). Each step linearises the sensitivities at its own point. max_iter may be
-    traced (0: z0 itself, nothing linearised)."""
-    def curvature_at(z):
-        return value_grad_curvature(model, g, windows, z)
+    the Laplace fit, the windows (B, ...) with their start-state sensitivities and start states' linearisation
+    points (`Window.start`) at the last point linearised, and that point's `Linearisation` (its predictions at
+    the mode, `lin.at(mode)`, need no further simulation). Each step linearises the sensitivities at its own
+    point. Where the config searches start states (`inference.start_search`), START_PASSES passes: each
+    segment's start state at its mode given the parameters (`find_starts`), then the parameters' mode with
+    those start states; else one pass from the windows' own starts. max_iter may be traced (0: z0 itself,
+    nothing linearised, the windows' own starts)."""
+    search = model.numbers.start_search
 
-    def target(lin, x):
-        return log_target(model, g, windows._replace(state_jac=lin.state_jac), x)
+    def one_pass(_, carry):
+        z, w, lap, lin = carry
+        w, _ = find_starts(model, z, w, jnp.where(search, jnp.minimum(max_iter, START_ITER), 0))
+        new, lin = newton_mode(lambda x: value_grad_curvature(model, g, w, x),
+                               lambda lin, x: log_target(model, g, w._replace(state_jac=lin.state_jac), x),
+                               z, Linearisation.zeros(model, w, z), max_iter)
+        new = new._replace(iterations=lap.iterations + new.iterations, trials=lap.trials + new.trials)
+        return new.mean, w, new, lin
 
-    lap, lin = newton_mode(curvature_at, target, z0, Linearisation.zeros(model, windows, z0), max_iter)
+    z0 = jnp.asarray(z0)
+    d = z0.shape[0]
+    blank = Laplace(z0, jnp.eye(d, dtype=z0.dtype), jnp.asarray(0), jnp.asarray(0))
+    _, windows, lap, lin = jax.lax.fori_loop(0, jnp.where(search, START_PASSES, 1), one_pass,
+                                             (z0, windows, blank, Linearisation.zeros(model, windows, z0)))
     return lap, windows._replace(state_jac=lin.state_jac), lin
 
 

@@ -36,7 +36,10 @@ class Window(NamedTuple):
     state_jac (S, L·C, nq + nv): sensitivity of each segment's predicted
     observations to its start state, at a reference parameter value
     (`TwinModel.with_state_jacobian`), used to account for the noise of the
-    measured start states; weight () the power of the window's likelihood (1 for
+    measured start states; start (S, nq + nv): where each segment's start state
+    is linearised, as an offset from the measured start (rad, m, rad/s; zeros
+    from `TwinModel.window`, each segment's estimate after the window's Newton
+    search, `inference.laplace`); weight () the power of the window's likelihood (1 for
     telemetry; the streaming engine sets 1/κ, κ the residuals' autocorrelation
     time, `inference.engine`); sensors (T, R) the observed MJCF sensors' readings (`TwinModel.sensors`
     in order, each its sensordata columns; row k read at state k under command k, docs/SENSORS.md).
@@ -48,6 +51,7 @@ class Window(NamedTuple):
     mask: jnp.ndarray
     settings: jnp.ndarray
     state_jac: jnp.ndarray
+    start: jnp.ndarray
     weight: jnp.ndarray
     sensors: jnp.ndarray
 
@@ -118,8 +122,9 @@ class Numbers(NamedTuple):
     prior_low, prior_high (D,): bounds (truncnormal, uniform; ±inf elsewhere); base_theta (P,): the
     robot's parameter vector with the config's fixed settings; default_settings (K,); drift (D,):
     random-walk sd per window (unconstrained units); df: Student-t degrees of freedom; the rest are
-    the update gate's and drift detector's thresholds, whether Laplace proposals are used and
-    whether streaming windows are tempered by their residuals' autocorrelation (`InferenceSection`).
+    the update gate's and drift detector's thresholds, whether Laplace proposals are used,
+    whether streaming windows are tempered by their residuals' autocorrelation and whether their start
+    states are searched (`InferenceSection`).
     """
 
     prior_loc: jnp.ndarray
@@ -141,6 +146,7 @@ class Numbers(NamedTuple):
     move_correlation: jnp.ndarray
     laplace: jnp.ndarray
     temper: jnp.ndarray
+    start_search: jnp.ndarray
 
 
 def _prior_numbers(spec: PriorSpec, nominal: float) -> tuple[str, float, float, float, float]:
@@ -213,7 +219,8 @@ class TwinModel:
             f64([base[n] for n in setting_names]), f64(drift), f64(obs.df), f64(inf.target_ess),
             f64(inf.min_ess), f64(inf.max_divergent), f64(inf.drift_sigma), np.int64(inf.drift_windows),
             np.int64(inf.max_stages), np.int64(inf.mcmc_steps), np.int64(inf.max_mcmc_steps),
-            f64(inf.move_correlation), np.bool_(inf.laplace), np.bool_(inf.autocorrelation))
+            f64(inf.move_correlation), np.bool_(inf.laplace), np.bool_(inf.autocorrelation),
+            np.bool_(inf.start_search))
 
     # --- pytree ------------------------------------------------------------------------
     def tree_flatten(self):
@@ -305,11 +312,13 @@ class TwinModel:
 
     # --- likelihood -----------------------------------------------------------------------
     def _segments(self, w: Window):
-        """`sim.rollout.segment`'s (q0, qd0, commands, q_target, qd_target), and the sensor targets
-        (S, L, R): rows k·steps … k·steps + L − 1, read on the segment's steps."""
-        parts = segment(w.q, w.qd, w.ctrl, self.segment_steps, self.history)
-        n, L = parts[0].shape[0], self.segment_steps
-        return parts + (w.sensors[(jnp.arange(n) * L)[:, None] + jnp.arange(L)[None, :]],)
+        """`sim.rollout.segment`'s (q0, qd0, commands, q_target, qd_target), with each start state moved to
+        its linearisation point (measured + `w.start`), and the sensor targets (S, L, R): rows
+        k·steps … k·steps + L − 1, read on the segment's steps."""
+        q0, qd0, *rest = segment(w.q, w.qd, w.ctrl, self.segment_steps, self.history)
+        n, L, nq = q0.shape[0], self.segment_steps, self.robot.nq
+        return (q0 + w.start[:, :nq], qd0 + w.start[:, nq:], *rest,
+                w.sensors[(jnp.arange(n) * L)[:, None] + jnp.arange(L)[None, :]])
 
     def _shoot(self, theta, q0, qd0, u, state_grad: bool):
         """Segment predictions (q (S, L, nq), qd (S, L, nv), readings (S, L, R))."""
@@ -352,7 +361,7 @@ class TwinModel:
 
     def segment_predictions(self, z: jnp.ndarray, w: Window) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
         """Multiple-shooting predictions q (S, L, nq), qd (S, L, nv), sensor readings (S, L, R): each
-        segment simulated from its measured start state at parameters z (D,)."""
+        segment simulated from its start state's linearisation point (`Window.start`) at parameters z (D,)."""
         theta = self.theta(self.constrain(z), w.settings)
         q0, qd0, u = self._segments(w)[:3]
         return self._shoot(theta, q0, qd0, u, state_grad=False)
@@ -385,12 +394,10 @@ class TwinModel:
         """Multiple-shooting log-likelihood of window w at parameters z (D,)."""
         return self.segment_log_lik(z, *self.segment_predictions(z, w), w)
 
-    def _segment_noise(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, s: jnp.ndarray, w: Window):
-        """The terms of each segment's joint noise model given its predictions q (S, L, nq), qd (S, L, nv),
-        readings (S, L, R):
-        residuals (S, L·C) (0 where masked), mask (S, L·C), per-sample noise variances d (S, L·C), the
-        start-state variances (nq + nv,), the masked start-state sensitivity J (S, L·C, nq + nv), the
-        Cholesky factor of A = Σ0⁻¹ + Jᵀ D⁻¹ J (S, r, r) and Jᵀ D⁻¹ resid (S, r)."""
+    def _residuals(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, s: jnp.ndarray, w: Window):
+        """Each segment's residuals from its predictions q (S, L, nq), qd (S, L, nv), readings (S, L, R):
+        targets − predictions (S, L·C) (0 where masked), the mask (S, L·C), per-sample noise variances
+        d (S, L·C) and the start-state variances Σ0 (nq + nv,) at z (D,)."""
         r = self.robot
         noise = self.noise(self.constrain(z))
         _, _, _, q_tgt, qd_tgt, s_tgt = self._segments(w)
@@ -405,36 +412,66 @@ class TwinModel:
         d = jnp.where(mask > 0, jnp.tile(var_col, L)[None, :], 1.0)                       # (S, L·C)
         start_var = jnp.concatenate([jnp.full(r.nq, noise["q"] ** 2 if "q" in noise else 1e-12),
                                      jnp.full(r.nv, noise["qd"] ** 2 if "qd" in noise else 1e-12)])
+        return resid, mask, d, start_var
+
+    def _segment_noise(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, s: jnp.ndarray, w: Window):
+        """The terms of each segment's joint noise model given its predictions q (S, L, nq), qd (S, L, nv),
+        readings (S, L, R) from its start's linearisation point:
+        residuals (S, L·C) (0 where masked) of the predictions linearised in the start offset e about
+        w.start, y − f(start) + J·start, the mask (S, L·C), per-sample noise variances d (S, L·C), the
+        start-state variances (nq + nv,), the masked start-state sensitivity J (S, L·C, nq + nv), the
+        Cholesky factor of A = Σ0⁻¹ + Jᵀ D⁻¹ J (S, r, r) and Jᵀ D⁻¹ resid (S, r)."""
+        resid, mask, d, start_var = self._residuals(z, q, qd, s, w)
         jac = w.state_jac * mask[..., None]                                              # (S, L·C, r)
+        resid = resid + jnp.einsum("spi,si->sp", jac, w.start)
         jd = jac / d[..., None]
         a = jnp.diag(1.0 / start_var)[None] + jnp.einsum("spi,spj->sij", jac, jd)         # (S, r, r)
         return resid, mask, d, start_var, jac, jnp.linalg.cholesky(a), jnp.einsum("spi,sp->si", jd, resid)
 
-    def segment_log_lik(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, s: jnp.ndarray,
-                        w: Window) -> jnp.ndarray:
-        """Log-likelihood of window w given its segment predictions q (S, L, nq), qd (S, L, nv), readings
-        (S, L, R), to the power w.weight.
-
-        Each segment is simulated from its measured start state. That state is
-        noisy too (same sensor noise as the observations), so each segment's
-        observations y (L·C,) are jointly Student-t (or normal) with scale
-        D + J Σ0 Jᵀ: D the per-sample noise, Σ0 the start-state noise and J
-        the start-state sensitivity in `w.state_jac` (linearised at a
-        reference value, Woodbury identities, so the cost stays O(L·C)).
-        """
-        resid, mask, d, start_var, _, chol, b = self._segment_noise(z, q, qd, s, w)
-        y = jax.scipy.linalg.solve_triangular(chol, b[..., None], lower=True)[..., 0]
-        delta = jnp.sum(resid ** 2 / d, -1) - jnp.sum(y ** 2, -1)
-        logdet = (jnp.sum(jnp.log(d), -1) + jnp.sum(jnp.log(start_var))
-                  + 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1))
-        p = jnp.sum(mask, -1)
+    def _joint_log_density(self, delta: jnp.ndarray, logdet: jnp.ndarray, p: jnp.ndarray) -> jnp.ndarray:
+        """Per segment (S,): the log density of its p scored observations, jointly normal (or Student-t) with
+        squared Mahalanobis distance delta and log-determinant logdet of their scale; 0 where p = 0."""
         if self.df is None:
             ll = -0.5 * (delta + logdet + p * jnp.log(2 * jnp.pi))
         else:
             nu = self.df
             ll = (jax.scipy.special.gammaln((nu + p) / 2) - jax.scipy.special.gammaln(nu / 2)
                   - 0.5 * p * jnp.log(nu * jnp.pi) - 0.5 * logdet - 0.5 * (nu + p) * jnp.log1p(delta / nu))
-        return w.weight * jnp.sum(jnp.where(p > 0, ll, 0.0))
+        return jnp.where(p > 0, ll, 0.0)
+
+    def segment_log_lik(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, s: jnp.ndarray,
+                        w: Window) -> jnp.ndarray:
+        """Log-likelihood of window w given its segment predictions q (S, L, nq), qd (S, L, nv), readings
+        (S, L, R) from each start's linearisation point `w.start`, to the power w.weight.
+
+        A segment's true start state is its measured one plus an offset e ~ N(0, Σ0) (the sensor
+        noise of the observations). Its predictions f(e) are linearised about the offset `w.start`,
+        f(e) ≈ f(start) + J (e − start), J = `w.state_jac`, so its observations y (L·C,) are jointly
+        Student-t (or normal) about f(start) − J·start with scale D + J Σ0 Jᵀ: D the per-sample
+        noise (Woodbury identities, so the cost stays O(L·C)). At start = 0 this linearises about
+        the measured start; at the offset's mode (`inference.laplace.find_starts`) it is the Laplace
+        approximation of the likelihood with each start state marginalised, which stays close where
+        contacts make f far from linear over Σ0.
+        """
+        resid, mask, d, start_var, _, chol, b = self._segment_noise(z, q, qd, s, w)
+        y = jax.scipy.linalg.solve_triangular(chol, b[..., None], lower=True)[..., 0]
+        delta = jnp.sum(resid ** 2 / d, -1) - jnp.sum(y ** 2, -1)
+        logdet = (jnp.sum(jnp.log(d), -1) + jnp.sum(jnp.log(start_var))
+                  + 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1))
+        return w.weight * jnp.sum(self._joint_log_density(delta, logdet, jnp.sum(mask, -1)))
+
+    def start_log_density(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, s: jnp.ndarray, w: Window,
+                          step=None) -> jnp.ndarray:
+        """Per segment (S,): log p(y | e, z) + log N(e; 0, Σ0) of its start offset e = w.start (+ step
+        (S, nq + nv)) from its measured start, untempered, given its predictions from w.start
+        (q (S, L, nq), qd (S, L, nv), readings (S, L, R)) at z (D,); with a step, the predictions moved
+        to first order along `w.state_jac` (their sensitivity at w.start)."""
+        resid, mask, d, start_var = self._residuals(z, q, qd, s, w)
+        e = w.start
+        if step is not None:
+            resid, e = resid - jnp.einsum("spi,si->sp", w.state_jac * mask[..., None], step), e + step
+        ll = self._joint_log_density(jnp.sum(resid ** 2 / d, -1), jnp.sum(jnp.log(d), -1), jnp.sum(mask, -1))
+        return ll - 0.5 * jnp.sum(e ** 2 / start_var + jnp.log(2 * jnp.pi * start_var), -1)
 
     def standardised_residuals(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, s: jnp.ndarray,
                                w: Window) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -516,14 +553,15 @@ class TwinModel:
         n_seg = (T - 1) // self.segment_steps
         jac = np.zeros((n_seg, self.segment_steps * self.observed_width, r.nq + r.nv))
         readings = np.concatenate([padded[f"sensor {s}"] for s in self.sensors] + [np.zeros((T, 0))], axis=1)
-        arrays = (padded["q"], padded["qd"], padded["ctrl"], mask, self.settings_vector(settings), jac, np.asarray(1.0),
-                  readings)
+        arrays = (padded["q"], padded["qd"], padded["ctrl"], mask, self.settings_vector(settings), jac,
+                  np.zeros((n_seg, r.nq + r.nv)), np.asarray(1.0), readings)
         return Window(*jax.device_put([np.asarray(a, np.float64) for a in arrays]))
 
     def check_window(self, w: Window) -> None:
         """Raise WindowError unless a ready-made Window has this twin's shapes and finite values."""
         r, T = self.robot, self.window_samples
         expect = {"q": (T, r.nq), "qd": (T, r.nv), "ctrl": (T, r.nu), "mask": (T,),
+                  "start": ((T - 1) // self.segment_steps, r.nq + r.nv),
                   "settings": (len(self.setting_names),), "weight": (), "sensors": (T, len(self.readings))}
         for name, shape in expect.items():
             a = np.asarray(getattr(w, name))
