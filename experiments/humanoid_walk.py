@@ -50,9 +50,10 @@ PRETRAIN, FINETUNE = 80, 30
 def fit_posterior(cfg, model: TwinModel, robot, truth_file: Path, truth, noise, walker, seed: int, out: Path):
     """The twin of one real humanoid, fitted on the walker's telemetry there (data seed `seed`), and its fit
     record {fitted_on, windows, accepted, wall_s}. A posterior already in `out` fitted on the same inputs
-    (`fitted_on`: config, walker, truth file, seed, windows) is loaded instead: a fit takes half an hour."""
-    fitted_on = {"config": cfg.name, "walker": walker.as_dict(), "truth": truth_file.name, "seed": seed,
-                 "windows": WINDOWS}
+    (`fitted_on`: config and its inference settings, walker, truth file, seed, windows) is loaded instead: a fit
+    takes half an hour."""
+    fitted_on = {"config": cfg.name, "inference": cfg.inference.model_dump(), "walker": walker.as_dict(),
+                 "truth": truth_file.name, "seed": seed, "windows": WINDOWS}
     try:
         saved = json.loads((out / SUMMARY).read_text())
     except (OSError, ValueError):

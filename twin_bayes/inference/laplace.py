@@ -39,7 +39,8 @@ MAX_ITER = 100
 # gain, nats) at which a point is the mode.
 TOL = 1e-4
 # Each segment's start-state search (`find_starts`): its Newton iterations at most, its decrement at the
-# mode (nats per segment), and the passes of a window's search (start states, then parameters).
+# mode and the least gain of a step that does not stop it (nats per segment), and the passes of a window's
+# search (start states, then parameters).
 START_ITER, START_TOL, START_PASSES = 20, 1e-2, 2
 
 
@@ -164,7 +165,8 @@ class _Newton(NamedTuple):
     aux: object
 
 
-def newton_mode(curvature_at, target, z0, aux0, max_iter: int = 100, tol: float = TOL) -> tuple[Laplace, object]:
+def newton_mode(curvature_at, target, z0, aux0, max_iter: int = 100, tol: float = TOL,
+                min_gain: float = 0.0) -> tuple[Laplace, object]:
     """Damped Newton from z0 (*B, D) to the mode of a log target, under `lax.while_loop` (curvature_at,
     target as in `newton_step`: B independent problems, none for one; aux0: an aux of curvature_at's
     shape). Returns the Laplace fit (mean (*B, D), chol (*B, D, D); iterations and trials () over all
@@ -174,8 +176,9 @@ def newton_mode(curvature_at, target, z0, aux0, max_iter: int = 100, tol: float 
     gain matched the quadratic model's δ to ε with 9ε² < 4·tol·δ (a cubic remainder ε leaves a
     gradient whose decrement is about 9ε²/4δ: the step landed within tol of the mode, so one
     more linearisation would only confirm it; near a mode, as in streaming, this saves one per
-    window); or when no trial step climbs at the largest damping. The search ends when every problem
-    has stopped. The curvature of each problem's last point linearised before it stopped gives its
+    window); after a step that climbed by less than min_gain (a target whose curvature model stays poor,
+    as through contacts, can climb by ever smaller steps while its decrement stays large); or when no
+    trial step climbs at the largest damping. The search ends when every problem has stopped. The curvature of each problem's last point linearised before it stopped gives its
     covariance (aux is that of the last linearisation of all).
     """
     dampings = jnp.asarray(DAMPINGS)
@@ -190,7 +193,8 @@ def newton_mode(curvature_at, target, z0, aux0, max_iter: int = 100, tol: float 
         climbs = best_value > value
         model_error = values[..., 0] - value - decrement
         last = climbs & (best == 0) & (9.0 * model_error ** 2 < 4.0 * tol * decrement)
-        done = s.done | converged | last | (~climbs & (s.damping >= 1e6))
+        stalled = climbs & (best_value - value < min_gain)
+        done = s.done | converged | last | stalled | (~climbs & (s.damping >= 1e6))
         move = ~s.done & ~converged & climbs
         factor = jnp.where(best > 0, dampings[best], 0.01)
         damping = jnp.where(converged | s.done, s.damping, jnp.where(
@@ -243,7 +247,7 @@ def find_starts(model: TwinModel, z, windows: Window, max_iter=START_ITER) -> tu
         return map_rows(lambda w: model.start_log_density(z, *model.segment_predictions(z, w), w), (), moved)
 
     lap, _ = newton_mode(lambda e: start_curvature(model, z, windows._replace(start=e)), target, windows.start,
-                         None, max_iter, START_TOL)
+                         None, max_iter, START_TOL, START_TOL)
     return windows._replace(start=jax.lax.stop_gradient(lap.mean)), lap.iterations
 
 
