@@ -92,14 +92,9 @@ def telemetry(cfg, model: TwinModel, seed: int, seconds: float):
         q0, _ = start_state(robot)
         u = excitation(robot, steps, seed, amplitude=AMPLITUDE.get(cfg.name))
         return truth, emulate(robot, truth, seconds, seed=seed, noise=NOISE, commands=u, q0=q0)
-    run = walk.real_run(robot, truth, walk.load(WALKER, robot.name), steps * robot.dt + 1e-9, seed,
-                        (NOISE["q"], NOISE["qd"]))
-    n = min(steps + 1, int(np.sum(~np.isnan(run.qpos[0, :, 0]))))        # states before a fall
-    rng = np.random.default_rng(seed + 10_000)
-    q = run.qpos[0, :n] + rng.normal(0.0, NOISE["q"], (n, robot.nq))
-    qd = run.qvel[0, :n] + rng.normal(0.0, NOISE["qd"], (n, robot.nv))
-    ctrl = np.concatenate([run.sent[0], run.sent[0, -1:]])[:n]     # the last state's command: the last one sent
-    return truth, Trajectory(np.arange(n) * robot.dt, q, qd, ctrl, source=f"walker, seed {seed}")
+    q, qd, ctrl = walk.telemetry(robot, truth, walk.load(WALKER, robot.name), steps * robot.dt + 1e-9, seed,
+                                 (NOISE["q"], NOISE["qd"]))
+    return truth, Trajectory(np.arange(len(q)) * robot.dt, q, qd, ctrl, source=f"walker, seed {seed}")
 
 
 def prior_draws(model: TwinModel) -> np.ndarray:

@@ -63,13 +63,9 @@ def fit_posterior(cfg, model: TwinModel, robot, truth_file: Path, truth, noise, 
         return load_posterior(Twin(cfg, model), out), {k: saved.get(k) for k in ("windows", "accepted", "wall_s")}
     started = time.perf_counter()
     window_s = (model.window_samples - 1) * robot.dt
-    run = walk.real_run(robot, truth, walker, WINDOWS * window_s + 0.01, seed, noise)
-    n = int(np.sum(~np.isnan(run.qpos[0, :, 0]))) - 1          # steps before the run ended
-    rng = np.random.default_rng(seed + 10_000)
-    q = run.qpos[0, :n] + rng.normal(0.0, noise[0], (n, robot.nq))
-    qd = run.qvel[0, :n] + rng.normal(0.0, noise[1], (n, robot.nv))
+    q, qd, ctrl = walk.telemetry(robot, truth, walker, WINDOWS * window_s + 0.01, seed, noise)
     twin = Twin(cfg, model)
-    reports = [twin.update(w) for w in consecutive_windows(q, qd, run.sent[0, :n], model.window_samples)]
+    reports = [twin.update(w) for w in consecutive_windows(q, qd, ctrl, model.window_samples)]
     record = {"windows": len(reports), "accepted": [bool(r.accepted) for r in reports],
               "wall_s": time.perf_counter() - started}
     experiment.log.info("%s: twin fitted on %d windows in %.0f s", truth_file.stem, len(reports), record["wall_s"])

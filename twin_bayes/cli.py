@@ -138,8 +138,8 @@ def _windows(twin, trajs, final: bool = True):
 
 def _read(paths, imu=None):
     """Recordings from files; imu: `--imu` specs (a bag's IMU topics as sensor channels)."""
-    from twin_bayes.data import parse_imu_topics, read_trajectory
-    topics = parse_imu_topics(imu) if imu else None
+    from twin_bayes.data import parse_sensor_topics, read_trajectory
+    topics = parse_sensor_topics(imu) if imu else None
     return [read_trajectory(p, imu_topics=topics) for p in paths]
 
 

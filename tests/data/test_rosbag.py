@@ -216,16 +216,16 @@ def test_bad_imu_input_raises_data_error_naming_file_topic_and_problem(tmp_path,
 
 
 def test_the_command_lines_imu_mapping_is_parsed_and_checked(tmp_path):
-    from twin_bayes.data import parse_imu_topics, write_npz
-    assert parse_imu_topics(["/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel",
+    from twin_bayes.data import parse_sensor_topics, write_npz
+    assert parse_sensor_topics(["/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel",
                              "/imu/orientation=orientation:torso_quat"]) == IMU_MAP
     for spec, message in (("/imu", "expected TOPIC=FIELD:SENSOR"), ("=orientation:q", "expected TOPIC"),
                           ("/imu=angular_velocity:", "expected TOPIC"), ("/imu=gyro:torso_gyro", "unknown field 'gyro'"),
                           ("/imu=orientation:a,orientation:b", "field orientation given twice")):
         with pytest.raises(ValueError, match=re.escape(message)):
-            parse_imu_topics([spec])
+            parse_sensor_topics([spec])
     with pytest.raises(ValueError, match="topic /imu given twice"):
-        parse_imu_topics(["/imu=orientation:a", "/imu=angular_velocity:b"])
+        parse_sensor_topics(["/imu=orientation:a", "/imu=angular_velocity:b"])
     write_npz(tmp_path / "run.npz", recording())
     with pytest.raises(DataError, match="IMU topics are read from rosbag2 recordings, not npz"):
         read_trajectory(tmp_path / "run.npz", imu_topics=IMU_MAP)

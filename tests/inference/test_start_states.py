@@ -58,17 +58,22 @@ def _true_z(model):
     return model.unconstrain(jnp.asarray(values))
 
 
+def _offset_window(model):
+    """`_noisy_window` (seed 3) linearised about a start offset of the size of the noise (S, nq + nv)."""
+    _, w = _noisy_window(model, 3)
+    r = model.robot
+    e = jnp.asarray(np.random.default_rng(1).normal(size=w.start.shape)) * jnp.concatenate(
+        [jnp.full(r.nq, 0.002), jnp.full(r.nv, 0.02)])
+    return w._replace(start=e)
+
+
 def test_the_start_log_density_is_the_joint_density_and_its_step_is_first_order_exact(model):
     """At a start offset e the density is log t_ν(y; f(e), D) + log N(e; 0, Σ0) (arm2's multivariate Student-t
     noise, by hand); moved by
     a step along the start-state sensitivities (a tenth of the noise sd) it matches the simulated density to
     second order: halving the step quarters the error (0.2-0.3 in every segment)."""
-    _, w = _noisy_window(model, 3)
-    z = _true_z(model)
-    r = model.robot
-    e = jnp.asarray(np.random.default_rng(1).normal(size=w.start.shape)) * jnp.concatenate(
-        [jnp.full(r.nq, 0.002), jnp.full(r.nv, 0.02)])
-    w = w._replace(start=e)
+    z, w = _true_z(model), _offset_window(model)
+    r, e = model.robot, w.start
     pred, _, state_jac = jax.jit(model.linearised_predictions)(z, w)
     density = jax.jit(model.start_log_density)
     value = density(z, *pred, w)
@@ -92,6 +97,29 @@ def test_the_start_log_density_is_the_joint_density_and_its_step_is_first_order_
         errors.append(np.abs(np.asarray(density(z, *pred, lin, h * direction) - exact)))
     ratio = errors[1] / errors[0]
     assert np.all((ratio > 0.2) & (ratio < 0.3)), ratio
+
+
+def test_start_curvature_blocks_are_the_full_hessian_blocks_of_the_linearised_start_density(model):
+    """`start_curvature`'s per-segment value, gradient and Hessian blocks (r broadcast tangents) equal the
+    full (S·r)² Hessian of the summed linearised start density (its diagonal blocks, 1e-10), and the
+    off-diagonal blocks it skips are zero: segments are independent."""
+    z, w = _true_z(model), _offset_window(model)
+    e = w.start
+    value, grad, hess, _ = jax.jit(lambda z, w: laplace.start_curvature(model, z, w))(
+        z, jax.tree.map(lambda x: x[None], w))
+    pred, _, state_jac = jax.jit(model.linearised_predictions)(z, w)
+    lin = w._replace(state_jac=state_jac)
+    total = jax.jit(lambda step: jnp.sum(model.start_log_density(z, *pred, lin, step)))
+    step = jnp.zeros_like(e)
+    full = np.asarray(jax.hessian(total)(step))                                          # (S, r, S, r)
+    n = e.shape[0]
+    blocks = full[np.arange(n), :, np.arange(n), :]
+    np.testing.assert_allclose(value[0], model.start_log_density(z, *pred, lin), rtol=1e-12)
+    np.testing.assert_allclose(grad[0], jax.grad(total)(step), rtol=1e-10, atol=1e-10 * np.abs(grad).max())
+    np.testing.assert_allclose(hess[0], blocks, rtol=1e-10, atol=1e-10 * np.abs(blocks).max())
+    off = full.copy()
+    off[np.arange(n), :, np.arange(n), :] = 0.0
+    assert np.abs(off).max() == 0.0
 
 
 def test_the_start_search_moves_each_start_closer_to_the_true_state_than_its_measurement(model):
@@ -136,11 +164,8 @@ def test_on_the_walking_humanoid_searched_starts_bring_the_segment_misfit_to_the
              "geom_friction:right_foot": 0.8, "geom_friction:left_foot": 0.9}
     walker = walk.load(Path(__file__).parents[2] / "experiments/results/humanoid_walk/pretrained.json", "humanoid")
     steps = model.window_samples - 1
-    run = walk.real_run(robot, truth, walker, steps * robot.dt + 1e-9, 1, (0.002, 0.02))
-    rng = np.random.default_rng(1)
-    q = run.qpos[0, :steps + 1] + rng.normal(0.0, 0.002, (steps + 1, robot.nq))
-    qd = run.qvel[0, :steps + 1] + rng.normal(0.0, 0.02, (steps + 1, robot.nv))
-    w = model.window(q, qd, np.concatenate([run.sent[0], run.sent[0, -1:]])[:steps + 1])
+    q, qd, ctrl = walk.telemetry(robot, truth, walker, steps * robot.dt + 1e-9, 1, (0.002, 0.02))
+    w = model.window(q[:steps + 1], qd[:steps + 1], ctrl[:steps + 1])
     z = model.unconstrain(jnp.asarray([truth[n] for n in model.param_names] + [0.002, 0.02]))
     found, _ = jax.jit(lambda z, w: laplace.find_starts(model, z, w))(z, jax.tree.map(lambda x: x[None], w))
     predict = jax.jit(model.segment_predictions)

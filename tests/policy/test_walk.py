@@ -193,6 +193,24 @@ def test_a_fall_ends_the_episode(robot, prior):
     assert run.seconds[0] == pytest.approx((len(height) - 1) * robot.dt)
 
 
+def test_telemetry_is_the_recorded_run_plus_seeded_sensor_noise_and_stops_at_a_fall(robot, prior):
+    """`walk.telemetry`: the recorded run's states plus sensor noise of the given sd (its sample sd within 10 %),
+    the same for the same seed; each sample's command the last one sent before it (the last sample's, the
+    last sent); after a fall, only the states before it."""
+    run = walk.real_run(robot, robot.nominal(), prior, 0.3, 2, (0.002, 0.02))
+    q, qd, ctrl = walk.telemetry(robot, robot.nominal(), prior, 0.3, 2, (0.002, 0.02))
+    assert len(q) == len(qd) == len(ctrl) == run.qpos.shape[1] == run.sent.shape[1] + 1
+    assert np.std(q - run.qpos[0]) == pytest.approx(0.002, rel=0.1)
+    assert np.std(qd - run.qvel[0]) == pytest.approx(0.02, rel=0.1)
+    np.testing.assert_array_equal(ctrl[:-1], run.sent[0])
+    np.testing.assert_array_equal(ctrl[-1], run.sent[0, -1])
+    np.testing.assert_array_equal(q, walk.telemetry(robot, robot.nominal(), prior, 0.3, 2, (0.002, 0.02))[0])
+    still = prior.with_flat(np.zeros_like(prior.flat()))
+    fall = walk.real_run(robot, robot.nominal(), still, 3.0, 0)
+    q, _, ctrl = walk.telemetry(robot, robot.nominal(), still, 3.0, 0)
+    assert len(q) == len(ctrl) == np.sum(~np.isnan(fall.qpos[0, :, 0])) and np.all(np.isfinite(q))
+
+
 def test_policy_predict_gives_intervals_from_a_posterior(tmp_path, prior, capsys):
     """`policy predict` from a saved `humanoid` twin (its prior particles, no update: nothing compiles the
     contact model; its config read from the saved summary): each figure's 5 % <= mean <= 95 %, over the

@@ -74,10 +74,11 @@ def command(values) -> bytes:
 
 
 @contextmanager
-def bridging(endpoint: str, ingest: str, pub: str, query: str | None = None, config: str = "arm2"):
-    """A bridge for arm2 (`config`) connected to the test's zenoh peer, running in its own thread."""
-    bridge = Ros2Bridge(BridgeSettings(config, "arm-1", zenoh_connect=(endpoint,), ingest=ingest, pub=pub,
-                                       query=query, first_seq=None if query else 0, idle_flush_s=0.3))
+def bridging(endpoint: str, ingest: str, pub: str, query: str | None = None, config: str = "arm2", wrench=None):
+    """A bridge for arm2 (`config`; `wrench` its WrenchStamped topics) connected to the test's zenoh peer, running in
+    its own thread."""
+    bridge = Ros2Bridge(BridgeSettings(config, "arm-1", wrench=wrench or {}, zenoh_connect=(endpoint,), ingest=ingest,
+                                       pub=pub, query=query, first_seq=None if query else 0, idle_flush_s=0.3))
     stop = threading.Event()
     thread = threading.Thread(target=bridge.run, args=(stop,))
     thread.start()
@@ -457,21 +458,25 @@ def joint_sensor_config(path: Path, sensors: list[str], channels=("q", "qd")) ->
     return str(path)
 
 
-def serve_joint_states(ros, tmp_path: Path, config: str, states: list[list[bytes]]) -> tuple[dict, dict]:
-    """A served twin of `config` bridged from the test's zenoh peer, which publishes for each step k a command
-    [k, -k], then the JointStates states[k]; (the bridge's stats, the stored chunks' fields concatenated) once every
-    step but the last (its state waits for the next one) is stored. Kept under a window: nothing inferred."""
+def serve_joint_states(ros, tmp_path: Path, config: str, states: list[list[bytes]], wrench=None,
+                       sensor_msgs: dict[int, list[tuple[str, bytes]]] | None = None) -> tuple[dict, dict]:
+    """A served twin of `config` bridged (with WrenchStamped topics `wrench`) from the test's zenoh peer, which
+    publishes for each step k a command [k, -k], then the (key expression, payload)s sensor_msgs[k] if any, then the
+    JointStates states[k]; (the bridge's stats, the stored chunks' fields concatenated) once every step but the last
+    (its state waits for the next one) is stored. Kept under a window: nothing inferred."""
     session, endpoint = ros
     model, any_port = TwinModel(load_config(config)), "tcp://127.0.0.1:*"
     settings = ServiceSettings({"arm-1": model.cfg}, tmp_path / "store.db", any_port, any_port, any_port,
                                worker=WorkerSettings(checkpoints=tmp_path / "checkpoints"))
     with TwinService(settings, {"arm-1": model}) as service:
         ends = service.endpoints
-        with bridging(endpoint, ends["ingest"], ends["pub"], ends["query"], config=config) as bridge:
-            wait_for_subscriptions(session)
+        with bridging(endpoint, ends["ingest"], ends["pub"], ends["query"], config=config, wrench=wrench) as bridge:
+            wait_for_subscriptions(session, 2 + len(wrench or {}))
             js, cmd = key("/joint_states", keys.JOINT_STATE), key("/twin/commands", keys.FLOAT_ARRAY)
             for k, payloads in enumerate(states):
                 session.put(cmd, command([k, -k]))
+                for sensor_key, payload in (sensor_msgs or {}).get(k, ()):
+                    session.put(sensor_key, payload)
                 for payload in payloads:
                     session.put(js, payload)
             wait(lambda: service.metrics()["samples_stored"] >= len(states) - 1, what="every sample stored")
@@ -572,7 +577,8 @@ def test_torque_sensors_read_their_joints_effort_over_the_gear_and_what_effort_c
     bridge = Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "all.toml", ["gyro", "acc", "elbow_tau"]), "arm-1",
                                        imu=imu))
     assert bridge.sampler.sensors == ("gyro", "acc", "elbow_tau")
-    with pytest.raises(ValueError, match=r"observes sensors \['quat'\] that no --imu mapping feeds, nor a JointState"):
+    with pytest.raises(ValueError, match=r"observes sensors \['quat'\] that no --imu or --wrench mapping feeds, nor a "
+                                         "JointState"):
         Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "all.toml", ["gyro", "acc", "elbow_tau", "quat"]), "arm-1",
                                   imu=imu))
     with pytest.raises(ValueError, match="linear_acceleration feeds a sensor of type accelerometer; 'elbow_tau' is of"):
@@ -651,6 +657,93 @@ def test_encoders_read_their_joints_position_and_velocity_and_only_hinge_or_slid
             Ros2Bridge(BridgeSettings(config, "arm-1"))
         assert main(["ros2", "--config", config, "--robot-id", "arm-1"]) == 2
         assert twice in capsys.readouterr().err
+
+
+WRENCHES = ["frc", "trq"]  # arm2_sensors.xml: a force and a torque sensor on the forearm's site
+
+
+def wrench(t_ns: int, force, torque) -> bytes:
+    """A geometry_msgs/WrenchStamped (N, N m)."""
+    Header, Time = TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
+    Vector3, Wrench = TS.types["geometry_msgs/msg/Vector3"], TS.types["geometry_msgs/msg/Wrench"]
+    msg = TS.types[keys.WRENCH](header=Header(stamp=Time(sec=t_ns // 10**9, nanosec=t_ns % 10**9), frame_id="imu"),
+                                wrench=Wrench(force=Vector3(*map(float, force)), torque=Vector3(*map(float, torque))))
+    return bytes(TS.serialize_cdr(msg, keys.WRENCH))
+
+
+def test_wrench_stamped_readings_reach_a_served_force_torque_twin_held_between_messages(ros, tmp_path):
+    """A WrenchStamped topic mapped to a force and a torque sensor (`--wrench /wrist/ft=force:frc,torque:trq`) feeds
+    them: every grid sample carries the wrench latest when its joint state arrived, held between messages (one every
+    other state), and the service stores exactly its force and torque. A NaN force (non_finite), a truncated payload
+    (bad_cdr), an Imu on the topic (wrong_type) and a stale stamp (out_of_order) are counted and change nothing."""
+    n = 60
+    q, qd = np.random.default_rng(2).normal(size=(2, n, 2))
+    force, torque = np.random.default_rng(3).normal(size=(2, n, 3))
+    t_ns, ft = T0_NS + np.arange(n) * DT_NS, key("/wrist/ft", keys.WRENCH)
+    sent = {k: [(ft, wrench(t_ns[k], force[k], torque[k]))] for k in range(0, n, 2)}
+    sent[10] += [(ft, wrench(t_ns[10] + 1, [np.nan, 0, 0], torque[10])), (ft, wrench(t_ns[10] + 2, *force[:2])[:30]),
+                 (key("/wrist/ft", keys.IMU), imu(t_ns[10] + 3, 1.0))]
+    sent[20] = [(ft, wrench(t_ns[0], force[20], torque[20]))]  # older than the one before: 20 and 21 hold 18's
+    config = joint_sensor_config(tmp_path / "arm2_ft.toml", WRENCHES)
+    stats, got = serve_joint_states(ros, tmp_path, config, [[joint_state(t_ns[k], q[k], qd[k])] for k in range(n)],
+                                    wrench={"/wrist/ft": {"force": "frc", "torque": "trq"}}, sensor_msgs=sent)
+    assert stats["received"]["wrench:/wrist/ft"] == n // 2 + 3
+    assert stats["rejected"] == {"non_finite": 1, "bad_cdr": 1, "wrong_type": 1, "out_of_order": 1}, stats
+    assert stats["link"]["rejected"] == 0
+    assert stats["last_problem"] == (f"wrench:/wrist/ft: out_of_order: WrenchStamped stamp {t_ns[0]} ns is not after "
+                                     f"the last one, {t_ns[18]} ns")
+    held = np.arange(n - 1) // 2 * 2  # the last state waits for the next one
+    held[20:22] = 18
+    assert got["sensor:frc"].shape == got["sensor:trq"].shape == (n - 1, 3)
+    np.testing.assert_array_equal(got["sensor:frc"], force[held])
+    np.testing.assert_array_equal(got["sensor:trq"], torque[held])
+    np.testing.assert_array_equal(got["q"], q[:-1])
+    np.testing.assert_array_equal(got["t"], (t_ns[:-1] // 10**9) + (t_ns[:-1] % 10**9) * 1e-9)
+
+
+@pytest.mark.parametrize("sensors, wrench_topics, refused", [
+    (WRENCHES, {"/ft": {"force": "trq", "torque": "frc"}}, "force feeds a sensor of type force; 'trq' is of type "
+                                                           "torque"),
+    (WRENCHES, {"/ft": {"wrist": "frc"}}, "--wrench /ft: unknown field 'wrist'; expected one of ['force', 'torque']"),
+    (WRENCHES, {"/ft": {"force": "frc"}}, "observes sensors ['trq'] that no --imu or --wrench mapping feeds"),
+    (WRENCHES, {"/a": {}, "/b": {"force": "frc"}}, "sensors ['frc'] are fed more than once"),
+    (["gyro", "acc"], {"/ft": {}}, "--wrench /ft: the twin config observes no force or torque for it to feed"),
+    (["gyro", "acc", *WRENCHES], {}, "observes sensors ['frc', 'trq'] that no --imu or --wrench mapping feeds"),
+])
+def test_wrench_mappings_the_twin_cannot_take_are_refused_at_start(tmp_path, sensors, wrench_topics, refused):
+    imu = {"/imu": {"angular_velocity": "gyro", "linear_acceleration": "acc"}} if "gyro" in sensors else {}
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "twin.toml", sensors), "arm-1", imu=imu,
+                                  wrench=wrench_topics))
+
+
+def test_a_bare_wrench_topic_feeds_the_one_force_and_torque_sensor_and_the_command_line_checks_it(tmp_path, capsys):
+    """A bare --wrench TOPIC feeds force to the twin's one observed force sensor and torque to its one torque sensor
+    (what it observes of them), next to an Imu's sensors; two force sensors leave it ambiguous. The command line
+    refuses a malformed --wrench, an unknown field, a topic twice and a mapping the twin cannot take (exit 2)."""
+    both = Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "ft.toml", ["gyro", "acc", *WRENCHES]), "arm-1",
+                                     imu={"/imu": {}}, wrench={"/ft": {}}))
+    assert both.sensor_topics == {"imu:/imu": {"angular_velocity": "gyro", "linear_acceleration": "acc"},
+                                  "wrench:/ft": {"force": "frc", "torque": "trq"}}
+    assert both.sampler.sensors == ("gyro", "acc", "frc", "trq")
+    assert both.inputs["wrench:/ft"].data == ("0/ft/geometry_msgs::msg::dds_::WrenchStamped_/"
+                                              "RIHS01_8dc3deaf06b2ab281f9f9a742a8961c328ca7cec16e3fd6586d3a5c83fa78f77")
+    force_only = Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "f.toml", ["frc"]), "arm-1", wrench={"/ft": {}}))
+    assert force_only.sensor_topics == {"wrench:/ft": {"force": "frc"}}
+    mjcf = tmp_path / "two_forces.xml"
+    mjcf.write_text(SENSORS_MJCF.read_text().replace('<torque name="trq"', '<force name="frc2" site="imu"/>\n'
+                                                                          '    <torque name="trq"'))
+    two = sensor_config(tmp_path / "two.toml", ["frc", "frc2", "trq"], mjcf)
+    config = sensor_config(tmp_path / "ft.toml", WRENCHES)
+    for args, refused in (
+            ((two, "--wrench", "/ft"), "--wrench /ft: the twin config observes force sensors ['frc', 'frc2']; name "
+                                       "the one force feeds: /ft=FIELD:SENSOR[,FIELD:SENSOR...]"),
+            ((config, "--wrench", "/ft=force"), "--wrench '/ft=force': expected TOPIC=FIELD:SENSOR"),
+            ((config, "--wrench", "/ft=wrist:frc"), "--wrench '/ft=wrist:frc': unknown field 'wrist'"),
+            ((config, "--wrench", "/ft", "--wrench", "/ft"), "--wrench: topic /ft given twice"),
+            ((config, "--wrench", "/ft=force:trq,torque:frc"), "force feeds a sensor of type force; 'trq' is of type")):
+        assert main(["ros2", "--config", args[0], "--robot-id", "arm-1", *args[1:]]) == 2
+        assert refused in capsys.readouterr().err
 
 
 def test_fuzzed_cdr_is_only_ever_rejected():

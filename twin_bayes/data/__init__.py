@@ -7,7 +7,7 @@ from pathlib import Path
 
 from twin_bayes.data.bam import read_bam
 from twin_bayes.data.npz import read_npz, write_npz
-from twin_bayes.data.rosbag import parse_imu_topics, read_rosbag
+from twin_bayes.data.rosbag import parse_sensor_topics, read_rosbag
 from twin_bayes.data.shared import bam_logs, bam_xl330_dir, log_kp
 from twin_bayes.data.trajectory import DataError, Trajectory
 from twin_bayes.data.windows import Bounds, consecutive_windows, cut_windows, trajectory_windows
@@ -48,7 +48,7 @@ __all__ = [
     "log_kp",
     "read_bam",
     "read_npz",
-    "parse_imu_topics",
+    "parse_sensor_topics",
     "read_rosbag",
     "read_trajectory",
     "trajectory_windows",

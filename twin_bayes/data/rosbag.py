@@ -17,7 +17,7 @@ IMU topics (`sensor_msgs/msg/Imu`, optional, `imu_topics`) become sensor channel
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,26 +40,28 @@ def _typestore():
     return get_typestore(Stores.ROS2_HUMBLE)
 
 
-def parse_imu_topics(specs: Sequence[str]) -> dict[str, dict[str, str]]:
+def parse_sensor_topics(specs: Sequence[str], known: Collection[str] = tuple(IMU_FIELDS),
+                     option: str = "--imu") -> dict[str, dict[str, str]]:
     """The command line's `--imu TOPIC=FIELD:SENSOR[,FIELD:SENSOR...]` specs as `read_rosbag`'s
-    imu_topics, e.g. "/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel". ValueError
-    names a malformed spec, an unknown field, or a topic or field given twice (`read_rosbag` checks
-    the rest against the bag)."""
+    imu_topics, e.g. "/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel"; `known` (the
+    fields) and `option` parse another option of that form (the ROS 2 bridge's `--wrench`). ValueError names a
+    malformed spec, an unknown field, or a topic or field given twice (`read_rosbag` checks the rest
+    against the bag)."""
     topics: dict[str, dict[str, str]] = {}
     for spec in specs:
         topic, sep, fields = spec.partition("=")
         pairs = [f.partition(":") for f in fields.split(",")] if sep else []
         if not topic or not pairs or any(not field or not colon or not name for field, colon, name in pairs):
-            raise ValueError(f"--imu {spec!r}: expected TOPIC=FIELD:SENSOR[,FIELD:SENSOR...], e.g. "
-                             "/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel")
+            raise ValueError(f"{option} {spec!r}: expected TOPIC=FIELD:SENSOR[,FIELD:SENSOR...] with FIELD one of "
+                             f"{list(known)}")
         if topic in topics:
-            raise ValueError(f"--imu: topic {topic} given twice")
+            raise ValueError(f"{option}: topic {topic} given twice")
         mapping = {}
         for field, _, name in pairs:
-            if field not in IMU_FIELDS:
-                raise ValueError(f"--imu {spec!r}: unknown field {field!r}; expected one of {sorted(IMU_FIELDS)}")
+            if field not in known:
+                raise ValueError(f"{option} {spec!r}: unknown field {field!r}; expected one of {sorted(known)}")
             if field in mapping:
-                raise ValueError(f"--imu {spec!r}: field {field} given twice")
+                raise ValueError(f"{option} {spec!r}: field {field} given twice")
             mapping[field] = name
         topics[topic] = mapping
     return topics

@@ -216,19 +216,26 @@ def newton_mode(curvature_at, target, z0, aux0, max_iter: int = 100, tol: float 
 def start_curvature(model: TwinModel, z, windows: Window):
     """Each segment's start log density at its offset windows.start (B, S, nq + nv) from its measured
     start (`TwinModel.start_log_density`, parameters z (D,)): value (B, S), gradient (B, S, r), Gauss–Newton
-    Hessian (B, S, r, r), from one forward-mode pass through the simulator; and None (no aux)."""
+    Hessian (B, S, r, r), from one forward-mode pass through the simulator; and None (no aux).
+
+    Segments are independent, so one tangent that moves every segment's start along the same axis gives
+    column i of every segment's Hessian block at once: r forward-over-reverse passes of the linearised
+    density, not S·r."""
     pred, _, state_jac = map_rows(model.linearised_predictions, (z,), windows)
     windows = jax.lax.stop_gradient(windows._replace(state_jac=state_jac))
     pred = jax.lax.stop_gradient(pred)
 
-    def one(w, q, qd, s):              # one window: segments are independent, so the blocks are the Hessian's
-        def total(step):
-            return jnp.sum(model.start_log_density(z, q, qd, s, w, step))
+    def one(w, q, qd, s):
+        def value_grad(step):                       # (S,), (S, r): each segment's gradient is in its own row
+            value, pullback = jax.vjp(lambda x: model.start_log_density(z, q, qd, s, w, x), step)
+            return value, pullback(jnp.ones_like(value))[0]
+
         step = jnp.zeros_like(w.start)
-        hess = jax.hessian(total)(step)                                   # (S, r, S, r)
-        n = step.shape[0]
-        return (model.start_log_density(z, q, qd, s, w), jax.grad(total)(step),
-                hess[jnp.arange(n), :, jnp.arange(n), :])
+        value, grad = value_grad(step)
+        column = lambda axis: jax.jvp(lambda x: value_grad(x)[1], (step,),  # noqa: E731
+                                      (jnp.broadcast_to(axis, step.shape),))[1]
+        hess = jnp.moveaxis(jax.vmap(column)(jnp.eye(step.shape[-1], dtype=step.dtype)), 0, -1)   # (S, r, r)
+        return value, grad, hess
 
     return (*jax.vmap(one)(windows, *pred), None)
 

@@ -435,6 +435,20 @@ def real_run(robot: Robot, truth, policy, seconds: float, seed: int, noise_sd=No
                     [float(robot.layout.latency(vec))], None if noise_sd is None else [noise_sd], record=True)
 
 
+def telemetry(robot: Robot, truth, policy, seconds: float, seed: int, noise_sd=None):
+    """A controller's run on the real humanoid (`real_run`) as its sensors log it: measured positions q (n, nq)
+    and velocities qd (n, nv) (the true states plus sensor noise of sd noise_sd = (q, qd), default `NOISE`,
+    drawn from seed + 10_000) and the command in force at each sample, ctrl (n, nu) (the last sample's: the
+    last one sent); n = seconds / dt + 1 samples, fewer where the humanoid fell."""
+    sd = (NOISE["q"], NOISE["qd"]) if noise_sd is None else noise_sd
+    run = real_run(robot, truth, policy, seconds, seed, sd)
+    n = int(np.sum(~np.isnan(run.qpos[0, :, 0])))                     # the states before a fall
+    rng = np.random.default_rng(seed + 10_000)
+    q = run.qpos[0, :n] + rng.normal(0.0, sd[0], (n, robot.nq))
+    qd = run.qvel[0, :n] + rng.normal(0.0, sd[1], (n, robot.nv))
+    return q, qd, np.concatenate([run.sent[0], run.sent[0, -1:]])[:n]
+
+
 def predicted(robot: Robot, thetas, noise_sd, policy, seconds: float, seed: int) -> Outcome:
     """The controller (`WalkPolicy` or `WalkNet`) on each of n parameter draws thetas (n, P) (full robot
     vectors, e.g. posterior particles) with their sensor-noise sds noise_sd (n, 2) and latencies: one run

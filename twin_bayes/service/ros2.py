@@ -2,10 +2,10 @@
 
 Without a ROS installation: the bridge is a zenoh peer that subscribes to the robot's topics by
 their rmw_zenoh key expressions, decodes CDR with `rosbags`, puts joint states, commands and
-the readings of Imu topics and of the joint states' positions, velocities and efforts (as the MJCF
-sensors the twin observes: IMU sensors, encoders, joint torque sensors) on the twin's time grid
-(`ros2_inbound.Sampler`) and streams them to the service through a `RobotLink` (numbered chunks,
-kept until acked). It subscribes to the service's PUB stream and publishes posterior,
+the readings of Imu and WrenchStamped topics and of the joint states' positions, velocities and efforts (as the
+MJCF sensors the twin observes: IMU sensors, force-torque sensors, encoders, joint torque sensors) on the twin's
+time grid (`ros2_inbound.Sampler`) and streams them to the service through a `RobotLink` (numbered chunks, kept
+until acked). It subscribes to the service's PUB stream and publishes posterior,
 predictions, alerts and health as ROS 2 messages (`ros2_outbound`), with the liveliness tokens
 that make the node, its publishers and its subscriptions visible to `ros2 node list` /
 `ros2 topic list`. A message that cannot be used is counted by reason
@@ -29,8 +29,9 @@ from twin_bayes.service import protocol, ros2_keys as keys
 from twin_bayes.service.auth import CurveKeys
 from twin_bayes.service.client import ServiceError, Subscriber, TwinClient, TwinTimeout
 from twin_bayes.service.robot_link import LinkTimeout, RobotLink
-from twin_bayes.service.ros2_inbound import (Rejected, Sampler, array_command, decode, imu_readings, imu_sensors,
-                                             joint_readings, joint_state, robot_joints, stamp_ns, trajectory_command)
+from twin_bayes.service.ros2_inbound import (SENSOR_TOPICS, Rejected, Sampler, array_command, decode, imu_readings,
+                                             joint_readings, joint_state, robot_joints, stamp_ns, topic_sensors,
+                                             trajectory_command, wrench_readings)
 from twin_bayes.service.ros2_outbound import (diagnostics, posterior_json, prediction_messages, sensor_outputs,
                                               string_message)
 
@@ -45,9 +46,10 @@ class BridgeSettings:
     (default /twin/<robot_id as a ROS name>), health to /diagnostics.
 
     imu: {sensor_msgs/Imu topic: {field: MJCF sensor}} (fields angular_velocity, linear_acceleration,
-    orientation; {}: to the twin's one observed gyro and accelerometer), sent as `sensor:<name>` fields,
-    as is, always, the reading of each observed sensor a JointState feeds (`jointpos`, `jointvel`,
-    `jointactuatorfrc`, `actuatorfrc`: its joint's position, velocity or effort);
+    orientation; {}: to the twin's one observed gyro and accelerometer) and wrench: {geometry_msgs/WrenchStamped
+    topic: {field: MJCF sensor}} (fields force, torque; {}: to the twin's one observed force and torque sensor),
+    sent as `sensor:<name>` fields, as is, always, the reading of each observed sensor a JointState feeds
+    (`jointpos`, `jointvel`, `jointactuatorfrc`, `actuatorfrc`: its joint's position, velocity or effort);
     chunk_samples: samples per telemetry chunk (default 0.1 s worth); max_gap_s: joint states further
     apart start a new grid; first_seq: number of the first chunk (default: the service's highest
     stored + 1, asked at `query`, else 0); idle_flush_s: a partial chunk is sent after this long
@@ -60,6 +62,7 @@ class BridgeSettings:
     commands: str = "/twin/commands"
     command_type: str = "float64_multi_array"
     imu: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    wrench: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     domain: int = 0
     distro: str = "jazzy"
     zenoh_connect: tuple[str, ...] = ("tcp/127.0.0.1:7447",)
@@ -101,10 +104,10 @@ class Ros2Bridge:
         self.robot = robot_joints(s.config)
         if s.chunk_samples is not None and s.chunk_samples < 1:
             raise ValueError(f"chunk_samples must be >= 1, got {s.chunk_samples}")
-        # Imu input 'imu:<topic>' -> {field: MJCF sensor it feeds}
-        self.imu = {f"imu:{topic}": fields for topic, fields in imu_sensors(self.robot, s.imu).items()}
+        # sensor topic input ('imu:<topic>', 'wrench:<topic>') -> {field: MJCF sensor it feeds}
+        self.sensor_topics = topic_sensors(self.robot, {"imu": s.imu, "wrench": s.wrench})
         # each encoder and torque sensor reads its joint's position, velocity or effort in the JointState
-        fed = (*(n for fields in self.imu.values() for n in fields.values()),
+        fed = (*(n for fields in self.sensor_topics.values() for n in fields.values()),
                *(e.sensor for e in self.robot.joint_sensors))
         self.sampler = Sampler(self.robot.dt, s.chunk_samples or max(1, round(0.1 / self.robot.dt)), s.max_gap_s,
                                sensors=fed)
@@ -112,8 +115,9 @@ class Ros2Bridge:
         self.node = s.node or keys.ros_token(f"twin_bayes_{s.robot_id}")
         self.inputs = {"joint_states": keys.TopicKey(s.domain, s.joint_states, keys.JOINT_STATE, s.distro),
                        "commands": keys.TopicKey(s.domain, s.commands, COMMAND_TYPES[s.command_type], s.distro)}
-        self.inputs.update({name: keys.TopicKey(s.domain, name.removeprefix("imu:"), keys.IMU, s.distro)
-                            for name in self.imu})
+        self.inputs.update({name: keys.TopicKey(s.domain, name.partition(":")[2],
+                                                SENSOR_TOPICS[name.partition(":")[0]].msgtype, s.distro)
+                            for name in self.sensor_topics})
         outputs = {**OUTPUTS, **{name: keys.FLOAT_ARRAY for name in sensor_outputs(self.robot.sensors)}}
         self.outputs = {name: keys.TopicKey(s.domain, f"{namespace}/{name}", t, s.distro)
                         for name, t in outputs.items()}
@@ -126,7 +130,7 @@ class Ros2Bridge:
         self.published: Counter = Counter()
         self.lost = 0  # samples missing by the publishers' attachment sequence numbers
         self.last_problem = ""
-        self._last_imu_ns: dict[str, int] = {}  # Imu input -> stamp of its latest message used
+        self._last_sensor_ns: dict[str, int] = {}  # sensor topic input -> stamp of its latest message used
         self._seen: dict[bytes, int] = {}  # publisher gid -> last attachment sequence number
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._health: dict | None = None
@@ -193,11 +197,14 @@ class Ros2Bridge:
                                     if self.settings.command_type == "joint_trajectory"
                                     else array_command(msg, self.robot))
         else:
-            t, last = stamp_ns(msg.header), self._last_imu_ns.get(name)
+            t, last = stamp_ns(msg.header), self._last_sensor_ns.get(name)
             if last is not None and t <= last:
-                raise Rejected("out_of_order", f"Imu stamp {t} ns is not after the last one, {last} ns")
-            self.sampler.readings.update(imu_readings(msg, self.imu[name], self.sampler.readings))
-            self._last_imu_ns[name] = t
+                kind = self.inputs[name].msgtype.rpartition("/")[2]
+                raise Rejected("out_of_order", f"{kind} stamp {t} ns is not after the last one, {last} ns")
+            fields = self.sensor_topics[name]
+            self.sampler.readings.update(imu_readings(msg, fields, self.sampler.readings) if name.startswith("imu:")
+                                         else wrench_readings(msg, fields))
+            self._last_sensor_ns[name] = t
 
     def _send(self, chunk) -> None:
         try:

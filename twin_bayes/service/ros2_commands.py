@@ -28,6 +28,11 @@ def register(sub) -> dict:
                         "angular_velocity, linear_acceleration, orientation, e.g. "
                         "/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel; a bare TOPIC feeds the "
                         "config's one observed gyro and accelerometer (repeat per topic; default: none)")
+    p.add_argument("--wrench", action="append", default=[], metavar="TOPIC[=FIELD:SENSOR,...]",
+                   help="geometry_msgs/WrenchStamped topic feeding the twin's observed force-torque sensors: fields "
+                        "force (a `force` sensor), torque (a `torque` sensor), e.g. /wrist/ft=force:wrist_force,"
+                        "torque:wrist_torque; a bare TOPIC feeds the config's one observed force and torque sensor "
+                        "(repeat per topic; default: none)")
     p.add_argument("--domain", type=int, default=0, help="ROS_DOMAIN_ID")
     p.add_argument("--distro", choices=("humble", "jazzy", "kilted", "rolling"), default="jazzy",
                    help="humble: key expressions carry TypeHashNotSupported instead of RIHS01 hashes")
@@ -54,15 +59,17 @@ def register(sub) -> dict:
     return {"ros2": cmd_ros2}
 
 
-def imu_topics(specs: list[str]) -> dict[str, dict[str, str]]:
-    """`--imu` specs as {topic: {field: sensor}}: TOPIC=FIELD:SENSOR[,...] as `fit --imu`, a bare TOPIC as {}
-    (the bridge maps it to the config's gyro and accelerometer); ValueError for a malformed spec."""
-    from twin_bayes.data.rosbag import parse_imu_topics
+def sensor_topics(specs: list[str], option: str) -> dict[str, dict[str, str]]:
+    """`--imu` or `--wrench` (`option` 'imu', 'wrench') specs as {topic: {field: sensor}}: TOPIC=FIELD:SENSOR[,...]
+    as `fit --imu`, a bare TOPIC as {} (the bridge maps it to the config's one sensor of each type it feeds);
+    ValueError for a malformed spec."""
+    from twin_bayes.data.rosbag import parse_sensor_topics
+    from twin_bayes.service.ros2_inbound import SENSOR_TOPICS
 
-    topics = parse_imu_topics([s for s in specs if "=" in s])
+    topics = parse_sensor_topics([s for s in specs if "=" in s], SENSOR_TOPICS[option].fields, f"--{option}")
     for topic in (s for s in specs if "=" not in s):
         if topic in topics:
-            raise ValueError(f"--imu: topic {topic} given twice")
+            raise ValueError(f"--{option}: topic {topic} given twice")
         topics[topic] = {}
     return topics
 
@@ -77,7 +84,8 @@ def cmd_ros2(args) -> int:
     try:
         curve = None if args.curve_keys is None else load(args.curve_keys, args.key_name or args.robot_id)
         settings = BridgeSettings(
-            args.config, args.robot_id, args.joint_states, args.commands, args.command_type, imu_topics(args.imu),
+            args.config, args.robot_id, args.joint_states, args.commands, args.command_type,
+            sensor_topics(args.imu, "imu"), sensor_topics(args.wrench, "wrench"),
             args.domain, args.distro, tuple(args.zenoh_endpoint or ("tcp/127.0.0.1:7447",)),
             tuple(args.zenoh_listen or ("tcp/127.0.0.1:0",)), args.service_ingest, args.service_pub,
             args.service_query or None, args.namespace, settings=_settings(args.setting),

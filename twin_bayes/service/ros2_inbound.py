@@ -3,8 +3,8 @@
 No JAX: the robot is read from the twin config's MJCF with native MuJoCo. The service takes
 telemetry only at exactly the twin's timestep, so `Sampler` puts joint states on that grid:
 q and qd are interpolated linearly between consecutive joint states, and each grid sample gets
-the command (and each Imu-fed sensor's reading) that was the latest one received when the last
-joint state at or before it arrived (a state stamped up to dt/10 after a grid time counts as at
+the command (and each Imu- or WrenchStamped-fed sensor's reading) that was the latest one received when
+the last joint state at or before it arrived (a state stamped up to dt/10 after a grid time counts as at
 it: stamp jitter), held as on the robot. The twin's encoder and joint torque sensors read the joint
 states' positions, velocities and efforts, measured with q and qd and interpolated as they are. A joint
 state more than `max_gap_s` after the previous one starts a new grid (the service sees a time jump and
@@ -20,12 +20,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from twin_bayes.service.ros2_keys import typestore
+from twin_bayes.service.ros2_keys import IMU, WRENCH, typestore
 
 ROBOTS_DIR = Path(__file__).resolve().parent.parent / "robots"
 _HINGE_OR_SLIDE = (2, 3)  # mjtJoint: free 0, ball 1, slide 2, hinge 3
 #: sensor_msgs/Imu field -> the MJCF sensor type it feeds (as `fit --imu`, data.rosbag.IMU_FIELDS).
 IMU_SENSOR_TYPES = {"angular_velocity": "gyro", "linear_acceleration": "accelerometer", "orientation": "framequat"}
+#: geometry_msgs/WrenchStamped field (of its `wrench`) -> the MJCF sensor type it feeds (3-axis, the site's frame).
+WRENCH_SENSOR_TYPES = {"force": "force", "torque": "torque"}
 #: MJCF sensor type -> the sensor_msgs/JointState field (of the sensor's joint) that feeds it: an encoder's
 #: position, velocity; the actuator force at a joint, one actuator's force (1-D all, on a hinge or slide joint).
 JOINT_STATE_SENSOR_TYPES = {"jointpos": "position", "jointvel": "velocity", "jointactuatorfrc": "effort",
@@ -41,6 +43,20 @@ class Rejected(ValueError):
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
         self.code, self.detail = code, detail
+
+
+class SensorTopic(NamedTuple):
+    """A kind of sensor topic (a bridge option, `--imu`, `--wrench`): its message type, its fields {field: the MJCF
+    sensor type each feeds} and the fields a bare topic feeds (each to the twin's one observed sensor of its type)."""
+
+    msgtype: str
+    fields: Mapping[str, str]
+    bare: tuple[str, ...]
+
+
+#: Option -> the sensor topics it names.
+SENSOR_TOPICS = {"imu": SensorTopic(IMU, IMU_SENSOR_TYPES, ("angular_velocity", "linear_acceleration")),
+                 "wrench": SensorTopic(WRENCH, WRENCH_SENSOR_TYPES, ("force", "torque"))}
 
 
 class JointSensor(NamedTuple):
@@ -173,48 +189,51 @@ def _counted_once(fed: tuple[JointSensor, ...], channels: tuple[str, ...], mjcf:
                          "out of [observation] channels, or the sensor out of sensors)")
 
 
-def imu_sensors(robot: RobotJoints, topics: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
-    """{Imu topic: {field: MJCF sensor}} checked against the twin: an empty mapping is filled with each of
-    angular_velocity and linear_acceleration to the one observed gyro and accelerometer. ValueError for an
-    unknown field, a sensor the twin does not observe or of another type, a sensor fed twice, or (with any
-    topic) an observed sensor left unfed, by these topics or the JointState (`robot.joint_sensors`): the service
-    refuses telemetry without it."""
+def topic_sensors(robot: RobotJoints,
+                  options: Mapping[str, Mapping[str, Mapping[str, str]]]) -> dict[str, dict[str, str]]:
+    """{input '<option>:<topic>': {field: MJCF sensor}} of the sensor topics {option: {topic: {field: sensor}}}
+    (options of SENSOR_TOPICS: 'imu', 'wrench'), checked against the twin: an empty mapping is filled with the
+    option's bare fields to the twin's one observed sensor of each one's type. ValueError for an unknown field, a
+    sensor the twin does not observe or of another type, a sensor fed twice, or (with any topic) an observed sensor
+    left unfed, by these topics or the JointState (`robot.joint_sensors`): the service refuses telemetry without it."""
     types = dict(zip(robot.sensors, robot.sensor_types))
-    out = {topic: dict(fields) or _derived(robot, topic) for topic, fields in topics.items()}
-    fed = []
-    for topic, fields in out.items():
-        for part, name in fields.items():
-            if part not in IMU_SENSOR_TYPES:
-                raise ValueError(f"--imu {topic}: unknown field {part!r}; expected one of {list(IMU_SENSOR_TYPES)}")
-            if name not in types:
-                raise ValueError(f"--imu {topic}: {part} maps to sensor {name!r}, which the twin config does not "
-                                 f"observe (it observes {list(robot.sensors)})")
-            if types[name] != IMU_SENSOR_TYPES[part]:
-                raise ValueError(f"--imu {topic}: {part} feeds a sensor of type {IMU_SENSOR_TYPES[part]}; "
-                                 f"{name!r} is of type {types[name]}")
-            fed.append(name)
+    out, fed = {}, []
+    for option, topics in options.items():
+        kinds = SENSOR_TOPICS[option].fields
+        for topic, given in topics.items():
+            fields = out[f"{option}:{topic}"] = dict(given) or _derived(robot, option, topic)
+            for part, name in fields.items():
+                if part not in kinds:
+                    raise ValueError(f"--{option} {topic}: unknown field {part!r}; expected one of {list(kinds)}")
+                if name not in types:
+                    raise ValueError(f"--{option} {topic}: {part} maps to sensor {name!r}, which the twin config does "
+                                     f"not observe (it observes {list(robot.sensors)})")
+                if types[name] != kinds[part]:
+                    raise ValueError(f"--{option} {topic}: {part} feeds a sensor of type {kinds[part]}; "
+                                     f"{name!r} is of type {types[name]}")
+                fed.append(name)
     twice = sorted({n for n in fed if fed.count(n) > 1})
     if twice:
-        raise ValueError(f"--imu: sensors {twice} are fed more than once")
+        raise ValueError(f"sensors {twice} are fed more than once (--imu, --wrench)")
     unfed = [n for n in robot.sensors if n not in fed and n not in {e.sensor for e in robot.joint_sensors}]
     if out and unfed:
-        raise ValueError(f"the twin config observes sensors {unfed} that no --imu mapping feeds, nor a JointState "
-                         "(the service refuses telemetry without them)")
+        raise ValueError(f"the twin config observes sensors {unfed} that no --imu or --wrench mapping feeds, nor a "
+                         "JointState (the service refuses telemetry without them)")
     return out
 
 
-def _derived(robot: RobotJoints, topic: str) -> dict[str, str]:
-    """angular_velocity and linear_acceleration to the twin's one observed gyro and accelerometer (if any)."""
-    out = {}
-    for part in ("angular_velocity", "linear_acceleration"):
-        kind = IMU_SENSOR_TYPES[part]
-        names = [n for n, t in zip(robot.sensors, robot.sensor_types) if t == kind]
+def _derived(robot: RobotJoints, option: str, topic: str) -> dict[str, str]:
+    """The option's bare fields to the twin's one observed sensor of each one's type (if any)."""
+    kinds, out = SENSOR_TOPICS[option].fields, {}
+    for part in SENSOR_TOPICS[option].bare:
+        names = [n for n, t in zip(robot.sensors, robot.sensor_types) if t == kinds[part]]
         if len(names) > 1:
-            raise ValueError(f"--imu {topic}: the twin config observes {kind} sensors {names}; name the one "
-                             f"{part} feeds: {topic}=FIELD:SENSOR[,FIELD:SENSOR...]")
+            raise ValueError(f"--{option} {topic}: the twin config observes {kinds[part]} sensors {names}; name the "
+                             f"one {part} feeds: {topic}=FIELD:SENSOR[,FIELD:SENSOR...]")
         out.update({part: n for n in names})
     if not out:
-        raise ValueError(f"--imu {topic}: the twin config observes no gyro or accelerometer for it to feed")
+        wanted = " or ".join(kinds[part] for part in SENSOR_TOPICS[option].bare)
+        raise ValueError(f"--{option} {topic}: the twin config observes no {wanted} for it to feed")
     return out
 
 
@@ -351,6 +370,18 @@ def imu_readings(msg, fields: Mapping[str, str], previous: Mapping[str, np.ndarr
         _finite(f"Imu {part}", out[name])
         if part == "orientation":
             out[name] = _unit(out[name], previous.get(name))
+    return out
+
+
+def wrench_readings(msg, fields: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """{sensor: reading (3,)} of a geometry_msgs/WrenchStamped, one per mapped field {field: sensor}: wrench.force
+    x, y, z (N), wrench.torque x, y, z (N m), as sent (the frame_id is not looked at: the readings are taken to be in
+    the sensor site's frame). Rejected('non_finite') for NaN or Inf in a mapped field."""
+    out = {}
+    for part, name in fields.items():
+        v = getattr(msg.wrench, part)
+        out[name] = np.array([v.x, v.y, v.z], np.float64)
+        _finite(f"WrenchStamped {part}", out[name])
     return out
 
 

@@ -25,6 +25,7 @@ DISTROS = ("humble", "jazzy", "kilted", "rolling")
 
 JOINT_STATE = "sensor_msgs/msg/JointState"
 IMU = "sensor_msgs/msg/Imu"
+WRENCH = "geometry_msgs/msg/WrenchStamped"
 FLOAT_ARRAY = "std_msgs/msg/Float64MultiArray"
 TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
 STRING = "std_msgs/msg/String"
