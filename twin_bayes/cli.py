@@ -136,11 +136,14 @@ def _windows(twin, trajs, final: bool = True):
     return out
 
 
-def _read(paths, imu=None):
-    """Recordings from files; imu: `--imu` specs (a bag's IMU topics as sensor channels)."""
+def _read(paths, imu=(), wrench=()):
+    """Recordings from files; imu, wrench: `--imu`, `--wrench` specs (a bag's Imu and WrenchStamped topics as
+    sensor channels)."""
     from twin_bayes.data import parse_sensor_topics, read_trajectory
-    topics = parse_sensor_topics(imu) if imu else None
-    return [read_trajectory(p, imu_topics=topics) for p in paths]
+    from twin_bayes.data.rosbag import TOPIC_KINDS
+    topics = {f"{kind}_topics": parse_sensor_topics(specs, TOPIC_KINDS[kind].fields, f"--{kind}")
+              for kind, specs in (("imu", imu), ("wrench", wrench))}
+    return [read_trajectory(p, **topics) for p in paths]
 
 
 # --- fit -------------------------------------------------------------------------------------
@@ -153,7 +156,7 @@ def cmd_fit(args) -> int:
     engine = args.engine or cfg.inference.engine
     check_engine_options(args, engine)
     twin = Twin(cfg)
-    trajs = _read(args.data, args.imu)
+    trajs = _read(args.data, args.imu, args.wrench)
     windows = [] if engine == "whole-log" else _windows(twin, trajs, final=engine != "stream")
     start = time.perf_counter()
     kwargs = {}
@@ -337,6 +340,10 @@ IMU_OPTION = dict(action="append", default=[], metavar="TOPIC=FIELD:SENSOR[,...]
            help="a ROS 2 bag's sensor_msgs/Imu topic as sensor channels, fields angular_velocity, "
                 "linear_acceleration, orientation each to an MJCF sensor, e.g. "
                 "/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel (repeat per topic)")
+WRENCH_OPTION = dict(action="append", default=[], metavar="TOPIC=FIELD:SENSOR[,...]",
+              help="a ROS 2 bag's geometry_msgs/WrenchStamped topic as sensor channels, fields force (N, a `force` "
+                   "sensor), torque (N·m, a `torque` sensor) each to an MJCF sensor, e.g. "
+                   "/wrist/ft=force:wrist_force,torque:wrist_torque (repeat per topic)")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -356,6 +363,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     f.add_argument("--config", required=True, help="twin config (shipped name or file)")
     f.add_argument("--data", nargs="+", required=True, help="recordings (.npz, bam .json, rosbag2 .mcap/.db3)")
     f.add_argument("--imu", **IMU_OPTION)
+    f.add_argument("--wrench", **WRENCH_OPTION)
     f.add_argument("--out", required=True, help="directory for particles.npz, posterior.nc, summary.json")
     f.add_argument("--engine", choices=("stream", "smc", "nuts", "svi", "whole-log"),
                    help="stream: the service's online engine, window by window (the same windows and posterior "

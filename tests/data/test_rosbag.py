@@ -7,7 +7,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from twin_bayes.data import DataError, Trajectory, read_trajectory
-from twin_bayes.data.rosbag import FLOAT_ARRAY, IMU, JOINT_STATE, read_rosbag, write_rosbag
+from twin_bayes.data.rosbag import FLOAT_ARRAY, IMU, JOINT_STATE, WRENCH, read_rosbag, write_rosbag
 
 TS = get_typestore(Stores.ROS2_HUMBLE)
 S = 10**9
@@ -31,9 +31,9 @@ def test_round_trip_in_both_storages(tmp_path, storage):
     np.testing.assert_array_equal(read_rosbag(bag, joints=["elbow", "shoulder"]).q, back.q[:, ::-1])
 
 
-def write_bag(path, joint_msgs, command_msgs, command_type=FLOAT_ARRAY, imu=None):
+def write_bag(path, joint_msgs, command_msgs, command_type=FLOAT_ARRAY, sensors=None):
     """joint_msgs: (stamp_ns, names, position, velocity); command_msgs: (stamp_ns, names, values);
-    imu: {topic: [(stamp_ns, Imu message)]}."""
+    sensors: {topic: [(stamp_ns, message)]}, a topic of its first message's type (Imu, WrenchStamped)."""
     JointState, Header, Time = TS.types[JOINT_STATE], TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
     Float64MultiArray, Layout = TS.types[FLOAT_ARRAY], TS.types["std_msgs/msg/MultiArrayLayout"]
 
@@ -51,10 +51,11 @@ def write_bag(path, joint_msgs, command_msgs, command_type=FLOAT_ARRAY, imu=None
             w.write(cc, stamp, TS.serialize_cdr(msg, command_type))
         for stamp, names, pos, vel in joint_msgs:
             w.write(cj, stamp, TS.serialize_cdr(joint_state(stamp, names, pos, vel), JOINT_STATE))
-        for topic, msgs in (imu or {}).items():
-            ci = w.add_connection(topic, IMU, typestore=TS)
+        for topic, msgs in (sensors or {}).items():
+            msgtype = msgs[0][1].__msgtype__
+            ci = w.add_connection(topic, msgtype, typestore=TS)
             for stamp, msg in msgs:
-                w.write(ci, stamp, TS.serialize_cdr(msg, IMU))
+                w.write(ci, stamp, TS.serialize_cdr(msg, msgtype))
     return path
 
 
@@ -151,7 +152,7 @@ def test_imu_at_400_hz_is_interpolated_onto_500_hz_joint_stamps(tmp_path):
     imu = [(int(s), imu_msg(g, a, [*q[1:], q[0]]))
            for s, g, a, q in zip(imu_ns, gyro(ti), accel(ti), quat_wxyz(omega * ti))]
     bag = write_bag(tmp_path / "bag", [(int(s), ["a"], [0.0], [0.0]) for s in joint_ns], [(S, [], [1.0])],
-                    imu={"/imu": imu})
+                    sensors={"/imu": imu})
     rec = read_rosbag(bag, imu_topics={"/imu": {**IMU_MAP["/imu"], "orientation": "torso_quat"}})
     kept = joint_ns[(joint_ns >= imu_ns[0]) & (joint_ns <= imu_ns[-1])]  # 4..142 ms: outside the IMU's span dropped
     assert len(rec) == kept.size == 70
@@ -177,7 +178,7 @@ def test_orientation_is_converted_to_mujoco_order_normalised_and_sign_continuous
     xyzw = np.array([s45, 0.0, 0.0, s45])  # ROS order: 90° about x
     imu = [(S, imu_msg(xyzw=xyzw)), (S + 10**7, imu_msg(xyzw=-2 * xyzw)), (S + 2 * 10**7, imu_msg(xyzw=xyzw))]
     bag = write_bag(tmp_path / "bag", [(S + k * 5 * 10**6, ["a"], [0.0], [0.0]) for k in range(5)],
-                    [(S, [], [1.0])], imu={"/imu": imu})
+                    [(S, [], [1.0])], sensors={"/imu": imu})
     quat = read_rosbag(bag, imu_topics={"/imu": {"orientation": "torso_quat"}}).sensors["torso_quat"]
     np.testing.assert_allclose(quat, np.tile([s45, s45, 0.0, 0.0], (5, 1)), atol=1e-15)
     turned = np.zeros(3)
@@ -205,11 +206,12 @@ GOOD_IMU = [(S, imu_msg()), (2 * S, imu_msg())]
      "/imu marks orientation as not provided"),
     (GOOD_IMU[:1], {"/imu": {"angular_velocity": "g"}}, "/imu has 1 IMU messages"),
     ([(S, imu_msg()), (S, imu_msg())], {"/imu": {"angular_velocity": "g"}}, "/imu messages 0 and 1 have the same"),
-    ([(S, imu_msg()), (S + 10**7, imu_msg())], {"/imu": {"angular_velocity": "g"}}, "within the IMU messages'"),
+    ([(S, imu_msg()), (S + 10**7, imu_msg())], {"/imu": {"angular_velocity": "g"}},
+     "fewer than 2 joint states after the first command within the time span of the messages of ['/imu']"),
 ])
 def test_bad_imu_input_raises_data_error_naming_file_topic_and_problem(tmp_path, imu, imu_topics, message):
     joints = [(S + k * S // 10, ["a"], [0.0], [0.0]) for k in range(11)]  # 1 s to 2 s, every 100 ms
-    bag = write_bag(tmp_path / "bag", joints, [(S, [], [1.0])], imu={"/imu": imu})
+    bag = write_bag(tmp_path / "bag", joints, [(S, [], [1.0])], sensors={"/imu": imu})
     with pytest.raises(DataError, match=re.escape(message)) as err:
         read_rosbag(bag, imu_topics=imu_topics)
     assert str(bag) in str(err.value)
@@ -217,6 +219,7 @@ def test_bad_imu_input_raises_data_error_naming_file_topic_and_problem(tmp_path,
 
 def test_the_command_lines_imu_mapping_is_parsed_and_checked(tmp_path):
     from twin_bayes.data import parse_sensor_topics, write_npz
+    from twin_bayes.data.rosbag import WRENCH_FIELDS
     assert parse_sensor_topics(["/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel",
                              "/imu/orientation=orientation:torso_quat"]) == IMU_MAP
     for spec, message in (("/imu", "expected TOPIC=FIELD:SENSOR"), ("=orientation:q", "expected TOPIC"),
@@ -226,6 +229,134 @@ def test_the_command_lines_imu_mapping_is_parsed_and_checked(tmp_path):
             parse_sensor_topics([spec])
     with pytest.raises(ValueError, match="topic /imu given twice"):
         parse_sensor_topics(["/imu=orientation:a", "/imu=angular_velocity:b"])
+    assert parse_sensor_topics(["/ft=force:wrist_force,torque:wrist_torque"], WRENCH_FIELDS, "--wrench") == WRENCH_MAP
+    with pytest.raises(ValueError, match=re.escape("--wrench '/ft=angular_velocity:g': unknown field")):
+        parse_sensor_topics(["/ft=angular_velocity:g"], WRENCH_FIELDS, "--wrench")
     write_npz(tmp_path / "run.npz", recording())
-    with pytest.raises(DataError, match="IMU topics are read from rosbag2 recordings, not npz"):
-        read_trajectory(tmp_path / "run.npz", imu_topics=IMU_MAP)
+    for topics in ({"imu_topics": IMU_MAP}, {"wrench_topics": WRENCH_MAP}):
+        with pytest.raises(DataError, match="Imu and WrenchStamped topics are read from rosbag2 recordings, not npz"):
+            read_trajectory(tmp_path / "run.npz", **topics)
+
+
+# --- WrenchStamped topics -----------------------------------------------------------------------
+WRENCH_MAP = {"/ft": {"force": "wrist_force", "torque": "wrist_torque"}}
+
+
+def wrench_msg(force=(0.0, 0.0, 0.0), torque=(0.0, 0.0, 0.0)):
+    """A geometry_msgs/WrenchStamped of force (N) and torque (N·m)."""
+    V = TS.types["geometry_msgs/msg/Vector3"]
+    header = TS.types["std_msgs/msg/Header"](stamp=TS.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
+                                             frame_id="ft")
+    return TS.types[WRENCH](header=header, wrench=TS.types["geometry_msgs/msg/Wrench"](
+        force=V(*map(float, force)), torque=V(*map(float, torque))))
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_wrench_channels_round_trip_exactly_beside_imu_channels(tmp_path, storage):
+    """Force and torque channels written as WrenchStamped messages received with the joint states read back
+    exactly (interpolation weight 0 or 1), next to an Imu topic's gyro; a wrench topic with one field mapped
+    reads back that field."""
+    rng = np.random.default_rng(2)
+    rec = recording()
+    sensors = {"wrist_force": rng.normal(0.0, 20.0, size=(40, 3)), "wrist_torque": rng.normal(0.0, 2.0, size=(40, 3)),
+               "torso_gyro": rng.normal(size=(40, 3))}
+    rec = Trajectory(t=rec.t, q=rec.q, qd=rec.qd, ctrl=rec.ctrl, sensors=sensors)
+    imu = {"/imu": {"angular_velocity": "torso_gyro"}}
+    bag = write_rosbag(tmp_path / "bag", rec, ["shoulder", "elbow"], storage=storage, imu_topics=imu,
+                       wrench_topics=WRENCH_MAP)
+    back = read_rosbag(bag, imu_topics=imu, wrench_topics=WRENCH_MAP)
+    assert sorted(back.sensors) == sorted(sensors)
+    for name, value in sensors.items():
+        np.testing.assert_array_equal(back.sensors[name], value)
+    np.testing.assert_allclose(back.t, rec.t, atol=1e-9)
+    np.testing.assert_array_equal(read_trajectory(bag, "rosbag2", wrench_topics=WRENCH_MAP).sensors["wrist_torque"],
+                                  sensors["wrist_torque"])
+    force_only = read_rosbag(bag, wrench_topics={"/ft": {"force": "f"}})
+    assert list(force_only.sensors) == ["f"]
+    np.testing.assert_array_equal(force_only.sensors["f"], sensors["wrist_force"])
+
+
+def test_write_refuses_a_wrench_sensor_the_trajectory_lacks(tmp_path):
+    with pytest.raises(ValueError, match="/ft torque: the trajectory has no 3-column sensor 'wrist_torque'"):
+        write_rosbag(tmp_path / "bag", recording(), ["a", "b"], wrench_topics={"/ft": {"torque": "wrist_torque"}})
+
+
+def test_wrench_between_joint_states_is_interpolated_linearly(tmp_path):
+    """WrenchStamped every 7 ms from 3 ms, joint states every 10 ms: each joint state within the wrench messages'
+    span gets force and torque interpolated linearly in receive time (numpy's interp), exactly the message's where
+    stamps coincide (10, 80, 150 ms); joint states outside the span are dropped."""
+    rng = np.random.default_rng(3)
+    joint_ns = S + np.arange(21) * 10**7                    # 0..200 ms
+    wrench_ns = S + 3 * 10**6 + np.arange(25) * 7 * 10**6   # 3..171 ms
+    force, torque = rng.normal(0.0, 10.0, size=(25, 3)), rng.normal(0.0, 1.0, size=(25, 3))
+    bag = write_bag(tmp_path / "bag", [(int(s), ["a"], [0.0], [0.0]) for s in joint_ns], [(S, [], [1.0])],
+                    sensors={"/ft": [(int(s), wrench_msg(f, m)) for s, f, m in zip(wrench_ns, force, torque)]})
+    rec = read_rosbag(bag, wrench_topics=WRENCH_MAP)
+    kept = joint_ns[(joint_ns >= wrench_ns[0]) & (joint_ns <= wrench_ns[-1])]  # 10..170 ms
+    assert len(rec) == kept.size == 17
+    np.testing.assert_allclose(rec.t, (kept - kept[0]) * 1e-9, atol=1e-12)
+    for name, y in (("wrist_force", force), ("wrist_torque", torque)):
+        expected = np.column_stack([np.interp(kept, wrench_ns, y[:, c]) for c in range(3)])
+        np.testing.assert_allclose(rec.sensors[name], expected, rtol=1e-12, atol=1e-12)
+        same = np.flatnonzero(np.isin(kept, wrench_ns))
+        assert (kept[same] - S).tolist() == [10**7, 8 * 10**7, 15 * 10**7]
+        np.testing.assert_array_equal(rec.sensors[name][same], y[np.searchsorted(wrench_ns, kept[same])])
+
+
+GOOD_WRENCH = [(S, wrench_msg()), (2 * S, wrench_msg())]
+
+
+@pytest.mark.parametrize("wrench, kwargs, message", [
+    ([(S, wrench_msg(force=(0.0, np.nan, 0.0))), (2 * S, wrench_msg())], {"wrench_topics": {"/ft": {"force": "f"}}},
+     "/ft force is not finite in message 0 (1 of 2 messages)"),
+    ([(S, wrench_msg()), (2 * S, wrench_msg(torque=(np.inf, 0.0, 0.0)))], {"wrench_topics": {"/ft": {"torque": "m"}}},
+     "/ft torque is not finite in message 1"),
+    (GOOD_WRENCH, {"wrench_topics": {"/imu": {"force": "f"}}},
+     "/imu is sensor_msgs/msg/Imu, expected one of ['geometry_msgs/msg/WrenchStamped']"),
+    (GOOD_WRENCH, {"imu_topics": {"/ft": {"angular_velocity": "g"}}},
+     "/ft is geometry_msgs/msg/WrenchStamped, expected one of ['sensor_msgs/msg/Imu']"),
+    (GOOD_WRENCH[:1], {"wrench_topics": {"/ft": {"force": "f"}}}, "/ft has 1 WrenchStamped messages"),
+    ([(S, wrench_msg()), (S, wrench_msg())], {"wrench_topics": {"/ft": {"force": "f"}}},
+     "/ft messages 0 and 1 have the same receive time"),
+    (GOOD_WRENCH, {"wrench_topics": {"/ft": {"angular_velocity": "g"}}},
+     "WrenchStamped topic /ft: unknown fields ['angular_velocity']; expected some of ['force', 'torque']"),
+    (GOOD_WRENCH, {"wrench_topics": {"/ft": {"force": "s"}}, "imu_topics": {"/imu": {"angular_velocity": "s"}}},
+     "WrenchStamped topic /ft: sensor names ['s'] mapped more than once"),
+    (GOOD_WRENCH, {"wrench_topics": {"/imu": {"force": "f"}}, "imu_topics": {"/imu": {"angular_velocity": "g"}}},
+     "WrenchStamped topic /imu: also among the IMU topics"),
+    ([(S, wrench_msg()), (S + 10**7, wrench_msg())], {"wrench_topics": {"/ft": {"force": "f"}}},
+     "within the time span of the messages of ['/ft']"),
+])
+def test_bad_wrench_input_raises_data_error_naming_file_topic_and_problem(tmp_path, wrench, kwargs, message):
+    joints = [(S + k * S // 10, ["a"], [0.0], [0.0]) for k in range(11)]  # 1 s to 2 s, every 100 ms
+    bag = write_bag(tmp_path / "bag", joints, [(S, [], [1.0])], sensors={"/imu": GOOD_IMU, "/ft": wrench})
+    with pytest.raises(DataError, match=re.escape(message)) as err:
+        read_rosbag(bag, **kwargs)
+    assert str(bag) in str(err.value)
+
+
+def test_fit_wrench_option_reads_the_bags_wrench_topics(tmp_path, capsys):
+    """`fit --wrench TOPIC=force:S,torque:S` (with `--imu`) is parsed into read_rosbag's wrench_topics: the
+    recordings `fit` reads carry the channels; a malformed spec and a topic the bag lacks stop `fit` (exit 2)
+    naming them."""
+    from twin_bayes.cli import _read, build_parser, main
+
+    rng = np.random.default_rng(4)
+    rec = recording()
+    sensors = {"wrist_force": rng.normal(size=(40, 3)), "wrist_torque": rng.normal(size=(40, 3)),
+               "torso_gyro": rng.normal(size=(40, 3))}
+    rec = Trajectory(t=rec.t, q=rec.q, qd=rec.qd, ctrl=rec.ctrl, sensors=sensors)
+    imu = {"/imu": {"angular_velocity": "torso_gyro"}}
+    bag = write_rosbag(tmp_path / "run.mcap", rec, ["shoulder", "elbow"], imu_topics=imu, wrench_topics=WRENCH_MAP)
+    base = ["fit", "--config", "arm2", "--data", str(bag), "--out", str(tmp_path / "fit")]
+    args = build_parser()[0].parse_args([*base, "--wrench", "/ft=force:wrist_force,torque:wrist_torque",
+                                         "--imu", "/imu=angular_velocity:torso_gyro"])
+    (back,) = _read(args.data, args.imu, args.wrench)
+    expected = read_rosbag(bag, imu_topics=imu, wrench_topics=WRENCH_MAP)
+    assert sorted(back.sensors) == sorted(expected.sensors) == sorted(sensors)
+    for name in sensors:
+        np.testing.assert_array_equal(back.sensors[name], expected.sensors[name])
+    for spec, error in (("/ft=gyro:g", "--wrench '/ft=gyro:g': unknown field 'gyro'"),
+                        ("/wrench=force:f", f"{bag}: no topic '/wrench'")):
+        assert main([*base, "--wrench", spec]) == 2
+        assert error in capsys.readouterr().err

@@ -18,10 +18,12 @@ EXTENSIONS = {".npz": "npz", ".json": "bam", ".mcap": "rosbag2", ".db3": "rosbag
 
 
 def read_trajectory(path: str | Path, format: str | None = None,
-                    imu_topics: Mapping[str, Mapping[str, str]] | None = None) -> Trajectory:
+                    imu_topics: Mapping[str, Mapping[str, str]] | None = None,
+                    wrench_topics: Mapping[str, Mapping[str, str]] | None = None) -> Trajectory:
     """Read a Trajectory; format is "npz", "bam" or "rosbag2", else inferred from the extension
-    (.npz, .json, .mcap/.db3; a rosbag2 folder needs format="rosbag2"). imu_topics: a bag's IMU
-    topics as sensor channels (`read_rosbag`); rosbag2 only (an NPZ carries its sensor channels)."""
+    (.npz, .json, .mcap/.db3; a rosbag2 folder needs format="rosbag2"). imu_topics, wrench_topics: a bag's
+    Imu and WrenchStamped topics as sensor channels (`read_rosbag`); rosbag2 only (an NPZ carries its sensor
+    channels)."""
     if format is None:
         suffix = Path(path).suffix.lower()
         if suffix not in EXTENSIONS:
@@ -30,10 +32,10 @@ def read_trajectory(path: str | Path, format: str | None = None,
         format = EXTENSIONS[suffix]
     if format not in READERS:
         raise DataError(f"{path}: unknown trajectory format {format!r}; expected one of {sorted(READERS)}")
-    if imu_topics:
+    if imu_topics or wrench_topics:
         if format != "rosbag2":
-            raise DataError(f"{path}: IMU topics are read from rosbag2 recordings, not {format}")
-        return read_rosbag(path, imu_topics=imu_topics)
+            raise DataError(f"{path}: Imu and WrenchStamped topics are read from rosbag2 recordings, not {format}")
+        return read_rosbag(path, imu_topics=imu_topics, wrench_topics=wrench_topics)
     return READERS[format](path)
 
 

@@ -10,15 +10,18 @@ Time is the bag's receive timestamp of each message (one clock for both topics),
 the first measurement. Each measurement gets the latest command received at or before it (held,
 as on the robot); measurements before the first command are dropped.
 
-IMU topics (`sensor_msgs/msg/Imu`, optional, `imu_topics`) become sensor channels (docs/SENSORS.md):
-`angular_velocity` (3, rad/s) for a `gyro`, `linear_acceleration` (3, m/s²) for an
-`accelerometer`, `orientation` (4, MuJoCo order w, x, y, z; ROS fields x, y, z, w) for a
-`framequat`. Each is interpolated linearly onto the measurement times (same receive clock).
+Sensor topics (optional) become sensor channels (docs/SENSORS.md), each of a kind of TOPIC_KINDS:
+IMU topics (`sensor_msgs/msg/Imu`, `imu_topics`): `angular_velocity` (3, rad/s) for a `gyro`,
+`linear_acceleration` (3, m/s²) for an `accelerometer`, `orientation` (4, MuJoCo order w, x, y, z;
+ROS fields x, y, z, w) for a `framequat`; wrench topics (`geometry_msgs/msg/WrenchStamped`,
+`wrench_topics`): `force` (3, N) for a `force` sensor, `torque` (3, N·m) for a `torque` sensor.
+Each is interpolated linearly onto the measurement times (same receive clock).
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,9 +32,64 @@ COMMAND_TOPIC = "/twin/commands"
 JOINT_STATE = "sensor_msgs/msg/JointState"
 FLOAT_ARRAY = "std_msgs/msg/Float64MultiArray"
 IMU = "sensor_msgs/msg/Imu"
+WRENCH = "geometry_msgs/msg/WrenchStamped"
 #: Imu message field -> columns of the sensor channel it fills.
 IMU_FIELDS = {"angular_velocity": 3, "linear_acceleration": 3, "orientation": 4}
+#: WrenchStamped field (of its `wrench`) -> columns of the sensor channel it fills.
+WRENCH_FIELDS = {"force": 3, "torque": 3}
 STORAGES = ("mcap", "sqlite3")
+
+
+def _imu_value(msg, field: str) -> np.ndarray | None:
+    """An Imu field as (3,) x, y, z or (4,) w, x, y, z; None where the message marks it not provided
+    (covariance[0] = -1)."""
+    if getattr(msg, f"{field}_covariance")[0] == -1:
+        return None
+    v = getattr(msg, field)
+    return np.array([v.w, v.x, v.y, v.z] if field == "orientation" else [v.x, v.y, v.z], np.float64)
+
+
+def _imu_msg(ts, header, values: Mapping[str, np.ndarray]):
+    """An Imu message from {field: (3,) x, y, z or (4,) w, x, y, z}; fields not given are marked not provided."""
+    Vector3, Quaternion = ts.types["geometry_msgs/msg/Vector3"], ts.types["geometry_msgs/msg/Quaternion"]
+    v = {field: [float(a) for a in values.get(field, np.zeros(n))] for field, n in IMU_FIELDS.items()}
+    cov = {f"{field}_covariance": np.r_[0.0 if field in values else -1.0, np.zeros(8)] for field in IMU_FIELDS}
+    w, x, y, z = v["orientation"]
+    return ts.types[IMU](header=header, orientation=Quaternion(x=x, y=y, z=z, w=w),
+                         angular_velocity=Vector3(*v["angular_velocity"]),
+                         linear_acceleration=Vector3(*v["linear_acceleration"]), **cov)
+
+
+def _wrench_value(msg, field: str) -> np.ndarray:
+    """A WrenchStamped field, wrench.force (N) or wrench.torque (N·m), as (3,) x, y, z."""
+    v = getattr(msg.wrench, field)
+    return np.array([v.x, v.y, v.z], np.float64)
+
+
+def _wrench_msg(ts, header, values: Mapping[str, np.ndarray]):
+    """A WrenchStamped from {field: (3,) x, y, z}; fields not given are zero (the message cannot mark them absent)."""
+    Vector3 = ts.types["geometry_msgs/msg/Vector3"]
+    parts = {field: Vector3(*(float(a) for a in values.get(field, np.zeros(3)))) for field in WRENCH_FIELDS}
+    return ts.types[WRENCH](header=header, wrench=ts.types["geometry_msgs/msg/Wrench"](**parts))
+
+
+class TopicKind(NamedTuple):
+    """A kind of sensor topic whose fields are a bag's sensor channels: what its messages are called (`name`), their
+    `msgtype`, the `fields` {field: columns; 4 columns are a unit quaternion w, x, y, z}, `value(msg, field)` a
+    message's field as (columns,) (None: marked not provided) and `message(typestore, header, {field: (columns,)})`
+    the message of one row."""
+
+    name: str
+    msgtype: str
+    fields: Mapping[str, int]
+    value: Callable[[Any, str], np.ndarray | None]
+    message: Callable[[Any, Any, Mapping[str, np.ndarray]], Any]
+
+
+#: Kind of sensor topic, as named by read_rosbag's and write_rosbag's `<kind>_topics` and the command line's
+#: `--<kind>` -> its messages.
+TOPIC_KINDS = {"imu": TopicKind("IMU", IMU, IMU_FIELDS, _imu_value, _imu_msg),
+               "wrench": TopicKind("WrenchStamped", WRENCH, WRENCH_FIELDS, _wrench_value, _wrench_msg)}
 
 
 def _typestore():
@@ -44,8 +102,8 @@ def parse_sensor_topics(specs: Sequence[str], known: Collection[str] = tuple(IMU
                      option: str = "--imu") -> dict[str, dict[str, str]]:
     """The command line's `--imu TOPIC=FIELD:SENSOR[,FIELD:SENSOR...]` specs as `read_rosbag`'s
     imu_topics, e.g. "/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel"; `known` (the
-    fields) and `option` parse another option of that form (the ROS 2 bridge's `--wrench`). ValueError names a
-    malformed spec, an unknown field, or a topic or field given twice (`read_rosbag` checks the rest
+    fields) and `option` parse another option of that form (`--wrench`: WRENCH_FIELDS, wrench_topics). ValueError
+    names a malformed spec, an unknown field, or a topic or field given twice (`read_rosbag` checks the rest
     against the bag)."""
     topics: dict[str, dict[str, str]] = {}
     for spec in specs:
@@ -69,7 +127,8 @@ def parse_sensor_topics(specs: Sequence[str], known: Collection[str] = tuple(IMU
 
 def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic: str = COMMAND_TOPIC,
                 joints: Sequence[str] | None = None, settings: Mapping[str, float] | None = None,
-                imu_topics: Mapping[str, Mapping[str, str]] | None = None) -> Trajectory:
+                imu_topics: Mapping[str, Mapping[str, str]] | None = None,
+                wrench_topics: Mapping[str, Mapping[str, str]] | None = None) -> Trajectory:
     """Read a rosbag2 folder (or single .mcap/.db3 file) as q, qd (T, joints), ctrl (T, nu), sensors.
 
     joints: joint names in the order wanted (default: the order of the first JointState).
@@ -81,7 +140,10 @@ def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic:
         most h²/8·max|y''|, and zero where the stamps coincide). Orientation: normalised linear
         interpolation of the messages' quaternions made sign-continuous (q and -q are one
         rotation; the first message keeps its sign). Measurements before the first or after the
-        last message of any IMU topic are dropped (no extrapolation).
+        last message of any sensor topic are dropped (no extrapolation).
+    wrench_topics: {WrenchStamped topic: {field: MJCF sensor name}}, fields from WRENCH_FIELDS (force (3,) N,
+        torque (3,) N·m), e.g. {"/wrist/ft": {"force": "wrist_force", "torque": "wrist_torque"}}; interpolated
+        as the IMU's angular_velocity. A sensor name is mapped once over all topics.
     """
     from rosbags.highlevel import AnyReader, AnyReaderError
     from rosbags.rosbag2 import ReaderError
@@ -90,19 +152,19 @@ def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic:
     states: list[tuple[int, np.ndarray, np.ndarray]] = []
     commands: list[tuple[int, np.ndarray]] = []
     order: list[str] | None = list(joints) if joints is not None else None
-    imu_fields = _imu_fields(src, imu_topics or {})
-    imu: dict[str, list[tuple[int, dict[str, np.ndarray]]]] = {topic: [] for topic in imu_fields}
+    sensor_topics = _sensor_topics(src, {"imu": imu_topics, "wrench": wrench_topics})
+    readings: dict[str, list[tuple[int, dict[str, np.ndarray]]]] = {topic: [] for topic in sensor_topics}
     wanted = [(joint_topic, (JOINT_STATE,)), (command_topic, (JOINT_STATE, FLOAT_ARRAY))]
+    wanted += [(topic, (kind.msgtype,)) for topic, (kind, _) in sensor_topics.items()]
     try:
         with AnyReader([Path(path)], default_typestore=_typestore()) as reader:
             conns = {c.topic: c for c in reader.connections}
-            for topic, types in wanted + [(topic, (IMU,)) for topic in imu]:
+            for topic, types in wanted:
                 if topic not in conns:
                     raise DataError(f"{src}: no topic {topic!r}; topics: {sorted(conns)}")
                 if conns[topic].msgtype not in types:
                     raise DataError(f"{src}: {topic} is {conns[topic].msgtype}, expected one of {list(types)}")
-            topics = [joint_topic, command_topic, *imu]
-            for conn, stamp, raw in reader.messages(connections=[conns[topic] for topic in topics]):
+            for conn, stamp, raw in reader.messages(connections=[conns[topic] for topic, _ in wanted]):
                 msg = reader.deserialize(raw, conn.msgtype)
                 if conn.topic == joint_topic:
                     order = order or list(msg.name)
@@ -110,52 +172,57 @@ def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic:
                 elif conn.topic == command_topic:
                     commands.append((stamp, _command(src, msg, order)))
                 else:
-                    imu[conn.topic].append((stamp, _imu_row(src, conn.topic, msg, imu_fields[conn.topic])))
+                    readings[conn.topic].append((stamp, _row(src, conn.topic, msg, *sensor_topics[conn.topic])))
     except (AnyReaderError, ReaderError, OSError, KeyError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{src}: cannot read bag ({type(exc).__name__}: {exc})") from None
-    series = {topic: _imu_series(src, topic, msgs, imu_fields[topic]) for topic, msgs in imu.items()}
+    series = {topic: _series(src, topic, msgs, *sensor_topics[topic]) for topic, msgs in readings.items()}
     return _align(src, states, commands, dict(settings or {}), order or [], series)
 
 
-def _imu_fields(src: str, imu_topics: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
-    """imu_topics checked: known fields, each mapped to a sensor name, each name used once."""
-    out: dict[str, dict[str, str]] = {}
+def _sensor_topics(src: str, kinds: Mapping[str, Mapping | None]) -> dict[str, tuple[TopicKind, dict[str, str]]]:
+    """{topic: (its TopicKind, {field: sensor name})} of `kinds` {kind of TOPIC_KINDS: {topic: {field: sensor name}}},
+    checked: known fields, each mapped to a sensor name, each name and each topic used once."""
+    out: dict[str, tuple[TopicKind, dict[str, str]]] = {}
     seen: set[str] = set()
-    for topic, fields in imu_topics.items():
-        unknown = sorted(set(fields) - IMU_FIELDS.keys())
-        if unknown:
-            raise DataError(f"{src}: IMU topic {topic}: unknown fields {unknown}; expected some of {list(IMU_FIELDS)}")
-        if not fields:
-            raise DataError(f"{src}: IMU topic {topic}: no field mapped to a sensor name")
-        unnamed = [field for field, name in fields.items() if not name]
-        if unnamed:
-            raise DataError(f"{src}: IMU topic {topic}: fields {unnamed} mapped to no sensor name")
-        names = [str(name) for name in fields.values()]
-        twice = sorted({name for name in names if name in seen or names.count(name) > 1})
-        if twice:
-            raise DataError(f"{src}: IMU topic {topic}: sensor names {twice} mapped more than once")
-        seen.update(names)
-        out[topic] = {field: str(name) for field, name in fields.items()}
+    for key, topics in kinds.items():
+        kind = TOPIC_KINDS[key]
+        for topic, fields in (topics or {}).items():
+            where = f"{src}: {kind.name} topic {topic}"
+            if topic in out:
+                raise DataError(f"{where}: also among the {out[topic][0].name} topics")
+            unknown = sorted(set(fields) - kind.fields.keys())
+            if unknown:
+                raise DataError(f"{where}: unknown fields {unknown}; expected some of {list(kind.fields)}")
+            if not fields:
+                raise DataError(f"{where}: no field mapped to a sensor name")
+            unnamed = [field for field, name in fields.items() if not name]
+            if unnamed:
+                raise DataError(f"{where}: fields {unnamed} mapped to no sensor name")
+            names = [str(name) for name in fields.values()]
+            twice = sorted({name for name in names if name in seen or names.count(name) > 1})
+            if twice:
+                raise DataError(f"{where}: sensor names {twice} mapped more than once")
+            seen.update(names)
+            out[topic] = (kind, {field: str(name) for field, name in fields.items()})
     return out
 
 
-def _imu_row(src: str, topic: str, msg, fields: Mapping[str, str]) -> dict[str, np.ndarray]:
-    """{field: (3,) x, y, z or (4,) w, x, y, z} of one Imu message."""
-    row = {}
-    for field in fields:
-        if getattr(msg, f"{field}_covariance")[0] == -1:
-            raise DataError(f"{src}: {topic} marks {field} as not provided (covariance[0] = -1)")
-        v = getattr(msg, field)
-        row[field] = np.array([v.w, v.x, v.y, v.z] if field == "orientation" else [v.x, v.y, v.z], np.float64)
+def _row(src: str, topic: str, msg, kind: TopicKind, fields: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """{field: (columns,)} of one message of a sensor topic."""
+    row = {field: kind.value(msg, field) for field in fields}
+    absent = [field for field, value in row.items() if value is None]
+    if absent:
+        raise DataError(f"{src}: {topic} marks {absent[0]} as not provided (covariance[0] = -1)")
     return row
 
 
-def _imu_series(src: str, topic: str, msgs, fields: Mapping[str, str]):
-    """(receive times (M,) ns, {sensor name: (field, (M, dim) values)}); quaternions unit, sign-continuous."""
+def _series(src: str, topic: str, msgs, kind: TopicKind, fields: Mapping[str, str]):
+    """(receive times (M,) ns, {sensor name: (unit, (M, columns) values)}); unit: quaternions, made unit and
+    sign-continuous."""
     if len(msgs) < 2:
-        raise DataError(f"{src}: {topic} has {len(msgs)} IMU messages; interpolation needs at least 2")
+        raise DataError(f"{src}: {topic} has {len(msgs)} {kind.name} messages; interpolation needs at least 2")
     t = np.array([stamp for stamp, _ in msgs], np.int64)
     same = np.flatnonzero(np.diff(t) == 0)
     if same.size:
@@ -167,14 +234,15 @@ def _imu_series(src: str, topic: str, msgs, fields: Mapping[str, str]):
         if bad.size:
             raise DataError(f"{src}: {topic} {field} is not finite in message {bad[0]} "
                             f"({bad.size} of {len(msgs)} messages)")
-        if field == "orientation":
+        unit = kind.fields[field] == 4
+        if unit:
             norm = np.linalg.norm(y, axis=1)
             if (norm == 0).any():
-                raise DataError(f"{src}: {topic} orientation has zero norm in message {np.flatnonzero(norm == 0)[0]}")
+                raise DataError(f"{src}: {topic} {field} has zero norm in message {np.flatnonzero(norm == 0)[0]}")
             y = y / norm[:, None]
             flip = np.where(np.sum(y[1:] * y[:-1], axis=1) < 0, -1.0, 1.0)
             y = y * np.cumprod(np.concatenate([[1.0], flip]))[:, None]
-        channels[name] = (field, y)
+        channels[name] = (unit, y)
     return t, channels
 
 
@@ -211,7 +279,7 @@ def _command(src: str, msg, order: list[str] | None) -> np.ndarray:
 
 
 def _align(src: str, states, commands, settings: dict[str, float], order: list[str],
-           imu: Mapping[str, tuple[np.ndarray, dict]]) -> Trajectory:
+           series: Mapping[str, tuple[np.ndarray, dict]]) -> Trajectory:
     if not commands:
         raise DataError(f"{src}: no command messages")
     widths = {len(c) for _, c in commands}
@@ -222,14 +290,14 @@ def _align(src: str, states, commands, settings: dict[str, float], order: list[s
     st_t = np.array([s for s, _, _ in states], np.int64)
     which = np.searchsorted(cmd_t, st_t, side="right") - 1
     keep = which >= 0
-    for imu_t, _ in imu.values():
-        keep &= (st_t >= imu_t[0]) & (st_t <= imu_t[-1])
+    for sensor_t, _ in series.values():
+        keep &= (st_t >= sensor_t[0]) & (st_t <= sensor_t[-1])
     if keep.sum() < 2:
-        span = " within the IMU messages' time span" if imu else ""
+        span = f" within the time span of the messages of {list(series)}" if series else ""
         raise DataError(f"{src}: fewer than 2 joint states after the first command{span}")
     t_ns = st_t[keep]
-    sensors = {name: _interpolate(imu_t, y, t_ns, field == "orientation")
-               for imu_t, channels in imu.values() for name, (field, y) in channels.items()}
+    sensors = {name: _interpolate(sensor_t, y, t_ns, unit)
+               for sensor_t, channels in series.values() for name, (unit, y) in channels.items()}
     return Trajectory(
         t=(t_ns - t_ns[0]) * 1e-9,
         q=np.stack([states[i][1] for i in np.flatnonzero(keep)]),
@@ -241,14 +309,15 @@ def _align(src: str, states, commands, settings: dict[str, float], order: list[s
 
 def write_rosbag(path: str | Path, traj: Trajectory, joints: Sequence[str], storage: str = "mcap",
                  joint_topic: str = JOINT_TOPIC, command_topic: str = COMMAND_TOPIC,
-                 imu_topics: Mapping[str, Mapping[str, str]] | None = None) -> Path:
+                 imu_topics: Mapping[str, Mapping[str, str]] | None = None,
+                 wrench_topics: Mapping[str, Mapping[str, str]] | None = None) -> Path:
     """Write a Trajectory as a rosbag2 folder in the layout `read_rosbag` reads.
 
     Row k becomes a Float64MultiArray command received at t_k and a JointState received 1 ns
-    later (the command of row k is held from its state on). imu_topics ({topic: {field: sensor
-    name}}, as read_rosbag's): row k of those sensor channels becomes an Imu message on each topic,
-    received with JointState k; fields not mapped are zero with covariance[0] = -1 (ROS: not
-    provided). Returns the bag folder.
+    later (the command of row k is held from its state on). imu_topics, wrench_topics ({topic: {field:
+    sensor name}}, as read_rosbag's): row k of those sensor channels becomes an Imu (WrenchStamped)
+    message on each topic, received with JointState k; Imu fields not mapped are zero with
+    covariance[0] = -1 (ROS: not provided), WrenchStamped fields not mapped zero. Returns the bag folder.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -256,11 +325,11 @@ def write_rosbag(path: str | Path, traj: Trajectory, joints: Sequence[str], stor
         raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
     if len(joints) != traj.q.shape[1]:
         raise ValueError(f"{len(joints)} joint names for {traj.q.shape[1]} measured joints")
-    imu = _imu_fields(str(path), imu_topics or {})
-    for topic, fields in imu.items():
+    sensor_topics = _sensor_topics(str(path), {"imu": imu_topics, "wrench": wrench_topics})
+    for topic, (kind, fields) in sensor_topics.items():
         for field, name in fields.items():
-            if name not in traj.sensors or traj.sensors[name].shape[1] != IMU_FIELDS[field]:
-                raise ValueError(f"{topic} {field}: the trajectory has no {IMU_FIELDS[field]}-column sensor {name!r}")
+            if name not in traj.sensors or traj.sensors[name].shape[1] != kind.fields[field]:
+                raise ValueError(f"{topic} {field}: the trajectory has no {kind.fields[field]}-column sensor {name!r}")
     ts = _typestore()
     JointState, Float64MultiArray = ts.types[JOINT_STATE], ts.types[FLOAT_ARRAY]
     Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
@@ -270,7 +339,8 @@ def write_rosbag(path: str | Path, traj: Trajectory, joints: Sequence[str], stor
     with Writer(Path(path), version=9, storage_plugin=plugin) as writer:
         c_state = writer.add_connection(joint_topic, JOINT_STATE, typestore=ts)
         c_cmd = writer.add_connection(command_topic, FLOAT_ARRAY, typestore=ts)
-        c_imu = {topic: writer.add_connection(topic, IMU, typestore=ts) for topic in imu}
+        c_sensor = {topic: writer.add_connection(topic, kind.msgtype, typestore=ts)
+                    for topic, (kind, _) in sensor_topics.items()}
         for k in range(len(traj)):
             stamp = start_ns + int(round(traj.t[k] * 1e9))
             cmd = Float64MultiArray(layout=Layout(dim=[], data_offset=0), data=np.asarray(traj.ctrl[k]))
@@ -279,18 +349,7 @@ def write_rosbag(path: str | Path, traj: Trajectory, joints: Sequence[str], stor
             msg = JointState(header=header, name=list(joints), position=np.asarray(traj.q[k]),
                              velocity=np.asarray(traj.qd[k]), effort=np.zeros(0))
             writer.write(c_state, stamp + 1, ts.serialize_cdr(msg, JOINT_STATE))
-            for topic, fields in imu.items():
-                values = {field: traj.sensors[name][k] for field, name in fields.items()}
-                writer.write(c_imu[topic], stamp + 1, ts.serialize_cdr(_imu_msg(ts, header, values), IMU))
+            for topic, (kind, fields) in sensor_topics.items():
+                reading = kind.message(ts, header, {field: traj.sensors[name][k] for field, name in fields.items()})
+                writer.write(c_sensor[topic], stamp + 1, ts.serialize_cdr(reading, kind.msgtype))
     return Path(path)
-
-
-def _imu_msg(ts, header, values: Mapping[str, np.ndarray]):
-    """An Imu message from {field: (3,) x, y, z or (4,) w, x, y, z}; fields not given are marked not provided."""
-    Vector3, Quaternion = ts.types["geometry_msgs/msg/Vector3"], ts.types["geometry_msgs/msg/Quaternion"]
-    v = {field: [float(a) for a in values.get(field, np.zeros(n))] for field, n in IMU_FIELDS.items()}
-    cov = {f"{field}_covariance": np.r_[0.0 if field in values else -1.0, np.zeros(8)] for field in IMU_FIELDS}
-    w, x, y, z = v["orientation"]
-    return ts.types[IMU](header=header, orientation=Quaternion(x=x, y=y, z=z, w=w),
-                         angular_velocity=Vector3(*v["angular_velocity"]),
-                         linear_acceleration=Vector3(*v["linear_acceleration"]), **cov)
