@@ -41,7 +41,7 @@ TOL = 1e-4
 # Each segment's start-state search (`find_starts`): its Newton iterations at most, its decrement at the
 # mode and the least gain of a step that does not stop it (nats per segment), and the passes of a window's
 # search (start states, then parameters).
-START_ITER, START_TOL, START_PASSES = 20, 1e-2, 2
+START_ITER, START_TOL, START_PASSES = 12, 1e-2, 2
 
 
 class Laplace(NamedTuple):

@@ -5,10 +5,11 @@ sees `truth`, only the noisy telemetry it produces.
 """
 from __future__ import annotations
 
+import mujoco
 import numpy as np
 
 from twin_bayes.data import Trajectory
-from twin_bayes.sim.native import native_rollout
+from twin_bayes.sim.native import NativeRobot, native_rollout
 from twin_bayes.sim.robot import Robot
 from twin_bayes.sim.truth import Misspecification, colored_noise
 
@@ -30,6 +31,53 @@ def excitation(robot: Robot, steps: int, seed: int, amplitude: float | None = No
         weights = rng.dirichlet(np.ones(4))
         u[:, a] = amp * (weights[None, :] * np.sin(2 * np.pi * freqs[None, :] * t[:, None] + phases)).sum(1)
     return u
+
+
+def tracking_excitation(robot: Robot, truth: dict[str, float], seconds: float, seed: int, q0: np.ndarray,
+                        margin: float = 0.1, bandwidth: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """A start state q (nq,) (at rest) and commands (steps, nu) of a joint-space PD that makes each motor's joint
+    track random sines inside its range, computed closed loop on native MuJoCo under truth, without noise:
+    `emulate` given both replays the same motion open loop.
+
+    For robots whose joints open-loop torques leave resting on their limits (a hanging leg's knee), where the
+    limit's constraint makes the dynamics non-smooth. A limited joint's reference is its q0 (nq,) clipped to
+    the middle third of its range, plus three sines (0.5-3 Hz, Dirichlet weights) whose summed amplitude
+    reaches to `margin` of the range from the nearer end; an unlimited joint's swings 0.3 rad about q0.
+    The start is q0 with each driven joint at its reference. Gains: natural frequency `bandwidth` (rad/s),
+    damping ratio 0.7, on each joint's inertia at the start (mass matrix diagonal, armature included); the
+    torque over the gear is clipped to the control range. Motors only (the command is the torque over the gear).
+    """
+    if robot.actuator.needs_state:
+        raise ValueError(f"{robot.name}: tracking excitation drives motors; its actuators are servos")
+    m = robot.mj_model
+    joints = m.actuator_trnid[:, 0]
+    qadr, dofadr, gear = m.jnt_qposadr[joints], m.jnt_dofadr[joints], m.actuator_gear[:, 0]
+    lo, hi = m.jnt_range[joints].T
+    limited = m.jnt_limited[joints].astype(bool)
+    span = hi - lo
+    ref = np.where(limited, np.clip(q0[qadr], lo + span / 3, hi - span / 3), q0[qadr])
+    amp = np.where(limited, np.minimum(ref - lo, hi - ref) - margin * span, 0.3)
+    rng = np.random.default_rng(seed)
+    freqs, phases = rng.uniform(0.5, 3.0, (3, robot.nu)), rng.uniform(0, 2 * np.pi, (3, robot.nu))
+    weights = rng.dirichlet(np.ones(3), robot.nu).T
+    steps = int(round(seconds / robot.dt))
+    t = np.arange(steps + 1)[:, None, None] * robot.dt
+    target = ref + amp * np.sum(weights * np.sin(2 * np.pi * freqs * t + phases), 1)
+    start = np.array(q0, np.float64)
+    start[qadr] = target[0]
+    native = NativeRobot(robot, truth, start, np.zeros(robot.nv))
+    mass = np.zeros((m.nv, m.nv))
+    mujoco.mj_forward(native.model, native.data)
+    mujoco.mj_fullM(native.model, native.data, mass)
+    inertia = np.diag(mass)[dofadr]
+    kp, kd = inertia * bandwidth ** 2, 2 * 0.7 * inertia * bandwidth
+    lo_u, hi_u = m.actuator_ctrlrange.T if m.actuator_ctrllimited.all() else (-np.inf, np.inf)
+    u = np.empty((steps, robot.nu))
+    q, qd = native.measure()
+    for k in range(steps):
+        u[k] = np.clip((kp * (target[k] - q[qadr]) - kd * qd[dofadr]) / gear, lo_u, hi_u)
+        q, qd = (x[0] for x in native.step(u[k:k + 1]))
+    return start, u
 
 
 def emulate(robot: Robot, truth: dict[str, float], seconds: float, seed: int = 0,
