@@ -20,14 +20,16 @@ from typing import NamedTuple
 
 import numpy as np
 
+from twin_bayes.data.rosbag import TOPIC_KINDS
 from twin_bayes.service.ros2_keys import IMU, WRENCH, typestore
 
 ROBOTS_DIR = Path(__file__).resolve().parent.parent / "robots"
 _HINGE_OR_SLIDE = (2, 3)  # mjtJoint: free 0, ball 1, slide 2, hinge 3
 #: sensor_msgs/Imu field -> the MJCF sensor type it feeds (as `fit --imu`, data.rosbag.IMU_FIELDS).
 IMU_SENSOR_TYPES = {"angular_velocity": "gyro", "linear_acceleration": "accelerometer", "orientation": "framequat"}
-#: geometry_msgs/WrenchStamped field (of its `wrench`) -> the MJCF sensor type it feeds (3-axis, the site's frame).
-WRENCH_SENSOR_TYPES = {"force": "force", "torque": "torque"}
+#: geometry_msgs/WrenchStamped field (of its `wrench`, as the bag reader's TOPIC_KINDS) -> the MJCF sensor type it
+#: feeds (3-axis, the site's frame).
+WRENCH_SENSOR_TYPES = {field: field for field in TOPIC_KINDS["wrench"].fields}
 #: MJCF sensor type -> the sensor_msgs/JointState field (of the sensor's joint) that feeds it: an encoder's
 #: position, velocity; the actuator force at a joint, one actuator's force (1-D all, on a hinge or slide joint).
 JOINT_STATE_SENSOR_TYPES = {"jointpos": "position", "jointvel": "velocity", "jointactuatorfrc": "effort",
@@ -379,8 +381,7 @@ def wrench_readings(msg, fields: Mapping[str, str]) -> dict[str, np.ndarray]:
     the sensor site's frame). Rejected('non_finite') for NaN or Inf in a mapped field."""
     out = {}
     for part, name in fields.items():
-        v = getattr(msg.wrench, part)
-        out[name] = np.array([v.x, v.y, v.z], np.float64)
+        out[name] = TOPIC_KINDS["wrench"].value(msg, part)      # the bag reader's reading of the same message
         _finite(f"WrenchStamped {part}", out[name])
     return out
 
