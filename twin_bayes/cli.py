@@ -136,14 +136,21 @@ def _windows(twin, trajs, final: bool = True):
     return out
 
 
-def _read(paths, imu=(), wrench=()):
-    """Recordings from files; imu, wrench: `--imu`, `--wrench` specs (a bag's Imu and WrenchStamped topics as
-    sensor channels)."""
-    from twin_bayes.data import parse_sensor_topics, read_trajectory
+def _read(config, paths, imu=(), wrench=()):
+    """Recordings from files for the twin config `config` (a path or a shipped name); imu, wrench: `--imu`,
+    `--wrench` specs (a bag's Imu and WrenchStamped topics as sensor channels). A bag's JointState is read by the
+    names of the config's joints, in its robot's order, and feeds the encoders and joint torque sensors it observes
+    (`service.ros2_inbound.robot_joints`)."""
+    from twin_bayes.data import parse_sensor_topics, read_trajectory, trajectory_format
     from twin_bayes.data.rosbag import TOPIC_KINDS
     topics = {f"{kind}_topics": parse_sensor_topics(specs, TOPIC_KINDS[kind].fields, f"--{kind}")
               for kind, specs in (("imu", imu), ("wrench", wrench))}
-    return [read_trajectory(p, **topics) for p in paths]
+    joints = {}
+    if any(trajectory_format(p) == "rosbag2" for p in paths):
+        from twin_bayes.service.ros2_inbound import robot_joints
+        robot = robot_joints(config)
+        joints = {"joints": robot.joints, "joint_sensors": robot.joint_sensors}
+    return [read_trajectory(p, **topics, **(joints if trajectory_format(p) == "rosbag2" else {})) for p in paths]
 
 
 # --- fit -------------------------------------------------------------------------------------
@@ -156,7 +163,7 @@ def cmd_fit(args) -> int:
     engine = args.engine or cfg.inference.engine
     check_engine_options(args, engine)
     twin = Twin(cfg)
-    trajs = _read(args.data, args.imu, args.wrench)
+    trajs = _read(args.config, args.data, args.imu, args.wrench)
     windows = [] if engine == "whole-log" else _windows(twin, trajs, final=engine != "stream")
     start = time.perf_counter()
     kwargs = {}
@@ -223,7 +230,7 @@ def cmd_fit_fleet(args) -> int:
     check_robot_ids(ids)
     fleet = FleetModel(TwinModel(cfg), len(ids))
     twin = Twin(cfg, fleet.model)
-    windows = [_windows(twin, _read(r[1:])) for r in args.robot]
+    windows = [_windows(twin, _read(args.config, r[1:])) for r in args.robot]
     empty = [i for i, ws in zip(ids, windows) if not ws]
     if empty:
         raise ValueError(f"--robot {empty[0]}: no window of at least {fleet.model.segment_steps + 1} samples "
@@ -288,10 +295,10 @@ def cmd_evaluate(args) -> int:
     twin = load_posterior(Twin(load_config(args.config)), args.posterior)
     if args.horizon is not None:   # multiple shooting: restarted from the measured state every horizon
         from twin_bayes.diagnostics.shooting import horizon_report
-        out, rows, columns = horizon_report(twin, _read(args.data), args.horizon)
+        out, rows, columns = horizon_report(twin, _read(args.config, args.data), args.horizon)
         _print(out, args.json, _param_table(f"held-out prediction, restarted every {args.horizon} s", rows, columns))
         return 0
-    scores = evaluate_recordings(twin, _read(args.data))
+    scores = evaluate_recordings(twin, _read(args.config, args.data))
     out = {"posterior": str(args.posterior), **scores}
     span = lambda r: f"{r[0]:.2f}–{r[1]:.2f}"  # noqa: E731
     rows = [(Path(f["file"]).name, f["mae_q"], f["coverage50"], f["coverage90"], span(f["coverage90_if_calibrated"]),

@@ -1,13 +1,14 @@
 """ROS 2 bags written with `rosbags` (MCAP and SQLite storage) read back as Trajectories."""
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from twin_bayes.data import DataError, Trajectory, read_trajectory
-from twin_bayes.data.rosbag import FLOAT_ARRAY, IMU, JOINT_STATE, WRENCH, read_rosbag, write_rosbag
+from twin_bayes.data import DataError, Trajectory, read_trajectory, write_npz
+from twin_bayes.data.rosbag import FLOAT_ARRAY, IMU, JOINT_STATE, WRENCH, JointSensor, read_rosbag, write_rosbag
 
 TS = get_typestore(Stores.ROS2_HUMBLE)
 S = 10**9
@@ -32,7 +33,7 @@ def test_round_trip_in_both_storages(tmp_path, storage):
 
 
 def write_bag(path, joint_msgs, command_msgs, command_type=FLOAT_ARRAY, sensors=None):
-    """joint_msgs: (stamp_ns, names, position, velocity); command_msgs: (stamp_ns, names, values);
+    """joint_msgs: (stamp_ns, names, position, velocity[, effort]); command_msgs: (stamp_ns, names, values);
     sensors: {topic: [(stamp_ns, message)]}, a topic of its first message's type (Imu, WrenchStamped)."""
     JointState, Header, Time = TS.types[JOINT_STATE], TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
     Float64MultiArray, Layout = TS.types[FLOAT_ARRAY], TS.types["std_msgs/msg/MultiArrayLayout"]
@@ -49,8 +50,8 @@ def write_bag(path, joint_msgs, command_msgs, command_type=FLOAT_ARRAY, sensors=
             msg = (Float64MultiArray(layout=Layout(dim=[], data_offset=0), data=np.array(values, float))
                    if command_type == FLOAT_ARRAY else joint_state(stamp, names, [], [], values))
             w.write(cc, stamp, TS.serialize_cdr(msg, command_type))
-        for stamp, names, pos, vel in joint_msgs:
-            w.write(cj, stamp, TS.serialize_cdr(joint_state(stamp, names, pos, vel), JOINT_STATE))
+        for stamp, names, pos, vel, *effort in joint_msgs:
+            w.write(cj, stamp, TS.serialize_cdr(joint_state(stamp, names, pos, vel, *effort), JOINT_STATE))
         for topic, msgs in (sensors or {}).items():
             msgtype = msgs[0][1].__msgtype__
             ci = w.add_connection(topic, msgtype, typestore=TS)
@@ -218,7 +219,7 @@ def test_bad_imu_input_raises_data_error_naming_file_topic_and_problem(tmp_path,
 
 
 def test_the_command_lines_imu_mapping_is_parsed_and_checked(tmp_path):
-    from twin_bayes.data import parse_sensor_topics, write_npz
+    from twin_bayes.data import parse_sensor_topics
     from twin_bayes.data.rosbag import WRENCH_FIELDS
     assert parse_sensor_topics(["/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel",
                              "/imu/orientation=orientation:torso_quat"]) == IMU_MAP
@@ -234,7 +235,7 @@ def test_the_command_lines_imu_mapping_is_parsed_and_checked(tmp_path):
         parse_sensor_topics(["/ft=angular_velocity:g"], WRENCH_FIELDS, "--wrench")
     write_npz(tmp_path / "run.npz", recording())
     for topics in ({"imu_topics": IMU_MAP}, {"wrench_topics": WRENCH_MAP}):
-        with pytest.raises(DataError, match="Imu and WrenchStamped topics are read from rosbag2 recordings, not npz"):
+        with pytest.raises(DataError, match=f"{next(iter(topics))} are read from rosbag2 recordings, not npz"):
             read_trajectory(tmp_path / "run.npz", **topics)
 
 
@@ -351,7 +352,7 @@ def test_fit_wrench_option_reads_the_bags_wrench_topics(tmp_path, capsys):
     base = ["fit", "--config", "arm2", "--data", str(bag), "--out", str(tmp_path / "fit")]
     args = build_parser()[0].parse_args([*base, "--wrench", "/ft=force:wrist_force,torque:wrist_torque",
                                          "--imu", "/imu=angular_velocity:torso_gyro"])
-    (back,) = _read(args.data, args.imu, args.wrench)
+    (back,) = _read(args.config, args.data, args.imu, args.wrench)
     expected = read_rosbag(bag, imu_topics=imu, wrench_topics=WRENCH_MAP)
     assert sorted(back.sensors) == sorted(expected.sensors) == sorted(sensors)
     for name in sensors:
@@ -360,3 +361,68 @@ def test_fit_wrench_option_reads_the_bags_wrench_topics(tmp_path, capsys):
                         ("/wrench=force:f", f"{bag}: no topic '/wrench'")):
         assert main([*base, "--wrench", spec]) == 2
         assert error in capsys.readouterr().err
+
+
+# --- sensors a JointState feeds -----------------------------------------------------------------------
+def effort_bag(tmp_path, efforts=None, names=("elbow", "shoulder")):
+    """Six JointStates 10 ms apart naming the joints in `names` order, position k·(1, 2), velocity k·(10, 20),
+    effort (efforts[k] or k·(-1, -2)); one command [3, 4] before them."""
+    joints = [(S + k * 10**7, list(names), [k, 2 * k], [10 * k, 20 * k],
+               (efforts[k] if efforts is not None else [-k, -2 * k])) for k in range(6)]
+    return write_bag(tmp_path / "bag", joints, [(S, [], [3.0, 4.0])])
+
+
+def test_a_jointstate_feeds_encoder_and_torque_sensors_by_joint_name(tmp_path):
+    """Each sensor reads its joint's position, velocity or effort (over its divisor, an actuator's gear) in every
+    JointState, whatever the message's joint order, as a (T, 1) channel aligned with q."""
+    bag = effort_bag(tmp_path)
+    fed = (JointSensor("shoulder_frc", "effort", "shoulder", 2.0), JointSensor("elbow_tau", "effort", "elbow"),
+           JointSensor("elbow_pos", "position", "elbow"), JointSensor("shoulder_vel", "velocity", "shoulder"))
+    rec = read_rosbag(bag, joints=["shoulder", "elbow"], joint_sensors=fed)
+    k = np.arange(6.0)[:, None]
+    np.testing.assert_array_equal(rec.q, np.hstack([2 * k, k]))
+    expected = {"shoulder_frc": -2 * k / 2.0, "elbow_tau": -k, "elbow_pos": k, "shoulder_vel": 20 * k}
+    assert sorted(rec.sensors) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(rec.sensors[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("efforts, fed, kwargs, message", [
+    ([[]] * 6, [JointSensor("elbow_tau", "effort", "elbow")], {},
+     "JointState carries no effort; sensor 'elbow_tau' reads the effort of joint 'elbow'"),
+    ([[1.0]] * 6, [JointSensor("elbow_tau", "effort", "elbow")], {},
+     "JointState carries 1 effort values for its 2 names; sensor 'elbow_tau'"),
+    (None, [JointSensor("wrist_tau", "effort", "wrist")], {}, "JointState lacks joint 'wrist'; sensor 'wrist_tau'"),
+    ([[0.0, 0.0]] * 3 + [[np.nan, 0.0]] * 3, [JointSensor("elbow_tau", "effort", "elbow")], {},
+     "JointState effort of joint 'elbow' (sensor 'elbow_tau') is not finite"),
+    (None, [JointSensor("g", "effort", "elbow")], {"imu_topics": {"/imu": {"angular_velocity": "g"}}},
+     "sensors ['g'] are fed by the JointState and by a sensor topic"),
+])
+def test_bad_jointstate_sensor_input_raises_data_error(tmp_path, efforts, fed, kwargs, message):
+    bag = effort_bag(tmp_path, efforts)
+    with pytest.raises(DataError, match=re.escape(message)) as err:
+        read_rosbag(bag, joint_sensors=fed, **kwargs)
+    assert str(bag) in str(err.value)
+
+
+def test_fit_reads_a_bag_in_the_configs_joint_order_with_its_torque_sensors(tmp_path):
+    """`fit`'s reader takes a bag's joints by the config's MJCF joint names, not the message's order, and fills the
+    joint torque sensors the config observes (an actuatorfrc and a jointactuatorfrc) from the JointState's
+    efforts; an NPZ beside it is read as it is."""
+    from twin_bayes.cli import _read
+
+    mjcf = Path(__file__).resolve().parents[1] / "sim" / "arm2_sensors.xml"
+    config = tmp_path / "torques.toml"
+    config.write_text(f'name = "torques"\n\n[robot]\nname = "{mjcf}"\n\n[parameters]\n'
+                      '"body_mass:forearm" = { dist = "lognormal", scale = 0.3 }\n\n[observation]\n'
+                      'sensors = ["shoulder_frc", "elbow_tau"]\n'
+                      'noise_scale = { q = 0.002, qd = 0.02, shoulder_frc = 0.1, elbow_tau = 0.1 }\n')
+    bag = effort_bag(tmp_path)                             # the messages name elbow first, the MJCF shoulder
+    write_npz(tmp_path / "run.npz", recording())
+    from_bag, from_npz = _read(str(config), [bag, tmp_path / "run.npz"])
+    k = np.arange(6.0)[:, None]
+    np.testing.assert_array_equal(from_bag.q, np.hstack([2 * k, k]))
+    np.testing.assert_array_equal(from_bag.qd, np.hstack([20 * k, 10 * k]))
+    np.testing.assert_array_equal(from_bag.sensors["shoulder_frc"], -2 * k)
+    np.testing.assert_array_equal(from_bag.sensors["elbow_tau"], -k)
+    np.testing.assert_array_equal(from_npz.q, recording().q)

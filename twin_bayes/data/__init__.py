@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 from twin_bayes.data.bam import read_bam
@@ -17,26 +16,31 @@ READERS = {"npz": read_npz, "bam": read_bam, "rosbag2": read_rosbag}
 EXTENSIONS = {".npz": "npz", ".json": "bam", ".mcap": "rosbag2", ".db3": "rosbag2"}
 
 
-def read_trajectory(path: str | Path, format: str | None = None,
-                    imu_topics: Mapping[str, Mapping[str, str]] | None = None,
-                    wrench_topics: Mapping[str, Mapping[str, str]] | None = None) -> Trajectory:
-    """Read a Trajectory; format is "npz", "bam" or "rosbag2", else inferred from the extension
-    (.npz, .json, .mcap/.db3; a rosbag2 folder needs format="rosbag2"). imu_topics, wrench_topics: a bag's
-    Imu and WrenchStamped topics as sensor channels (`read_rosbag`); rosbag2 only (an NPZ carries its sensor
-    channels)."""
+def trajectory_format(path: str | Path, format: str | None = None) -> str:
+    """The format of a recording: `format` if given ("npz", "bam", "rosbag2"), else "rosbag2" for a folder and by
+    the extension otherwise (.npz, .json, .mcap/.db3); DataError for an unknown one."""
     if format is None:
         suffix = Path(path).suffix.lower()
+        if Path(path).is_dir():
+            return "rosbag2"
         if suffix not in EXTENSIONS:
             raise DataError(f"{path}: unknown trajectory format {suffix or '(no extension)'!r}; expected one of "
-                            f"{sorted(EXTENSIONS)} or format= one of {sorted(READERS)}")
+                            f"{sorted(EXTENSIONS)}, a rosbag2 folder, or format= one of {sorted(READERS)}")
         format = EXTENSIONS[suffix]
     if format not in READERS:
         raise DataError(f"{path}: unknown trajectory format {format!r}; expected one of {sorted(READERS)}")
-    if imu_topics or wrench_topics:
-        if format != "rosbag2":
-            raise DataError(f"{path}: Imu and WrenchStamped topics are read from rosbag2 recordings, not {format}")
-        return read_rosbag(path, imu_topics=imu_topics, wrench_topics=wrench_topics)
-    return READERS[format](path)
+    return format
+
+
+def read_trajectory(path: str | Path, format: str | None = None, **bag) -> Trajectory:
+    """Read a Trajectory in `trajectory_format(path, format)`. `bag`: `read_rosbag`'s options (joints, imu_topics,
+    wrench_topics, joint_sensors: a bag's joint order and its sensor channels), rosbag2 only (an NPZ carries its
+    sensor channels)."""
+    format = trajectory_format(path, format)
+    bag = {k: v for k, v in bag.items() if v}
+    if bag and format != "rosbag2":
+        raise DataError(f"{path}: {', '.join(bag)} are read from rosbag2 recordings, not {format}")
+    return READERS[format](path, **bag)
 
 
 __all__ = [
@@ -53,6 +57,7 @@ __all__ = [
     "parse_sensor_topics",
     "read_rosbag",
     "read_trajectory",
+    "trajectory_format",
     "trajectory_windows",
     "write_npz",
 ]

@@ -15,7 +15,8 @@ IMU topics (`sensor_msgs/msg/Imu`, `imu_topics`): `angular_velocity` (3, rad/s) 
 `linear_acceleration` (3, m/s²) for an `accelerometer`, `orientation` (4, MuJoCo order w, x, y, z;
 ROS fields x, y, z, w) for a `framequat`; wrench topics (`geometry_msgs/msg/WrenchStamped`,
 `wrench_topics`): `force` (3, N) for a `force` sensor, `torque` (3, N·m) for a `torque` sensor.
-Each is interpolated linearly onto the measurement times (same receive clock).
+Each is interpolated linearly onto the measurement times (same receive clock). The JointStates also feed
+encoders and joint torque sensors (`joint_sensors`, JointSensor): a joint's position, velocity or effort.
 """
 from __future__ import annotations
 
@@ -38,6 +39,22 @@ IMU_FIELDS = {"angular_velocity": 3, "linear_acceleration": 3, "orientation": 4}
 #: WrenchStamped field (of its `wrench`) -> columns of the sensor channel it fills.
 WRENCH_FIELDS = {"force": 3, "torque": 3}
 STORAGES = ("mcap", "sqlite3")
+#: MJCF sensor type -> the sensor_msgs/JointState field (of the sensor's joint) that feeds it: an encoder's
+#: position, velocity; the actuator force at a joint, one actuator's force (1-D all, on a hinge or slide joint).
+JOINT_STATE_SENSOR_TYPES = {"jointpos": "position", "jointvel": "velocity", "jointactuatorfrc": "effort",
+                            "actuatorfrc": "effort"}
+
+
+class JointSensor(NamedTuple):
+    """An MJCF sensor a JointState feeds: its reading is the message's `field` ('position', 'velocity', 'effort') of
+    `joint` (by name) over `divisor` (an actuatorfrc's gear: the actuator's force is the joint's torque over it; 1 for
+    the others). The ROS 2 bridge and `twin-bayes fit` find them in a twin config
+    (`service.ros2_inbound.robot_joints`)."""
+
+    sensor: str
+    field: str
+    joint: str
+    divisor: float = 1.0
 
 
 def _imu_value(msg, field: str) -> np.ndarray | None:
@@ -74,22 +91,29 @@ def _wrench_msg(ts, header, values: Mapping[str, np.ndarray]):
 
 
 class TopicKind(NamedTuple):
-    """A kind of sensor topic whose fields are a bag's sensor channels: what its messages are called (`name`), their
-    `msgtype`, the `fields` {field: columns; 4 columns are a unit quaternion w, x, y, z}, `value(msg, field)` a
-    message's field as (columns,) (None: marked not provided) and `message(typestore, header, {field: (columns,)})`
-    the message of one row."""
+    """A kind of sensor topic whose fields are sensor channels, in bags and live (the ROS 2 bridge): what its messages
+    are called (`name`), their `msgtype`, the `fields` {field: columns; 4 columns are a unit quaternion w, x, y, z},
+    the MJCF sensor type each field feeds (`sensor_types`), the fields a topic given without a mapping feeds (`bare`,
+    each to the twin's one observed sensor of its type), `value(msg, field)` a message's field as (columns,) (None:
+    marked not provided) and `message(typestore, header, {field: (columns,)})` the message of one row."""
 
     name: str
     msgtype: str
     fields: Mapping[str, int]
+    sensor_types: Mapping[str, str]
+    bare: tuple[str, ...]
     value: Callable[[Any, str], np.ndarray | None]
     message: Callable[[Any, Any, Mapping[str, np.ndarray]], Any]
 
 
 #: Kind of sensor topic, as named by read_rosbag's and write_rosbag's `<kind>_topics` and the command line's
-#: `--<kind>` -> its messages.
-TOPIC_KINDS = {"imu": TopicKind("IMU", IMU, IMU_FIELDS, _imu_value, _imu_msg),
-               "wrench": TopicKind("WrenchStamped", WRENCH, WRENCH_FIELDS, _wrench_value, _wrench_msg)}
+#: `--<kind>` -> its messages. A force or torque sensor reads in its site's frame; the message's frame_id is not read.
+TOPIC_KINDS = {
+    "imu": TopicKind("IMU", IMU, IMU_FIELDS,
+                     {"angular_velocity": "gyro", "linear_acceleration": "accelerometer", "orientation": "framequat"},
+                     ("angular_velocity", "linear_acceleration"), _imu_value, _imu_msg),
+    "wrench": TopicKind("WrenchStamped", WRENCH, WRENCH_FIELDS, {"force": "force", "torque": "torque"},
+                        ("force", "torque"), _wrench_value, _wrench_msg)}
 
 
 def _typestore():
@@ -128,10 +152,13 @@ def parse_sensor_topics(specs: Sequence[str], known: Collection[str] = tuple(IMU
 def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic: str = COMMAND_TOPIC,
                 joints: Sequence[str] | None = None, settings: Mapping[str, float] | None = None,
                 imu_topics: Mapping[str, Mapping[str, str]] | None = None,
-                wrench_topics: Mapping[str, Mapping[str, str]] | None = None) -> Trajectory:
+                wrench_topics: Mapping[str, Mapping[str, str]] | None = None,
+                joint_sensors: Sequence[JointSensor] = ()) -> Trajectory:
     """Read a rosbag2 folder (or single .mcap/.db3 file) as q, qd (T, joints), ctrl (T, nu), sensors.
 
     joints: joint names in the order wanted (default: the order of the first JointState).
+    joint_sensors: sensors each JointState feeds (encoders, joint torque sensors), read at each measurement as
+        (1,) channels: its position, velocity or effort of the sensor's joint over the divisor.
     settings: known constants of the recording (e.g. servo_kp), attached to the Trajectory.
     imu_topics: {Imu topic: {field: MJCF sensor name}}, fields from IMU_FIELDS, e.g.
         {"/imu": {"angular_velocity": "torso_gyro", "linear_acceleration": "torso_accel"}}.
@@ -153,6 +180,10 @@ def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic:
     commands: list[tuple[int, np.ndarray]] = []
     order: list[str] | None = list(joints) if joints is not None else None
     sensor_topics = _sensor_topics(src, {"imu": imu_topics, "wrench": wrench_topics})
+    from_topics = {name for _, fields in sensor_topics.values() for name in fields.values()}
+    twice = sorted({e.sensor for e in joint_sensors} & from_topics)
+    if twice:
+        raise DataError(f"{src}: sensors {twice} are fed by the JointState and by a sensor topic")
     readings: dict[str, list[tuple[int, dict[str, np.ndarray]]]] = {topic: [] for topic in sensor_topics}
     wanted = [(joint_topic, (JOINT_STATE,)), (command_topic, (JOINT_STATE, FLOAT_ARRAY))]
     wanted += [(topic, (kind.msgtype,)) for topic, (kind, _) in sensor_topics.items()]
@@ -168,7 +199,7 @@ def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic:
                 msg = reader.deserialize(raw, conn.msgtype)
                 if conn.topic == joint_topic:
                     order = order or list(msg.name)
-                    states.append((stamp, *_joint_arrays(src, msg, order)))
+                    states.append((stamp, *_joint_arrays(src, msg, order), _joint_sensor_row(src, msg, joint_sensors)))
                 elif conn.topic == command_topic:
                     commands.append((stamp, _command(src, msg, order)))
                 else:
@@ -266,6 +297,21 @@ def _joint_arrays(src: str, msg, order: list[str]) -> tuple[np.ndarray, np.ndarr
     return np.asarray(msg.position, np.float64)[idx], np.asarray(msg.velocity, np.float64)[idx]
 
 
+def _joint_sensor_row(src: str, msg, joint_sensors: Sequence[JointSensor]) -> dict[str, np.ndarray]:
+    """{sensor: (1,)} of one JointState: each sensor's field of its joint over its divisor."""
+    names, row = list(msg.name), {}
+    for e in joint_sensors:
+        values = getattr(msg, e.field)
+        if e.joint not in names or len(values) != len(names):
+            has = f"no {e.field}" if not len(values) else f"{len(values)} {e.field} values for its {len(names)} names"
+            lacks = f"lacks joint {e.joint!r}" if e.joint not in names else f"carries {has}"
+            raise DataError(f"{src}: JointState {lacks}; sensor {e.sensor!r} reads the {e.field} of joint {e.joint!r}")
+        row[e.sensor] = np.array([values[names.index(e.joint)] / e.divisor], np.float64)
+        if not np.isfinite(row[e.sensor]).all():
+            raise DataError(f"{src}: JointState {e.field} of joint {e.joint!r} (sensor {e.sensor!r}) is not finite")
+    return row
+
+
 def _command(src: str, msg, order: list[str] | None) -> np.ndarray:
     if not hasattr(msg, "name"):  # Float64MultiArray
         return np.asarray(msg.data, np.float64)
@@ -287,7 +333,7 @@ def _align(src: str, states, commands, settings: dict[str, float], order: list[s
         raise DataError(f"{src}: command messages have different lengths {sorted(widths)}")
     cmd_t = np.array([s for s, _ in commands], np.int64)
     cmd = np.stack([c for _, c in commands])
-    st_t = np.array([s for s, _, _ in states], np.int64)
+    st_t = np.array([s for s, *_ in states], np.int64)
     which = np.searchsorted(cmd_t, st_t, side="right") - 1
     keep = which >= 0
     for sensor_t, _ in series.values():
@@ -298,6 +344,7 @@ def _align(src: str, states, commands, settings: dict[str, float], order: list[s
     t_ns = st_t[keep]
     sensors = {name: _interpolate(sensor_t, y, t_ns, unit)
                for sensor_t, channels in series.values() for name, (unit, y) in channels.items()}
+    sensors |= {name: np.stack([states[i][3][name] for i in np.flatnonzero(keep)]) for name in states[0][3]}
     return Trajectory(
         t=(t_ns - t_ns[0]) * 1e-9,
         q=np.stack([states[i][1] for i in np.flatnonzero(keep)]),

@@ -165,11 +165,10 @@ def _settings(pairs: list[str]) -> dict[str, float]:
 
 def cmd_replay(args) -> int:
     from dataclasses import replace
-    from pathlib import Path
 
     import zmq
 
-    from twin_bayes.data import DataError, read_trajectory
+    from twin_bayes.data import DataError, read_trajectory, trajectory_format
     from twin_bayes.data.rosbag import read_rosbag
     from twin_bayes.service.auth import KeysError
     from twin_bayes.service.replay import replay
@@ -179,8 +178,7 @@ def cmd_replay(args) -> int:
             raise ValueError(f"--speed must be >= 0, got {args.speed}")
         trajs = []
         for path in args.files:
-            bag_like = Path(path).is_dir() or Path(path).suffix.lower() in (".mcap", ".db3")
-            if args.format == "rosbag2" or (args.format is None and bag_like):
+            if trajectory_format(path, args.format) == "rosbag2":
                 joints = args.joints.split(",") if args.joints else None
                 traj = read_rosbag(path, args.joint_topic, args.command_topic, joints)
             else:

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from twin_bayes.data.rosbag import TOPIC_KINDS
 from twin_bayes.service import protocol, ros2_keys as keys
 from twin_bayes.service.auth import CurveKeys
 from twin_bayes.service.client import ServiceError, Subscriber, TwinClient, TwinTimeout
 from twin_bayes.service.robot_link import LinkTimeout, RobotLink
-from twin_bayes.service.ros2_inbound import (SENSOR_TOPICS, Rejected, Sampler, array_command, decode, imu_readings,
-                                             joint_readings, joint_state, robot_joints, stamp_ns, topic_sensors,
-                                             trajectory_command, wrench_readings)
+from twin_bayes.service.ros2_inbound import (Rejected, Sampler, array_command, decode, imu_readings, joint_readings,
+                                             joint_state, robot_joints, stamp_ns, topic_sensors, trajectory_command,
+                                             wrench_readings)
 from twin_bayes.service.ros2_outbound import (diagnostics, posterior_json, prediction_messages, sensor_outputs,
                                               string_message)
 
@@ -116,7 +117,7 @@ class Ros2Bridge:
         self.inputs = {"joint_states": keys.TopicKey(s.domain, s.joint_states, keys.JOINT_STATE, s.distro),
                        "commands": keys.TopicKey(s.domain, s.commands, COMMAND_TYPES[s.command_type], s.distro)}
         self.inputs.update({name: keys.TopicKey(s.domain, name.partition(":")[2],
-                                                SENSOR_TOPICS[name.partition(":")[0]].msgtype, s.distro)
+                                                TOPIC_KINDS[name.partition(":")[0]].msgtype, s.distro)
                             for name in self.sensor_topics})
         outputs = {**OUTPUTS, **{name: keys.FLOAT_ARRAY for name in sensor_outputs(self.robot.sensors)}}
         self.outputs = {name: keys.TopicKey(s.domain, f"{namespace}/{name}", t, s.distro)

@@ -63,10 +63,9 @@ def sensor_topics(specs: list[str], option: str) -> dict[str, dict[str, str]]:
     """`--imu` or `--wrench` (`option` 'imu', 'wrench') specs as {topic: {field: sensor}}: TOPIC=FIELD:SENSOR[,...]
     as `fit --imu`, a bare TOPIC as {} (the bridge maps it to the config's one sensor of each type it feeds);
     ValueError for a malformed spec."""
-    from twin_bayes.data.rosbag import parse_sensor_topics
-    from twin_bayes.service.ros2_inbound import SENSOR_TOPICS
+    from twin_bayes.data.rosbag import TOPIC_KINDS, parse_sensor_topics
 
-    topics = parse_sensor_topics([s for s in specs if "=" in s], SENSOR_TOPICS[option].fields, f"--{option}")
+    topics = parse_sensor_topics([s for s in specs if "=" in s], TOPIC_KINDS[option].fields, f"--{option}")
     for topic in (s for s in specs if "=" not in s):
         if topic in topics:
             raise ValueError(f"--{option}: topic {topic} given twice")

@@ -16,24 +16,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from twin_bayes.data.rosbag import TOPIC_KINDS
-from twin_bayes.service.ros2_keys import IMU, WRENCH, typestore
+from twin_bayes.data.rosbag import JOINT_STATE_SENSOR_TYPES, TOPIC_KINDS, JointSensor
+from twin_bayes.service.ros2_keys import typestore
 
 ROBOTS_DIR = Path(__file__).resolve().parent.parent / "robots"
 _HINGE_OR_SLIDE = (2, 3)  # mjtJoint: free 0, ball 1, slide 2, hinge 3
-#: sensor_msgs/Imu field -> the MJCF sensor type it feeds (as `fit --imu`, data.rosbag.IMU_FIELDS).
-IMU_SENSOR_TYPES = {"angular_velocity": "gyro", "linear_acceleration": "accelerometer", "orientation": "framequat"}
-#: geometry_msgs/WrenchStamped field (of its `wrench`, as the bag reader's TOPIC_KINDS) -> the MJCF sensor type it
-#: feeds (3-axis, the site's frame).
-WRENCH_SENSOR_TYPES = {field: field for field in TOPIC_KINDS["wrench"].fields}
-#: MJCF sensor type -> the sensor_msgs/JointState field (of the sensor's joint) that feeds it: an encoder's
-#: position, velocity; the actuator force at a joint, one actuator's force (1-D all, on a hinge or slide joint).
-JOINT_STATE_SENSOR_TYPES = {"jointpos": "position", "jointvel": "velocity", "jointactuatorfrc": "effort",
-                            "actuatorfrc": "effort"}
 #: What a JointState field's sensors are called in messages.
 _SENSOR_KIND = {"position": "encoder", "velocity": "encoder", "effort": "torque"}
 _PLURAL = {"position": "positions", "velocity": "velocities", "effort": "efforts"}
@@ -45,31 +35,6 @@ class Rejected(ValueError):
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
         self.code, self.detail = code, detail
-
-
-class SensorTopic(NamedTuple):
-    """A kind of sensor topic (a bridge option, `--imu`, `--wrench`): its message type, its fields {field: the MJCF
-    sensor type each feeds} and the fields a bare topic feeds (each to the twin's one observed sensor of its type)."""
-
-    msgtype: str
-    fields: Mapping[str, str]
-    bare: tuple[str, ...]
-
-
-#: Option -> the sensor topics it names.
-SENSOR_TOPICS = {"imu": SensorTopic(IMU, IMU_SENSOR_TYPES, ("angular_velocity", "linear_acceleration")),
-                 "wrench": SensorTopic(WRENCH, WRENCH_SENSOR_TYPES, ("force", "torque"))}
-
-
-class JointSensor(NamedTuple):
-    """An observed MJCF sensor a JointState feeds: its reading is the message's `field` ('position', 'velocity',
-    'effort') of `joint` (by name) over `divisor` (an actuatorfrc's gear: the actuator's force is the joint's torque
-    over it; 1 for the others)."""
-
-    sensor: str
-    field: str
-    joint: str
-    divisor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -194,14 +159,14 @@ def _counted_once(fed: tuple[JointSensor, ...], channels: tuple[str, ...], mjcf:
 def topic_sensors(robot: RobotJoints,
                   options: Mapping[str, Mapping[str, Mapping[str, str]]]) -> dict[str, dict[str, str]]:
     """{input '<option>:<topic>': {field: MJCF sensor}} of the sensor topics {option: {topic: {field: sensor}}}
-    (options of SENSOR_TOPICS: 'imu', 'wrench'), checked against the twin: an empty mapping is filled with the
+    (kinds of data.rosbag.TOPIC_KINDS: 'imu', 'wrench'), checked against the twin: an empty mapping is filled with the
     option's bare fields to the twin's one observed sensor of each one's type. ValueError for an unknown field, a
     sensor the twin does not observe or of another type, a sensor fed twice, or (with any topic) an observed sensor
     left unfed, by these topics or the JointState (`robot.joint_sensors`): the service refuses telemetry without it."""
     types = dict(zip(robot.sensors, robot.sensor_types))
     out, fed = {}, []
     for option, topics in options.items():
-        kinds = SENSOR_TOPICS[option].fields
+        kinds = TOPIC_KINDS[option].sensor_types
         for topic, given in topics.items():
             fields = out[f"{option}:{topic}"] = dict(given) or _derived(robot, option, topic)
             for part, name in fields.items():
@@ -226,15 +191,15 @@ def topic_sensors(robot: RobotJoints,
 
 def _derived(robot: RobotJoints, option: str, topic: str) -> dict[str, str]:
     """The option's bare fields to the twin's one observed sensor of each one's type (if any)."""
-    kinds, out = SENSOR_TOPICS[option].fields, {}
-    for part in SENSOR_TOPICS[option].bare:
+    kinds, out = TOPIC_KINDS[option].sensor_types, {}
+    for part in TOPIC_KINDS[option].bare:
         names = [n for n, t in zip(robot.sensors, robot.sensor_types) if t == kinds[part]]
         if len(names) > 1:
             raise ValueError(f"--{option} {topic}: the twin config observes {kinds[part]} sensors {names}; name the "
                              f"one {part} feeds: {topic}=FIELD:SENSOR[,FIELD:SENSOR...]")
         out.update({part: n for n in names})
     if not out:
-        wanted = " or ".join(kinds[part] for part in SENSOR_TOPICS[option].bare)
+        wanted = " or ".join(kinds[part] for part in TOPIC_KINDS[option].bare)
         raise ValueError(f"--{option} {topic}: the twin config observes no {wanted} for it to feed")
     return out
 
@@ -365,10 +330,9 @@ def imu_readings(msg, fields: Mapping[str, str], previous: Mapping[str, np.ndarr
     (covariance[0] = -1) or a zero quaternion."""
     out = {}
     for part, name in fields.items():
-        if getattr(msg, f"{part}_covariance")[0] == -1:
+        out[name] = TOPIC_KINDS["imu"].value(msg, part)         # the bag reader's reading of the same message
+        if out[name] is None:
             raise Rejected("bad_message", f"Imu marks {part} as not provided (covariance[0] = -1)")
-        v = getattr(msg, part)
-        out[name] = np.array([v.w, v.x, v.y, v.z] if part == "orientation" else [v.x, v.y, v.z], np.float64)
         _finite(f"Imu {part}", out[name])
         if part == "orientation":
             out[name] = _unit(out[name], previous.get(name))

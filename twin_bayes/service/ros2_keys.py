@@ -19,14 +19,12 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
+from twin_bayes.data.rosbag import FLOAT_ARRAY, IMU, JOINT_STATE, WRENCH  # noqa: F401  (the types a bridge reads)
+
 LIVELINESS = "@ros2_lv"
 NO_HASH = "TypeHashNotSupported"  # Humble's rmw_zenoh puts this where the RIHS01 hash goes
 DISTROS = ("humble", "jazzy", "kilted", "rolling")
 
-JOINT_STATE = "sensor_msgs/msg/JointState"
-IMU = "sensor_msgs/msg/Imu"
-WRENCH = "geometry_msgs/msg/WrenchStamped"
-FLOAT_ARRAY = "std_msgs/msg/Float64MultiArray"
 TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
 STRING = "std_msgs/msg/String"
 DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
