@@ -25,7 +25,7 @@ One `TwinModel` is compiled once and shared: each seed gets
 `Twin(cfg with seed, model=model)`, so the jitted kernels are reused.
 
     .venv/bin/python benchmarks/calibration.py                # 20 seeds, 3 s each
-    .venv/bin/python benchmarks/calibration.py --config humanoid_fixed_sensors --seconds 1.2 \
+    .venv/bin/python benchmarks/calibration.py --config humanoid_fixed_sensors --seconds 1.2 --excitation tracking \
         --out benchmarks/results/calibration_sensors.json   # sensor models on the fixed humanoid
     .venv/bin/python benchmarks/calibration.py --seeds 10 --seconds 4
     .venv/bin/python benchmarks/calibration.py --quick        # 2 seeds, smoke run
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -50,47 +49,33 @@ from common import command, machine  # noqa: E402
 from update import CompileMeter, setup_jax  # noqa: E402
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    den = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / den
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return c - h, c + h
-
-
-def coverage_stats(hits: list[bool]) -> dict:
-    n, k = len(hits), int(sum(hits))
-    p = k / n if n else float("nan")
-    lo, hi = wilson(k, n)
-    return {"covered": k, "n": n, "coverage": p, "se": math.sqrt(p * (1 - p) / n) if n else float("nan"),
-            "wilson95": [lo, hi]}
-
-
 def draw_truth(jax, model, seed: int) -> dict[str, float]:
     """One draw from the prior of the estimated parameters (constrained, physical units)."""
     keys = jax.random.split(jax.random.PRNGKey(1_000_003 * (seed + 1)), len(model.param_names))
     return {n: float(model.priors[i].sample(keys[i])) for i, n in enumerate(model.param_names)}
 
 
-def pit(values: np.ndarray, weights: np.ndarray, x: float) -> float:
-    """Posterior probability below x (ties half)."""
-    return float(weights @ ((values < x) + 0.5 * (values == x)))
-
-
-def run_seed(cfg, model, prior: np.ndarray, seed: int, seconds: float, method: str, engine: str, meter) -> dict:
+def run_seed(cfg, model, prior: np.ndarray, seed: int, seconds: float, method: str, engine: str, meter,
+             excitation: str = "sines") -> dict:
     """One hidden truth: emulate, stream (or fit), and score the posterior; prior (M, D) are constrained
-    draws of the twin's prior (contraction and prior sds)."""
+    draws of the twin's prior (contraction and prior sds). excitation: "sines", random-sine commands
+    (`sim.emulator.excitation`), or "tracking", a joint-space PD tracking sines inside each joint's range
+    (`sim.emulator.tracking_excitation`; motors only)."""
     import jax
     from twin_bayes.data import trajectory_windows
-    from twin_bayes.diagnostics import identification_table
+    from twin_bayes.diagnostics import identification_table, pit
     from twin_bayes.inference import Twin
-    from twin_bayes.sim.emulator import emulate
+    from twin_bayes.sim.checks import start_state
+    from twin_bayes.sim.emulator import emulate, tracking_excitation
 
     truth = draw_truth(jax, model, seed)
     noise = dict(cfg.observation.noise_scale)
-    traj = emulate(model.robot, truth, seconds, seed=seed, noise=noise)
+    drive = {}
+    if excitation == "tracking":
+        steps = int(round(seconds / model.robot.dt))
+        q0, u = tracking_excitation(model.robot, truth, steps * model.robot.dt, seed, start_state(model.robot)[0])
+        drive = {"commands": u, "q0": q0}
+    traj = emulate(model.robot, truth, seconds, seed=seed, noise=noise, **drive)
     twin = Twin(cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"seed": seed})}), model=model)
     T = model.window_samples
     windows = [twin.window(w["q"], w["qd"], w["ctrl"], sensors=w["sensors"] or None)
@@ -136,6 +121,7 @@ def run_seed(cfg, model, prior: np.ndarray, seed: int, seconds: float, method: s
 def summary(model, rows: list[dict]) -> dict:
     """Coverage overall and per parameter, PIT tails, errors, contraction, correlated pairs and timing
     of the seeds run so far."""
+    from twin_bayes.diagnostics import coverage_stats
     names = model.param_names
     per_param = {n: coverage_stats([r["params"][n]["covered"] for r in rows]) for n in model.names}
     for n in model.names:
@@ -170,6 +156,9 @@ def main(argv=None):
     ap.add_argument("--method", choices=["update", "fit"], default="update",
                     help="stream window by window (Twin.update) or one batch refit (Twin.fit)")
     ap.add_argument("--engine", choices=["smc", "nuts", "svi"], default="smc", help="engine of --method fit")
+    ap.add_argument("--excitation", choices=["sines", "tracking"], default="sines",
+                    help="random-sine torques, or a PD tracking sines inside the joints' ranges (for a robot whose "
+                         "joints rest on their limits under open-loop torques, such as the fixed humanoid's leg)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 seeds")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/calibration.json"))
     args = ap.parse_args(argv)
@@ -192,13 +181,13 @@ def main(argv=None):
     header = {"benchmark": "calibration", "command": command(),
               "machine": machine(compilation_cache_dir=cache, load_average_at_start=load_start), "config": cfg.name,
               "settings": {"seeds": args.seeds, "first_seed": args.first_seed, "seconds": args.seconds,
-                           "method": args.method,
+                           "method": args.method, "excitation": args.excitation,
                            "engine": args.engine if args.method == "fit" else cfg.inference.engine,
                            "particles": cfg.inference.particles, "window_s": cfg.inference.window_s,
                            "interval": "posterior q05..q95 (90 % credible)", "truth": "drawn from TwinModel.priors",
                            "emulator_noise": dict(cfg.observation.noise_scale), "quick": args.quick}}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        r = run_seed(cfg, model, prior, seed, args.seconds, args.method, args.engine, meter)
+        r = run_seed(cfg, model, prior, seed, args.seconds, args.method, args.engine, meter, args.excitation)
         rows.append(r)
         cov = " ".join("Y" if p["covered"] else "." for n, p in r["params"].items() if n in model.param_names)
         print(f"seed {seed:3d}: {r['wall_s']:7.1f} s (compile {r['compile']['total_s']:6.1f} s)  covered [{cov}]  "

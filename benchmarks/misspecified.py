@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from common import REPO, command, machine
-from calibration import coverage_stats
+from twin_bayes.diagnostics import coverage_stats
 from update import CompileMeter, setup_jax
 
 TRUTH = REPO / "twin_bayes/robots/arm2/truths/misspecified.toml"
@@ -78,7 +78,7 @@ def run_seed(cfg, model, truth, seed: int, seconds: float, held_out_s: float, me
                              w["q"][1:])
             for c in held[name]:
                 held[name][c].append(hits[c])
-    post, summ = twin.posterior, twin.posterior.summary()
+    summ = twin.posterior.summary()
     params = {}
     for n in model.param_names:
         s, x = summ[n], truth.params[n]

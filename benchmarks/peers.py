@@ -58,7 +58,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from calibration import coverage_stats, draw_truth  # noqa: E402
+from calibration import draw_truth  # noqa: E402
+from twin_bayes.diagnostics import coverage_stats  # noqa: E402
 from common import command, machine  # noqa: E402
 from update import CompileMeter, setup_jax  # noqa: E402
 

@@ -17,17 +17,20 @@ from twin_bayes.diagnostics import (
     confounded_pairs,
     contraction,
     correlations,
+    coverage_stats,
     crps_ensemble,
     divergences,
     draw_coverage,
     interval_coverage_of_truth,
     load_netcdf,
     log_score,
+    pit,
     quantile_bands,
     save_netcdf,
     summarize,
     systematic_resample,
     to_inference_data,
+    wilson,
     write_report,
 )
 
@@ -263,6 +266,26 @@ def test_interval_coverage_of_truth():
     lo, hi = np.zeros(4), np.ones(4)
     assert interval_coverage_of_truth(lo, hi, np.array([0.5, 1.0, 2.0, -1.0])) == 0.5
     assert interval_coverage_of_truth(0.0, 1.0, np.array([0.5, np.nan])) == 1.0
+
+
+def test_coverage_stats_and_wilson_interval_match_closed_forms():
+    """18 of 20 intervals held their truths: 0.90 with binomial se √(0.9·0.1/20); the Wilson 95 % interval
+    (p̂ + z²/2n ± z√(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n) is [0.699, 0.972], and all-or-nothing counts stay
+    inside [0, 1]."""
+    c = coverage_stats([True] * 18 + [False] * 2)
+    assert (c["covered"], c["n"], c["coverage"]) == (18, 20, 0.9)
+    assert c["se"] == pytest.approx(np.sqrt(0.9 * 0.1 / 20))
+    assert c["wilson95"] == pytest.approx([0.6990, 0.9721], abs=1e-4)
+    lo, hi = wilson(42, 42)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(42 / (42 + 1.96 ** 2))
+    assert np.isnan(coverage_stats([])["coverage"]) and np.isnan(wilson(0, 0)[0])
+
+
+def test_pit_is_the_weighted_share_below_the_truth_ties_counted_half():
+    values, weights = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.1, 0.2, 0.3, 0.4])
+    assert pit(values, weights, 2.5) == pytest.approx(0.3)
+    assert pit(values, weights, 3.0) == pytest.approx(0.3 + 0.15)
+    assert pit(values, weights, 0.0) == 0.0 and pit(values, weights, 9.0) == pytest.approx(1.0)
 
 
 def test_quantile_bands_shape_and_order():

@@ -8,6 +8,7 @@ out of every average.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +81,32 @@ def interval_coverage_of_truth(lo: np.ndarray, hi: np.ndarray, truth: np.ndarray
     ok = np.isfinite(truth)
     inside = (truth >= lo) & (truth <= hi)
     return float(np.mean(inside[ok])) if ok.any() else float("nan")
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k / n (95 % at z = 1.96); NaNs for n = 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    den = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / den
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return c - h, c + h
+
+
+def coverage_stats(hits: list[bool]) -> dict:
+    """How often intervals held their truths: {covered, n, coverage, se (binomial), wilson95 [lo, hi]}."""
+    n, k = len(hits), int(sum(hits))
+    p = k / n if n else float("nan")
+    lo, hi = wilson(k, n)
+    return {"covered": k, "n": n, "coverage": p, "se": math.sqrt(p * (1 - p) / n) if n else float("nan"),
+            "wilson95": [lo, hi]}
+
+
+def pit(values: np.ndarray, weights: np.ndarray, x: float) -> float:
+    """Probability integral transform of a truth x under weighted draws values (N,), weights (N,) summing
+    to 1: the posterior probability below x (ties half). Uniform on [0, 1] when calibrated."""
+    return float(weights @ ((values < x) + 0.5 * (values == x)))
 
 
 def crps_ensemble(samples: np.ndarray, observed: np.ndarray) -> np.ndarray:
