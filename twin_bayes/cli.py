@@ -136,21 +136,21 @@ def _windows(twin, trajs, final: bool = True):
     return out
 
 
-def _read(config, paths, imu=(), wrench=()):
-    """Recordings from files for the twin config `config` (a path or a shipped name); imu, wrench: `--imu`,
-    `--wrench` specs (a bag's Imu and WrenchStamped topics as sensor channels). A bag's JointState is read by the
-    names of the config's joints, in its robot's order, and feeds the encoders and joint torque sensors it observes
-    (`service.ros2_inbound.robot_joints`)."""
+def _read(config, paths, topics=None):
+    """Recordings from files for the twin config `config` (a path or a shipped name); topics {kind of
+    data.rosbag.TOPIC_KINDS: `--imu`, `--wrench`, `--pose` specs} (a bag's sensor topics as sensor channels). A
+    bag's JointState is read by the names of the config's joints, in its robot's order, and feeds the encoders
+    and joint torque sensors it observes (`service.ros2_inbound.robot_joints`)."""
     from twin_bayes.data import parse_sensor_topics, read_trajectory, trajectory_format
     from twin_bayes.data.rosbag import TOPIC_KINDS
-    topics = {f"{kind}_topics": parse_sensor_topics(specs, TOPIC_KINDS[kind].fields, f"--{kind}")
-              for kind, specs in (("imu", imu), ("wrench", wrench))}
+    sensors = {f"{kind}_topics": parse_sensor_topics(specs, TOPIC_KINDS[kind].fields, f"--{kind}")
+               for kind, specs in (topics or {}).items()}
     joints = {}
     if any(trajectory_format(p) == "rosbag2" for p in paths):
         from twin_bayes.service.ros2_inbound import robot_joints
         robot = robot_joints(config)
         joints = {"joints": robot.joints, "joint_sensors": robot.joint_sensors}
-    return [read_trajectory(p, **topics, **(joints if trajectory_format(p) == "rosbag2" else {})) for p in paths]
+    return [read_trajectory(p, **sensors, **(joints if trajectory_format(p) == "rosbag2" else {})) for p in paths]
 
 
 # --- fit -------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def cmd_fit(args) -> int:
     engine = args.engine or cfg.inference.engine
     check_engine_options(args, engine)
     twin = Twin(cfg)
-    trajs = _read(args.config, args.data, args.imu, args.wrench)
+    trajs = _read(args.config, args.data, {kind: getattr(args, kind) for kind in SENSOR_OPTIONS})
     windows = [] if engine == "whole-log" else _windows(twin, trajs, final=engine != "stream")
     start = time.perf_counter()
     kwargs = {}
@@ -343,14 +343,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
-IMU_OPTION = dict(action="append", default=[], metavar="TOPIC=FIELD:SENSOR[,...]",
-           help="a ROS 2 bag's sensor_msgs/Imu topic as sensor channels, fields angular_velocity, "
-                "linear_acceleration, orientation each to an MJCF sensor, e.g. "
-                "/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel (repeat per topic)")
-WRENCH_OPTION = dict(action="append", default=[], metavar="TOPIC=FIELD:SENSOR[,...]",
-              help="a ROS 2 bag's geometry_msgs/WrenchStamped topic as sensor channels, fields force (N, a `force` "
-                   "sensor), torque (N·m, a `torque` sensor) each to an MJCF sensor, e.g. "
-                   "/wrist/ft=force:wrist_force,torque:wrist_torque (repeat per topic)")
+#: `fit`'s options naming a ROS 2 bag's sensor topics (kinds of data.rosbag.TOPIC_KINDS) -> what their help says.
+SENSOR_OPTIONS = {
+    "imu": "sensor_msgs/Imu topic as sensor channels, fields angular_velocity, linear_acceleration, orientation each "
+           "to an MJCF sensor, e.g. /imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel",
+    "wrench": "geometry_msgs/WrenchStamped topic as sensor channels, fields force (N, a `force` sensor), torque "
+              "(N·m, a `torque` sensor) each to an MJCF sensor, e.g. /wrist/ft=force:wrist_force,torque:wrist_torque",
+    "pose": "geometry_msgs/PoseStamped topic (motion capture) as sensor channels, fields position (m, a `framepos` "
+            "sensor), orientation (a `framequat` sensor) each to an MJCF sensor, e.g. /mocap/torso=position:torso_pos"}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -369,8 +369,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     f = sub.add_parser("fit", help="posterior from recorded data")
     f.add_argument("--config", required=True, help="twin config (shipped name or file)")
     f.add_argument("--data", nargs="+", required=True, help="recordings (.npz, bam .json, rosbag2 .mcap/.db3)")
-    f.add_argument("--imu", **IMU_OPTION)
-    f.add_argument("--wrench", **WRENCH_OPTION)
+    for kind, help in SENSOR_OPTIONS.items():
+        f.add_argument(f"--{kind}", action="append", default=[], metavar="TOPIC=FIELD:SENSOR[,...]",
+                       help=f"a ROS 2 bag's {help} (repeat per topic)")
     f.add_argument("--out", required=True, help="directory for particles.npz, posterior.nc, summary.json")
     f.add_argument("--engine", choices=("stream", "smc", "nuts", "svi", "whole-log"),
                    help="stream: the service's online engine, window by window (the same windows and posterior "

@@ -8,7 +8,8 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from twin_bayes.data import DataError, Trajectory, read_trajectory, write_npz
-from twin_bayes.data.rosbag import FLOAT_ARRAY, IMU, JOINT_STATE, WRENCH, JointSensor, read_rosbag, write_rosbag
+from twin_bayes.data.rosbag import (FLOAT_ARRAY, IMU, JOINT_STATE, POSE, WRENCH, JointSensor, read_rosbag,
+                                    write_rosbag)
 
 TS = get_typestore(Stores.ROS2_HUMBLE)
 S = 10**9
@@ -352,7 +353,7 @@ def test_fit_wrench_option_reads_the_bags_wrench_topics(tmp_path, capsys):
     base = ["fit", "--config", "arm2", "--data", str(bag), "--out", str(tmp_path / "fit")]
     args = build_parser()[0].parse_args([*base, "--wrench", "/ft=force:wrist_force,torque:wrist_torque",
                                          "--imu", "/imu=angular_velocity:torso_gyro"])
-    (back,) = _read(args.config, args.data, args.imu, args.wrench)
+    (back,) = _read(args.config, args.data, {"imu": args.imu, "wrench": args.wrench, "pose": args.pose})
     expected = read_rosbag(bag, imu_topics=imu, wrench_topics=WRENCH_MAP)
     assert sorted(back.sensors) == sorted(expected.sensors) == sorted(sensors)
     for name in sensors:
@@ -426,3 +427,50 @@ def test_fit_reads_a_bag_in_the_configs_joint_order_with_its_torque_sensors(tmp_
     np.testing.assert_array_equal(from_bag.sensors["shoulder_frc"], -2 * k)
     np.testing.assert_array_equal(from_bag.sensors["elbow_tau"], -k)
     np.testing.assert_array_equal(from_npz.q, recording().q)
+
+
+# --- PoseStamped topics (motion capture) ---------------------------------------------------------------
+POSE_MAP = {"/mocap": {"position": "torso_pos", "orientation": "torso_quat"}}
+
+
+def test_pose_channels_round_trip_and_orientations_are_sign_continuous_and_nlerped(tmp_path):
+    """Position and orientation channels written as PoseStamped messages received with the joint states read back
+    exactly (orientations to 1e-12, renormalised); a pose topic read between messages interpolates the position
+    linearly and the orientation by normalised linear interpolation of sign-continuous quaternions; `fit --pose`
+    parses into pose_topics."""
+    from twin_bayes.cli import _read
+
+    rng = np.random.default_rng(6)
+    rec = recording()
+    quat = rng.normal(size=(40, 4))
+    quat /= np.linalg.norm(quat, axis=1, keepdims=True)
+    sensors = {"torso_pos": rng.normal(size=(40, 3)), "torso_quat": quat}
+    rec = Trajectory(t=rec.t, q=rec.q, qd=rec.qd, ctrl=rec.ctrl, sensors=sensors)
+    bag = write_rosbag(tmp_path / "run.mcap", rec, ["shoulder", "elbow"], pose_topics=POSE_MAP)
+    back = read_rosbag(bag, pose_topics=POSE_MAP)
+    np.testing.assert_array_equal(back.sensors["torso_pos"], sensors["torso_pos"])
+    flips = np.cumprod(np.r_[1.0, np.where(np.sum(quat[1:] * quat[:-1], 1) < 0, -1.0, 1.0)])
+    np.testing.assert_allclose(back.sensors["torso_quat"], quat * flips[:, None], rtol=0, atol=1e-12)
+    (parsed,) = _read("arm2", [bag], {"pose": ["/mocap=position:torso_pos,orientation:torso_quat"]})
+    np.testing.assert_array_equal(parsed.sensors["torso_pos"], back.sensors["torso_pos"])
+
+    joint_ns = S + np.arange(5) * 10**7                                        # 0..40 ms
+    pose_ns = S + np.array([0, 25, 40]) * 10**6
+    a, c = np.array([1.0, 0.0, 0.0, 0.0]), np.array([np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)])  # c: 90° about z
+    msgs = [(int(s), pose_msg(p, o)) for s, p, o in zip(pose_ns, ([0, 0, 0], [2.5, 0, 0], [4, 0, 0]), (a, -c, -c))]
+    rec = read_rosbag(write_bag(tmp_path / "bag", [(int(s), ["a"], [0.0], [0.0]) for s in joint_ns],
+                                [(S, [], [1.0])], sensors={"/mocap": msgs}), pose_topics=POSE_MAP)
+    np.testing.assert_allclose(rec.sensors["torso_pos"][:, 0], [0.0, 1.0, 2.0, 3.0, 4.0], atol=1e-12)
+    for t_ms, got in zip((0, 10, 20, 30, 40), rec.sensors["torso_quat"]):     # −c is made c, continuous with a
+        w = min(t_ms / 25.0, 1.0)
+        expected = (1 - w) * a + w * c
+        np.testing.assert_allclose(got, expected / np.linalg.norm(expected), atol=1e-12)
+
+
+def pose_msg(position, wxyz):
+    header = TS.types["std_msgs/msg/Header"](stamp=TS.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
+                                             frame_id="world")
+    w, x, y, z = map(float, wxyz)
+    return TS.types[POSE](header=header, pose=TS.types["geometry_msgs/msg/Pose"](
+        position=TS.types["geometry_msgs/msg/Point"](*map(float, position)),
+        orientation=TS.types["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w)))

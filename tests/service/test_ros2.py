@@ -20,7 +20,7 @@ from twin_bayes.models import TwinModel
 from twin_bayes.service import protocol
 from twin_bayes.service import ros2_keys as keys
 from twin_bayes.service.ros2 import BridgeSettings, Ros2Bridge
-from twin_bayes.service.ros2_inbound import (Command, Rejected, Sampler, decode, imu_readings, joint_readings,
+from twin_bayes.service.ros2_inbound import (Command, Rejected, Sampler, decode, joint_readings, topic_readings,
                                              robot_joints, trajectory_command)
 from twin_bayes.service.ros2_inbound import joint_state as joint_state_of
 from twin_bayes.service.server import ServiceSettings, TwinService
@@ -74,10 +74,12 @@ def command(values) -> bytes:
 
 
 @contextmanager
-def bridging(endpoint: str, ingest: str, pub: str, query: str | None = None, config: str = "arm2", wrench=None):
-    """A bridge for arm2 (`config`; `wrench` its WrenchStamped topics) connected to the test's zenoh peer, running in
-    its own thread."""
-    bridge = Ros2Bridge(BridgeSettings(config, "arm-1", wrench=wrench or {}, zenoh_connect=(endpoint,), ingest=ingest,
+def bridging(endpoint: str, ingest: str, pub: str, query: str | None = None, config: str = "arm2", wrench=None,
+             pose=None):
+    """A bridge for arm2 (`config`; `wrench`, `pose` its WrenchStamped and PoseStamped topics) connected to the test's
+    zenoh peer, running in its own thread."""
+    bridge = Ros2Bridge(BridgeSettings(config, "arm-1", wrench=wrench or {}, pose=pose or {}, zenoh_connect=(endpoint,),
+                                       ingest=ingest,
                                        pub=pub, query=query, first_seq=None if query else 0, idle_flush_s=0.3))
     stop = threading.Event()
     thread = threading.Thread(target=bridge.run, args=(stop,))
@@ -395,16 +397,16 @@ def test_sensors_whose_ros_names_collide_and_malformed_imu_options_are_refused(t
 
 def test_imu_orientation_is_a_unit_quaternion_w_first_continuous_in_sign():
     fields = {"angular_velocity": "gyro", "orientation": "quat"}
-    first = imu_readings(imu_message(T0_NS, (1, 2, 3), (0, 0, 9.81), (0.0, 0.0, 0.6, 0.8)), fields, {})
+    first = topic_readings("imu", imu_message(T0_NS, (1, 2, 3), (0, 0, 9.81), (0.0, 0.0, 0.6, 0.8)), fields, {})
     np.testing.assert_array_equal(first["gyro"], [1, 2, 3])
     np.testing.assert_allclose(first["quat"], [0.8, 0.0, 0.0, 0.6], rtol=0, atol=1e-15)
-    flipped = imu_readings(imu_message(T0_NS, (0, 0, 0), (0, 0, 0), (0.0, 0.0, -1.2, -1.6)), fields, first)
+    flipped = topic_readings("imu", imu_message(T0_NS, (0, 0, 0), (0, 0, 0), (0.0, 0.0, -1.2, -1.6)), fields, first)
     np.testing.assert_allclose(flipped["quat"], first["quat"], rtol=0, atol=1e-15)  # -q is q: kept continuous
     for msg, code in ((imu_message(T0_NS, (0, 0, 0), (0, 0, 0), no_orientation=True), "bad_message"),
                       (imu_message(T0_NS, (0, 0, 0), (0, 0, 0), (0, 0, 0, 0)), "bad_message"),
                       (imu_message(T0_NS, (np.nan, 0, 0), (0, 0, 0)), "non_finite")):
         with pytest.raises(Rejected, match=code):
-            imu_readings(msg, fields, first)
+            topic_readings("imu", msg, fields, first)
 
 
 def test_ros2_robot_into_the_service_advances_the_posterior_and_predictions_come_back(ros, tmp_path, service_model):
@@ -459,19 +461,20 @@ def joint_sensor_config(path: Path, sensors: list[str], channels=("q", "qd")) ->
 
 
 def serve_joint_states(ros, tmp_path: Path, config: str, states: list[list[bytes]], wrench=None,
-                       sensor_msgs: dict[int, list[tuple[str, bytes]]] | None = None) -> tuple[dict, dict]:
-    """A served twin of `config` bridged (with WrenchStamped topics `wrench`) from the test's zenoh peer, which
-    publishes for each step k a command [k, -k], then the (key expression, payload)s sensor_msgs[k] if any, then the
-    JointStates states[k]; (the bridge's stats, the stored chunks' fields concatenated) once every step but the last
-    (its state waits for the next one) is stored. Kept under a window: nothing inferred."""
+                       sensor_msgs: dict[int, list[tuple[str, bytes]]] | None = None, pose=None) -> tuple[dict, dict]:
+    """A served twin of `config` bridged (with WrenchStamped topics `wrench`, PoseStamped topics `pose`) from the test's
+    zenoh peer, which publishes for each step k a command [k, -k], then the (key expression, payload)s sensor_msgs[k]
+    if any, then the JointStates states[k]; (the bridge's stats, the stored chunks' fields concatenated) once every
+    step but the last (its state waits for the next one) is stored. Kept under a window: nothing inferred."""
     session, endpoint = ros
     model, any_port = TwinModel(load_config(config)), "tcp://127.0.0.1:*"
     settings = ServiceSettings({"arm-1": model.cfg}, tmp_path / "store.db", any_port, any_port, any_port,
                                worker=WorkerSettings(checkpoints=tmp_path / "checkpoints"))
     with TwinService(settings, {"arm-1": model}) as service:
         ends = service.endpoints
-        with bridging(endpoint, ends["ingest"], ends["pub"], ends["query"], config=config, wrench=wrench) as bridge:
-            wait_for_subscriptions(session, 2 + len(wrench or {}))
+        with bridging(endpoint, ends["ingest"], ends["pub"], ends["query"], config=config, wrench=wrench,
+                      pose=pose) as bridge:
+            wait_for_subscriptions(session, 2 + len(wrench or {}) + len(pose or {}))
             js, cmd = key("/joint_states", keys.JOINT_STATE), key("/twin/commands", keys.FLOAT_ARRAY)
             for k, payloads in enumerate(states):
                 session.put(cmd, command([k, -k]))
@@ -577,8 +580,8 @@ def test_torque_sensors_read_their_joints_effort_over_the_gear_and_what_effort_c
     bridge = Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "all.toml", ["gyro", "acc", "elbow_tau"]), "arm-1",
                                        imu=imu))
     assert bridge.sampler.sensors == ("gyro", "acc", "elbow_tau")
-    with pytest.raises(ValueError, match=r"observes sensors \['quat'\] that no --imu or --wrench mapping feeds, nor a "
-                                         "JointState"):
+    with pytest.raises(ValueError, match=r"observes sensors \['quat'\] that no --imu, --wrench or --pose mapping "
+                                         "feeds, nor a JointState"):
         Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "all.toml", ["gyro", "acc", "elbow_tau", "quat"]), "arm-1",
                                   imu=imu))
     with pytest.raises(ValueError, match="linear_acceleration feeds a sensor of type accelerometer; 'elbow_tau' is of"):
@@ -705,10 +708,10 @@ def test_wrench_stamped_readings_reach_a_served_force_torque_twin_held_between_m
     (WRENCHES, {"/ft": {"force": "trq", "torque": "frc"}}, "force feeds a sensor of type force; 'trq' is of type "
                                                            "torque"),
     (WRENCHES, {"/ft": {"wrist": "frc"}}, "--wrench /ft: unknown field 'wrist'; expected one of ['force', 'torque']"),
-    (WRENCHES, {"/ft": {"force": "frc"}}, "observes sensors ['trq'] that no --imu or --wrench mapping feeds"),
+    (WRENCHES, {"/ft": {"force": "frc"}}, "observes sensors ['trq'] that no --imu, --wrench or --pose mapping feeds"),
     (WRENCHES, {"/a": {}, "/b": {"force": "frc"}}, "sensors ['frc'] are fed more than once"),
     (["gyro", "acc"], {"/ft": {}}, "--wrench /ft: the twin config observes no force or torque for it to feed"),
-    (["gyro", "acc", *WRENCHES], {}, "observes sensors ['frc', 'trq'] that no --imu or --wrench mapping feeds"),
+    (["gyro", "acc", *WRENCHES], {}, "observes sensors ['frc', 'trq'] that no --imu, --wrench or --pose mapping feeds"),
 ])
 def test_wrench_mappings_the_twin_cannot_take_are_refused_at_start(tmp_path, sensors, wrench_topics, refused):
     imu = {"/imu": {"angular_velocity": "gyro", "linear_acceleration": "acc"}} if "gyro" in sensors else {}
@@ -743,6 +746,65 @@ def test_a_bare_wrench_topic_feeds_the_one_force_and_torque_sensor_and_the_comma
             ((config, "--wrench", "/ft", "--wrench", "/ft"), "--wrench: topic /ft given twice"),
             ((config, "--wrench", "/ft=force:trq,torque:frc"), "force feeds a sensor of type force; 'trq' is of type")):
         assert main(["ros2", "--config", args[0], "--robot-id", "arm-1", *args[1:]]) == 2
+        assert refused in capsys.readouterr().err
+
+
+POSES = ["pos", "quat"]  # arm2_sensors.xml: a framepos and a framequat of the forearm's site (motion capture)
+
+
+def pose(t_ns: int, position, orientation) -> bytes:
+    """A geometry_msgs/PoseStamped: position (m), orientation w, x, y, z."""
+    Header, Time = TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
+    w, x, y, z = map(float, orientation)
+    msg = TS.types[keys.POSE](header=Header(stamp=Time(sec=t_ns // 10**9, nanosec=t_ns % 10**9), frame_id="world"),
+                              pose=TS.types["geometry_msgs/msg/Pose"](
+                                  position=TS.types["geometry_msgs/msg/Point"](*map(float, position)),
+                                  orientation=TS.types["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w)))
+    return bytes(TS.serialize_cdr(msg, keys.POSE))
+
+
+def test_pose_stamped_readings_reach_a_served_motion_capture_twin_held_between_messages(ros, tmp_path):
+    """A bare PoseStamped topic (`--pose /mocap`) feeds the twin's one framepos and one framequat: every grid sample
+    carries the pose latest when its joint state arrived (one every third state), its orientation made unit and w
+    first, of the sign nearest the reading before it (q and −q are one rotation; message 9 sends −3q). A zero
+    quaternion (bad_message) and a NaN position (non_finite) are counted and change nothing."""
+    n = 60
+    rng = np.random.default_rng(5)
+    q, qd = rng.normal(size=(2, n, 2))
+    position, quat = rng.normal(size=(n, 3)), rng.normal(size=(n, 4))
+    quat /= np.linalg.norm(quat, axis=1, keepdims=True)
+    t_ns, mocap = T0_NS + np.arange(n) * DT_NS, key("/mocap", keys.POSE)
+    sent = {k: [(mocap, pose(t_ns[k], position[k], 3.0 * quat[k] * (-1.0 if k == 9 else 1.0)))] for k in range(0, n, 3)}
+    sent[12] += [(mocap, pose(t_ns[12] + 1, position[12], (0, 0, 0, 0))),
+                 (mocap, pose(t_ns[12] + 2, (np.nan, 0, 0), quat[12]))]
+    config = joint_sensor_config(tmp_path / "arm2_mocap.toml", POSES)
+    stats, got = serve_joint_states(ros, tmp_path, config, [[joint_state(t_ns[k], q[k], qd[k])] for k in range(n)],
+                                    pose={"/mocap": {}}, sensor_msgs=sent)
+    assert stats["received"]["pose:/mocap"] == n // 3 + 2
+    assert stats["rejected"] == {"bad_message": 1, "non_finite": 1}, stats
+    continuous = {0: quat[0]}
+    for k in range(3, n, 3):
+        continuous[k] = quat[k] * np.sign(quat[k] @ continuous[k - 3])
+    held = np.arange(n - 1) // 3 * 3  # the last state waits for the next one
+    np.testing.assert_array_equal(got["sensor:pos"], position[held])
+    np.testing.assert_allclose(got["sensor:quat"], [continuous[k] for k in held], rtol=0, atol=1e-15)
+
+
+def test_pose_fields_feed_position_and_orientation_sensors_and_are_checked_at_start(tmp_path, capsys):
+    """A bare --pose TOPIC feeds the one framepos and the one framequat the twin observes (alone: what it observes of
+    them); a mapping naming them works the same; a position mapped to a framequat, an unknown field and a malformed
+    spec are refused (exit 2 on the command line)."""
+    config = sensor_config(tmp_path / "mocap.toml", POSES)
+    assert Ros2Bridge(BridgeSettings(config, "arm-1", pose={"/mocap": {}})).sensor_topics == {
+        "pose:/mocap": {"position": "pos", "orientation": "quat"}}
+    assert Ros2Bridge(BridgeSettings(sensor_config(tmp_path / "p.toml", ["pos"]), "arm-1",
+                                     pose={"/mocap": {"position": "pos"}})).sensor_topics == {
+        "pose:/mocap": {"position": "pos"}}
+    for args, refused in ((("--pose", "/mocap=position:quat"), "position feeds a sensor of type framepos; 'quat' is "
+                                                                 "of type framequat"),
+                          (("--pose", "/mocap=euler:quat"), "--pose '/mocap=euler:quat': unknown field 'euler'"),
+                          (("--pose", "/mocap=position"), "--pose '/mocap=position': expected TOPIC=FIELD:SENSOR")):
+        assert main(["ros2", "--config", config, "--robot-id", "arm-1", *args]) == 2
         assert refused in capsys.readouterr().err
 
 

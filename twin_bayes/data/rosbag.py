@@ -14,7 +14,9 @@ Sensor topics (optional) become sensor channels (docs/SENSORS.md), each of a kin
 IMU topics (`sensor_msgs/msg/Imu`, `imu_topics`): `angular_velocity` (3, rad/s) for a `gyro`,
 `linear_acceleration` (3, m/s²) for an `accelerometer`, `orientation` (4, MuJoCo order w, x, y, z;
 ROS fields x, y, z, w) for a `framequat`; wrench topics (`geometry_msgs/msg/WrenchStamped`,
-`wrench_topics`): `force` (3, N) for a `force` sensor, `torque` (3, N·m) for a `torque` sensor.
+`wrench_topics`): `force` (3, N) for a `force` sensor, `torque` (3, N·m) for a `torque` sensor; pose topics
+(`geometry_msgs/msg/PoseStamped`, `pose_topics`, motion capture): `position` (3, m) for a `framepos`,
+`orientation` (4, w, x, y, z) for a `framequat`.
 Each is interpolated linearly onto the measurement times (same receive clock). The JointStates also feed
 encoders and joint torque sensors (`joint_sensors`, JointSensor): a joint's position, velocity or effort.
 """
@@ -34,10 +36,13 @@ JOINT_STATE = "sensor_msgs/msg/JointState"
 FLOAT_ARRAY = "std_msgs/msg/Float64MultiArray"
 IMU = "sensor_msgs/msg/Imu"
 WRENCH = "geometry_msgs/msg/WrenchStamped"
+POSE = "geometry_msgs/msg/PoseStamped"
 #: Imu message field -> columns of the sensor channel it fills.
 IMU_FIELDS = {"angular_velocity": 3, "linear_acceleration": 3, "orientation": 4}
 #: WrenchStamped field (of its `wrench`) -> columns of the sensor channel it fills.
 WRENCH_FIELDS = {"force": 3, "torque": 3}
+#: PoseStamped field (of its `pose`) -> columns of the sensor channel it fills.
+POSE_FIELDS = {"position": 3, "orientation": 4}
 STORAGES = ("mcap", "sqlite3")
 #: MJCF sensor type -> the sensor_msgs/JointState field (of the sensor's joint) that feeds it: an encoder's
 #: position, velocity; the actuator force at a joint, one actuator's force (1-D all, on a hinge or slide joint).
@@ -90,6 +95,23 @@ def _wrench_msg(ts, header, values: Mapping[str, np.ndarray]):
     return ts.types[WRENCH](header=header, wrench=ts.types["geometry_msgs/msg/Wrench"](**parts))
 
 
+def _pose_value(msg, field: str) -> np.ndarray:
+    """A PoseStamped field, pose.position (m) as (3,) x, y, z or pose.orientation as (4,) w, x, y, z."""
+    v = getattr(msg.pose, field)
+    return np.array([v.w, v.x, v.y, v.z] if field == "orientation" else [v.x, v.y, v.z], np.float64)
+
+
+def _pose_msg(ts, header, values: Mapping[str, np.ndarray]):
+    """A PoseStamped from {field: (3,) x, y, z or (4,) w, x, y, z}; a position not given is zero, an orientation
+    not given the identity (the message cannot mark them absent)."""
+    x, y, z = (float(a) for a in values.get("position", np.zeros(3)))
+    qw, qx, qy, qz = (float(a) for a in values.get("orientation", (1.0, 0.0, 0.0, 0.0)))
+    pose = ts.types["geometry_msgs/msg/Pose"](position=ts.types["geometry_msgs/msg/Point"](x=x, y=y, z=z),
+                                              orientation=ts.types["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz,
+                                                                                                   w=qw))
+    return ts.types[POSE](header=header, pose=pose)
+
+
 class TopicKind(NamedTuple):
     """A kind of sensor topic whose fields are sensor channels, in bags and live (the ROS 2 bridge): what its messages
     are called (`name`), their `msgtype`, the `fields` {field: columns; 4 columns are a unit quaternion w, x, y, z},
@@ -107,13 +129,16 @@ class TopicKind(NamedTuple):
 
 
 #: Kind of sensor topic, as named by read_rosbag's and write_rosbag's `<kind>_topics` and the command line's
-#: `--<kind>` -> its messages. A force or torque sensor reads in its site's frame; the message's frame_id is not read.
+#: `--<kind>` -> its messages. A force or torque sensor reads in its site's frame, a pose (motion capture) in the frame
+#: of the framepos or framequat sensor's reference (the world where it names none); the message's frame_id is not read.
 TOPIC_KINDS = {
     "imu": TopicKind("IMU", IMU, IMU_FIELDS,
                      {"angular_velocity": "gyro", "linear_acceleration": "accelerometer", "orientation": "framequat"},
                      ("angular_velocity", "linear_acceleration"), _imu_value, _imu_msg),
     "wrench": TopicKind("WrenchStamped", WRENCH, WRENCH_FIELDS, {"force": "force", "torque": "torque"},
-                        ("force", "torque"), _wrench_value, _wrench_msg)}
+                        ("force", "torque"), _wrench_value, _wrench_msg),
+    "pose": TopicKind("PoseStamped", POSE, POSE_FIELDS, {"position": "framepos", "orientation": "framequat"},
+                      ("position", "orientation"), _pose_value, _pose_msg)}
 
 
 def _typestore():
@@ -153,6 +178,7 @@ def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic:
                 joints: Sequence[str] | None = None, settings: Mapping[str, float] | None = None,
                 imu_topics: Mapping[str, Mapping[str, str]] | None = None,
                 wrench_topics: Mapping[str, Mapping[str, str]] | None = None,
+                pose_topics: Mapping[str, Mapping[str, str]] | None = None,
                 joint_sensors: Sequence[JointSensor] = ()) -> Trajectory:
     """Read a rosbag2 folder (or single .mcap/.db3 file) as q, qd (T, joints), ctrl (T, nu), sensors.
 
@@ -170,7 +196,10 @@ def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic:
         last message of any sensor topic are dropped (no extrapolation).
     wrench_topics: {WrenchStamped topic: {field: MJCF sensor name}}, fields from WRENCH_FIELDS (force (3,) N,
         torque (3,) N·m), e.g. {"/wrist/ft": {"force": "wrist_force", "torque": "wrist_torque"}}; interpolated
-        as the IMU's angular_velocity. A sensor name is mapped once over all topics.
+        as the IMU's angular_velocity.
+    pose_topics: {PoseStamped topic: {field: MJCF sensor name}}, fields from POSE_FIELDS (position (3,) m for a
+        framepos, orientation (4,) w, x, y, z for a framequat: motion capture), interpolated as the IMU's fields.
+        A sensor name is mapped once over all topics.
     """
     from rosbags.highlevel import AnyReader, AnyReaderError
     from rosbags.rosbag2 import ReaderError
@@ -179,7 +208,7 @@ def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic:
     states: list[tuple[int, np.ndarray, np.ndarray]] = []
     commands: list[tuple[int, np.ndarray]] = []
     order: list[str] | None = list(joints) if joints is not None else None
-    sensor_topics = _sensor_topics(src, {"imu": imu_topics, "wrench": wrench_topics})
+    sensor_topics = _sensor_topics(src, {"imu": imu_topics, "wrench": wrench_topics, "pose": pose_topics})
     from_topics = {name for _, fields in sensor_topics.values() for name in fields.values()}
     twice = sorted({e.sensor for e in joint_sensors} & from_topics)
     if twice:
@@ -357,14 +386,16 @@ def _align(src: str, states, commands, settings: dict[str, float], order: list[s
 def write_rosbag(path: str | Path, traj: Trajectory, joints: Sequence[str], storage: str = "mcap",
                  joint_topic: str = JOINT_TOPIC, command_topic: str = COMMAND_TOPIC,
                  imu_topics: Mapping[str, Mapping[str, str]] | None = None,
-                 wrench_topics: Mapping[str, Mapping[str, str]] | None = None) -> Path:
+                 wrench_topics: Mapping[str, Mapping[str, str]] | None = None,
+                 pose_topics: Mapping[str, Mapping[str, str]] | None = None) -> Path:
     """Write a Trajectory as a rosbag2 folder in the layout `read_rosbag` reads.
 
     Row k becomes a Float64MultiArray command received at t_k and a JointState received 1 ns
-    later (the command of row k is held from its state on). imu_topics, wrench_topics ({topic: {field:
-    sensor name}}, as read_rosbag's): row k of those sensor channels becomes an Imu (WrenchStamped)
+    later (the command of row k is held from its state on). imu_topics, wrench_topics, pose_topics ({topic: {field:
+    sensor name}}, as read_rosbag's): row k of those sensor channels becomes an Imu (WrenchStamped, PoseStamped)
     message on each topic, received with JointState k; Imu fields not mapped are zero with
-    covariance[0] = -1 (ROS: not provided), WrenchStamped fields not mapped zero. Returns the bag folder.
+    covariance[0] = -1 (ROS: not provided), WrenchStamped fields not mapped zero, a PoseStamped's position not
+    mapped zero and its orientation the identity. Returns the bag folder.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -372,7 +403,7 @@ def write_rosbag(path: str | Path, traj: Trajectory, joints: Sequence[str], stor
         raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
     if len(joints) != traj.q.shape[1]:
         raise ValueError(f"{len(joints)} joint names for {traj.q.shape[1]} measured joints")
-    sensor_topics = _sensor_topics(str(path), {"imu": imu_topics, "wrench": wrench_topics})
+    sensor_topics = _sensor_topics(str(path), {"imu": imu_topics, "wrench": wrench_topics, "pose": pose_topics})
     for topic, (kind, fields) in sensor_topics.items():
         for field, name in fields.items():
             if name not in traj.sensors or traj.sensors[name].shape[1] != kind.fields[field]:

@@ -30,9 +30,8 @@ from twin_bayes.service import protocol, ros2_keys as keys
 from twin_bayes.service.auth import CurveKeys
 from twin_bayes.service.client import ServiceError, Subscriber, TwinClient, TwinTimeout
 from twin_bayes.service.robot_link import LinkTimeout, RobotLink
-from twin_bayes.service.ros2_inbound import (Rejected, Sampler, array_command, decode, imu_readings, joint_readings,
-                                             joint_state, robot_joints, stamp_ns, topic_sensors, trajectory_command,
-                                             wrench_readings)
+from twin_bayes.service.ros2_inbound import (Rejected, Sampler, array_command, decode, joint_readings, joint_state,
+                                             robot_joints, stamp_ns, topic_readings, topic_sensors, trajectory_command)
 from twin_bayes.service.ros2_outbound import (diagnostics, posterior_json, prediction_messages, sensor_outputs,
                                               string_message)
 
@@ -48,8 +47,9 @@ class BridgeSettings:
 
     imu: {sensor_msgs/Imu topic: {field: MJCF sensor}} (fields angular_velocity, linear_acceleration,
     orientation; {}: to the twin's one observed gyro and accelerometer) and wrench: {geometry_msgs/WrenchStamped
-    topic: {field: MJCF sensor}} (fields force, torque; {}: to the twin's one observed force and torque sensor),
-    sent as `sensor:<name>` fields, as is, always, the reading of each observed sensor a JointState feeds
+    topic: {field: MJCF sensor}} (fields force, torque; {}: to the twin's one observed force and torque sensor) and
+    pose: {geometry_msgs/PoseStamped topic: {field: MJCF sensor}} (motion capture: fields position, orientation;
+    {}: to the twin's one observed framepos and framequat), sent as `sensor:<name>` fields, as is, always, the reading of each observed sensor a JointState feeds
     (`jointpos`, `jointvel`, `jointactuatorfrc`, `actuatorfrc`: its joint's position, velocity or effort);
     chunk_samples: samples per telemetry chunk (default 0.1 s worth); max_gap_s: joint states further
     apart start a new grid; first_seq: number of the first chunk (default: the service's highest
@@ -64,6 +64,7 @@ class BridgeSettings:
     command_type: str = "float64_multi_array"
     imu: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     wrench: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    pose: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     domain: int = 0
     distro: str = "jazzy"
     zenoh_connect: tuple[str, ...] = ("tcp/127.0.0.1:7447",)
@@ -106,7 +107,7 @@ class Ros2Bridge:
         if s.chunk_samples is not None and s.chunk_samples < 1:
             raise ValueError(f"chunk_samples must be >= 1, got {s.chunk_samples}")
         # sensor topic input ('imu:<topic>', 'wrench:<topic>') -> {field: MJCF sensor it feeds}
-        self.sensor_topics = topic_sensors(self.robot, {"imu": s.imu, "wrench": s.wrench})
+        self.sensor_topics = topic_sensors(self.robot, {"imu": s.imu, "wrench": s.wrench, "pose": s.pose})
         # each encoder and torque sensor reads its joint's position, velocity or effort in the JointState
         fed = (*(n for fields in self.sensor_topics.values() for n in fields.values()),
                *(e.sensor for e in self.robot.joint_sensors))
@@ -203,8 +204,7 @@ class Ros2Bridge:
                 kind = self.inputs[name].msgtype.rpartition("/")[2]
                 raise Rejected("out_of_order", f"{kind} stamp {t} ns is not after the last one, {last} ns")
             fields = self.sensor_topics[name]
-            self.sampler.readings.update(imu_readings(msg, fields, self.sampler.readings) if name.startswith("imu:")
-                                         else wrench_readings(msg, fields))
+            self.sampler.readings.update(topic_readings(name.partition(":")[0], msg, fields, self.sampler.readings))
             self._last_sensor_ns[name] = t
 
     def _send(self, chunk) -> None:

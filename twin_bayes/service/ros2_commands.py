@@ -33,6 +33,11 @@ def register(sub) -> dict:
                         "force (a `force` sensor), torque (a `torque` sensor), e.g. /wrist/ft=force:wrist_force,"
                         "torque:wrist_torque; a bare TOPIC feeds the config's one observed force and torque sensor "
                         "(repeat per topic; default: none)")
+    p.add_argument("--pose", action="append", default=[], metavar="TOPIC[=FIELD:SENSOR,...]",
+                   help="geometry_msgs/PoseStamped topic (motion capture) feeding the twin's observed frame sensors: "
+                        "fields position (a `framepos` sensor), orientation (a `framequat` sensor), e.g. "
+                        "/mocap/torso=position:torso_pos; a bare TOPIC feeds the config's one observed framepos and "
+                        "framequat (repeat per topic; default: none)")
     p.add_argument("--domain", type=int, default=0, help="ROS_DOMAIN_ID")
     p.add_argument("--distro", choices=("humble", "jazzy", "kilted", "rolling"), default="jazzy",
                    help="humble: key expressions carry TypeHashNotSupported instead of RIHS01 hashes")
@@ -60,9 +65,9 @@ def register(sub) -> dict:
 
 
 def sensor_topics(specs: list[str], option: str) -> dict[str, dict[str, str]]:
-    """`--imu` or `--wrench` (`option` 'imu', 'wrench') specs as {topic: {field: sensor}}: TOPIC=FIELD:SENSOR[,...]
-    as `fit --imu`, a bare TOPIC as {} (the bridge maps it to the config's one sensor of each type it feeds);
-    ValueError for a malformed spec."""
+    """`--imu`, `--wrench` or `--pose` (`option` 'imu', 'wrench', 'pose') specs as {topic: {field: sensor}}:
+    TOPIC=FIELD:SENSOR[,...] as `fit --imu`, a bare TOPIC as {} (the bridge maps it to the config's one sensor of
+    each type it feeds); ValueError for a malformed spec."""
     from twin_bayes.data.rosbag import TOPIC_KINDS, parse_sensor_topics
 
     topics = parse_sensor_topics([s for s in specs if "=" in s], TOPIC_KINDS[option].fields, f"--{option}")
@@ -84,7 +89,7 @@ def cmd_ros2(args) -> int:
         curve = None if args.curve_keys is None else load(args.curve_keys, args.key_name or args.robot_id)
         settings = BridgeSettings(
             args.config, args.robot_id, args.joint_states, args.commands, args.command_type,
-            sensor_topics(args.imu, "imu"), sensor_topics(args.wrench, "wrench"),
+            sensor_topics(args.imu, "imu"), sensor_topics(args.wrench, "wrench"), sensor_topics(args.pose, "pose"),
             args.domain, args.distro, tuple(args.zenoh_endpoint or ("tcp/127.0.0.1:7447",)),
             tuple(args.zenoh_listen or ("tcp/127.0.0.1:0",)), args.service_ingest, args.service_pub,
             args.service_query or None, args.namespace, settings=_settings(args.setting),

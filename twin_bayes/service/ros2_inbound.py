@@ -159,10 +159,11 @@ def _counted_once(fed: tuple[JointSensor, ...], channels: tuple[str, ...], mjcf:
 def topic_sensors(robot: RobotJoints,
                   options: Mapping[str, Mapping[str, Mapping[str, str]]]) -> dict[str, dict[str, str]]:
     """{input '<option>:<topic>': {field: MJCF sensor}} of the sensor topics {option: {topic: {field: sensor}}}
-    (kinds of data.rosbag.TOPIC_KINDS: 'imu', 'wrench'), checked against the twin: an empty mapping is filled with the
-    option's bare fields to the twin's one observed sensor of each one's type. ValueError for an unknown field, a
-    sensor the twin does not observe or of another type, a sensor fed twice, or (with any topic) an observed sensor
-    left unfed, by these topics or the JointState (`robot.joint_sensors`): the service refuses telemetry without it."""
+    (kinds of data.rosbag.TOPIC_KINDS: 'imu', 'wrench', 'pose'), checked against the twin: an empty mapping is filled
+    with the option's bare fields to the twin's one observed sensor of each one's type. ValueError for an unknown
+    field, a sensor the twin does not observe or of another type, a sensor fed twice, or (with any topic) an observed
+    sensor left unfed, by these topics or the JointState (`robot.joint_sensors`): the service refuses telemetry
+    without it."""
     types = dict(zip(robot.sensors, robot.sensor_types))
     out, fed = {}, []
     for option, topics in options.items():
@@ -181,11 +182,11 @@ def topic_sensors(robot: RobotJoints,
                 fed.append(name)
     twice = sorted({n for n in fed if fed.count(n) > 1})
     if twice:
-        raise ValueError(f"sensors {twice} are fed more than once (--imu, --wrench)")
+        raise ValueError(f"sensors {twice} are fed more than once (--imu, --wrench, --pose)")
     unfed = [n for n in robot.sensors if n not in fed and n not in {e.sensor for e in robot.joint_sensors}]
     if out and unfed:
-        raise ValueError(f"the twin config observes sensors {unfed} that no --imu or --wrench mapping feeds, nor a "
-                         "JointState (the service refuses telemetry without them)")
+        raise ValueError(f"the twin config observes sensors {unfed} that no --imu, --wrench or --pose mapping feeds, "
+                         "nor a JointState (the service refuses telemetry without them)")
     return out
 
 
@@ -323,38 +324,31 @@ def trajectory_command(msg, robot: RobotJoints, now_ns: int | None) -> Command:
     return Command(t, values)
 
 
-def imu_readings(msg, fields: Mapping[str, str], previous: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """{sensor: reading} of a sensor_msgs/Imu, one per mapped field {field: sensor}: angular_velocity (3,) rad/s,
-    linear_acceleration (3,) m/s^2, orientation (4,) w, x, y, z, unit, of the sign nearest the sensor's
-    `previous` reading (q and -q are one rotation). Rejected('bad_message') for a field marked not provided
-    (covariance[0] = -1) or a zero quaternion."""
-    out = {}
+def topic_readings(kind: str, msg, fields: Mapping[str, str],
+                   previous: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{sensor: reading} of a message of a sensor topic of `kind` (data.rosbag.TOPIC_KINDS: 'imu', 'wrench', 'pose'),
+    one per mapped field {field: sensor}, read as the bag reader reads it: an Imu's angular_velocity (3,) rad/s,
+    linear_acceleration (3,) m/s^2, orientation (4,); a WrenchStamped's force (3,) N, torque (3,) N m; a
+    PoseStamped's position (3,) m, orientation (4,). Orientations are w, x, y, z, unit, of the sign nearest the
+    sensor's `previous` reading (q and -q are one rotation). The frame_id is not looked at: the readings are taken
+    to be in the sensor's frame. Rejected('bad_message') for a field the message marks not provided (an Imu's
+    covariance[0] = -1) or a zero quaternion, Rejected('non_finite') for NaN or Inf in a mapped field."""
+    topic_kind, out = TOPIC_KINDS[kind], {}
     for part, name in fields.items():
-        out[name] = TOPIC_KINDS["imu"].value(msg, part)         # the bag reader's reading of the same message
+        out[name] = topic_kind.value(msg, part)
         if out[name] is None:
-            raise Rejected("bad_message", f"Imu marks {part} as not provided (covariance[0] = -1)")
-        _finite(f"Imu {part}", out[name])
-        if part == "orientation":
-            out[name] = _unit(out[name], previous.get(name))
+            raise Rejected("bad_message", f"{topic_kind.name} marks {part} as not provided (covariance[0] = -1)")
+        _finite(f"{topic_kind.name} {part}", out[name])
+        if topic_kind.fields[part] == 4:
+            out[name] = _unit(out[name], previous.get(name), f"{topic_kind.name} {part}")
     return out
 
 
-def wrench_readings(msg, fields: Mapping[str, str]) -> dict[str, np.ndarray]:
-    """{sensor: reading (3,)} of a geometry_msgs/WrenchStamped, one per mapped field {field: sensor}: wrench.force
-    x, y, z (N), wrench.torque x, y, z (N m), as sent (the frame_id is not looked at: the readings are taken to be in
-    the sensor site's frame). Rejected('non_finite') for NaN or Inf in a mapped field."""
-    out = {}
-    for part, name in fields.items():
-        out[name] = TOPIC_KINDS["wrench"].value(msg, part)      # the bag reader's reading of the same message
-        _finite(f"WrenchStamped {part}", out[name])
-    return out
-
-
-def _unit(quat: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+def _unit(quat: np.ndarray, previous: np.ndarray | None, what: str) -> np.ndarray:
     """A quaternion (4,) normalised, with the sign nearest `previous` (4,)."""
     norm = float(np.linalg.norm(quat))
     if norm == 0:
-        raise Rejected("bad_message", "Imu orientation has zero norm")
+        raise Rejected("bad_message", f"{what} has zero norm")
     quat = quat / norm
     return -quat if previous is not None and quat @ previous < 0 else quat
 

@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
-from twin_bayes.data.rosbag import FLOAT_ARRAY, IMU, JOINT_STATE, WRENCH  # noqa: F401  (the types a bridge reads)
+from twin_bayes.data.rosbag import FLOAT_ARRAY, IMU, JOINT_STATE, POSE, WRENCH  # noqa: F401  (the types a bridge reads)
 
 LIVELINESS = "@ros2_lv"
 NO_HASH = "TypeHashNotSupported"  # Humble's rmw_zenoh puts this where the RIHS01 hash goes
