@@ -4,11 +4,14 @@
     .venv/bin/python experiments/humanoid_ident.py --configs humanoid_fixed --seeds 0 1 2 --seconds 1.2
 
 Per twin config and seed: a hidden truth drawn from the config's prior (`service.emulate.draw_truth`),
-`--seconds` of native-MuJoCo telemetry from it (`sim.emulator.emulate`: random-sine torques, sensor noise
-q 0.002 rad, qd 0.02 rad/s), brought in window by window (0.3 s each) with `Twin.update`. Per parameter:
+`--seconds` of native-MuJoCo telemetry from it (Telemetry, below; sensor noise q 0.002 rad, qd 0.02 rad/s),
+brought in window by window (0.3 s each) with `Twin.update`. Per parameter:
 posterior mean, 90 % interval, whether it covers the truth, contraction 1 − var_post / var_prior; pairs
 with posterior |r| ≥ 0.8. A parameter is called identifiable when its contraction exceeds 0.5 in every
-seed that ran.
+seed that ran. Over all (seed, parameter) pairs, the coverage of the 90 % intervals (with its Wilson interval,
+the RMS of (mean − truth) / sd and the PIT tails) is counted for the parameters whose truths are drawn from the
+prior, where a calibrated posterior covers 0.90 on average, and for the noise scales apart: their truths are the
+emulator's fixed NOISE, not prior draws (as in `benchmarks/calibration.py`).
 
 Telemetry: humanoid_fixed (root welded in the air) tracks random sines inside each joint's range with a
 joint-space PD (`sim.emulator.tracking_excitation`): under open-loop torques its hanging leg rested on a
@@ -42,7 +45,7 @@ import numpy as np  # noqa: E402
 from twin_bayes import Twin  # noqa: E402
 from twin_bayes.config import load_config  # noqa: E402
 from twin_bayes.data import Trajectory, consecutive_windows  # noqa: E402
-from twin_bayes.diagnostics import identification_table  # noqa: E402
+from twin_bayes.diagnostics import coverage_stats, identification_table, pit  # noqa: E402
 from twin_bayes.models import TwinModel  # noqa: E402
 from twin_bayes.policy import walk  # noqa: E402
 from twin_bayes.service.emulate import draw_truth  # noqa: E402
@@ -108,11 +111,32 @@ def posterior_draws(names, values: np.ndarray, weights: np.ndarray) -> dict[str,
 
 
 def parameter_table(twin: Twin, truth: dict[str, float]) -> dict:
-    """Per parameter {truth, mean, q05, q95, contraction, covered}; confounded pairs; the weighted particles."""
+    """Per parameter {truth, mean, q05, q95, contraction, covered, z, pit}; confounded pairs; the weighted
+    particles. z: (mean − truth) / posterior sd; pit: posterior probability below the truth."""
     post = twin.posterior
     draws = posterior_draws(post.names, post.values, post.weights)
-    table = identification_table(post.names, prior_draws(twin.model), draws, post.summary(), truth, CONFOUNDED)
+    summary = post.summary()
+    table = identification_table(post.names, prior_draws(twin.model), draws, summary, truth, CONFOUNDED)
+    for i, n in enumerate(post.names):
+        table["parameters"][n] |= {"z": (summary[n]["mean"] - truth[n]) / summary[n]["sd"],
+                                   "pit": pit(post.values[:, i], post.weights, truth[n])}
     return {**table, "particles": {"values": post.values.tolist(), "weights": post.weights.tolist()}}
+
+
+def coverage(runs: list[dict], model: TwinModel) -> dict:
+    """How often the 90 % intervals held the truths, over all (seed, parameter) pairs: for the parameters
+    whose truths are drawn from the prior (`draw_truth`), where a calibrated posterior covers 0.90 on
+    average, and for the noise scales apart, whose truths are the emulator's fixed `NOISE` (as in
+    `benchmarks/calibration.py`). Each with its Wilson 95 % interval, the RMS of z (1 when calibrated)
+    and the share of PITs outside [0.05, 0.95] (0.10 when calibrated)."""
+    out = {}
+    for group, names in (("prior_drawn", model.param_names), ("noise_scales", model.noise_names)):
+        rows = [r["parameters"][n] for r in runs for n in names]
+        pits = np.array([p["pit"] for p in rows])
+        out[group] = {**coverage_stats([p["covered"] for p in rows]), "parameters": list(names),
+                      "rms_z": float(np.sqrt(np.mean([p["z"] ** 2 for p in rows]))),
+                      "pit_tails": float(np.mean((pits < 0.05) | (pits > 0.95)))}
+    return out
 
 
 def run_seed(cfg, model: TwinModel, seed: int, seconds: float, clock: CompileClock) -> dict:
@@ -198,7 +222,8 @@ def study(config: str, seeds: list[int], seconds: float, clock: CompileClock, sa
                   "start_search": cfg.inference.start_search,
                   "telemetry": "PD-tracked random sines (tracking_excitation)" if config == "humanoid_fixed" else
                   f"the walker {WALKER.relative_to(RESULTS.parent.parent)}",
-                  "seconds": seconds, "runs": runs, "verdicts": verdicts(runs, model.names),
+                  "seconds": seconds, "coverage": coverage(runs, model), "runs": runs,
+                  "verdicts": verdicts(runs, model.names),
                   "wall_s": time.perf_counter() - start, "compile_s": sum(r["compile_s"] for r in runs)}
         save(result)
     return result
@@ -235,6 +260,10 @@ def main(argv=None) -> int:
         for n, v in result["verdicts"].items():
             print(f"{config:15s} {n:28s} contraction {min(v['contraction']):6.2f}  covered {v['covered']}/"
                   f"{v['seeds']}  {v['verdict']}", flush=True)
+        for group, c in result["coverage"].items():
+            print(f"{config:15s} {group:14s} 90 % intervals cover {c['covered']}/{c['n']} = {c['coverage']:.2f} "
+                  f"[Wilson {c['wilson95'][0]:.2f}, {c['wilson95'][1]:.2f}]  RMS z {c['rms_z']:.2f}  "
+                  f"PIT tails {c['pit_tails']:.2f}", flush=True)
         plot(json.loads(path.read_text())["configs"], args.out / "humanoid_ident.png")
     print(f"-> {args.out / 'humanoid_ident.json'}")
     return 0

@@ -34,3 +34,10 @@ def test_fixed_humanoid_telemetry_pins_down_every_parameter_near_its_truth(tmp_p
     for n, p in physical.items():
         assert abs(p["mean"] - p["truth"]) < 4.0 * (p["q95"] - p["q05"]) / 3.29, (n, p)
     assert min(p["contraction"] for p in physical.values()) > 0.5      # 0.6 s pins down every one
+    # the coverage summary counts the prior-drawn parameters apart from the noise scales (fixed truths)
+    cov = report["configs"]["humanoid_fixed"]["coverage"]
+    assert cov["prior_drawn"]["parameters"] == sorted(physical, key=list(run["parameters"]).index)
+    assert cov["prior_drawn"]["covered"] == sum(p["covered"] for p in physical.values())
+    assert cov["noise_scales"]["n"] == 2 and cov["prior_drawn"]["n"] == 5
+    z = [p["z"] for p in physical.values()]
+    assert cov["prior_drawn"]["rms_z"] == pytest.approx(float(np.sqrt(np.mean(np.square(z)))))
