@@ -72,8 +72,7 @@ def run_seed(cfg, model, prior: np.ndarray, seed: int, seconds: float, method: s
     noise = dict(cfg.observation.noise_scale)
     drive = {}
     if excitation == "tracking":
-        steps = int(round(seconds / model.robot.dt))
-        q0, u = tracking_excitation(model.robot, truth, steps * model.robot.dt, seed, start_state(model.robot)[0])
+        q0, u = tracking_excitation(model.robot, truth, seconds, seed, start_state(model.robot)[0])
         drive = {"commands": u, "q0": q0}
     traj = emulate(model.robot, truth, seconds, seed=seed, noise=noise, **drive)
     twin = Twin(cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"seed": seed})}), model=model)

@@ -92,7 +92,7 @@ def telemetry(cfg, model: TwinModel, seed: int, seconds: float):
     truth = draw_truth(cfg, robot, seed)
     steps = int(round(seconds / robot.dt))
     if robot.nq == robot.nv:
-        q0, u = tracking_excitation(robot, truth, steps * robot.dt, seed, start_state(robot)[0])
+        q0, u = tracking_excitation(robot, truth, seconds, seed, start_state(robot)[0])
         return truth, emulate(robot, truth, seconds, seed=seed, noise=NOISE, commands=u, q0=q0)
     q, qd, ctrl = walk.telemetry(robot, truth, walk.load(WALKER, robot.name), steps * robot.dt + 1e-9, seed,
                                  (NOISE["q"], NOISE["qd"]))

@@ -145,12 +145,13 @@ def _read(config, paths, topics=None):
     from twin_bayes.data.rosbag import TOPIC_KINDS
     sensors = {f"{kind}_topics": parse_sensor_topics(specs, TOPIC_KINDS[kind].fields, f"--{kind}")
                for kind, specs in (topics or {}).items()}
+    bags = [trajectory_format(p) == "rosbag2" for p in paths]
     joints = {}
-    if any(trajectory_format(p) == "rosbag2" for p in paths):
+    if any(bags):
         from twin_bayes.service.ros2_inbound import robot_joints
         robot = robot_joints(config)
         joints = {"joints": robot.joints, "joint_sensors": robot.joint_sensors}
-    return [read_trajectory(p, **sensors, **(joints if trajectory_format(p) == "rosbag2" else {})) for p in paths]
+    return [read_trajectory(p, **sensors, **(joints if bag else {})) for p, bag in zip(paths, bags)]
 
 
 # --- fit -------------------------------------------------------------------------------------

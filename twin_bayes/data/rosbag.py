@@ -62,13 +62,15 @@ class JointSensor(NamedTuple):
     divisor: float = 1.0
 
 
+def _array(v) -> np.ndarray:
+    """A geometry_msgs Vector3 or Point as (3,) x, y, z; a Quaternion as (4,) w, x, y, z (MuJoCo's order)."""
+    return np.array([v.w, v.x, v.y, v.z] if hasattr(v, "w") else [v.x, v.y, v.z], np.float64)
+
+
 def _imu_value(msg, field: str) -> np.ndarray | None:
     """An Imu field as (3,) x, y, z or (4,) w, x, y, z; None where the message marks it not provided
     (covariance[0] = -1)."""
-    if getattr(msg, f"{field}_covariance")[0] == -1:
-        return None
-    v = getattr(msg, field)
-    return np.array([v.w, v.x, v.y, v.z] if field == "orientation" else [v.x, v.y, v.z], np.float64)
+    return None if getattr(msg, f"{field}_covariance")[0] == -1 else _array(getattr(msg, field))
 
 
 def _imu_msg(ts, header, values: Mapping[str, np.ndarray]):
@@ -84,8 +86,7 @@ def _imu_msg(ts, header, values: Mapping[str, np.ndarray]):
 
 def _wrench_value(msg, field: str) -> np.ndarray:
     """A WrenchStamped field, wrench.force (N) or wrench.torque (N·m), as (3,) x, y, z."""
-    v = getattr(msg.wrench, field)
-    return np.array([v.x, v.y, v.z], np.float64)
+    return _array(getattr(msg.wrench, field))
 
 
 def _wrench_msg(ts, header, values: Mapping[str, np.ndarray]):
@@ -97,8 +98,7 @@ def _wrench_msg(ts, header, values: Mapping[str, np.ndarray]):
 
 def _pose_value(msg, field: str) -> np.ndarray:
     """A PoseStamped field, pose.position (m) as (3,) x, y, z or pose.orientation as (4,) w, x, y, z."""
-    v = getattr(msg.pose, field)
-    return np.array([v.w, v.x, v.y, v.z] if field == "orientation" else [v.x, v.y, v.z], np.float64)
+    return _array(getattr(msg.pose, field))
 
 
 def _pose_msg(ts, header, values: Mapping[str, np.ndarray]):
@@ -205,7 +205,7 @@ def read_rosbag(path: str | Path, joint_topic: str = JOINT_TOPIC, command_topic:
     from rosbags.rosbag2 import ReaderError
 
     src = str(path)
-    states: list[tuple[int, np.ndarray, np.ndarray]] = []
+    states: list[tuple[int, np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []   # stamp, q, qd, joint sensors
     commands: list[tuple[int, np.ndarray]] = []
     order: list[str] | None = list(joints) if joints is not None else None
     sensor_topics = _sensor_topics(src, {"imu": imu_topics, "wrench": wrench_topics, "pose": pose_topics})
