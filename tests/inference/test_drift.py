@@ -1,6 +1,5 @@
 """Drift: the forearm's mass rises by 30 % mid-stream (a payload); the twin flags it and its
 posterior reaches the new value within a few windows."""
-import numpy as np
 import pytest
 
 from twin_bayes.inference import Twin

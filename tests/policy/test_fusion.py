@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from twin_bayes.policy import fusion
-from twin_bayes.policy.closed_loop import real_rollout, run_cost
+from twin_bayes.policy.closed_loop import real_rollout
 from twin_bayes.policy.controller import initial_policy
 from twin_bayes.policy.tasks import humanoid_push_task
 from twin_bayes.sim import load_robot

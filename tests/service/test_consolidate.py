@@ -55,3 +55,28 @@ def test_only_the_newest_seconds_are_read_and_runs_shorter_than_a_segment_are_le
     # segment (25 steps)
     assert [len(r.t) for r in stored_recordings(store, "arm", model, seconds=(4 * N + 10) * dt)] == [4 * N]
     assert stored_recordings(store, "nobody", model, seconds=10.0) == []
+
+
+def test_a_sensor_twins_recordings_carry_its_readings_and_a_chunk_without_them_is_named(tmp_path):
+    """A twin observing a gyro consolidates its stored `sensor:gyro` readings with the samples they came
+    with; stored telemetry without them is a ValueError naming the field (the worker reports it in
+    health and goes on)."""
+    from pathlib import Path
+
+    from twin_bayes.config import parse_config
+    robot = Path(__file__).resolve().parents[1] / "sim" / "arm2_sensors.xml"
+    model = TwinModel(parse_config({"name": "arm2_gyro", "robot": {"name": str(robot)},
+                                    "parameters": {"bias_y:gyro": {"dist": "normal", "loc": 0.0, "scale": 0.05}},
+                                    "observation": {"sensors": ["gyro"],
+                                                    "noise_scale": {"q": 0.01, "qd": 0.1, "gyro": 0.01}}}))
+    dt = model.robot.dt
+    gyro = lambda seq: np.outer(seq * N + np.arange(N), [1.0, 2.0, 3.0])  # noqa: E731
+    with TelemetryStore(tmp_path / "twin.db") as store:
+        for seq in range(3):
+            store.put_chunk("imu", seq, {**_chunk(seq * N * dt, dt, seq), "sensor:gyro": gyro(seq)})
+        rec, = stored_recordings(store, "imu", model, seconds=100.0)
+        np.testing.assert_array_equal(rec.sensors["gyro"], np.concatenate([gyro(s) for s in range(3)]))
+        np.testing.assert_array_equal(rec.q[:, 0], np.arange(3 * N))
+        store.put_chunk("imu", 3, _chunk(3 * N * dt, dt, 3))
+        with pytest.raises(ValueError, match="sensor:gyro"):
+            stored_recordings(store, "imu", model, seconds=100.0)

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from twin_bayes.service import protocol
 from twin_bayes.service.client import Subscriber
-from twin_bayes.service.watch import WatchView, sparkline, watch
+from twin_bayes.service.watch import sparkline, watch
 
 SUMMARY = {"body_mass:forearm": {"mean": 0.6, "sd": 0.01, "q05": 0.58, "q50": 0.6, "q95": 0.62}}
 HEALTH = {"status": "degraded", "problems": ["arm2: silent for 12.0 s"],

@@ -32,6 +32,14 @@ state every S seconds instead (`segments`: the cut of `evaluate --horizon`), for
 open-loop error over a whole recording is not what their users ask of the twin (an arm whose
 planner re-plans every 0.1 s). The start states are taken as measured: their noise is not
 modelled, which suits encoder-grade positions and filtered velocities.
+
+A config observing MJCF sensors (docs/SENSORS.md) has each sensor's readings predicted by the same rollouts
+through its sensor model (bias, scale, misalignment, delay at the particle's values): every reading column
+is one more column of residuals with its own profiled sd, so the sensor parameters are fitted with the
+physical ones. A delayed sensor's first ⌈max_latency_s / dt⌉ rows of each recording or segment reach
+before its start and are not scored (`TwinModel.scored_readings`, as in the windows). κ is measured on the
+positions' residuals, where model error shows, and tempers every column; the model error is the
+positions' (the predictive adds none to readings).
 """
 from __future__ import annotations
 
@@ -60,7 +68,9 @@ FOLDS = 10
 
 class Recordings(NamedTuple):
     """R recordings padded to T steps: start q0 (R, nq), qd0 (R, nv); commands (R, T, nu), row k acting
-    during step k; observed q (R, T, nq) after each step; mask (R, T) 1 for real steps; settings (R, K)."""
+    during step k; observed q (R, T, nq) after each step; mask (R, T) 1 for real steps; settings (R, K);
+    the observed sensors' readings (R, T, C), row k read at the state command k starts from (C = 0 for a
+    twin observing no sensor; `TwinModel.readings` order)."""
 
     q0: jnp.ndarray
     qd0: jnp.ndarray
@@ -68,14 +78,20 @@ class Recordings(NamedTuple):
     q: jnp.ndarray
     mask: jnp.ndarray
     settings: jnp.ndarray
+    readings: jnp.ndarray
+
+    def observed(self) -> jnp.ndarray:
+        """The observed columns (R, T, nq + C): positions, then readings."""
+        return jnp.concatenate([self.q, self.readings], axis=-1)
 
 
 class WholeLogFit(NamedTuple):
     """mode (D,) and chol (D, D) of the Laplace covariance (unconstrained), the temper κ (steps),
-    residuals (R, T, nq) of the mode's rollouts and their cross-validated counterparts `held_out`
-    (`held_out_residuals`; None where Newton did not converge) with the predictive's own variance at
-    each step, `variance` (R, T, nq) rad² (`predictive_variance`; None likewise), and the cost:
-    optimiser steps, simulator evaluations (each a rollout of every recording; a curvature counts D);
+    residuals (R, T, nq + C) of the mode's rollouts (`Recordings.observed` columns, 0 where unscored) and
+    their cross-validated counterparts `held_out` (`held_out_residuals`; None where Newton did not
+    converge) with the positions' predictive variance at each step, `variance` (R, T, nq) rad²
+    (`predictive_variance`; None likewise), and the cost: optimiser steps, simulator evaluations (each a
+    rollout of every recording; a curvature counts D);
     `converged`: Newton stopped at a mode (finite, before its steps ran out)."""
 
     mode: jnp.ndarray
@@ -89,25 +105,38 @@ class WholeLogFit(NamedTuple):
     converged: bool
 
 
-def _observes_q_only(model: TwinModel) -> None:
-    if model.sensors:
-        raise ValueError(f"{model.cfg.name}: the whole-log engine observes q only; a config observing MJCF sensors "
-                         f"({list(model.sensors)}) is fitted by the stream, smc, nuts or svi engines")
+def _readings(model: TwinModel, tr) -> np.ndarray:
+    """The recording's readings (N, C) of the model's observed sensors, in `TwinModel.readings` order;
+    ValueError names the sensors it lacks."""
+    missing = [n for n in model.sensors if n not in tr.sensors]
+    if missing:
+        raise ValueError(f"{tr.source}: no readings of observed sensor(s) {missing}")
+    n = len(tr.t)
+    return np.concatenate([np.reshape(tr.sensors[s], (n, w)) for s, w in zip(model.sensors, model.sensor_widths)]
+                          + [np.zeros((n, 0))], axis=1)
+
+
+def column_mask(model: TwinModel, rec: Recordings) -> jnp.ndarray:
+    """(R, T, nq + C) 1.0 where an observed column is scored: real steps, less a delayed sensor's first
+    rows of each recording (`TwinModel.scored_readings`)."""
+    T, nq = rec.q.shape[1], rec.q.shape[2]
+    scored = np.concatenate([np.ones((T, nq), bool), model.scored_readings(T)], axis=1)
+    return rec.mask[..., None] * jnp.asarray(scored, rec.mask.dtype)
 
 
 def stack(model: TwinModel, trajectories, bucket: int | None = None) -> Recordings:
     """Recordings from `Trajectory`s (t, q, qd, ctrl, settings), padded with their last command.
     bucket: steps rounded up to a multiple of it and recordings to a power of two (padding masked
     out, the fit unchanged), so that a service consolidating ever more data compiles a few shapes."""
-    _observes_q_only(model)
     T, R = max(len(tr.t) for tr in trajectories) - 1, len(trajectories)
     if bucket:
         T, R = -(-T // bucket) * bucket, 1 << (R - 1).bit_length()
     pad = lambda a, n: np.concatenate([a, np.repeat(a[-1:], n, axis=0)])  # noqa: E731
     rows = [(tr.q[0], tr.qd[0], pad(tr.ctrl[:-1], T + 1 - len(tr.t)), pad(tr.q[1:], T + 1 - len(tr.t)),
-             np.r_[np.ones(len(tr.t) - 1), np.zeros(T + 1 - len(tr.t))], model.settings_vector(tr.settings))
+             np.r_[np.ones(len(tr.t) - 1), np.zeros(T + 1 - len(tr.t))], model.settings_vector(tr.settings),
+             pad(_readings(model, tr)[:-1], T + 1 - len(tr.t)))
             for tr in trajectories]
-    rows += [rows[-1][:4] + (np.zeros(T), rows[-1][5])] * (R - len(rows))     # empty recordings
+    rows += [rows[-1][:4] + (np.zeros(T),) + rows[-1][5:]] * (R - len(rows))     # empty recordings
     return Recordings(*(jnp.asarray(np.stack(col)) for col in zip(*rows)))
 
 
@@ -115,38 +144,45 @@ def segments(model: TwinModel, trajectories, horizon_s: float) -> Recordings:
     """Recordings restarted from the measured state every `horizon_s`: each recording (resampled onto
     the twin's step where its stamps are not, `shooting.on_grid`) cut into segments of H steps by the
     multiple-shooting evaluation's own cutter (`shooting.cut`), so a fit and its evaluation see the
-    same segments. q0 (S, nq), qd0 (S, nv), commands (S, H, nu), q (S, H, nq), no padding."""
-    _observes_q_only(model)
+    same segments. q0 (S, nq), qd0 (S, nv), commands (S, H, nu), q (S, H, nq), readings (S, H, C), no
+    padding. A twin observing sensors takes recordings stamped every dt (readings are not resampled)."""
     steps = horizon_steps(horizon_s, model.robot.dt)
     parts = []
     for tr in trajectories:
-        q0, qd0, u, q = cut(on_grid(tr, model.robot.dt), steps)
+        grid = on_grid(tr, model.robot.dt)
+        if model.sensors and grid is not tr:
+            raise ValueError(f"{tr.source}: sensor readings are not resampled; record them every {model.robot.dt} s")
+        q0, qd0, u, q = cut(grid, steps)
+        readings = _readings(model, tr)[np.arange(len(q0))[:, None] * steps + np.arange(steps)[None, :]]
         settings = np.repeat(model.settings_vector(tr.settings)[None], len(q0), axis=0)
-        parts.append((q0, qd0, u, q, np.ones(q.shape[:2]), settings))
+        parts.append((q0, qd0, u, q, np.ones(q.shape[:2]), settings, readings))
     return Recordings(*(jnp.asarray(np.concatenate(col)) for col in zip(*parts)))
 
 
 @jax.jit
 def open_loop(model: TwinModel, z: jnp.ndarray, rec: Recordings) -> jnp.ndarray:
-    """Measured-q predictions (R, T, nq) of particle z (D,): each recording simulated whole, no resets."""
+    """Predictions (R, T, nq + C) of the observed columns (`Recordings.observed`) by particle z (D,): each
+    recording simulated whole, no resets; readings through the sensor models at z."""
     values = model.constrain(z)
 
     def one(q0, qd0, u, settings):
         u = jnp.concatenate([jnp.repeat(u[:1], model.history, axis=0), u])   # the first command held before
-        q, _ = simulate(model.robot, model.theta(values, settings), q0, qd0, u, model.history,
-                        free=model.free_idx, state_grad=False)
-        return q
+        q, _, *readings = simulate(model.robot, model.theta(values, settings), q0, qd0, u, model.history,
+                                   free=model.free_idx, state_grad=False, readings=model.readings)
+        return jnp.concatenate([q] + readings, axis=-1)
 
     return jax.vmap(one)(rec.q0, rec.qd0, rec.commands, rec.settings)
 
 
 def target_of(model: TwinModel, rec: Recordings, temper, z, pred: jnp.ndarray) -> jnp.ndarray:
-    """log prior(z) + the tempered profile Gaussian log-likelihood of the position residuals of the
-    predictions pred (R, T, nq), one sd profiled out per joint: −(N / 2κ) Σ_j log(Σ e_j² / N) over the
-    N real samples (joints differ in scale: a wrist's errors are not an elbow's)."""
-    resid = (rec.q - pred) * rec.mask[..., None]
-    n = jnp.sum(rec.mask)
-    return model.log_prior(z) - 0.5 * n / temper * jnp.sum(jnp.log(jnp.sum(resid ** 2, axis=(0, 1)) / n))
+    """log prior(z) + the tempered profile Gaussian log-likelihood of the residuals of the predictions
+    pred (R, T, nq + C), one sd profiled out per column: −(1 / 2κ) Σ_j N_j log(Σ e_j² / N_j) over the N_j
+    scored samples of column j (`column_mask`; joints differ in scale: a wrist's errors are not an
+    elbow's, nor a gyro's an encoder's)."""
+    m = column_mask(model, rec)
+    n = jnp.sum(m, axis=(0, 1))
+    resid = (rec.observed() - pred) * m
+    return model.log_prior(z) - 0.5 / temper * jnp.sum(n * jnp.log(jnp.sum(resid ** 2, axis=(0, 1)) / n))
 
 
 def log_target(model: TwinModel, rec: Recordings, temper, z):
@@ -159,21 +195,24 @@ def value_grad_curvature(model: TwinModel, rec: Recordings, temper, noise, x):
     gradient (P,) and its Gauss–Newton Hessian (P, P), the streaming engine's curvature
     (`laplace.value_grad_curvature`) for whole recordings: one forward-mode pass (P tangents) gives
     the open-loop predictions and their Jacobian J. The curvature is that of the target with the
-    predictions linearised at x and each joint's sd held at its profiled value s_j there (iteratively
+    predictions linearised at x and each column's sd held at its profiled value s_j there (iteratively
     reweighted least squares), −Σ_j J_jᵀJ_j / (κ s_j²) plus the prior's: it has the profile target's
     gradient at x and is negative definite everywhere, where the profile's own Hessian (the log of the
     sums of squares) is indefinite far from a mode. It leaves out the simulator's second derivatives
     weighted by the residuals and the sds' own curvature (zero at a one-joint mode the prior does
     not pull). P forward tangents cost a fraction of P reverse passes (the Panda's 48 parameters over
-    100 segments: an exact Hessian, forward over reverse, took 116 s). The Jacobian (R, T, nq, P)
-    comes back as the fourth value (`held_out_residuals` uses it)."""
+    100 segments: an exact Hessian, forward over reverse, took 116 s). The Jacobian (R, T, nq + C, P) of
+    the scored predictions (zero where `column_mask` is) comes back as the fourth value
+    (`held_out_residuals` uses it)."""
     full = lambda y: jnp.concatenate([y, noise])  # noqa: E731
+    m = column_mask(model, rec)
     jac, pred = jax.jacfwd(lambda y: (open_loop(model, full(y), rec),) * 2, has_aux=True)(x)
-    jac, pred = jax.lax.stop_gradient((jac, pred))
-    var = jax.lax.stop_gradient(jnp.sum(((rec.q - pred) * rec.mask[..., None]) ** 2, axis=(0, 1)) / jnp.sum(rec.mask))
+    jac, pred = jax.lax.stop_gradient((jac * m[..., None], pred))
+    observed = rec.observed()
+    var = jax.lax.stop_gradient(jnp.sum(((observed - pred) * m) ** 2, axis=(0, 1)) / jnp.sum(m, axis=(0, 1)))
 
     def reweighted(y):
-        resid = (rec.q - pred - jac @ (y - x)) * rec.mask[..., None]
+        resid = (observed - pred - jac @ (y - x)) * m
         return model.log_prior(full(y)) - 0.5 / temper * jnp.sum(jnp.sum(resid ** 2, axis=(0, 1)) / var)
 
     return target_of(model, rec, temper, full(x), pred), jax.grad(reweighted)(x), jax.hessian(reweighted)(x), jac
@@ -207,7 +246,7 @@ def _newton(model: TwinModel, rec: Recordings, z, noise, temper, tol, max_iter: 
     """The tempered target's mode and Laplace fit by `laplace.newton_mode` from z (P,), the Gauss–Newton
     curvature at each iterate (`value_grad_curvature`), and the predictions' Jacobian (R, T, nq, P) at
     the last iterate linearised; the noise scales (unconstrained) stay fixed."""
-    jac0 = jnp.zeros((*rec.q.shape, z.shape[0]), z.dtype)
+    jac0 = jnp.zeros((*rec.observed().shape, z.shape[0]), z.dtype)
     return newton_mode(lambda x: value_grad_curvature(model, rec, temper, noise, x),
                        lambda _, x: log_target(model, rec, temper, jnp.concatenate([x, noise])), z, jac0,
                        max_iter, tol)
@@ -230,12 +269,12 @@ def time_folds(mask: np.ndarray, by_rows: bool, folds: int = FOLDS) -> np.ndarra
 
 def held_out_residuals(residuals: np.ndarray, jac: np.ndarray, fold: np.ndarray, precision: np.ndarray,
                        weights: np.ndarray) -> np.ndarray:
-    """Approximate cross-validated residuals (R, T, nq): each fold's residuals as predicted by the mode
+    """Approximate cross-validated residuals (R, T, C): each fold's residuals as predicted by the mode
     refitted without it; 0 where fold is −1.
 
-    residuals r (R, T, nq) at the mode (measured − predicted); jac J (R, T, nq, P) of the predictions;
-    fold (R, T) of each step (`time_folds`); precision H (P, P) of the Laplace fit, the prior's
-    curvature plus Σ JᵀWJ; weights W (nq,) per joint, 1 / (κ s_j²). Without fold f the mode moves by
+    residuals r (R, T, C) at the mode (measured − predicted) in C observed columns; jac J (R, T, C, P)
+    of the predictions; fold (R, T) of each step (`time_folds`); precision H (P, P) of the Laplace fit,
+    the prior's curvature plus Σ JᵀWJ; weights W (C,) per column, 1 / (κ s_j²). Without fold f the mode moves by
     one Newton step, Δ = −(H − J_fᵀWJ_f)⁻¹ J_fᵀW r_f, and the fold's residuals become r_f − J_f Δ
     (exact for predictions linear in the parameters, as with weighted least squares)."""
     r, J = np.asarray(residuals), np.asarray(jac)
@@ -260,26 +299,26 @@ def fit(model: TwinModel, rec: Recordings, fold: np.ndarray, adam_steps: int = 5
         newton_steps: int = MAX_ITER, tol: float = 1e-3) -> WholeLogFit:
     """The tempered whole-recording posterior's mode and Laplace covariance (see the module docstring),
     and the residuals cross-validated over fold (R, T) (`time_folds`)."""
-    p = len(model.param_names)
+    p, nq = len(model.param_names), model.robot.nq
     noise = jnp.stack([t.inv(model.cfg.observation.noise_scale[c])
-                       for c, t in zip(model.channels, model.transforms[p:])])
+                       for c, t in zip(model.channels + model.sensors, model.transforms[p:])])
     full = lambda x: jnp.concatenate([x, noise])  # noqa: E731
     z = jnp.stack([t.inv(d.mean) for d, t in zip(model.priors[:p], model.transforms[:p])])
     z = _adam(model, rec, z, noise, learning_rate, steps=adam_steps)
-    temper = autocorrelation_time(np.asarray(rec.q - open_loop(model, full(z), rec)), np.asarray(rec.mask))
+    temper = autocorrelation_time(np.asarray(rec.q - open_loop(model, full(z), rec)[..., :nq]), np.asarray(rec.mask))
     lap, jac = _newton(model, rec, z, noise, temper, tol, max_iter=newton_steps)
     chol = jnp.zeros((model.dim, model.dim)).at[:p, :p].set(lap.chol)
-    mask = np.asarray(rec.mask)
-    resid = np.asarray(rec.q - open_loop(model, full(lap.mean), rec)) * mask[..., None]
+    columns = np.asarray(column_mask(model, rec))
+    resid = np.asarray(rec.observed() - open_loop(model, full(lap.mean), rec)) * columns
     iterations, trials = int(lap.iterations), int(lap.trials)
     # Adam's gradients and the two open-loop residuals are one evaluation each, a curvature P (tangents)
     converged = iterations < newton_steps and bool(np.isfinite(np.asarray(lap.chol)).all())
     held_out = variance = None
     if converged:
         c = np.asarray(lap.chol, np.float64)
-        weights = 1.0 / (temper * np.sum(resid ** 2, axis=(0, 1)) / mask.sum())
+        weights = 1.0 / (temper * np.sum(resid ** 2, axis=(0, 1)) / columns.sum(axis=(0, 1)))
         held_out = held_out_residuals(resid, np.asarray(jac), fold, np.linalg.inv(c @ c.T), weights)
-        variance = predictive_variance(jac, c, model.cfg.observation.noise_scale["q"])
+        variance = predictive_variance(np.asarray(jac)[..., :nq, :], c, model.cfg.observation.noise_scale["q"])
     return WholeLogFit(full(lap.mean), chol, temper, resid, held_out, variance, adam_steps + iterations,
                        adam_steps + 2 + iterations * p + trials, converged)
 
@@ -327,9 +366,13 @@ def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_I
     twin.restore(particles(res, jax.random.PRNGKey(twin.cfg.inference.seed), twin.cfg.inference.particles),
                  int(twin.state.version) + 1)
     twin.state = twin.state._replace(prior=GaussianPrior(res.mode, _positive_chol(res.chol), jnp.asarray(False)))
-    twin.model_error = fit_model_error(res.held_out, rec.mask, rec.settings, twin.model.robot.dt, res.variance)
-    rms = lambda r: np.sqrt(np.sum(r ** 2, axis=(0, 1)) / steps).tolist()  # noqa: E731
+    nq = twin.model.robot.nq
+    twin.model_error = fit_model_error(res.held_out[..., :nq], rec.mask, rec.settings, twin.model.robot.dt,
+                                       res.variance)
+    scored = np.sum(np.asarray(column_mask(twin.model, rec)), axis=(0, 1))
+    rms = lambda r: np.sqrt(np.sum(r ** 2, axis=(0, 1)) / scored).tolist()  # noqa: E731
     return {**cost, "wall_time_s": time.perf_counter() - start, "refused": None,
-            "fit_mae": float(np.sum(np.abs(res.residuals)) / steps / res.residuals.shape[-1]),
-            "fit_rms_rad": rms(res.residuals), "cross_validated_rms_rad": rms(res.held_out),
+            "fit_mae": float(np.sum(np.abs(res.residuals[..., :nq])) / steps / nq),
+            "fit_rms_rad": rms(res.residuals)[:nq], "cross_validated_rms_rad": rms(res.held_out)[:nq],
+            "fit_rms_readings": rms(res.residuals)[nq:], "cross_validated_rms_readings": rms(res.held_out)[nq:],
             "model_error": twin.model_error.as_dict(), "model_error_folds": int(fold.max()) + 1}

@@ -27,10 +27,11 @@ from twin_bayes.service.store import TelemetryStore
 
 
 def stored_recordings(store: TelemetryStore, robot_id: str, model, seconds: float) -> list[Trajectory]:
-    """The newest `seconds` of the robot's stored samples as recordings, oldest first; runs shorter than
-    one segment are left out. A paused stream's last samples that wait for a whole window are included:
-    the fit sees every sample the service holds (when the stream goes on, the window holding them
-    counts them once more in the streamed posterior, until the next consolidation refits from the prior)."""
+    """The newest `seconds` of the robot's stored samples as recordings, oldest first, with the readings of
+    the sensors the model observes (ValueError where a chunk lacks them); runs shorter than one segment are
+    left out. A paused stream's last samples that wait for a whole window are included: the fit sees every
+    sample the service holds (when the stream goes on, the window holding them counts them once more in the
+    streamed posterior, until the next consolidation refits from the prior)."""
     dt, last = model.robot.dt, store.last_seq(robot_id)
     newest = store.get_chunks(robot_id, last - 1, limit=1) if last >= 0 else []
     if not newest:
@@ -38,12 +39,16 @@ def stored_recordings(store: TelemetryStore, robot_id: str, model, seconds: floa
     count = int(np.ceil(seconds / (newest[0].n * dt))) + 1      # chunks holding `seconds` at the newest one's size
     chunks = store.get_chunks(robot_id, last - count, limit=count)
     keep = min(sum(c.n for c in chunks), int(round(seconds / dt)) + 1)
-    cat = {k: np.concatenate([c.arrays[k] for c in chunks])[-keep:] for k in ("t", "q", "qd", "ctrl")}
+    columns = ("t", "q", "qd", "ctrl") + tuple(f"sensor:{n}" for n in model.sensors)
+    missing = sorted({k for c in chunks for k in columns if k not in c.arrays})
+    if missing:
+        raise ValueError(f"{robot_id}: stored telemetry lacks {missing}")
+    cat = {k: np.concatenate([c.arrays[k] for c in chunks])[-keep:] for k in columns}
     settings, groups = settings_groups(chunks, [c.n for c in chunks])
     kinds = groups[-keep:]
     bounds = list(run_starts(cat["t"], dt, kinds)) + [keep]
     return [Trajectory(*(cat[k][a:b] for k in ("t", "q", "qd", "ctrl")), settings[kinds[a]],
-                       source=f"{robot_id} (stored)")
+                       source=f"{robot_id} (stored)", sensors={n: cat[f"sensor:{n}"][a:b] for n in model.sensors})
             for a, b in zip(bounds[:-1], bounds[1:]) if b - a > model.segment_steps]
 
 
