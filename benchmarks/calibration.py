@@ -7,7 +7,9 @@ emulated robot (native MuJoCo, Gaussian sensor noise on every observed channel
 and sensor, random-sine excitation with the same seed) records `--seconds` of
 telemetry, and the twin brings it in window by
 window with `Twin.update` (the config's streaming SMC) or, with
-`--method fit`, in one `Twin.fit(windows, engine=...)`. Coverage is whether
+`--method fit`, in one `Twin.fit(windows, engine=...)`, or the whole recording
+in one whole-log fit (`--engine whole-log`, restarted from the measured state
+every `--horizon` s; its noise scales stay at the config's). Coverage is whether
 truth lies in [q05, q95] of the final posterior; per parameter and overall
 (all parameters of all seeds pooled), with the binomial standard error and a
 Wilson 95 % interval. When the truth is drawn from the prior that the twin
@@ -28,6 +30,8 @@ One `TwinModel` is compiled once and shared: each seed gets
     .venv/bin/python benchmarks/calibration.py --config humanoid_fixed_sensors --seconds 1.2 --excitation tracking \
         --out benchmarks/results/calibration_sensors.json   # sensor models on the fixed humanoid
     .venv/bin/python benchmarks/calibration.py --seeds 10 --seconds 4
+    .venv/bin/python benchmarks/calibration.py --config benchmarks/configs/arm2_sensors.toml --seconds 2 \
+        --method fit --engine whole-log --horizon 0.1 --out benchmarks/results/calibration_arm2_sensors_whole_log.json
     .venv/bin/python benchmarks/calibration.py --quick        # 2 seeds, smoke run
 """
 from __future__ import annotations
@@ -56,11 +60,11 @@ def draw_truth(jax, model, seed: int) -> dict[str, float]:
 
 
 def run_seed(cfg, model, prior: np.ndarray, seed: int, seconds: float, method: str, engine: str, meter,
-             excitation: str = "sines") -> dict:
+             excitation: str = "sines", horizon_s: float | None = None) -> dict:
     """One hidden truth: emulate, stream (or fit), and score the posterior; prior (M, D) are constrained
     draws of the twin's prior (contraction and prior sds). excitation: "sines", random-sine commands
     (`sim.emulator.excitation`), or "tracking", a joint-space PD tracking sines inside each joint's range
-    (`sim.emulator.tracking_excitation`; motors only)."""
+    (`sim.emulator.tracking_excitation`; motors only). horizon_s: the whole-log engine's restarts."""
     import jax
     from twin_bayes.data import trajectory_windows
     from twin_bayes.diagnostics import identification_table, pit
@@ -88,6 +92,10 @@ def run_seed(cfg, model, prior: np.ndarray, seed: int, seconds: float, method: s
             reports.append({"accepted": rep.accepted, "reason": rep.reason, "stages": rep.stages,
                             "moves": rep.moves, "ess": rep.ess, "acceptance": rep.acceptance,
                             "latency_s": rep.latency_s})
+    elif engine == "whole-log":
+        from twin_bayes.inference.whole_log import fit_twin
+        info = fit_twin(twin, [traj], horizon_s=horizon_s)
+        reports.append({"accepted": info["refused"] is None, "reason": info["refused"], "info": info})
     else:
         res = twin.fit(windows, engine=engine)
         reports.append({"accepted": True, "info": {k: (float(v) if np.isscalar(v) and not isinstance(v, str) else v)
@@ -154,7 +162,10 @@ def main(argv=None):
     ap.add_argument("--particles", type=int, default=None, help="override inference.particles")
     ap.add_argument("--method", choices=["update", "fit"], default="update",
                     help="stream window by window (Twin.update) or one batch refit (Twin.fit)")
-    ap.add_argument("--engine", choices=["smc", "nuts", "svi"], default="smc", help="engine of --method fit")
+    ap.add_argument("--engine", choices=["smc", "nuts", "svi", "whole-log"], default="smc",
+                    help="engine of --method fit")
+    ap.add_argument("--horizon", type=float, default=None,
+                    help="whole-log engine: restart from the measured state every S seconds (default: never)")
     ap.add_argument("--excitation", choices=["sines", "tracking"], default="sines",
                     help="random-sine torques, or a PD tracking sines inside the joints' ranges (for a robot whose "
                          "joints rest on their limits under open-loop torques, such as the fixed humanoid's leg)")
@@ -163,6 +174,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds = 2
+    if args.method != "fit" and (args.engine != "smc" or args.horizon is not None):
+        ap.error("--engine and --horizon choose the engine of --method fit")
 
     load_start = list(os.getloadavg())
     jax, cache = setup_jax()
@@ -182,11 +195,13 @@ def main(argv=None):
               "settings": {"seeds": args.seeds, "first_seed": args.first_seed, "seconds": args.seconds,
                            "method": args.method, "excitation": args.excitation,
                            "engine": args.engine if args.method == "fit" else cfg.inference.engine,
+                           "horizon_s": args.horizon,
                            "particles": cfg.inference.particles, "window_s": cfg.inference.window_s,
                            "interval": "posterior q05..q95 (90 % credible)", "truth": "drawn from TwinModel.priors",
                            "emulator_noise": dict(cfg.observation.noise_scale), "quick": args.quick}}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        r = run_seed(cfg, model, prior, seed, args.seconds, args.method, args.engine, meter, args.excitation)
+        r = run_seed(cfg, model, prior, seed, args.seconds, args.method, args.engine, meter, args.excitation,
+                     args.horizon)
         rows.append(r)
         cov = " ".join("Y" if p["covered"] else "." for n, p in r["params"].items() if n in model.param_names)
         print(f"seed {seed:3d}: {r['wall_s']:7.1f} s (compile {r['compile']['total_s']:6.1f} s)  covered [{cov}]  "
