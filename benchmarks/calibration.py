@@ -60,11 +60,12 @@ def draw_truth(jax, model, seed: int) -> dict[str, float]:
 
 
 def run_seed(cfg, model, prior: np.ndarray, seed: int, seconds: float, method: str, engine: str, meter,
-             excitation: str = "sines", horizon_s: float | None = None) -> dict:
+             excitation: str = "sines", horizon_s: float | None = None, adam_steps: int = 50) -> dict:
     """One hidden truth: emulate, stream (or fit), and score the posterior; prior (M, D) are constrained
     draws of the twin's prior (contraction and prior sds). excitation: "sines", random-sine commands
     (`sim.emulator.excitation`), or "tracking", a joint-space PD tracking sines inside each joint's range
-    (`sim.emulator.tracking_excitation`; motors only). horizon_s: the whole-log engine's restarts."""
+    (`sim.emulator.tracking_excitation`; motors only). horizon_s, adam_steps: the whole-log engine's restarts and
+    its Adam steps before Newton."""
     import jax
     from twin_bayes.data import trajectory_windows
     from twin_bayes.diagnostics import identification_table, pit
@@ -94,7 +95,7 @@ def run_seed(cfg, model, prior: np.ndarray, seed: int, seconds: float, method: s
                             "latency_s": rep.latency_s})
     elif engine == "whole-log":
         from twin_bayes.inference.whole_log import fit_twin
-        info = fit_twin(twin, [traj], horizon_s=horizon_s)
+        info = fit_twin(twin, [traj], adam_steps=adam_steps, horizon_s=horizon_s)
         reports.append({"accepted": info["refused"] is None, "reason": info["refused"], "info": info})
     else:
         res = twin.fit(windows, engine=engine)
@@ -166,6 +167,8 @@ def main(argv=None):
                     help="engine of --method fit")
     ap.add_argument("--horizon", type=float, default=None,
                     help="whole-log engine: restart from the measured state every S seconds (default: never)")
+    ap.add_argument("--adam-steps", type=int, default=50,
+                    help="whole-log engine: Adam steps from the prior mean before its Newton steps (0: Newton only)")
     ap.add_argument("--excitation", choices=["sines", "tracking"], default="sines",
                     help="random-sine torques, or a PD tracking sines inside the joints' ranges (for a robot whose "
                          "joints rest on their limits under open-loop torques, such as the fixed humanoid's leg)")
@@ -174,8 +177,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds = 2
-    if args.method != "fit" and (args.engine != "smc" or args.horizon is not None):
-        ap.error("--engine and --horizon choose the engine of --method fit")
+    if args.engine != "whole-log" and (args.horizon is not None or args.adam_steps != 50):
+        ap.error("--horizon and --adam-steps are the whole-log engine's (--method fit --engine whole-log)")
+    if args.method != "fit" and args.engine != "smc":
+        ap.error("--engine chooses the engine of --method fit")
 
     load_start = list(os.getloadavg())
     jax, cache = setup_jax()
@@ -195,13 +200,13 @@ def main(argv=None):
               "settings": {"seeds": args.seeds, "first_seed": args.first_seed, "seconds": args.seconds,
                            "method": args.method, "excitation": args.excitation,
                            "engine": args.engine if args.method == "fit" else cfg.inference.engine,
-                           "horizon_s": args.horizon,
+                           "horizon_s": args.horizon, "adam_steps": args.adam_steps,
                            "particles": cfg.inference.particles, "window_s": cfg.inference.window_s,
                            "interval": "posterior q05..q95 (90 % credible)", "truth": "drawn from TwinModel.priors",
                            "emulator_noise": dict(cfg.observation.noise_scale), "quick": args.quick}}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         r = run_seed(cfg, model, prior, seed, args.seconds, args.method, args.engine, meter, args.excitation,
-                     args.horizon)
+                     args.horizon, args.adam_steps)
         rows.append(r)
         cov = " ".join("Y" if p["covered"] else "." for n, p in r["params"].items() if n in model.param_names)
         print(f"seed {seed:3d}: {r['wall_s']:7.1f} s (compile {r['compile']['total_s']:6.1f} s)  covered [{cov}]  "

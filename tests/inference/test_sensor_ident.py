@@ -528,7 +528,7 @@ def test_the_whole_log_engine_fits_sensor_models_with_the_body(model):
 
     twin = Twin(cfg, model)
     info = whole_log.fit_twin(twin, [rec], adam_steps=0, horizon_s=0.1)
-    assert info["refused"] is None
+    assert info["refused"] is None and set(info["temper_readings_steps"]) == {"gyro", "acc"}
     post = twin.posterior.summary()
     rows = {n: (truth[n], post[n]["q05"], post[n]["mean"], post[n]["q95"]) for n in truth}
     print(rows, info["fit_rms_readings"], info["wall_time_s"])
@@ -556,3 +556,23 @@ def test_the_whole_log_engine_leaves_a_delayed_sensors_first_rows_unscored():
     assert mask.shape == (2, 50, nq + 6)
     assert not mask[:, :5, nq:nq + 3].any() and mask[:, 5:, nq:nq + 3].all()
     assert mask[:, :, :nq].all() and mask[:, :, nq + 3:].all()
+
+
+def test_each_sensor_is_tempered_by_its_own_autocorrelation_time(model):
+    """`whole_log.column_tempers`: positions whose residuals are an AR(1) of coefficient 0.9 get κ = 1 + 2 Σ 0.9^k
+    over the lags before the autocorrelation falls below 0.05 (k ≤ 28: 18.06), while white gyro and
+    accelerometer residuals stay untempered (κ = 1)."""
+    from twin_bayes.inference import whole_log
+
+    rng = np.random.default_rng(0)
+    R, T, nq, C = 40, 200, model.robot.nq, sum(model.sensor_widths)
+    ar, eta = np.zeros((R, T, nq)), rng.standard_normal((R, T, nq))
+    for t in range(T):
+        ar[:, t] = (0.9 * ar[:, t - 1] if t else 0.0) + eta[:, t]
+    zeros = lambda *shape: jnp.zeros(shape)  # noqa: E731
+    rec = whole_log.Recordings(zeros(R, nq), zeros(R, model.robot.nv), zeros(R, T, model.robot.nu), zeros(R, T, nq),
+                               jnp.ones((R, T)), jnp.ones((R, 0)), zeros(R, T, C))
+    tempers = whole_log.column_tempers(model, rec, np.concatenate([ar, rng.standard_normal((R, T, C))], axis=-1))
+    expected = 1 + 2 * sum(0.9 ** k for k in range(1, 29))
+    np.testing.assert_allclose(tempers[:nq], expected, rtol=0.1)
+    np.testing.assert_array_equal(tempers[nq:], 1.0)

@@ -37,9 +37,11 @@ A config observing MJCF sensors (docs/SENSORS.md) has each sensor's readings pre
 through its sensor model (bias, scale, misalignment, delay at the particle's values): every reading column
 is one more column of residuals with its own profiled sd, so the sensor parameters are fitted with the
 physical ones. A delayed sensor's first ⌈max_latency_s / dt⌉ rows of each recording or segment reach
-before its start and are not scored (`TwinModel.scored_readings`, as in the windows). κ is measured on the
-positions' residuals, where model error shows, and tempers every column; the model error is the
-positions' (the predictive adds none to readings).
+before its start and are not scored (`TwinModel.scored_readings`, as in the windows). Each sensor's
+columns are tempered by their own κ (`column_tempers`): a segment's start-state error carries through
+its positions for many steps (κ ≈ 30 on the fixed humanoid's emulated telemetry) while an IMU's or a
+torque sensor's residuals stay white (κ = 1), and one κ for all would make the sensors' intervals √30
+times too wide. The model error is the positions' (the predictive adds none to readings).
 """
 from __future__ import annotations
 
@@ -86,7 +88,8 @@ class Recordings(NamedTuple):
 
 
 class WholeLogFit(NamedTuple):
-    """mode (D,) and chol (D, D) of the Laplace covariance (unconstrained), the temper κ (steps),
+    """mode (D,) and chol (D, D) of the Laplace covariance (unconstrained), the tempers κ (nq + C,) per
+    observed column (steps, `column_tempers`),
     residuals (R, T, nq + C) of the mode's rollouts (`Recordings.observed` columns, 0 where unscored) and
     their cross-validated counterparts `held_out` (`held_out_residuals`; None where Newton did not
     converge) with the positions' predictive variance at each step, `variance` (R, T, nq) rad²
@@ -96,7 +99,7 @@ class WholeLogFit(NamedTuple):
 
     mode: jnp.ndarray
     chol: jnp.ndarray
-    temper: float
+    temper: np.ndarray
     residuals: np.ndarray
     held_out: np.ndarray | None
     variance: np.ndarray | None
@@ -176,13 +179,13 @@ def open_loop(model: TwinModel, z: jnp.ndarray, rec: Recordings) -> jnp.ndarray:
 
 def target_of(model: TwinModel, rec: Recordings, temper, z, pred: jnp.ndarray) -> jnp.ndarray:
     """log prior(z) + the tempered profile Gaussian log-likelihood of the residuals of the predictions
-    pred (R, T, nq + C), one sd profiled out per column: −(1 / 2κ) Σ_j N_j log(Σ e_j² / N_j) over the N_j
+    pred (R, T, nq + C), one sd profiled out per column: −½ Σ_j (N_j / κ_j) log(Σ e_j² / N_j) over the N_j
     scored samples of column j (`column_mask`; joints differ in scale: a wrist's errors are not an
-    elbow's, nor a gyro's an encoder's)."""
+    elbow's, nor a gyro's an encoder's); temper κ () or (nq + C,) per column (`column_tempers`)."""
     m = column_mask(model, rec)
     n = jnp.sum(m, axis=(0, 1))
     resid = (rec.observed() - pred) * m
-    return model.log_prior(z) - 0.5 / temper * jnp.sum(n * jnp.log(jnp.sum(resid ** 2, axis=(0, 1)) / n))
+    return model.log_prior(z) - 0.5 * jnp.sum(n / temper * jnp.log(jnp.sum(resid ** 2, axis=(0, 1)) / n))
 
 
 def log_target(model: TwinModel, rec: Recordings, temper, z):
@@ -196,7 +199,7 @@ def value_grad_curvature(model: TwinModel, rec: Recordings, temper, noise, x):
     (`laplace.value_grad_curvature`) for whole recordings: one forward-mode pass (P tangents) gives
     the open-loop predictions and their Jacobian J. The curvature is that of the target with the
     predictions linearised at x and each column's sd held at its profiled value s_j there (iteratively
-    reweighted least squares), −Σ_j J_jᵀJ_j / (κ s_j²) plus the prior's: it has the profile target's
+    reweighted least squares), −Σ_j J_jᵀJ_j / (κ_j s_j²) plus the prior's: it has the profile target's
     gradient at x and is negative definite everywhere, where the profile's own Hessian (the log of the
     sums of squares) is indefinite far from a mode. It leaves out the simulator's second derivatives
     weighted by the residuals and the sds' own curvature (zero at a one-joint mode the prior does
@@ -213,7 +216,7 @@ def value_grad_curvature(model: TwinModel, rec: Recordings, temper, noise, x):
 
     def reweighted(y):
         resid = (observed - pred - jac @ (y - x)) * m
-        return model.log_prior(full(y)) - 0.5 / temper * jnp.sum(jnp.sum(resid ** 2, axis=(0, 1)) / var)
+        return model.log_prior(full(y)) - 0.5 * jnp.sum(jnp.sum(resid ** 2, axis=(0, 1)) / (var * temper))
 
     return target_of(model, rec, temper, full(x), pred), jax.grad(reweighted)(x), jax.hessian(reweighted)(x), jac
 
@@ -223,6 +226,19 @@ def autocorrelation_time(residuals: np.ndarray, mask: np.ndarray) -> float:
     (`inference.autocorrelation`, the streaming engine's rule)."""
     m = np.broadcast_to(np.asarray(mask, np.float64)[..., None], residuals.shape)
     return float(integrated_time(*lagged_products(np.asarray(residuals) * m, m)))
+
+
+def column_tempers(model: TwinModel, rec: Recordings, residuals: np.ndarray) -> np.ndarray:
+    """κ per observed column (nq + C,): the positions' one `autocorrelation_time` of their residuals
+    (R, T, nq + C) pooled, each sensor's one of its own columns (its scored rows)."""
+    nq, columns = model.robot.nq, np.asarray(column_mask(model, rec))
+    tempers = [np.full(nq, autocorrelation_time(residuals[..., :nq], np.asarray(rec.mask)))]
+    start = nq
+    for width in model.sensor_widths:
+        kappa = autocorrelation_time(residuals[..., start:start + width], columns[..., start])
+        tempers.append(np.full(width, kappa))
+        start += width
+    return np.concatenate(tempers)
 
 
 @partial(jax.jit, static_argnames="steps")
@@ -305,8 +321,8 @@ def fit(model: TwinModel, rec: Recordings, fold: np.ndarray, adam_steps: int = 5
     full = lambda x: jnp.concatenate([x, noise])  # noqa: E731
     z = jnp.stack([t.inv(d.mean) for d, t in zip(model.priors[:p], model.transforms[:p])])
     z = _adam(model, rec, z, noise, learning_rate, steps=adam_steps)
-    temper = autocorrelation_time(np.asarray(rec.q - open_loop(model, full(z), rec)[..., :nq]), np.asarray(rec.mask))
-    lap, jac = _newton(model, rec, z, noise, temper, tol, max_iter=newton_steps)
+    temper = column_tempers(model, rec, np.asarray(rec.observed() - open_loop(model, full(z), rec)))
+    lap, jac = _newton(model, rec, z, noise, jnp.asarray(temper), tol, max_iter=newton_steps)
     chol = jnp.zeros((model.dim, model.dim)).at[:p, :p].set(lap.chol)
     columns = np.asarray(column_mask(model, rec))
     resid = np.asarray(rec.observed() - open_loop(model, full(lap.mean), rec)) * columns
@@ -352,12 +368,14 @@ def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_I
     fold = time_folds(rec.mask, by_rows=horizon_s is not None)
     res = fit(twin.model, rec, fold, adam_steps=adam_steps, newton_steps=newton_steps)
     steps = int(np.sum(np.asarray(rec.mask)))
+    first = twin.model.robot.nq + np.cumsum((0,) + twin.model.sensor_widths)[:-1]     # each sensor's first column
     cost = {"engine": "whole-log", "method": "whole-log Laplace (Adam + damped Newton)",
             "recordings": len(trajectories), "segments": None if horizon_s is None else len(rec.q0),
             "horizon_s": horizon_s, "wall_time_s": time.perf_counter() - start,
             "optimiser_steps": res.steps, "simulator_evaluations": res.evaluations,
             "simulated_steps": res.evaluations * steps,
-            "temper_autocorrelation_steps": res.temper}
+            "temper_autocorrelation_steps": float(res.temper[0]),
+            "temper_readings_steps": {n: float(res.temper[i]) for n, i in zip(twin.model.sensors, first)}}
     if not res.converged:
         refused = (REASONS[-1], f"{newton_steps} Newton steps after {adam_steps} Adam steps "
                                 "(more --adam-steps start it nearer)")
