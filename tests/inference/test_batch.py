@@ -39,6 +39,7 @@ def nuts(small_cfg, model, windows, stream):
     return twin, res
 
 
+@pytest.mark.slow   # the NUTS fit behind it: 4-5 minutes on a cold cache on 2 cores
 def test_streaming_agrees_with_one_nuts_fit(nuts, stream):
     """Means and sds of the five windows streamed one by one against one NUTS fit on all five.
 
@@ -61,6 +62,7 @@ def test_streaming_agrees_with_one_nuts_fit(nuts, stream):
         assert abs(ds) < 3.5 * se_sd, name
 
 
+@pytest.mark.slow   # the NUTS fit behind it: 4-5 minutes on a cold cache on 2 cores
 def test_nuts_posterior_is_finite_and_near_truth(nuts, truth, emulator_noise):
     twin, res = nuts
     post = twin.posterior
@@ -73,6 +75,7 @@ def test_nuts_posterior_is_finite_and_near_truth(nuts, truth, emulator_noise):
         assert 0.5 * sigma < post.summary()[f"noise:{c}"]["mean"] < 2 * sigma
 
 
+@pytest.mark.slow   # the NUTS fit behind it: 4-5 minutes on a cold cache on 2 cores
 def test_nuts_reports_chains_for_rhat(nuts):
     twin, res = nuts
     d = twin.model.dim
@@ -106,6 +109,7 @@ def test_unknown_engine_is_refused(small_cfg, model, windows):
     assert twin.posterior.version == 0
 
 
+@pytest.mark.slow   # the NUTS fit behind it: 4-5 minutes on a cold cache on 2 cores
 def test_the_gate_guards_batch_fits(nuts, small_cfg, model, windows):
     """Every engine is gated: NUTS chains that disagree (R-hat), SMC that stops below beta = 1. A
     refused fit says why and keeps the previous posterior."""

@@ -65,6 +65,7 @@ def check_result(result):
     return run["policies"]
 
 
+@pytest.mark.slow   # fits, trains and runs the arm2 comparison: 2-3 minutes on a cold cache
 def test_arm2_posterior_policy_beats_nominal_on_the_real_arm(arm2_result):
     scores = check_result(arm2_result)
     print({k: (v["real_mean"], v["predicted_q05"], v["predicted_q95"]) for k, v in scores.items()})
