@@ -228,16 +228,20 @@ def autocorrelation_time(residuals: np.ndarray, mask: np.ndarray) -> float:
     return float(integrated_time(*lagged_products(np.asarray(residuals) * m, m)))
 
 
+def sensor_columns(model: TwinModel) -> list[slice]:
+    """Each observed sensor's columns among the observed ones (`Recordings.observed`: nq positions first)."""
+    ends = model.robot.nq + np.cumsum(model.sensor_widths, dtype=int)
+    return [slice(int(e - w), int(e)) for e, w in zip(ends, model.sensor_widths)]
+
+
 def column_tempers(model: TwinModel, rec: Recordings, residuals: np.ndarray) -> np.ndarray:
     """κ per observed column (nq + C,): the positions' one `autocorrelation_time` of their residuals
     (R, T, nq + C) pooled, each sensor's one of its own columns (its scored rows)."""
     nq, columns = model.robot.nq, np.asarray(column_mask(model, rec))
     tempers = [np.full(nq, autocorrelation_time(residuals[..., :nq], np.asarray(rec.mask)))]
-    start = nq
-    for width in model.sensor_widths:
-        kappa = autocorrelation_time(residuals[..., start:start + width], columns[..., start])
-        tempers.append(np.full(width, kappa))
-        start += width
+    for cols in sensor_columns(model):
+        kappa = autocorrelation_time(residuals[..., cols], columns[..., cols.start])
+        tempers.append(np.full(cols.stop - cols.start, kappa))
     return np.concatenate(tempers)
 
 
@@ -368,14 +372,14 @@ def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_I
     fold = time_folds(rec.mask, by_rows=horizon_s is not None)
     res = fit(twin.model, rec, fold, adam_steps=adam_steps, newton_steps=newton_steps)
     steps = int(np.sum(np.asarray(rec.mask)))
-    first = twin.model.robot.nq + np.cumsum((0,) + twin.model.sensor_widths)[:-1]     # each sensor's first column
     cost = {"engine": "whole-log", "method": "whole-log Laplace (Adam + damped Newton)",
             "recordings": len(trajectories), "segments": None if horizon_s is None else len(rec.q0),
             "horizon_s": horizon_s, "wall_time_s": time.perf_counter() - start,
             "optimiser_steps": res.steps, "simulator_evaluations": res.evaluations,
             "simulated_steps": res.evaluations * steps,
             "temper_autocorrelation_steps": float(res.temper[0]),
-            "temper_readings_steps": {n: float(res.temper[i]) for n, i in zip(twin.model.sensors, first)}}
+            "temper_readings_steps": {n: float(res.temper[c.start])
+                                      for n, c in zip(twin.model.sensors, sensor_columns(twin.model))}}
     if not res.converged:
         refused = (REASONS[-1], f"{newton_steps} Newton steps after {adam_steps} Adam steps "
                                 "(more --adam-steps start it nearer)")
