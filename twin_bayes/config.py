@@ -244,20 +244,25 @@ def parse_config(data: dict, source: Path | None = None) -> TwinConfig:
     return cfg
 
 
+def is_delay(name: str) -> bool:
+    """Whether the parameter `name` is a delay (s): the commands' `latency_s` or a sensor's `delay_s`."""
+    return name == "latency_s" or name.startswith("delay_s:")
+
+
 def _check_delays(cfg: TwinConfig, where: str) -> None:
     """Command latency and sensor delays stay within `inference.max_latency_s`: the commands sent that
     long before a segment are what it carries, and a delayed sensor's rows that reach back that far
     are what its segments leave unscored (`models.twin_model`)."""
     bound = cfg.inference.max_latency_s
     for name, spec in cfg.parameters.items():
-        if name == "latency_s" or name.startswith("delay_s:"):
+        if is_delay(name):
             high = spec.high if spec.dist in ("truncnormal", "uniform") else math.inf
             if high > bound:
                 raise ConfigError(f"{where}: parameters.{name}: its prior reaches {high} s, beyond "
                                   f"inference.max_latency_s = {bound} s; bound it (truncnormal or uniform, "
                                   "high) or raise max_latency_s")
     for name, value in cfg.settings.items():
-        if (name == "latency_s" or name.startswith("delay_s:")) and value > bound:
+        if is_delay(name) and value > bound:
             raise ConfigError(f"{where}: settings.{name} = {value} s exceeds inference.max_latency_s = {bound} s")
 
 
