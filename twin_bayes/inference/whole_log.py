@@ -15,8 +15,10 @@ curvature); the posterior is its Laplace approximation, N(mode, H⁻¹) in uncon
 as equally weighted particles. κ is the autocorrelation of the residuals at the mode: measured where
 the search starts, a misfit that the fit removes (a sensor bias still at zero) counts as correlated
 model error, so Newton runs again from its mode with the κ measured there until κ settles
-(`PASSES`; on the fixed humanoid's sensors κ fell from 17–59 at the start to 1 at the mode). Open-loop residuals say nothing about the sensor
-noise (model error dwarfs it): the noise scales stay at the config's `noise_scale`.
+(`PASSES`; on the fixed humanoid's sensors κ fell from 17–59 at the start to 1.0–1.6 at the mode; on
+the XL330's whole logs it rose from about 70 after Adam to 159–393 steps, as the learned model error's
+time constant says). Open-loop residuals say nothing about the sensor noise (model error dwarfs it):
+the noise scales stay at the config's `noise_scale`.
 
 The model error (`inference.discrepancy`) is learned from cross-validated residuals, not from the
 mode's own: a fit bends its parameters to the recordings it sees (on the real Panda the mode's own
