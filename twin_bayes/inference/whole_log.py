@@ -307,9 +307,10 @@ def delay_starts(model: TwinModel, rec: Recordings, z, noise) -> jnp.ndarray:
     dt = model.robot.dt
     for i, name in enumerate(model.param_names):
         if is_delay(name):
-            transform, now = model.transforms[i], float(model.transforms[i](z[i]))
-            mirror = float(np.clip(2 * dt * np.round(now / dt) - now, *delay_grid(model, i)[[0, -1]]))
-            values = jnp.append(transform.inv(jnp.asarray(np.r_[delay_grid(model, i), mirror])), z[i])
+            transform, grid = model.transforms[i], delay_grid(model, i)
+            now = float(transform(z[i]))
+            mirror = float(np.clip(2 * dt * np.round(now / dt) - now, grid[0], grid[-1]))
+            values = jnp.append(transform.inv(jnp.asarray(np.r_[grid, mirror])), z[i])
             z = z.at[i].set(values[int(jnp.argmax(_targets_along(model, rec, z, noise, i, values)))])
     return z
 
@@ -388,7 +389,9 @@ def fit(model: TwinModel, rec: Recordings, fold: np.ndarray, segmented: bool, ad
         learning_rate: float = 0.05, newton_steps: int = MAX_ITER, tol: float = 1e-3) -> WholeLogFit:
     """The tempered whole-recording posterior's mode and Laplace covariance (see the module docstring),
     κ measured at the mode (Newton again from the mode while any column's κ moves by more than
-    `TEMPER_RTOL` or a delay's best start there is not the mode's, at most `PASSES` searches), and the
+    `TEMPER_RTOL` or a delay's best start there is not the mode's, at most `PASSES` searches; a later
+    search that finds no mode leaves the earlier one's fit, and only a first that finds none is
+    refused), and the
     residuals cross-validated over fold (R, T) (`time_folds`); segmented: rec's rows are segments
     (`segments`), not whole recordings (`column_tempers`)."""
     p, nq = len(model.param_names), model.robot.nq
@@ -399,17 +402,24 @@ def fit(model: TwinModel, rec: Recordings, fold: np.ndarray, segmented: bool, ad
     z = delay_starts(model, rec, _adam(model, rec, z, noise, learning_rate, steps=adam_steps), noise)
     columns = np.asarray(column_mask(model, rec))
     resid = np.asarray(rec.observed() - open_loop(model, full(z), rec)) * columns
-    temper, iterations, trials, evaluations = column_tempers(model, rec, resid, segmented), 0, 0, 1
+    # Adam's gradients, each open-loop residual and each delay start are one evaluation, a curvature P
+    starts = sum(len(delay_grid(model, i)) + 2 for i, n in enumerate(model.param_names) if is_delay(n))
+    temper, iterations, trials, evaluations = column_tempers(model, rec, resid, segmented), 0, 0, 1 + starts
+    found = None                      # the last search that reached a mode: (lap, jac, resid, temper, pass)
     for passes in range(1, PASSES + 1):
         lap, jac = _newton(model, rec, z, noise, jnp.asarray(temper), tol, max_iter=newton_steps)
-        resid = np.asarray(rec.observed() - open_loop(model, full(lap.mean), rec)) * columns
+        at = np.asarray(rec.observed() - open_loop(model, full(lap.mean), rec)) * columns
         iterations, trials, evaluations = iterations + int(lap.iterations), trials + int(lap.trials), evaluations + 1
-        converged = int(lap.iterations) < newton_steps and bool(np.isfinite(np.asarray(lap.chol)).all())
-        at_mode, restart = column_tempers(model, rec, resid, segmented), delay_starts(model, rec, lap.mean, noise)
-        settled = np.allclose(at_mode, temper, rtol=TEMPER_RTOL, atol=0.0) and bool(jnp.all(restart == lap.mean))
-        if not converged or settled:
+        if int(lap.iterations) >= newton_steps or not np.isfinite(np.asarray(lap.chol)).all():
+            break                     # a later search that fails leaves the earlier mode standing
+        found = (lap, jac, at, temper, passes)
+        at_mode, restart = column_tempers(model, rec, at, segmented), delay_starts(model, rec, lap.mean, noise)
+        evaluations += starts
+        if np.allclose(at_mode, temper, rtol=TEMPER_RTOL, atol=0.0) and bool(jnp.all(restart == lap.mean)):
             break
         z, temper = restart, at_mode
+    converged = found is not None
+    lap, jac, resid, temper, passes = found if converged else (lap, jac, at, temper, passes)
     chol = jnp.zeros((model.dim, model.dim)).at[:p, :p].set(lap.chol)
     held_out = variance = None
     if converged:
@@ -417,10 +427,8 @@ def fit(model: TwinModel, rec: Recordings, fold: np.ndarray, segmented: bool, ad
         weights = 1.0 / (temper * np.sum(resid ** 2, axis=(0, 1)) / columns.sum(axis=(0, 1)))
         held_out = held_out_residuals(resid, np.asarray(jac), fold, np.linalg.inv(c @ c.T), weights)
         variance = predictive_variance(np.asarray(jac)[..., :nq, :], c, model.cfg.observation.noise_scale["q"])
-    # Adam's gradients, each open-loop residual and each delay start are one evaluation, a curvature P
-    starts = sum(len(delay_grid(model, i)) + 2 for i, n in enumerate(model.param_names) if is_delay(n))
     return WholeLogFit(full(lap.mean), chol, temper, resid, held_out, variance, adam_steps + iterations,
-                       adam_steps + evaluations + (passes + 1) * starts + iterations * p + trials, passes, converged)
+                       adam_steps + evaluations + iterations * p + trials, passes, converged)
 
 
 def _positive_chol(chol: jnp.ndarray) -> jnp.ndarray:
