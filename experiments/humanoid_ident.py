@@ -2,10 +2,13 @@
 
     .venv/bin/python experiments/humanoid_ident.py                     # both humanoid twins, seed 0
     .venv/bin/python experiments/humanoid_ident.py --configs humanoid_fixed --seeds 0 1 2 --seconds 1.2
+    .venv/bin/python experiments/humanoid_ident.py --configs humanoid --engine whole-log --seeds $(seq 0 9)
 
 Per twin config and seed: a hidden truth drawn from the config's prior (`service.emulate.draw_truth`),
 `--seconds` of native-MuJoCo telemetry from it (Telemetry, below; sensor noise q 0.002 rad, qd 0.02 rad/s),
-brought in window by window (0.3 s each) with `Twin.update`. Per parameter:
+brought in window by window (0.3 s each) with `Twin.update`, or with `--engine whole-log` fitted at once by the
+whole-log engine on segments restarted from the measured state every `--horizon` s (`inference.whole_log`: its
+Laplace posterior, κ-tempered, as `WHOLE_LOG_DRAWS` draws; the noise scales stay at the config's). Per parameter:
 posterior mean, 90 % interval, whether it covers the truth, contraction 1 − var_post / var_prior; pairs
 with posterior |r| ≥ 0.8. A parameter is called identifiable when its contraction exceeds 0.5 in every
 seed that ran. Over all (seed, parameter) pairs, the coverage of the 90 % intervals (with its Wilson interval,
@@ -22,8 +25,9 @@ study's pretrained walker (`WALKER`, `policy.walk`) walking on the real humanoid
 its sensor noise seeded by the seed; 0.9 s (3 windows): stance, swing and heel strikes, where torso mass,
 hip damping and foot friction act.
 
-Writes experiments/results/humanoid_ident.json (every config studied so far: configs may run as separate,
-parallel processes) and humanoid_ident.png (prior vs posterior of each config's first seed, truth marked).
+Writes experiments/results/humanoid_ident.json (every config studied so far, the whole-log engine's under
+"<config> whole-log"; configs may run as separate, parallel processes) and humanoid_ident.png (prior vs
+posterior of each config's first seed, truth marked).
 twin_bayes._jax sets NPROC (XLA's intra-op pool size) to at least 8: with one pool thread per core, the
 humanoid Newton steps deadlock on 2 cores (two batched LAPACK solves each wait for pool threads that the other
 holds).
@@ -46,6 +50,7 @@ from twin_bayes import Twin  # noqa: E402
 from twin_bayes.config import load_config  # noqa: E402
 from twin_bayes.data import Trajectory, consecutive_windows  # noqa: E402
 from twin_bayes.diagnostics import coverage_stats, identification_table, pit  # noqa: E402
+from twin_bayes.inference.whole_log import fit_twin  # noqa: E402
 from twin_bayes.models import TwinModel  # noqa: E402
 from twin_bayes.policy import walk  # noqa: E402
 from twin_bayes.service.emulate import draw_truth  # noqa: E402
@@ -59,6 +64,9 @@ NOISE = {"q": 0.002, "qd": 0.02}      # emulated sensor noise sd (rad, rad/s)
 IDENTIFIED = 0.5                      # contraction above which, in every seed, a parameter counts as pinned down
 CONFOUNDED = 0.8                      # posterior |r| of a confounded pair
 DRAWS = 4000
+WHOLE_LOG_DRAWS = 1000                # Laplace draws of a whole-log fit (its 5 % / 95 % quantiles to about 1 %)
+SAVED_DRAWS = 64                      # of them kept in the report (its plot)
+HORIZON_S = 0.09                      # the whole-log engine's restarts (30 steps of the humanoid's 3 ms)
 RESULTS = Path(__file__).resolve().parent / "results"
 WALKER = RESULTS / "humanoid_walk" / "pretrained.json"
 
@@ -118,19 +126,23 @@ def parameter_table(twin: Twin, truth: dict[str, float]) -> dict:
     summary = post.summary()
     table = identification_table(post.names, prior_draws(twin.model), draws, summary, truth, CONFOUNDED)
     for i, n in enumerate(post.names):
-        table["parameters"][n] |= {"z": (summary[n]["mean"] - truth[n]) / summary[n]["sd"],
+        sd = summary[n]["sd"]                   # 0: held fixed (the whole-log engine's noise scales)
+        table["parameters"][n] |= {"z": (summary[n]["mean"] - truth[n]) / sd if sd > 0 else None,
                                    "pit": pit(post.values[:, i], post.weights, truth[n])}
     return {**table, "particles": {"values": post.values.tolist(), "weights": post.weights.tolist()}}
 
 
-def coverage(runs: list[dict], model: TwinModel) -> dict:
+def coverage(runs: list[dict], model: TwinModel, engine: str = "update") -> dict:
     """How often the 90 % intervals held the truths, over all (seed, parameter) pairs: for the parameters
     whose truths are drawn from the prior (`draw_truth`), where a calibrated posterior covers 0.90 on
     average, and for the noise scales apart, whose truths are the emulator's fixed `NOISE` (as in
-    `benchmarks/calibration.py`). Each with its Wilson 95 % interval, the RMS of z (1 when calibrated)
-    and the share of PITs outside [0.05, 0.95] (0.10 when calibrated)."""
+    `benchmarks/calibration.py`; not with the whole-log engine, which does not estimate them). Each with its Wilson
+    95 % interval, the RMS of z (1 when calibrated) and the share of PITs outside [0.05, 0.95] (0.10 when
+    calibrated)."""
     out = {}
-    for group, names in (("prior_drawn", model.param_names), ("noise_scales", model.noise_names)):
+    groups = (("prior_drawn", model.param_names),) + ((("noise_scales", model.noise_names),) if engine == "update"
+                                                       else ())
+    for group, names in groups:
         rows = [r["parameters"][n] for r in runs for n in names]
         pits = np.array([p["pit"] for p in rows])
         out[group] = {**coverage_stats([p["covered"] for p in rows]), "parameters": list(names),
@@ -139,12 +151,28 @@ def coverage(runs: list[dict], model: TwinModel) -> dict:
     return out
 
 
-def run_seed(cfg, model: TwinModel, seed: int, seconds: float, clock: CompileClock) -> dict:
-    """One hidden truth streamed through a fresh twin; its parameter table, updates and timings."""
+def run_seed(cfg, model: TwinModel, seed: int, seconds: float, clock: CompileClock, engine: str = "update",
+             horizon_s: float = HORIZON_S) -> dict:
+    """One hidden truth streamed through a fresh twin (engine "update"), or fitted at once by the whole-log
+    engine on segments of horizon_s ("whole-log"); its parameter table, updates or fit, and timings."""
     start = time.perf_counter()
     clock.take()
     truth, traj = telemetry(cfg, model, seed, seconds)
-    twin = Twin(cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"seed": seed})}), model)
+    inference = {"seed": seed} | ({"particles": WHOLE_LOG_DRAWS} if engine == "whole-log" else {})
+    twin = Twin(cfg.model_copy(update={"inference": cfg.inference.model_copy(update=inference)}), model)
+    floating = model.robot.nq > model.robot.nv
+    if engine == "whole-log":
+        fit = fit_twin(twin, [traj], adam_steps=0, horizon_s=horizon_s)
+        print(f"  {cfg.name} seed {seed}: whole-log fit, {fit['segments']} segments, {fit['optimiser_steps']} Newton "
+              f"steps, κ {fit['temper_autocorrelation_steps']:.1f}, {fit['wall_time_s']:.1f} s", flush=True)
+        fit.pop("model_error", None)
+        table = parameter_table(twin, truth | {f"noise:{c}": cfg.observation.noise_scale[c] for c in model.channels})
+        kept = {k: v[:SAVED_DRAWS] for k, v in table["particles"].items()}    # equally weighted, independent
+        return {"seed": seed, "truth": {n: truth[n] for n in model.param_names}, **table, "particles": kept,
+                "parameters": {n: table["parameters"][n] for n in model.param_names}, "fit": fit,
+                "seconds_used": (len(traj.t) - 1) * model.robot.dt,
+                "lowest_height_m": float(traj.q[:, 2].min()) if floating else None,
+                "wall_s": time.perf_counter() - start, "compile_s": clock.take()}
     updates = []
     for w in consecutive_windows(traj.q, traj.qd, traj.ctrl, model.window_samples):
         r = twin.update(w)
@@ -154,7 +182,6 @@ def run_seed(cfg, model: TwinModel, seed: int, seconds: float, clock: CompileClo
               f"newton {r.newton_steps} stages {r.stages} κ {r.temper:.2f} {r.latency_s:.1f} s", flush=True)
     truth_all = truth | {f"noise:{c}": NOISE[c] for c in model.channels}
     table = parameter_table(twin, truth_all)
-    floating = model.robot.nq > model.robot.nv
     return {"seed": seed, "truth": {n: truth_all[n] for n in model.names}, **table,
             "windows": len(updates), "seconds_used": len(updates) * (model.window_samples - 1) * model.robot.dt,
             "updates": updates, "lowest_height_m": float(traj.q[:, 2].min()) if floating else None,
@@ -179,7 +206,7 @@ def plot(configs: dict, path: Path) -> None:
     panels = []
     for config, study_ in configs.items():
         run, names = study_["runs"][0], list(study_["runs"][0]["parameters"])
-        prior = prior_draws(TwinModel(load_config(config)))
+        prior = prior_draws(TwinModel(load_config(study_["config"])))
         post = posterior_draws(names, np.array(run["particles"]["values"]), np.array(run["particles"]["weights"]))
         panels += [(config, n, prior[:, i], post[n], run["truth"][n]) for i, n in enumerate(names)]
     cols = 4
@@ -206,7 +233,8 @@ def plot(configs: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def study(config: str, seeds: list[int], seconds: float, clock: CompileClock, save) -> dict:
+def study(config: str, seeds: list[int], seconds: float, clock: CompileClock, save, engine: str = "update",
+          horizon_s: float = HORIZON_S) -> dict:
     """All seeds of one config on one compiled TwinModel; save(result) after each seed (a fit of the floating
     humanoid takes minutes per seed)."""
     start = time.perf_counter()
@@ -214,16 +242,17 @@ def study(config: str, seeds: list[int], seconds: float, clock: CompileClock, sa
     model = TwinModel(cfg)
     runs = []
     for seed in seeds:
-        runs.append(run_seed(cfg, model, seed, seconds, clock))
+        runs.append(run_seed(cfg, model, seed, seconds, clock, engine, horizon_s))
         covered = {n: p["covered"] for n, p in runs[-1]["parameters"].items()}
         print(f"  {config} seed {seed}: covered {sum(covered.values())}/{len(covered)} "
               f"{[n for n, c in covered.items() if not c]} missed", flush=True)
-        result = {"config": config, "particles": cfg.inference.particles, "window_s": cfg.inference.window_s,
-                  "start_search": cfg.inference.start_search,
+        result = {"config": config, "engine": engine, "horizon_s": horizon_s if engine == "whole-log" else None,
+                  "particles": WHOLE_LOG_DRAWS if engine == "whole-log" else cfg.inference.particles,
+                  "window_s": cfg.inference.window_s, "start_search": cfg.inference.start_search,
                   "telemetry": "PD-tracked random sines (tracking_excitation)" if config == "humanoid_fixed" else
                   f"the walker {WALKER.relative_to(RESULTS.parent.parent)}",
-                  "seconds": seconds, "coverage": coverage(runs, model), "runs": runs,
-                  "verdicts": verdicts(runs, model.names),
+                  "seconds": seconds, "coverage": coverage(runs, model, engine), "runs": runs,
+                  "verdicts": verdicts(runs, list(runs[0]["parameters"])),
                   "wall_s": time.perf_counter() - start, "compile_s": sum(r["compile_s"] for r in runs)}
         save(result)
     return result
@@ -235,6 +264,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--seconds", type=float, default=None,
                     help=f"telemetry per seed, whole 0.3 s windows used (default per config: {SECONDS})")
+    ap.add_argument("--engine", choices=["update", "whole-log"], default="update",
+                    help="stream the windows through Twin.update, or one whole-log fit on segments")
+    ap.add_argument("--horizon", type=float, default=HORIZON_S,
+                    help="whole-log engine: restart from the measured state every S seconds")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -253,10 +286,10 @@ def main(argv=None) -> int:
             report = json.loads(path.read_text()) if path.exists() else {"configs": {}}
             report.update(rule=f"identifiable: contraction > {IDENTIFIED} in every seed; confounded: posterior "
                                f"|r| >= {CONFOUNDED}", noise=NOISE)
-            report["configs"][config] = result
+            report["configs"][config if args.engine == "update" else f"{config} whole-log"] = result
             path.write_text(json.dumps(report, indent=2, default=float))
 
-        result = study(config, args.seeds, args.seconds or SECONDS[config], clock, save)
+        result = study(config, args.seeds, args.seconds or SECONDS[config], clock, save, args.engine, args.horizon)
         for n, v in result["verdicts"].items():
             print(f"{config:15s} {n:28s} contraction {min(v['contraction']):6.2f}  covered {v['covered']}/"
                   f"{v['seeds']}  {v['verdict']}", flush=True)

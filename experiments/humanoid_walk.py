@@ -11,10 +11,11 @@ refined by ARS (`policy.ars`) on batched `mujoco.rollout` episodes. The twin is 
 floating humanoid's torso mass, hip damping and foot friction, and its command latency.
 
 1. Pretraining: `PRETRAIN` ARS iterations on the nominal model from the designed gait (`walk.designed_gait`).
-2. Per truth, the pretrained walker runs on the real humanoid; its telemetry (sensor noise on every
-   3 ms reading, the commands as sent; whole 0.3 s windows until the run ends or the torso falls, at
-   most `WINDOWS`) is streamed through a `humanoid` twin with `Twin.update`, as the identification
-   study does; the posterior is saved for `twin-bayes policy predict`.
+2. Per truth, the pretrained walker runs `TELEMETRY_S` on the real humanoid; its telemetry (sensor noise on
+   every 3 ms reading, the commands as sent) is fitted by the whole-log engine on segments of `HORIZON_S`,
+   as the identification study's `--engine whole-log` does (seconds per twin, where streaming it window by
+   window through `Twin.update` took from 151 s to more than 83 minutes); the posterior is saved for
+   `twin-bayes policy predict`.
 3. Fine-tuning, the same budget each (`FINETUNE` iterations × 2·directions episodes of `EPISODE_S`):
    on the nominal model, on `DRAWS` uniform draws over the config's prior 5-95 % ranges, and per truth
    on `DRAWS` posterior particles.
@@ -34,8 +35,9 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from twin_bayes.config import load_config  # noqa: E402
-from twin_bayes.data import consecutive_windows  # noqa: E402
+from twin_bayes.data import Trajectory  # noqa: E402
 from twin_bayes.inference import Twin  # noqa: E402
+from twin_bayes.inference.whole_log import fit_twin  # noqa: E402
 from twin_bayes.inference.store import SUMMARY, load_posterior, save_posterior  # noqa: E402
 from twin_bayes.models import TwinModel  # noqa: E402
 from twin_bayes.policy import ars, experiment, walk  # noqa: E402
@@ -43,32 +45,40 @@ from twin_bayes.policy import ars, experiment, walk  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 TRUTHS = Path(walk.__file__).resolve().parents[1] / "robots" / "humanoid" / "truths"
 SETTINGS = ars.Settings(directions=16, top=8, step_size=0.1, noise=0.3)
-EPISODE_S, RUN_S, DRAWS, WINDOWS, SEEDS = 8.0, 10.0, 32, 3, [1, 2, 3]
+EPISODE_S, RUN_S, DRAWS, SEEDS = 8.0, 10.0, 32, [1, 2, 3]
+TELEMETRY_S, HORIZON_S = 0.9, 0.09     # the twin's telemetry per real humanoid and its whole-log restarts
 PRETRAIN, FINETUNE = 80, 30
 
 
 def fit_posterior(cfg, model: TwinModel, robot, truth_file: Path, truth, noise, walker, seed: int, out: Path):
-    """The twin of one real humanoid, fitted on the walker's telemetry there (data seed `seed`), and its fit
-    record {fitted_on, windows, accepted, wall_s}. A posterior already in `out` fitted on the same inputs
-    (`fitted_on`: config and its inference settings, walker, truth file, seed, windows) is loaded instead: a fit
-    takes half an hour."""
-    fitted_on = {"config": cfg.name, "inference": cfg.inference.model_dump(), "walker": walker.as_dict(),
-                 "truth": truth_file.name, "seed": seed, "windows": WINDOWS}
+    """The twin of one real humanoid, fitted on the walker's telemetry there (data seed `seed`) by the whole-log
+    engine on segments restarted from the measured state every `HORIZON_S` (`inference.whole_log`; the
+    noise scales are the sensors' datasheet figures `walk.NOISE`, which that engine does not estimate), and
+    its fit record {fitted_on, seconds, wall_s, fit}. A posterior already in `out` fitted on the same inputs
+    (`fitted_on`: config and its inference settings, engine, walker, truth file, seed, seconds) is loaded
+    instead. RuntimeError where the fit found no mode."""
+    fitted_on = {"config": cfg.name, "inference": cfg.inference.model_dump(), "engine": "whole-log",
+                 "horizon_s": HORIZON_S, "noise_scale": walk.NOISE, "walker": walker.as_dict(),
+                 "truth": truth_file.name, "seed": seed, "seconds": TELEMETRY_S}
     try:
         saved = json.loads((out / SUMMARY).read_text())
     except (OSError, ValueError):
         saved = {}
+    cfg = cfg.model_copy(update={"observation": cfg.observation.model_copy(update={"noise_scale": walk.NOISE}),
+                                 "inference": cfg.inference.model_copy(update={"particles": DRAWS * 8})})
     if saved.get("fitted_on") == fitted_on:
         experiment.log.info("%s: twin loaded from %s (fitted on the same telemetry)", truth_file.stem, out)
-        return load_posterior(Twin(cfg, model), out), {k: saved.get(k) for k in ("windows", "accepted", "wall_s")}
+        return load_posterior(Twin(cfg, model), out), {k: saved.get(k) for k in ("seconds", "wall_s", "fit")}
     started = time.perf_counter()
-    window_s = (model.window_samples - 1) * robot.dt
-    q, qd, ctrl = walk.telemetry(robot, truth, walker, WINDOWS * window_s + 0.01, seed, noise)
+    q, qd, ctrl = walk.telemetry(robot, truth, walker, TELEMETRY_S + 1e-9, seed, noise)
     twin = Twin(cfg, model)
-    reports = [twin.update(w) for w in consecutive_windows(q, qd, ctrl, model.window_samples)]
-    record = {"windows": len(reports), "accepted": [bool(r.accepted) for r in reports],
-              "wall_s": time.perf_counter() - started}
-    experiment.log.info("%s: twin fitted on %d windows in %.0f s", truth_file.stem, len(reports), record["wall_s"])
+    fit = fit_twin(twin, [Trajectory(np.arange(len(q)) * robot.dt, q, qd, ctrl, source=truth_file.stem)],
+                   adam_steps=0, horizon_s=HORIZON_S)
+    if fit["refused"]:
+        raise RuntimeError(f"{truth_file.stem}: the whole-log fit found no mode ({fit['refused']})")
+    fit.pop("model_error")
+    record = {"seconds": (len(q) - 1) * robot.dt, "wall_s": time.perf_counter() - started, "fit": fit}
+    experiment.log.info("%s: twin fitted on %.2f s in %.0f s", truth_file.stem, record["seconds"], record["wall_s"])
     save_posterior(twin, out, {"config": cfg.name, "fitted_on": fitted_on, **record,   # config: a shipped name
                                "parameters": twin.posterior.summary()})
     return twin, record
@@ -211,7 +221,8 @@ def main(argv=None) -> dict:
             "walked_3m_without_fall": int(sum(r["distance_m"] >= 3.0 and not r["falls"] for r in rows)),
             "no_fall": int(sum(not r["falls"] for r in rows)),
             "distance_within_predicted_90": int(sum(r["distance_within_predicted_90"] for r in rows))}
-    result = {"run_s": run_s, "episode_s": episode_s, "seeds": seeds, "draws": DRAWS, "windows": WINDOWS,
+    result = {"run_s": run_s, "episode_s": episode_s, "seeds": seeds, "draws": DRAWS, "telemetry_s": TELEMETRY_S,
+              "horizon_s": HORIZON_S,
               "fall_height_m": walk.FALL_HEIGHT, "ars": SETTINGS._asdict(), "config": cfg.name,
               "pretrain_iterations": pretrain,
               "finetune_iterations": finetune,

@@ -41,3 +41,23 @@ def test_fixed_humanoid_telemetry_pins_down_every_parameter_near_its_truth(tmp_p
     assert cov["noise_scales"]["n"] == 2 and cov["prior_drawn"]["n"] == 5
     z = [p["z"] for p in physical.values()]
     assert cov["prior_drawn"]["rms_z"] == pytest.approx(float(np.sqrt(np.mean(np.square(z)))))
+
+
+@pytest.mark.slow
+def test_the_floating_humanoid_whole_log_fit_holds_its_truths(tmp_path):
+    """Seed 1 of the floating humanoid's study with the whole-log engine: 0.9 s of the walker's telemetry cut every
+    0.09 s, the Laplace posterior κ-tempered; the noise scales are the config's, not estimated."""
+    subprocess.run([sys.executable, str(SCRIPT), "--configs", "humanoid", "--engine", "whole-log", "--seeds", "1",
+                    "--out", str(tmp_path)], check=True, timeout=3000)
+    study = json.loads((tmp_path / "humanoid_ident.json").read_text())["configs"]["humanoid whole-log"]
+    run = study["runs"][0]
+    assert study["engine"] == "whole-log" and list(study["coverage"]) == ["prior_drawn"]
+    assert run["fit"]["segments"] == 10 and run["fit"]["refused"] is None
+    assert 10 < run["fit"]["temper_autocorrelation_steps"] < 60     # a start's error runs through its segment
+    assert set(run["parameters"]) == set(run["truth"]) and len(run["parameters"]) == 5
+    for n, p in run["parameters"].items():
+        assert abs(p["z"]) < 3 and p["contraction"] > 0.5, (n, p)
+    # torso mass and hip damping pinned down to a few per cent
+    for n in ("body_mass:torso", "dof_damping:right_hip_y", "dof_damping:left_hip_y"):
+        p = run["parameters"][n]
+        assert p["covered"] and (p["q95"] - p["q05"]) / p["truth"] < 0.15, (n, p)

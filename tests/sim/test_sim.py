@@ -206,3 +206,22 @@ def test_mjx_kinematics_has_a_barrier_between_tree_levels():
     d.qpos[:] = [0.3, -0.7, 1.1]
     mujoco.mj_kinematics(m, d)
     np.testing.assert_allclose(jax.jit(kinematics)(mx, dx).xpos, d.xpos, atol=1e-12)
+
+
+@pytest.mark.parametrize("friction", [0.6, 1.4])
+def test_a_foot_sets_its_contacts_friction(friction):
+    """The feet outrank the floor (`priority`): a contact's friction is the foot's, in native MuJoCo and in MJX,
+    also below the floor's 1.0, where MuJoCo's default (the larger of the two geoms') would ignore it."""
+    import mujoco
+    from mujoco import mjx
+    robot = load_robot("humanoid")
+    m = robot.model_with(robot.nominal() | {"geom_friction:right_foot": friction})
+    d = mujoco.MjData(m)
+    d.qpos[:] = checks.start_state(robot)[0]
+    mujoco.mj_forward(m, d)
+    foot = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "right_foot")
+    native = [c.friction[0] for c in d.contact[:d.ncon] if foot in (c.geom1, c.geom2)]
+    mx = mjx.forward(mjx.put_model(m), mjx.put_data(m, d))
+    touching = (np.asarray(mx._impl.contact.dist) < 0) & np.any(np.asarray(mx._impl.contact.geom) == foot, axis=1)
+    assert native and np.allclose(native, friction)
+    assert touching.any() and np.allclose(np.asarray(mx._impl.contact.friction)[touching, 0], friction)

@@ -37,7 +37,9 @@ With a horizon (`fit --engine whole-log --horizon S`) each recording is restarte
 state every S seconds instead (`segments`: the cut of `evaluate --horizon`), for robots whose
 open-loop error over a whole recording is not what their users ask of the twin (an arm whose
 planner re-plans every 0.1 s). The start states are taken as measured: their noise is not
-modelled, which suits encoder-grade positions and filtered velocities.
+modelled, which suits encoder-grade positions and filtered velocities. It does not suit feet in contact:
+on the floating humanoid a start's velocity noise sets a planted foot sliding, which the fit stops by
+moving that foot's friction (docs/STUDIES/humanoid.md).
 
 A config observing MJCF sensors (docs/SENSORS.md) has each sensor's readings predicted by the same rollouts
 through its sensor model (bias, scale, misalignment, delay at the particle's values): every reading column
