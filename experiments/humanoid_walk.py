@@ -12,10 +12,11 @@ floating humanoid's torso mass, hip damping and foot friction, and its command l
 
 1. Pretraining: `PRETRAIN` ARS iterations on the nominal model from the designed gait (`walk.designed_gait`).
 2. Per truth, the pretrained walker runs `TELEMETRY_S` on the real humanoid; its telemetry (sensor noise on
-   every 3 ms reading, the commands as sent) is fitted by the whole-log engine on segments of `HORIZON_S`,
-   as the identification study's `--engine whole-log` does (seconds per twin, where streaming it window by
-   window through `Twin.update` took from 151 s to more than 83 minutes); the posterior is saved for
-   `twin-bayes policy predict`.
+   every 3 ms reading, the commands as sent) is fitted by the whole-log engine on segments of `HORIZON_S`
+   from their measured starts (30-312 s per twin, where streaming it window by window through `Twin.update`
+   took from 151 s to more than 83 minutes; latent starts, as the identification study's `--engine
+   whole-log` fits them, take about 15 minutes per twin); the posterior is saved for `twin-bayes policy
+   predict`.
 3. Fine-tuning, the same budget each (`FINETUNE` iterations × 2·directions episodes of `EPISODE_S`):
    on the nominal model, on `DRAWS` uniform draws over the config's prior 5-95 % ranges, and per truth
    on `DRAWS` posterior particles.
@@ -73,7 +74,7 @@ def fit_posterior(cfg, model: TwinModel, robot, truth_file: Path, truth, noise, 
     q, qd, ctrl = walk.telemetry(robot, truth, walker, TELEMETRY_S + 1e-9, seed, noise)
     twin = Twin(cfg, model)
     fit = fit_twin(twin, [Trajectory(np.arange(len(q)) * robot.dt, q, qd, ctrl, source=truth_file.stem)],
-                   adam_steps=0, horizon_s=HORIZON_S)
+                   adam_steps=0, horizon_s=HORIZON_S, latent_starts=False)   # measured starts: seconds, not minutes
     if fit["refused"]:
         raise RuntimeError(f"{truth_file.stem}: the whole-log fit found no mode ({fit['refused']})")
     fit.pop("model_error")

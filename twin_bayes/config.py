@@ -113,8 +113,10 @@ class InferenceSection(_Strict):
     independent (κ = 1). `start_search`: each streamed window's segments start from their start states'
     mode given the parameters, not from the measured states (`inference.laplace.find_starts`): for robots
     whose predictions are far from linear over the sensor noise of a start, such as a floating base whose
-    feet touch the floor; it costs some forward-mode passes per window. `consolidate_after_s` > 0: once a
-    robot's stream has paused that long (s), the service refits the newest `consolidate_s` seconds it has stored with the whole-log engine and the
+    feet touch the floor; it costs some forward-mode passes per window. The whole-log engine's segments
+    (`fit --engine whole-log --horizon`) then start from latent states estimated with the parameters
+    (`inference.whole_log`). `consolidate_after_s` > 0: once a robot's stream has paused that long (s),
+    the service refits the newest `consolidate_s` seconds it has stored with the whole-log engine and the
     live posterior continues from that fit (`service.consolidate`; for robots whose model class is
     known to be wrong); 0: never.
     """

@@ -66,11 +66,12 @@ def _dump(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_arm2_config(directory: Path, name: str, **inference) -> Path:
-    """The shipped arm2 config with inference settings replaced, written as TOML."""
+def write_arm2_config(directory: Path, name: str, noise_scale: dict | None = None, **inference) -> Path:
+    """The shipped arm2 config with inference settings (and the noise scales) replaced, written as TOML."""
     data = tomllib.loads(resolve_config_path("arm2").read_text())
     data["name"] = name
     data["inference"].update(inference)
+    data["observation"]["noise_scale"].update(noise_scale or {})
     path = directory / f"{name}.toml"
     path.write_text(_dump(data))
     return path

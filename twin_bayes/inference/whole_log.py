@@ -31,15 +31,24 @@ simulation. A fold's refitted mode is itself uncertain, so its residuals hold th
 the predictive variance as well as the model error; the model error is fitted above that share (the
 Laplace covariance through the same Jacobian, diag J Σ Jᵀ, plus the sensor noise: `predictive_variance`),
 which the predictive adds again from its particles. Fitted on the residuals alone, the bands counted
-the parameters twice.
+the parameters twice. With latent starts the refit without a fold leaves that fold's start offsets to
+their prior, so its held-out residuals are predictions from the measured starts, as a user's are.
 
 With a horizon (`fit --engine whole-log --horizon S`) each recording is restarted from its measured
 state every S seconds instead (`segments`: the cut of `evaluate --horizon`), for robots whose
 open-loop error over a whole recording is not what their users ask of the twin (an arm whose
-planner re-plans every 0.1 s). The start states are taken as measured: their noise is not
-modelled, which suits encoder-grade positions and filtered velocities. It does not suit feet in contact:
-on the floating humanoid a start's velocity noise sets a planted foot sliding, which the fit stops by
-moving that foot's friction (docs/STUDIES/humanoid.md).
+planner re-plans every 0.1 s). A segment's start state is measured with the sensors' noise. Where the
+config searches start states (`inference.start_search`) each is latent (`with_starts`): the measured
+one plus an offset e ~ N(0, Σ0), Σ0 the q and qd noise (`TwinModel.start_variance`), estimated with the
+parameters by the same Newton search over (parameters, every segment's offset), whose Gauss–Newton
+curvature is block-sparse (one forward-mode pass of P + nq + nv tangents: segments are independent, so
+one tangent moves every segment's start along one axis); the offsets are searched in units of their
+prior sd, which keeps the curvature's scales alike. The parameters' covariance is the Laplace joint's
+marginal (its parameter block), so the starts are integrated out, not fixed at their mode. Measured
+starts suit encoder-grade positions and filtered velocities. They do not suit feet in contact: on the
+floating humanoid a start's velocity noise sets a planted foot sliding, which the fit stops by moving
+that foot's friction (docs/STUDIES/humanoid.md). Latent starts cost P + nq + nv tangents per Newton
+step instead of P (on the floating humanoid 52 instead of 5).
 
 A config observing MJCF sensors (docs/SENSORS.md) has each sensor's readings predicted by the same rollouts
 through its sensor model (bias, scale, misalignment, delay at the particle's values): every reading column
@@ -104,8 +113,9 @@ class Recordings(NamedTuple):
 
 
 class WholeLogFit(NamedTuple):
-    """mode (D,) and chol (D, D) of the Laplace covariance (unconstrained), the tempers κ (nq + C,) per
-    observed column (steps, `column_tempers`),
+    """mode (D,) and chol (D, D) of the Laplace covariance (unconstrained; the start states marginalised),
+    each segment's latent start offset at the mode starts (R, nq + nv) (rad, m, rad/s; None where starts are
+    measured), the tempers κ (nq + C,) per observed column (steps, `column_tempers`),
     residuals (R, T, nq + C) of the mode's rollouts (`Recordings.observed` columns, 0 where unscored) and
     their cross-validated counterparts `held_out` (`held_out_residuals`; None where Newton did not
     converge) with the positions' predictive variance at each step, `variance` (R, T, nq) rad²
@@ -115,6 +125,7 @@ class WholeLogFit(NamedTuple):
 
     mode: jnp.ndarray
     chol: jnp.ndarray
+    starts: np.ndarray | None
     temper: np.ndarray
     residuals: np.ndarray
     held_out: np.ndarray | None
@@ -179,16 +190,17 @@ def segments(model: TwinModel, trajectories, horizon_s: float) -> Recordings:
     return Recordings(*(jnp.asarray(np.concatenate(col)) for col in zip(*parts)))
 
 
-@jax.jit
-def open_loop(model: TwinModel, z: jnp.ndarray, rec: Recordings) -> jnp.ndarray:
+@partial(jax.jit, static_argnames="state_grad")
+def open_loop(model: TwinModel, z: jnp.ndarray, rec: Recordings, state_grad: bool = False) -> jnp.ndarray:
     """Predictions (R, T, nq + C) of the observed columns (`Recordings.observed`) by particle z (D,): each
-    recording simulated whole, no resets; readings through the sensor models at z."""
+    recording simulated whole, no resets; readings through the sensor models at z. Differentiable in z, and
+    with state_grad in the start states too (`sim.rollout.simulate`)."""
     values = model.constrain(z)
 
     def one(q0, qd0, u, settings):
         u = jnp.concatenate([jnp.repeat(u[:1], model.history, axis=0), u])   # the first command held before
         q, _, *readings = simulate(model.robot, model.theta(values, settings), q0, qd0, u, model.history,
-                                   free=model.free_idx, state_grad=False, readings=model.readings)
+                                   free=model.free_idx, state_grad=state_grad, readings=model.readings)
         return jnp.concatenate([q] + readings, axis=-1)
 
     return jax.vmap(one)(rec.q0, rec.qd0, rec.commands, rec.settings)
@@ -210,32 +222,63 @@ def log_target(model: TwinModel, rec: Recordings, temper, z):
     return target_of(model, rec, temper, z, open_loop(model, z, rec))
 
 
-def value_grad_curvature(model: TwinModel, rec: Recordings, temper, noise, x):
-    """The log target at the physical parameters x (P,) (the noise scales, unconstrained, fixed), its
-    gradient (P,) and its Gauss–Newton Hessian (P, P), the streaming engine's curvature
-    (`laplace.value_grad_curvature`) for whole recordings: one forward-mode pass (P tangents) gives
-    the open-loop predictions and their Jacobian J. The curvature is that of the target with the
+def with_starts(model: TwinModel, rec: Recordings, x: jnp.ndarray, sd) -> tuple[jnp.ndarray, Recordings]:
+    """The physical parameters y (P,) and the recordings from their start states, of x: (P,), the starts
+    measured (sd None), or (P + R·(nq + nv),) with latent starts, its tail each row's start offset from the
+    measured one in units of sd (nq + nv,), the measured start's noise (`TwinModel.start_variance`)."""
+    p = len(model.param_names)
+    if sd is None:
+        return x, rec
+    e = x[p:].reshape(rec.q0.shape[0], -1) * sd
+    return x[:p], rec._replace(q0=rec.q0 + e[:, :model.robot.nq], qd0=rec.qd0 + e[:, model.robot.nq:])
+
+
+def joint_target(model: TwinModel, rec: Recordings, temper, noise, sd, x) -> jnp.ndarray:
+    """The log target at x (`with_starts`): `log_target` from the start states x says, plus the latent
+    offsets' prior N(0, 1) in units of sd; the noise scales (unconstrained, fixed) appended."""
+    y, moved = with_starts(model, rec, x, sd)
+    return log_target(model, moved, temper, jnp.concatenate([y, noise])) - 0.5 * jnp.sum(x[y.shape[0]:] ** 2)
+
+
+def value_grad_curvature(model: TwinModel, rec: Recordings, temper, noise, x, sd=None):
+    """The log target at x (`joint_target`; x (P,) the physical parameters, or (P + R·r,) with each row's
+    latent start offset, r = nq + nv, where sd (r,) is given), its gradient and its Gauss–Newton Hessian
+    (P + R·r, P + R·r), the streaming engine's curvature (`laplace.value_grad_curvature`) for whole
+    recordings: one forward-mode pass (P + r tangents) gives the open-loop predictions, their Jacobian J_y
+    in the parameters and J_e in the start offset (one tangent moves every row's start at once; rows are
+    independent, so each sees only its own). The curvature is that of the target with the
     predictions linearised at x and each column's sd held at its profiled value s_j there (iteratively
-    reweighted least squares), −Σ_j J_jᵀJ_j / (κ_j s_j²) plus the prior's: it has the profile target's
+    reweighted least squares), −Σ_j J_jᵀJ_j / (κ_j s_j²) plus the priors': it has the profile target's
     gradient at x and is negative definite everywhere, where the profile's own Hessian (the log of the
     sums of squares) is indefinite far from a mode. It leaves out the simulator's second derivatives
     weighted by the residuals and the sds' own curvature (zero at a one-joint mode the prior does
     not pull). P forward tangents cost a fraction of P reverse passes (the Panda's 48 parameters over
-    100 segments: an exact Hessian, forward over reverse, took 116 s). The Jacobian (R, T, nq + C, P) of
-    the scored predictions (zero where `column_mask` is) comes back as the fourth value
-    (`held_out_residuals` uses it)."""
-    full = lambda y: jnp.concatenate([y, noise])  # noqa: E731
+    100 segments: an exact Hessian, forward over reverse, took 116 s). The Jacobians (R, T, nq + C, P)
+    and (R, T, nq + C, r) (none without latent starts) of the scored predictions (zero where `column_mask`
+    is) come back as the fourth value (`held_out_residuals` uses them)."""
+    p, full = len(model.param_names), lambda y: jnp.concatenate([y, noise])  # noqa: E731
+    y, moved = with_starts(model, rec, x, sd)
+    r = 0 if sd is None else sd.shape[0]
+    shift = lambda v: moved if sd is None else with_starts(model, moved, jnp.concatenate(  # noqa: E731
+        [v[:p], jnp.tile(v[p:], rec.q0.shape[0])]), sd)[1]
     m = column_mask(model, rec)
-    jac, pred = jax.jacfwd(lambda y: (open_loop(model, full(y), rec),) * 2, has_aux=True)(x)
+    jac, pred = jax.jacfwd(lambda v: (open_loop(model, full(v[:p]), shift(v), sd is not None),) * 2, has_aux=True)(
+        jnp.concatenate([y, jnp.zeros(r, y.dtype)]))
     jac, pred = jax.lax.stop_gradient((jac * m[..., None], pred))
-    observed = rec.observed()
-    var = jax.lax.stop_gradient(jnp.sum(((observed - pred) * m) ** 2, axis=(0, 1)) / jnp.sum(m, axis=(0, 1)))
-
-    def reweighted(y):
-        resid = (observed - pred - jac @ (y - x)) * m
-        return model.log_prior(full(y)) - 0.5 * jnp.sum(jnp.sum(resid ** 2, axis=(0, 1)) / (var * temper))
-
-    return target_of(model, rec, temper, full(x), pred), jax.grad(reweighted)(x), jax.hessian(reweighted)(x), jac
+    resid = (rec.observed() - pred) * m
+    weight = 1.0 / (jax.lax.stop_gradient(jnp.sum(resid ** 2, axis=(0, 1)) / jnp.sum(m, axis=(0, 1))) * temper)
+    jy, je = jac[..., :p], jac[..., p:]
+    prior = lambda v: model.log_prior(full(v))  # noqa: E731
+    rows, u = rec.q0.shape[0], x[p:].reshape(rec.q0.shape[0], r)
+    grad = jnp.concatenate([jnp.einsum("stcp,c,stc->p", jy, weight, resid) + jax.grad(prior)(y),
+                            (jnp.einsum("stci,c,stc->si", je, weight, resid) - u).reshape(-1)])
+    h_yy = jax.hessian(prior)(y) - jnp.einsum("stcp,c,stcq->pq", jy, weight, jy)
+    h_ye = -jnp.einsum("stcp,c,stci->psi", jy, weight, je).reshape(p, rows * r)
+    h_ee = -jnp.einsum("sij,su->siuj", jnp.einsum("stci,c,stcj->sij", je, weight, je),
+                       jnp.eye(rows)).reshape(rows * r, rows * r)
+    hess = jnp.block([[h_yy, h_ye], [h_ye.T, h_ee - jnp.eye(rows * r)]])
+    value = target_of(model, moved, temper, full(y), pred) - 0.5 * jnp.sum(u ** 2)
+    return value, grad, hess, (jy, je)
 
 
 def autocorrelation_time(residuals: np.ndarray, mask: np.ndarray) -> float:
@@ -334,14 +377,27 @@ def _adam(model: TwinModel, rec: Recordings, z, noise, learning_rate, steps: int
 
 
 @partial(jax.jit, static_argnames="max_iter")
-def _newton(model: TwinModel, rec: Recordings, z, noise, temper, tol, max_iter: int) -> tuple[Laplace, jnp.ndarray]:
-    """The tempered target's mode and Laplace fit by `laplace.newton_mode` from z (P,), the Gauss–Newton
-    curvature at each iterate (`value_grad_curvature`), and the predictions' Jacobian (R, T, nq, P) at
-    the last iterate linearised; the noise scales (unconstrained) stay fixed."""
-    jac0 = jnp.zeros((*rec.observed().shape, z.shape[0]), z.dtype)
-    return newton_mode(lambda x: value_grad_curvature(model, rec, temper, noise, x),
-                       lambda _, x: log_target(model, rec, temper, jnp.concatenate([x, noise])), z, jac0,
-                       max_iter, tol)
+def _newton(model: TwinModel, rec: Recordings, x, noise, sd, temper, tol, max_iter: int) -> tuple[Laplace, tuple]:
+    """The tempered target's mode and Laplace fit by `laplace.newton_mode` from x (`with_starts`), the
+    Gauss–Newton curvature at each iterate (`value_grad_curvature`), and the predictions' Jacobians in the
+    parameters and the start offsets at the last iterate linearised; the noise scales (unconstrained) stay
+    fixed. With latent starts a step that gains less than tol also stops it: through contacts (the floating
+    humanoid) the curvature over the starts stays a poor model and the steps crawl, 0.003 nats in five of
+    17 s each, while the decrement stays above tol."""
+    p, r = len(model.param_names), 0 if sd is None else sd.shape[0]
+    shape = rec.observed().shape
+    jac0 = (jnp.zeros((*shape, p), x.dtype), jnp.zeros((*shape, r), x.dtype))
+    return newton_mode(lambda v: value_grad_curvature(model, rec, temper, noise, v, sd),
+                       lambda _, v: joint_target(model, rec, temper, noise, sd, v), x, jac0, max_iter, tol,
+                       0.0 if sd is None else tol)
+
+
+def joint_jacobian(jy: np.ndarray, je: np.ndarray) -> np.ndarray:
+    """The Jacobian (R, T, C, P + R·r) of the predictions in x (`with_starts`) from the parameters' one
+    jy (R, T, C, P) and the start offsets' je (R, T, C, r), each row's in its own block."""
+    rows, r = je.shape[0], je.shape[-1]
+    blocks = np.einsum("stci,su->stcui", je, np.eye(rows)).reshape(*je.shape[:3], rows * r)
+    return np.concatenate([jy, blocks], axis=-1)
 
 
 def time_folds(mask: np.ndarray, by_rows: bool, folds: int = FOLDS) -> np.ndarray:
@@ -388,49 +444,60 @@ def predictive_variance(jac: np.ndarray, chol: np.ndarray, noise_sd: float) -> n
 
 
 def fit(model: TwinModel, rec: Recordings, fold: np.ndarray, segmented: bool, adam_steps: int = 50,
-        learning_rate: float = 0.05, newton_steps: int = MAX_ITER, tol: float = 1e-3) -> WholeLogFit:
+        learning_rate: float = 0.05, newton_steps: int = MAX_ITER, tol: float = 1e-3,
+        latent_starts: bool | None = None) -> WholeLogFit:
     """The tempered whole-recording posterior's mode and Laplace covariance (see the module docstring),
     κ measured at the mode (Newton again from the mode while any column's κ moves by more than
     `TEMPER_RTOL` or a delay's best start there is not the mode's, at most `PASSES` searches; a later
     search that finds no mode leaves the earlier one's fit, and only a first that finds none is
-    refused), and the
-    residuals cross-validated over fold (R, T) (`time_folds`); segmented: rec's rows are segments
-    (`segments`), not whole recordings (`column_tempers`)."""
+    refused), and the residuals cross-validated over fold (R, T) (`time_folds`); segmented: rec's rows
+    are segments (`segments`), not whole recordings (`column_tempers`); latent_starts: each segment's start
+    state latent (`with_starts`), estimated with the parameters and marginalised in their covariance (the
+    module docstring), or taken as measured (False); None: as the config's `inference.start_search` says."""
     p, nq = len(model.param_names), model.robot.nq
     noise = jnp.stack([t.inv(model.cfg.observation.noise_scale[c])
                        for c, t in zip(model.channels + model.sensors, model.transforms[p:])])
-    full = lambda x: jnp.concatenate([x, noise])  # noqa: E731
-    z = jnp.stack([t.inv(d.mean) for d, t in zip(model.priors[:p], model.transforms[:p])])
-    z = delay_starts(model, rec, _adam(model, rec, z, noise, learning_rate, steps=adam_steps), noise)
+    full = lambda y: jnp.concatenate([y, noise])  # noqa: E731
+    latent = segmented and (model.cfg.inference.start_search if latent_starts is None else latent_starts)
+    sd = jnp.sqrt(model.start_variance(model.cfg.observation.noise_scale)) if latent else None
+    r = 0 if sd is None else sd.shape[0]
+    y = jnp.stack([t.inv(d.mean) for d, t in zip(model.priors[:p], model.transforms[:p])])
+    x = jnp.concatenate([delay_starts(model, rec, _adam(model, rec, y, noise, learning_rate, steps=adam_steps), noise),
+                         jnp.zeros(rec.q0.shape[0] * r)])
     columns = np.asarray(column_mask(model, rec))
-    resid = np.asarray(rec.observed() - open_loop(model, full(z), rec)) * columns
-    # Adam's gradients, each open-loop residual and each delay start are one evaluation, a curvature P
+    started = lambda x: with_starts(model, rec, x, sd)  # noqa: E731
+    residuals = lambda x: np.asarray(rec.observed() - open_loop(model, full(x[:p]), started(x)[1])) * columns  # noqa
+    # Adam's gradients, each open-loop residual and each delay start are one evaluation, a curvature P + r
     starts = sum(len(delay_grid(model, i)) + 2 for i, n in enumerate(model.param_names) if is_delay(n))
-    temper, iterations, trials, evaluations = column_tempers(model, rec, resid, segmented), 0, 0, 1 + starts
+    temper, iterations, trials, evaluations = column_tempers(model, rec, residuals(x), segmented), 0, 0, 1 + starts
     found = None                      # the last search that reached a mode: (lap, jac, resid, temper, pass)
     for passes in range(1, PASSES + 1):
-        lap, jac = _newton(model, rec, z, noise, jnp.asarray(temper), tol, max_iter=newton_steps)
-        at = np.asarray(rec.observed() - open_loop(model, full(lap.mean), rec)) * columns
+        lap, jac = _newton(model, rec, x, noise, sd, jnp.asarray(temper), tol, max_iter=newton_steps)
+        at = residuals(lap.mean)
         iterations, trials, evaluations = iterations + int(lap.iterations), trials + int(lap.trials), evaluations + 1
         if int(lap.iterations) >= newton_steps or not np.isfinite(np.asarray(lap.chol)).all():
             break                     # a later search that fails leaves the earlier mode standing
         found = (lap, jac, at, temper, passes)
-        at_mode, restart = column_tempers(model, rec, at, segmented), delay_starts(model, rec, lap.mean, noise)
+        at_mode = column_tempers(model, rec, at, segmented)
+        restart = lap.mean.at[:p].set(delay_starts(model, started(lap.mean)[1], lap.mean[:p], noise))
         evaluations += starts
         if np.allclose(at_mode, temper, rtol=TEMPER_RTOL, atol=0.0) and bool(jnp.all(restart == lap.mean)):
             break
-        z, temper = restart, at_mode
+        x, temper = restart, at_mode
     converged = found is not None
-    lap, jac, resid, temper, passes = found if converged else (lap, jac, at, temper, passes)
-    chol = jnp.zeros((model.dim, model.dim)).at[:p, :p].set(lap.chol)
+    lap, (jy, je), resid, temper, passes = found if converged else (lap, jac, at, temper, passes)
+    joint = np.asarray(lap.chol, np.float64)
+    c = np.linalg.cholesky((joint @ joint.T)[:p, :p])          # the parameters' marginal: starts integrated out
+    chol = jnp.zeros((model.dim, model.dim)).at[:p, :p].set(c)
     held_out = variance = None
     if converged:
-        c = np.asarray(lap.chol, np.float64)
         weights = 1.0 / (temper * np.sum(resid ** 2, axis=(0, 1)) / columns.sum(axis=(0, 1)))
-        held_out = held_out_residuals(resid, np.asarray(jac), fold, np.linalg.inv(c @ c.T), weights)
-        variance = predictive_variance(np.asarray(jac)[..., :nq, :], c, model.cfg.observation.noise_scale["q"])
-    return WholeLogFit(full(lap.mean), chol, temper, resid, held_out, variance, adam_steps + iterations,
-                       adam_steps + evaluations + iterations * p + trials, passes, converged)
+        held_out = held_out_residuals(resid, joint_jacobian(np.asarray(jy), np.asarray(je)), fold,
+                                      np.linalg.inv(joint @ joint.T), weights)
+        variance = predictive_variance(np.asarray(jy)[..., :nq, :], c, model.cfg.observation.noise_scale["q"])
+    offsets = None if sd is None else np.asarray(lap.mean[p:].reshape(-1, r) * sd)
+    return WholeLogFit(full(lap.mean[:p]), chol, offsets, temper, resid, held_out, variance, adam_steps + iterations,
+                       adam_steps + evaluations + iterations * (p + r) + trials, passes, converged)
 
 
 def _positive_chol(chol: jnp.ndarray) -> jnp.ndarray:
@@ -447,9 +514,10 @@ def particles(result: WholeLogFit, key, n: int) -> Particles:
 
 
 def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_ITER,
-             horizon_s: float | None = None, bucket: int | None = None) -> dict:
+             horizon_s: float | None = None, bucket: int | None = None, latent_starts: bool | None = None) -> dict:
     """Fit `twin` (a `Twin`) on whole recordings (`Trajectory`s; padded as `stack` pads with `bucket`), or
-    on their segments of `horizon_s` (`segments`): its posterior becomes the Laplace approximation as
+    on their segments of `horizon_s` (`segments`; their starts latent or measured as `fit` says of
+    latent_starts): its posterior becomes the Laplace approximation as
     `cfg.inference.particles` particles (the next version), and its model error is learned from its
     cross-validated residuals above the predictive's own variance (`held_out_residuals`,
     `predictive_variance`, `inference.discrepancy`: from zero at each recording's or segment's start);
@@ -460,13 +528,18 @@ def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_I
     rec = (stack(twin.model, trajectories, bucket) if horizon_s is None
            else segments(twin.model, trajectories, horizon_s))
     fold = time_folds(rec.mask, by_rows=horizon_s is not None)
-    res = fit(twin.model, rec, fold, horizon_s is not None, adam_steps=adam_steps, newton_steps=newton_steps)
+    res = fit(twin.model, rec, fold, horizon_s is not None, adam_steps=adam_steps, newton_steps=newton_steps,
+              latent_starts=latent_starts)
     steps = int(np.sum(np.asarray(rec.mask)))
     cost = {"engine": "whole-log", "method": "whole-log Laplace (Adam + damped Newton)",
             "recordings": len(trajectories), "segments": None if horizon_s is None else len(rec.q0),
             "horizon_s": horizon_s, "wall_time_s": time.perf_counter() - start,
             "optimiser_steps": res.steps, "newton_passes": res.passes, "simulator_evaluations": res.evaluations,
             "simulated_steps": res.evaluations * steps,
+            "start_states": "measured" if res.starts is None else "latent",
+            "start_offsets_rms": None if res.starts is None else {
+                "q": float(np.sqrt(np.mean(res.starts[:, :twin.model.robot.nq] ** 2))),
+                "qd": float(np.sqrt(np.mean(res.starts[:, twin.model.robot.nq:] ** 2)))},
             "temper_autocorrelation_steps": float(res.temper[0]),
             "temper_readings_steps": {n: float(res.temper[c.start])
                                       for n, c in zip(twin.model.sensors, sensor_columns(twin.model))}}

@@ -410,9 +410,15 @@ class TwinModel:
         mask = jnp.concatenate([jnp.broadcast_to(state_rows, (n, L, sum(widths))), read_rows], -1).reshape(n, -1)
         resid = (self._observed(q_tgt, qd_tgt, s_tgt) - self._observed(q, qd, s)).reshape(n, -1) * mask
         d = jnp.where(mask > 0, jnp.tile(var_col, L)[None, :], 1.0)                       # (S, L·C)
-        start_var = jnp.concatenate([jnp.full(r.nq, noise["q"] ** 2 if "q" in noise else 1e-12),
-                                     jnp.full(r.nv, noise["qd"] ** 2 if "qd" in noise else 1e-12)])
-        return resid, mask, d, start_var
+        return resid, mask, d, self.start_variance(noise)
+
+    def start_variance(self, noise) -> jnp.ndarray:
+        """Σ0 (nq + nv,): the variance of a measured start state, from the noise scales {channel: scale}
+        (rad, m; rad/s): the q channel's² on positions, the qd channel's² on velocities, 1e-12 where
+        unobserved."""
+        r = self.robot
+        return jnp.concatenate([jnp.full(r.nq, noise["q"] ** 2 if "q" in noise else 1e-12),
+                                jnp.full(r.nv, noise["qd"] ** 2 if "qd" in noise else 1e-12)])
 
     def _segment_noise(self, z: jnp.ndarray, q: jnp.ndarray, qd: jnp.ndarray, s: jnp.ndarray, w: Window):
         """The terms of each segment's joint noise model given its predictions q (S, L, nq), qd (S, L, nv),
