@@ -120,24 +120,20 @@ def test_latent_starts_recover_the_true_start_states_and_keep_the_parameters_hon
     from the measured starts the same fit's residuals are model error many times the noise."""
     from .conftest import write_arm2_config
     noise = {"q": 1e-4, "qd": 0.05}
-    fits = {}
-    for search in (True, False):
-        twin = Twin(load_config(write_arm2_config(tmp_path, f"arm2_starts_{search}", noise, start_search=search)))
-        rng = np.random.default_rng(7)
-        clean = [emulate(twin.model.robot, TRUTH, 2.0, seed=s, noise={"q": 0.0, "qd": 0.0}) for s in (3, 4)]
-        recs = [dataclasses.replace(c, q=c.q + rng.normal(0, noise["q"], c.q.shape),
-                                    qd=c.qd + rng.normal(0, noise["qd"], c.qd.shape)) for c in clean]
-        rec = whole_log.segments(twin.model, recs, 0.1)
-        res = whole_log.fit(twin.model, rec, whole_log.time_folds(rec.mask, True), True, adam_steps=0)
-        fits[search] = res
-    latent, measured = fits[True], fits[False]
-    true_starts = whole_log.segments(twin.model, clean, 0.1)
-    nq = twin.model.robot.nq
+    twins = {search: Twin(load_config(write_arm2_config(tmp_path, f"arm2_starts_{search}", noise,
+                                                        start_search=search))) for search in (True, False)}
+    m, rng = twins[True].model, np.random.default_rng(7)
+    clean = [emulate(m.robot, TRUTH, 2.0, seed=s, noise={"q": 0.0, "qd": 0.0}) for s in (3, 4)]
+    recs = [dataclasses.replace(c, q=c.q + rng.normal(0, noise["q"], c.q.shape),
+                                qd=c.qd + rng.normal(0, noise["qd"], c.qd.shape)) for c in clean]
+    rec, true_starts = whole_log.segments(m, recs, 0.1), whole_log.segments(m, clean, 0.1)
+    latent, measured = (whole_log.fit(twins[s].model, rec, whole_log.time_folds(rec.mask, True), True, adam_steps=0)
+                        for s in (True, False))
+    nq = m.robot.nq
     error = lambda e: float(np.sqrt(np.mean((np.asarray(rec.qd0 - true_starts.qd0) + e) ** 2)))  # noqa: E731
     assert error(latent.starts[:, nq:]) < 0.3 * error(0.0), (error(latent.starts[:, nq:]), error(0.0))
     rms = lambda res: float(np.sqrt(np.mean(res.residuals[..., :nq] ** 2)))  # noqa: E731
     assert rms(latent) < 1.5 * noise["q"] < 5 * 1.5 * noise["q"] < rms(measured), (rms(latent), rms(measured))
-    m = twin.model
     truth = m.unconstrain(jnp.asarray([TRUTH[n] for n in m.param_names] + list(noise.values())))
     sd = np.sqrt(np.diag(np.asarray(latent.chol @ latent.chol.T)))[:len(TRUTH)]
     z = (np.asarray(latent.mode - truth)[:len(TRUTH)]) / sd
