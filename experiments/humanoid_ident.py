@@ -3,6 +3,7 @@
     .venv/bin/python experiments/humanoid_ident.py                     # both humanoid twins, seed 0
     .venv/bin/python experiments/humanoid_ident.py --configs humanoid_fixed --seeds 0 1 2 --seconds 1.2
     .venv/bin/python experiments/humanoid_ident.py --configs humanoid --engine whole-log --seeds $(seq 0 9)
+    .venv/bin/python experiments/humanoid_ident.py --configs humanoid --engine whole-log --seeds $(seq 0 9) --resume
 
 Per twin config and seed: a hidden truth drawn from the config's prior (`service.emulate.draw_truth`),
 `--seconds` of native-MuJoCo telemetry from it (Telemetry, below; sensor noise q 0.002 rad, qd 0.02 rad/s),
@@ -26,7 +27,8 @@ its sensor noise seeded by the seed; 0.9 s (3 windows): stance, swing and heel s
 hip damping and foot friction act.
 
 Writes experiments/results/humanoid_ident.json (every config studied so far, the whole-log engine's under
-"<config> whole-log"; configs may run as separate, parallel processes) and humanoid_ident.png (prior vs
+"<config> whole-log"; configs may run as separate, parallel processes; `--resume` keeps the seeds a study of the same
+settings already stored there, so a long study stops and goes on) and humanoid_ident.png (prior vs
 posterior of each config's first seed, truth marked).
 twin_bayes._jax sets NPROC (XLA's intra-op pool size) to at least 8: with one pool thread per core, the
 humanoid Newton steps deadlock on 2 cores (two batched LAPACK solves each wait for pool threads that the other
@@ -234,15 +236,20 @@ def plot(configs: dict, path: Path) -> None:
 
 
 def study(config: str, seeds: list[int], seconds: float, clock: CompileClock, save, engine: str = "update",
-          horizon_s: float = HORIZON_S) -> dict:
+          horizon_s: float = HORIZON_S, stored: dict | None = None) -> dict:
     """All seeds of one config on one compiled TwinModel; save(result) after each seed (a fit of the floating
-    humanoid takes minutes per seed)."""
+    humanoid takes minutes per seed). `stored`: an earlier result of this config and engine whose runs are
+    kept for the seeds it has, where it ran with the same telemetry length, horizon and start search."""
     start = time.perf_counter()
     cfg = load_config(config)
     model = TwinModel(cfg)
+    same = stored is not None and all(stored.get(k) == v for k, v in (
+        ("engine", engine), ("seconds", seconds), ("horizon_s", horizon_s if engine == "whole-log" else None),
+        ("start_search", cfg.inference.start_search)))
+    kept = {r["seed"]: r for r in stored["runs"]} if same else {}
     runs = []
     for seed in seeds:
-        runs.append(run_seed(cfg, model, seed, seconds, clock, engine, horizon_s))
+        runs.append(kept[seed] if seed in kept else run_seed(cfg, model, seed, seconds, clock, engine, horizon_s))
         covered = {n: p["covered"] for n, p in runs[-1]["parameters"].items()}
         print(f"  {config} seed {seed}: covered {sum(covered.values())}/{len(covered)} "
               f"{[n for n, c in covered.items() if not c]} missed", flush=True)
@@ -252,6 +259,7 @@ def study(config: str, seeds: list[int], seconds: float, clock: CompileClock, sa
                   "telemetry": "PD-tracked random sines (tracking_excitation)" if config == "humanoid_fixed" else
                   f"the walker {WALKER.relative_to(RESULTS.parent.parent)}",
                   "seconds": seconds, "coverage": coverage(runs, model, engine), "runs": runs,
+                  "kept_seeds": [s for s in seeds[:len(runs)] if s in kept],
                   "verdicts": verdicts(runs, list(runs[0]["parameters"])),
                   "wall_s": time.perf_counter() - start, "compile_s": sum(r["compile_s"] for r in runs)}
         save(result)
@@ -269,6 +277,9 @@ def main(argv=None) -> int:
     ap.add_argument("--horizon", type=float, default=HORIZON_S,
                     help="whole-log engine: restart from the measured state every S seconds")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs already in the JSON for these seeds (same config, engine, telemetry length, "
+                         "horizon and start search) and fit only the others")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     clock = CompileClock()
@@ -276,8 +287,9 @@ def main(argv=None) -> int:
     path = args.out / "humanoid_ident.json"
     for config in args.configs:
         load = list(os.getloadavg())
+        key = config if args.engine == "update" else f"{config} whole-log"
 
-        def save(result, config=config, load=load):
+        def save(result, key=key, load=load):
             result["command"] = command
             result["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
                                  "NPROC": os.environ["NPROC"], "load_average_start": load,
@@ -286,10 +298,12 @@ def main(argv=None) -> int:
             report = json.loads(path.read_text()) if path.exists() else {"configs": {}}
             report.update(rule=f"identifiable: contraction > {IDENTIFIED} in every seed; confounded: posterior "
                                f"|r| >= {CONFOUNDED}", noise=NOISE)
-            report["configs"][config if args.engine == "update" else f"{config} whole-log"] = result
+            report["configs"][key] = result
             path.write_text(json.dumps(report, indent=2, default=float))
 
-        result = study(config, args.seeds, args.seconds or SECONDS[config], clock, save, args.engine, args.horizon)
+        stored = json.loads(path.read_text())["configs"].get(key) if args.resume and path.exists() else None
+        result = study(config, args.seeds, args.seconds or SECONDS[config], clock, save, args.engine, args.horizon,
+                       stored)
         for n, v in result["verdicts"].items():
             print(f"{config:15s} {n:28s} contraction {min(v['contraction']):6.2f}  covered {v['covered']}/"
                   f"{v['seeds']}  {v['verdict']}", flush=True)
