@@ -2,7 +2,7 @@
 twin's posterior, run on real humanoids of hidden truths; the twin predicts its distance.
 
     .venv/bin/python experiments/humanoid_walk.py            # 3 hidden truths x 3 sensor-noise seeds, 10 s runs
-    .venv/bin/python experiments/humanoid_walk.py --quick    # 1 truth x 1 seed, tiny budgets, 2 s runs
+    .venv/bin/python experiments/humanoid_walk.py --quick    # 1 truth x 1 seed, tiny budgets, 0.36 s of telemetry
 
 The real humanoids are native MuJoCo under the truth files in twin_bayes/robots/humanoid/truths/ (torso and
 leg masses, hip and knee damping and armature, foot friction, command latency); the trainer and the twin
@@ -48,19 +48,21 @@ TRUTHS = Path(walk.__file__).resolve().parents[1] / "robots" / "humanoid" / "tru
 SETTINGS = ars.Settings(directions=16, top=8, step_size=0.1, noise=0.3)
 EPISODE_S, RUN_S, DRAWS, SEEDS = 8.0, 10.0, 32, [1, 2, 3]
 TELEMETRY_S, HORIZON_S = 0.9, 0.09     # the twin's telemetry per real humanoid and its whole-log restarts
+QUICK_TELEMETRY_S = 0.36               # --quick: 4 segments, the fit's compile and Newton steps in the default suite
 PRETRAIN, FINETUNE = 80, 30
 
 
-def fit_posterior(cfg, model: TwinModel, robot, truth_file: Path, truth, noise, walker, seed: int, out: Path):
-    """The twin of one real humanoid, fitted on the walker's telemetry there (data seed `seed`) by the whole-log
-    engine on segments restarted from the measured state every `HORIZON_S` (`inference.whole_log`; the
+def fit_posterior(cfg, model: TwinModel, robot, truth_file: Path, truth, noise, walker, seed: int, seconds: float,
+                  out: Path):
+    """The twin of one real humanoid, fitted on `seconds` of the walker's telemetry there (data seed `seed`) by the
+    whole-log engine on segments restarted from the measured state every `HORIZON_S` (`inference.whole_log`; the
     noise scales are the sensors' datasheet figures `walk.NOISE`, which that engine does not estimate), and
     its fit record {fitted_on, seconds, wall_s, fit}. A posterior already in `out` fitted on the same inputs
     (`fitted_on`: config and its inference settings, engine, walker, truth file, seed, seconds) is loaded
     instead. RuntimeError where the fit found no mode."""
     fitted_on = {"config": cfg.name, "inference": cfg.inference.model_dump(), "engine": "whole-log",
                  "horizon_s": HORIZON_S, "noise_scale": walk.NOISE, "walker": walker.as_dict(),
-                 "truth": truth_file.name, "seed": seed, "seconds": TELEMETRY_S}
+                 "truth": truth_file.name, "seed": seed, "seconds": seconds}
     try:
         saved = json.loads((out / SUMMARY).read_text())
     except (OSError, ValueError):
@@ -71,7 +73,7 @@ def fit_posterior(cfg, model: TwinModel, robot, truth_file: Path, truth, noise, 
         experiment.log.info("%s: twin loaded from %s (fitted on the same telemetry)", truth_file.stem, out)
         return load_posterior(Twin(cfg, model), out), {k: saved.get(k) for k in ("seconds", "wall_s", "fit")}
     started = time.perf_counter()
-    q, qd, ctrl = walk.telemetry(robot, truth, walker, TELEMETRY_S + 1e-9, seed, noise)
+    q, qd, ctrl = walk.telemetry(robot, truth, walker, seconds + 1e-9, seed, noise)
     twin = Twin(cfg, model)
     fit = fit_twin(twin, [Trajectory(np.arange(len(q)) * robot.dt, q, qd, ctrl, source=truth_file.stem)],
                    adam_steps=0, horizon_s=HORIZON_S, latent_starts=False)   # measured starts: seconds, not minutes
@@ -155,7 +157,8 @@ def main(argv=None) -> dict:
     name = "humanoid_walk" + ("_quick" if quick else "")
     store = Path(args.out) / name
     store.mkdir(parents=True, exist_ok=True)
-    pretrain, finetune, run_s, episode_s = (4, 2, 2.0, 2.0) if quick else (PRETRAIN, FINETUNE, RUN_S, EPISODE_S)
+    pretrain, finetune, run_s, episode_s, telemetry_s = ((4, 2, 2.0, 2.0, QUICK_TELEMETRY_S) if quick else
+                                                         (PRETRAIN, FINETUNE, RUN_S, EPISODE_S, TELEMETRY_S))
     files = sorted(TRUTHS.glob("*.toml"))[:1 if quick else None]
     seeds = SEEDS[:1] if quick else SEEDS
     cfg = load_config("humanoid_latency")
@@ -185,7 +188,7 @@ def main(argv=None) -> dict:
         training[label] = {"curve": curve, "steps": steps}
     identification, twins = {}, {}
     for i, (truth_name, (truth, noise)) in enumerate(truths.items()):
-        twin, record = fit_posterior(cfg, model, robot, files[i], truth, noise, pre, 100 + i,
+        twin, record = fit_posterior(cfg, model, robot, files[i], truth, noise, pre, 100 + i, telemetry_s,
                                      store / f"posterior_{truth_name}")
         twins[truth_name] = twin
         summary = twin.posterior.summary()
@@ -222,7 +225,7 @@ def main(argv=None) -> dict:
             "walked_3m_without_fall": int(sum(r["distance_m"] >= 3.0 and not r["falls"] for r in rows)),
             "no_fall": int(sum(not r["falls"] for r in rows)),
             "distance_within_predicted_90": int(sum(r["distance_within_predicted_90"] for r in rows))}
-    result = {"run_s": run_s, "episode_s": episode_s, "seeds": seeds, "draws": DRAWS, "telemetry_s": TELEMETRY_S,
+    result = {"run_s": run_s, "episode_s": episode_s, "seeds": seeds, "draws": DRAWS, "telemetry_s": telemetry_s,
               "horizon_s": HORIZON_S,
               "fall_height_m": walk.FALL_HEIGHT, "ars": SETTINGS._asdict(), "config": cfg.name,
               "pretrain_iterations": pretrain,

@@ -41,6 +41,11 @@ def test_fixed_humanoid_telemetry_pins_down_every_parameter_near_its_truth(tmp_p
     assert cov["noise_scales"]["n"] == 2 and cov["prior_drawn"]["n"] == 5
     z = [p["z"] for p in physical.values()]
     assert cov["prior_drawn"]["rms_z"] == pytest.approx(float(np.sqrt(np.mean(np.square(z)))))
+    # --resume keeps the stored seed of a study of the same settings: nothing is fitted again
+    subprocess.run([sys.executable, str(SCRIPT), "--configs", "humanoid_fixed", "--seeds", "0", "--seconds", "0.6",
+                    "--out", str(tmp_path), "--resume"], check=True, timeout=3000)
+    again = json.loads((tmp_path / "humanoid_ident.json").read_text())["configs"]["humanoid_fixed"]
+    assert again["kept_seeds"] == [0] and again["runs"] == [run] and again["coverage"] == cov
 
 
 @pytest.mark.slow
