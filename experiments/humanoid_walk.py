@@ -48,7 +48,7 @@ TRUTHS = Path(walk.__file__).resolve().parents[1] / "robots" / "humanoid" / "tru
 SETTINGS = ars.Settings(directions=16, top=8, step_size=0.1, noise=0.3)
 EPISODE_S, RUN_S, DRAWS, SEEDS = 8.0, 10.0, 32, [1, 2, 3]
 TELEMETRY_S, HORIZON_S = 0.9, 0.09     # the twin's telemetry per real humanoid and its whole-log restarts
-QUICK_TELEMETRY_S = 0.36               # --quick: 4 segments, the fit's compile and Newton steps in the default suite
+QUICK_TELEMETRY_S = 0.36               # --quick: 4 segments (19 Newton steps, 55 s warm; 49 steps on 0.9 s)
 PRETRAIN, FINETUNE = 80, 30
 
 
