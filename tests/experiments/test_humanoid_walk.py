@@ -2,9 +2,9 @@
 iterations, 2 s runs, the twin fitted on 0.36 s of the pretrained walker's telemetry by the whole-log engine).
 
 The study runs as its own process: the script sizes XLA's intra-op pool before JAX starts (see
-`tests/experiments/test_humanoid_ident.py`). Marked slow: about 4 minutes on an empty compilation cache
-(the floating humanoid's contact model compiled for the fit), which took the default suite past CI's
-30 minutes on 2 cores. The full study is `experiments/humanoid_walk.py`.
+`tests/experiments/test_humanoid_ident.py`). About 4 minutes on an empty compilation cache, most of it the
+floating humanoid's contact model compiled for the fit, which no other default test compiles: marked
+`first`, so that it runs beside the other tests rather than alone after them (`tests/conftest.py`). The full study is `experiments/humanoid_walk.py`.
 """
 import json
 import subprocess
@@ -19,7 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "humanoid_walk.py
 TRUTHS = Path(cli.__file__).resolve().parent / "robots" / "humanoid" / "truths"
 
 
-@pytest.mark.slow
+@pytest.mark.first
 def test_the_short_study_writes_walkers_a_twin_and_runs_the_cli_reproduces(tmp_path, capsys):
     subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)], check=True, timeout=5400)
     result = json.loads((tmp_path / "humanoid_walk_quick.json").read_text())

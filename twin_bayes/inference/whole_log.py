@@ -462,8 +462,9 @@ def fit(model: TwinModel, rec: Recordings, fold: np.ndarray, segmented: bool, ad
     sd = jnp.sqrt(model.start_variance(model.cfg.observation.noise_scale)) if latent else None
     r = 0 if sd is None else sd.shape[0]
     y = jnp.stack([t.inv(d.mean) for d, t in zip(model.priors[:p], model.transforms[:p])])
-    x = jnp.concatenate([delay_starts(model, rec, _adam(model, rec, y, noise, learning_rate, steps=adam_steps), noise),
-                         jnp.zeros(rec.q0.shape[0] * r)])
+    if adam_steps:                    # none: not even traced (through contacts, 23 s for nothing)
+        y = _adam(model, rec, y, noise, learning_rate, steps=adam_steps)
+    x = jnp.concatenate([delay_starts(model, rec, y, noise), jnp.zeros(rec.q0.shape[0] * r)])
     columns = np.asarray(column_mask(model, rec))
     started = lambda x: with_starts(model, rec, x, sd)  # noqa: E731
     residuals = lambda x: np.asarray(rec.observed() - open_loop(model, full(x[:p]), started(x)[1])) * columns  # noqa
