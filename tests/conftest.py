@@ -51,8 +51,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """`--dist loadscope` over `scope_of`'s scopes, in the order the workers collected them
-    (`pytest_collection_modifyitems`), not by their number of tests."""
+    """`--dist loadscope` over `scope_of`'s scopes, in the order the workers collected them (set by
+    `pytest_collection_modifyitems`)."""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
