@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
     twice: a long scope left to the end runs alone while the other worker idles (the short walking
     study, last by its one test, took the suite from 24 to 32 minutes), and a test run early compiles
     what later tests load from the persistent cache (all the long tests first took the fleet warm-up
-    from 152 to 345 s). So only tests whose compiled programs no other default test shares are marked."""
+    from 152 to 345 s). So only tests whose compiled programs no other test shares are marked."""
     if config.getvalue("dist") != "loadscope":
         return
     first, size = set(), {}

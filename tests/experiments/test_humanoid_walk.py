@@ -19,6 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "humanoid_walk.py
 TRUTHS = Path(cli.__file__).resolve().parent / "robots" / "humanoid" / "truths"
 
 
+@pytest.mark.slow
 @pytest.mark.first
 def test_the_short_study_writes_walkers_a_twin_and_runs_the_cli_reproduces(tmp_path, capsys):
     subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)], check=True, timeout=5400)
