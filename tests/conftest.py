@@ -1,6 +1,8 @@
 """Shared test set-up: JAX's persistent compilation cache, so compiled rollouts are reused across
 runs, a bound on the compiled code one test process keeps mapped, and the grouping of tests over
 pytest-xdist workers."""
+from collections import Counter
+
 import pytest
 
 from twin_bayes import _jax  # noqa: F401  (float64 before any test builds an array)
@@ -41,12 +43,10 @@ def pytest_collection_modifyitems(config, items):
     from 152 to 345 s). So only tests whose compiled programs no other test shares are marked."""
     if config.getvalue("dist") != "loadscope":
         return
-    first, size = set(), {}
-    for item in items:
-        size[scope_of(item.nodeid)] = size.get(scope_of(item.nodeid), 0) + 1
-        if item.get_closest_marker("first"):
-            first.add(scope_of(item.nodeid))
-    items.sort(key=lambda item: (scope_of(item.nodeid) not in first, -size[scope_of(item.nodeid)]))
+    scopes = {item.nodeid: scope_of(item.nodeid) for item in items}
+    size = Counter(scopes.values())
+    first = {scopes[item.nodeid] for item in items if item.get_closest_marker("first")}
+    items.sort(key=lambda item: (scopes[item.nodeid] not in first, -size[scopes[item.nodeid]]))
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -3,8 +3,10 @@ iterations, 2 s runs, the twin fitted on 0.36 s of the pretrained walker's telem
 
 The study runs as its own process: the script sizes XLA's intra-op pool before JAX starts (see
 `tests/experiments/test_humanoid_ident.py`). About 4 minutes on an empty compilation cache, most of it the
-floating humanoid's contact model compiled for the fit, which no other default test compiles: marked
-`first`, so that it runs beside the other tests rather than alone after them (`tests/conftest.py`). The full study is `experiments/humanoid_walk.py`.
+floating humanoid's contact model compiled for the fit, which no other test compiles: marked `first`, so
+that it runs beside the other tests rather than alone after them (`tests/conftest.py`). Marked slow: in the
+default suite, even first, `.ci/run` on a clean clone took 29.1 and 30.7 minutes on 2 cores, against CI's
+30 (docs/TESTING.md). The full study is `experiments/humanoid_walk.py`.
 """
 import json
 import subprocess

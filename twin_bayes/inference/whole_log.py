@@ -532,7 +532,7 @@ def fit_twin(twin, trajectories, adam_steps: int = 50, newton_steps: int = MAX_I
     res = fit(twin.model, rec, fold, horizon_s is not None, adam_steps=adam_steps, newton_steps=newton_steps,
               latent_starts=latent_starts)
     steps = int(np.sum(np.asarray(rec.mask)))
-    cost = {"engine": "whole-log", "method": "whole-log Laplace (Adam + damped Newton)",
+    cost = {"engine": "whole-log", "method": f"whole-log Laplace ({'Adam + ' if adam_steps else ''}damped Newton)",
             "recordings": len(trajectories), "segments": None if horizon_s is None else len(rec.q0),
             "horizon_s": horizon_s, "wall_time_s": time.perf_counter() - start,
             "optimiser_steps": res.steps, "newton_passes": res.passes, "simulator_evaluations": res.evaluations,
