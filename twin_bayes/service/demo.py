@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from twin_bayes.config import load_config
+from twin_bayes.inference.discrepancy import MIN_WINDOWS
 from twin_bayes.models import TwinModel
 from twin_bayes.service.client import Subscriber, TwinClient
 from twin_bayes.service.emulate import draw_truth, write_truth
@@ -49,12 +50,15 @@ class DemoResult:
 
 
 def settled_health(client: TwinClient, robot_id: str, windows: int, timeout_s: float = 60.0) -> dict:
-    """The robot's health once its idle work on the last window is done (every window scored and the
-    model error refitted on all of them), or at the timeout."""
+    """The robot's health once its idle work on the last of `windows` applied windows is done (every
+    window after the first scored, and the model error refitted on all of them where there are
+    MIN_WINDOWS to fit it on), or at the timeout."""
     deadline = time.monotonic() + timeout_s
     while True:
         robot = client.health()["robots"][robot_id]
-        if robot["model_error"]["fitted_windows"] >= windows or time.monotonic() > deadline:
+        scored = robot["model_calibration"]["n_batches"] >= windows - 1
+        fitted = windows < MIN_WINDOWS or robot["model_error"]["fitted_windows"] >= windows
+        if scored and fitted or time.monotonic() > deadline:
             return robot
         time.sleep(0.2)
 

@@ -34,9 +34,9 @@ def cmd_warmup(args) -> int:
 def warmup(cfg, robot_counts, horizon_s: float, model=None) -> dict:
     """For each robot count, batched as the service batches on this machine (`worker.parallelism`):
     one update, the tempered phase (compiled by the service only when some robot's importance
-    weights degenerate, typically on a first window), and the service's two predictions (the
-    horizon after a window, and the window re-predicted for model calibration, one robot at a
-    time), on a window emulated at the nominal parameters; then the model error's phase
+    weights degenerate, typically on a first window; compiled here, its stages not run), and the
+    service's two predictions (the horizon after a window, and the window re-predicted for model
+    calibration, one robot at a time), on a window emulated at the nominal parameters; then the model error's phase
     (`Twin.learn_model_error`, one robot at a time); the wall time of each (compile included)."""
     import jax
     import numpy as np
@@ -56,15 +56,19 @@ def warmup(cfg, robot_counts, horizon_s: float, model=None) -> dict:
     predictions = ((np.repeat(traj.ctrl[-1:], h, axis=0), -1, PREDICTION_DRAWS), (traj.ctrl[:-1], 0, VALIDATION_DRAWS))
     timings = {"load_s": time.perf_counter() - t0, "max_batch": max_batch}
     twins, tempered = [first], set()
+    # The tempered phase with no stage allowed past its first reweighting: the same executable (the
+    # model's numbers are traced), without the minutes its stages run from the prior.
+    no_stages = m.numbers._replace(max_stages=np.ones_like(m.numbers.max_stages))
+    compile_only = type(m).tree_unflatten(m.design, (no_stages,))
     stack = lambda xs: jax.tree.map(lambda *x: jax.numpy.stack(x), *xs)  # noqa: E731
     for n in robot_counts:
         start = time.perf_counter()
         twins += [Twin(cfg, m) for _ in range(n - len(twins))]
         for idx, rows in _batches(twins[:n], max_batch):
-            if len(rows) not in tempered:     # once per batch size: it compiles, and it runs for long
+            if len(rows) not in tempered:     # once per batch size
                 tempered.add(len(rows))
                 states, windows = stack([update_input(twins[i].state) for i in rows]), stack([window] * len(rows))
-                engine.temper_jit(m, states, engine.propose_jit(m, states, windows))
+                engine.temper_jit(compile_only, states, engine.propose_jit(m, states, windows))
         update_many(twins[:n], [window] * n, max_batch)
         for (commands, row, draws), k in zip(predictions, (n, 1)):    # windows are re-predicted one by one
             predict_many(twins[:k], [(traj.q[row], traj.qd[row])] * k, [commands] * k,
