@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from twin_bayes.inference import Twin, engine
-from twin_bayes.inference.twin import predict_many, update_input, update_many
+from twin_bayes.inference.twin import _stack, predict_many, update_input, update_many
 from twin_bayes.service.warmup import warmup
 from twin_bayes.service.worker import PREDICTION_DRAWS, QUANTILES, VALIDATION_DRAWS, parallelism
 
@@ -35,8 +35,8 @@ def test_after_warmup_a_fleet_updates_and_predicts_without_compiling(small_cfg, 
                              draws_per_particle=VALIDATION_DRAWS, max_batch=max_batch)
     # The tempered phase of the service's own model (max_stages as configured), on windows of padding
     # only: β reaches 1 at the first reweighting, so it runs no stage and only its executable is tried.
-    states = jax.tree.map(lambda *x: jax.numpy.stack(x), *[update_input(t.state) for t in twins[:4]])
-    blank = jax.tree.map(lambda *x: jax.numpy.stack(x), *[w._replace(mask=0.0 * w.mask) for w in windows[:4]])
+    states = _stack([update_input(t.state) for t in twins[:4]])
+    blank = _stack([w._replace(mask=0.0 * w.mask) for w in windows[:4]])
     tempered, _ = engine.temper_jit(model, states, engine.propose_jit(model, states, blank))
     assert model.numbers.max_stages > 1 and np.all(np.asarray(tempered.prop.info.stages) == 1)
     twins[0].learn_model_error(windows[0])

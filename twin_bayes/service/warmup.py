@@ -42,7 +42,7 @@ def warmup(cfg, robot_counts, horizon_s: float, model=None) -> dict:
     import numpy as np
 
     from twin_bayes.inference import Twin, engine
-    from twin_bayes.inference.twin import _batches, predict_many, update_input, update_many
+    from twin_bayes.inference.twin import _batches, _stack, predict_many, update_input, update_many
     from twin_bayes.service.worker import PREDICTION_DRAWS, QUANTILES, VALIDATION_DRAWS, parallelism
     from twin_bayes.sim.emulator import emulate
     t0 = time.perf_counter()
@@ -60,14 +60,13 @@ def warmup(cfg, robot_counts, horizon_s: float, model=None) -> dict:
     # model's numbers are traced), without the minutes its stages run from the prior.
     no_stages = m.numbers._replace(max_stages=np.ones_like(m.numbers.max_stages))
     compile_only = type(m).tree_unflatten(m.design, (no_stages,))
-    stack = lambda xs: jax.tree.map(lambda *x: jax.numpy.stack(x), *xs)  # noqa: E731
     for n in robot_counts:
         start = time.perf_counter()
         twins += [Twin(cfg, m) for _ in range(n - len(twins))]
         for idx, rows in _batches(twins[:n], max_batch):
             if len(rows) not in tempered:     # once per batch size
                 tempered.add(len(rows))
-                states, windows = stack([update_input(twins[i].state) for i in rows]), stack([window] * len(rows))
+                states, windows = _stack([update_input(twins[i].state) for i in rows]), _stack([window] * len(rows))
                 engine.temper_jit(compile_only, states, engine.propose_jit(m, states, windows))
         update_many(twins[:n], [window] * n, max_batch)
         for (commands, row, draws), k in zip(predictions, (n, 1)):    # windows are re-predicted one by one
