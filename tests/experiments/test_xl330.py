@@ -112,7 +112,7 @@ def test_whole_log_fit_beats_the_published_coulomb_viscous_mae_with_calibrated_b
     whole_log.fit_twin(twin, [read_trajectory(p) for kp in (100, 200) for p in bam_logs(kp=kp)])
     scores = [evaluate_trajectory(twin, read_trajectory(p)) for p in bam_logs(kp=400)]
     assert np.mean([s["mae_q"] for s in scores]) < 0.0631
-    assert 0.85 <= np.mean([s["coverage90"] for s in scores]) <= 0.97
+    assert 0.85 <= np.mean([s["coverage90"] for s in scores]) <= 0.95
     summary = twin.posterior.summary()
     assert 0.1 <= summary["servo_kt:servo"]["mean"] <= 3.0 and 0.5 <= summary["servo_R:servo"]["mean"] <= 5.0
 

@@ -110,3 +110,45 @@ def test_a_short_window_is_masked_and_an_offline_fit_is_kept_in_the_state(twin, 
     assert back.time_const_s == pytest.approx(1.46) and back.gain[0] == pytest.approx(0.5)
     t.model_error = None
     assert t.model_error is None
+
+
+def _two_gain_recordings(n: int, seed: int = 0, beta: float = 0.6):
+    """n recordings (n, 1200, 1) of 6 s at 200 Hz: AR(1) paths (τ 1.5 s, sd 0.05 rad at kp = 100,
+    ∝ kp^beta), half at kp = 100 and half at kp = 200; and their settings (n, 2)."""
+    kp = np.repeat([100.0, 200.0], n // 2)
+    paths = [np.asarray(d.ar1_paths(jax.random.PRNGKey(1000 * seed + i), np.array([0.05 * (k / 100.0) ** beta]),
+                                    float(np.exp(-0.005 / 1.5)), (1, 1200, 1)))[0] for i, k in enumerate(kp)]
+    return np.stack(paths), np.stack([kp, np.full(n, 7.4)], 1)
+
+
+def test_the_fit_is_the_maximum_of_its_target_from_any_start():
+    """Damped Newton ends where the target's curvature is negative and its Newton decrement vanishes, and
+    every start ends there (a quasi-Newton search stopped at its first line search from some starts)."""
+    residuals, settings = _two_gain_recordings(8)
+    args = (jnp.asarray(residuals), jnp.zeros(residuals.shape), jnp.ones(residuals.shape[:2]), jnp.asarray(settings),
+            0.005)
+    log_target, _, varies = d._log_target(*args)
+    assert np.asarray(varies).tolist() == [True, False]
+    ends = []
+    for start in ([np.log(0.05), 0.0, 0.0, 0.0], [np.log(0.2), np.log(5.0), 1.5, 0.0], [np.log(0.01), -2.0, -1.0, 0.0]):
+        log_sd, log_tau, _, gain = d._fit(*args, jnp.asarray(start))
+        p = jnp.concatenate([log_sd, log_tau[None], gain])
+        g, h = np.asarray(jax.grad(log_target)(p))[:3], np.asarray(jax.hessian(log_target)(p))[:3, :3]
+        assert np.all(np.linalg.eigvalsh(h) < 0)                       # the constant vin's gain (last): flat
+        assert -0.5 * g @ np.linalg.solve(h, g) < 1e-8                 # Newton decrement (nats): at the maximum
+        ends.append(np.asarray(p))
+    np.testing.assert_allclose(ends[1:], [ends[0]] * 2, atol=1e-4)
+
+
+def test_a_settings_exponent_is_shrunk_by_its_prior_as_much_as_the_recordings_are_few():
+    """Eight recordings (one observation each for the prior) pull the exponent toward 0 from its maximum
+    likelihood, more the narrower the prior; 400 recordings of the same error leave it where the data put it
+    (0.6)."""
+    residuals, settings = _two_gain_recordings(8)
+    fit = lambda r, s, sd: d.fit_model_error(r, np.ones(r.shape[:2]), s, 0.005, gain_sd=sd)  # noqa: E731
+    gains = [fit(residuals, settings, sd).gain[0] for sd in (np.inf, 2.0, 1.0, 0.5)]
+    assert gains[0] > gains[1] > gains[2] > gains[3] > 0.0, gains
+    assert gains[3] < 0.6 * gains[0], gains
+    many, many_settings = _two_gain_recordings(400, seed=1)
+    free, shrunk = fit(many, many_settings, np.inf).gain[0], fit(many, many_settings, 1.0).gain[0]
+    assert abs(free - 0.6) < 0.1 and abs(shrunk - free) < 0.01, (free, shrunk)

@@ -13,7 +13,9 @@ recordings. s_0, τ and β are estimated from the residuals e_t of open-loop pre
 recordings by the composite likelihood of their marginals e_t ~ N(0, v_t + s² (1 − φ^{2t})), where v_t
 is the variance the predictive already has (parameters and sensor noise; 0 for the residuals of one
 rollout at a mode), so that only what it leaves unexplained becomes model error (the innovations of
-such bursty errors are far from Gaussian; the marginals are what a band must match).
+such bursty errors are far from Gaussian; the marginals are what a band must match), each β under a
+prior N(0, GAIN_SD²): it is told only by how the recordings' errors differ, and a scale extrapolated to
+settings beyond the fit's follows it.
 
 Offline, `fit_model_error` learns it from whole recordings (`inference.whole_log`). Online, a twin
 records the windows it sees (`record`) and learns it from the recent ones predicted again by its
@@ -28,9 +30,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.optimize import minimize
 
 from twin_bayes.compiled import phase
+from twin_bayes.inference.laplace import newton_mode
 from twin_bayes.inference.predictive import Bands, sample_predictive
 from twin_bayes.models import TwinModel
 
@@ -39,6 +41,10 @@ from twin_bayes.models import TwinModel
 WINDOWS = 32
 MIN_WINDOWS = 4
 REFIT_DRAWS = 8
+# The prior sd of each settings exponent of the model error, and the Newton decrement (nats) at which
+# its fit stops (`_log_target`, `_fit`).
+GAIN_SD = 1.0
+FIT_TOL = 1e-9
 
 
 class ModelError(NamedTuple):
@@ -127,57 +133,80 @@ def with_fit(s: ModelErrorState, me: ModelError | None) -> ModelErrorState:
                       gain=f(me.gain), known=jnp.asarray(True))
 
 
-def _fit(residuals, variance, mask, settings, dt, start, tau_weight=0.0):
-    """Maximum composite likelihood (log_sd (nq,), log_time_const (), reference (K,), gain (K,)) from
-    residuals and variance (R, T, nq), mask (R, T), settings (R, K), BFGS from start (nq + 1 + K,).
-    Recordings without a masked-in step are left out; gains of settings that do not vary stay 0.
+def _log_target(residuals, variance, mask, settings, dt, tau_weight=0.0, gain_sd=GAIN_SD):
+    """The log composite likelihood of the model error's parameters p = (log_sd (nq,), log_time_const (),
+    gain (K,)) given residuals and variance (R, T, nq), mask (R, T), settings (R, K), with its priors,
+    as a function of p; and the reference settings (K,) and which settings vary (K,) bool.
 
-    tau_weight > 0 adds a prior log τ ~ N(log(T dt), 1), τ about the recordings' span, weighted as
-    if each recording and position were one observation (tau_weight = 1 / (recordings × nq)):
-    recordings much shorter than τ tell only s² / τ (a random walk), and the prior keeps τ, and with
-    it the growth of the error beyond their span, near what they show."""
+    The likelihood is that of the marginals e_t ~ N(0, v_t + s² (1 − φ^{2t})), averaged over the
+    samples and scaled so that each recording and position counts as one observation (nats):
+    recordings without a masked-in step are left out; gains of settings that do not vary do nothing.
+    tau_weight > 0 adds a prior log τ ~ N(log(T dt), 1), τ about the recordings' span, weighted
+    tau_weight × recordings × nq (1 / (recordings × nq): one observation): recordings much shorter than τ
+    tell only s² / τ (a random walk), and the prior keeps τ, and with it the growth of the error beyond
+    their span, near what they show. Each gain has the prior β ~ N(0, gain_sd²), one observation's
+    worth: the marginals count every sample as independent, while a gain is told only by how the
+    recordings' errors differ."""
     nq, steps = residuals.shape[2], jnp.arange(1, residuals.shape[1] + 1)
     used = jnp.any(mask > 0, axis=1)                                              # (R,)
     log_set = jnp.log(jnp.where(used[:, None], settings, 1.0))
     reference = jnp.exp(jnp.sum(log_set * used[:, None], 0) / jnp.maximum(jnp.sum(used), 1))
     x = log_set - jnp.log(reference)
     x = jnp.where(used[:, None], x, 0.0)
-    varies = (jnp.max(jnp.where(used[:, None], x, -jnp.inf), 0) - jnp.min(jnp.where(used[:, None], x, jnp.inf), 0)) > 1e-9
+    spread = jnp.max(jnp.where(used[:, None], x, -jnp.inf), 0) - jnp.min(jnp.where(used[:, None], x, jnp.inf), 0)
+    varies = spread > 1e-9
     m = mask[..., None]
     e2 = jnp.where(m > 0, residuals ** 2, 0.0)
+    observations = jnp.maximum(jnp.sum(used), 1) * nq
 
-    def nll(p):
+    def log_target(p):
         log_s = p[:nq][None, :] + (x @ (p[nq + 1:] * varies))[:, None]          # (R, nq)
         phi = jnp.exp(-dt / jnp.exp(p[nq]))
         var = variance + jnp.exp(2 * log_s)[:, None, :] * (1 - phi ** (2 * steps))[None, :, None]
         var = jnp.where(m > 0, var, 1.0)
-        prior = tau_weight * (p[nq] - jnp.log(residuals.shape[1] * dt)) ** 2
-        return jnp.sum(m * (e2 / var + jnp.log(var))) / jnp.maximum(jnp.sum(m), 1.0) + prior
+        nll = jnp.sum(m * (e2 / var + jnp.log(var))) / jnp.maximum(jnp.sum(m), 1.0)
+        tau_prior = tau_weight * observations * (p[nq] - jnp.log(residuals.shape[1] * dt)) ** 2
+        return -0.5 * (observations * nll + tau_prior + jnp.sum((p[nq + 1:] * varies / gain_sd) ** 2))
 
-    p = minimize(nll, start, method="BFGS").x
+    return log_target, reference, varies
+
+
+def _fit(residuals, variance, mask, settings, dt, start, tau_weight=0.0, gain_sd=GAIN_SD):
+    """The maximum of `_log_target` (same arguments) by damped Newton (`laplace.newton_mode`, exact
+    Hessian) from start (nq + 1 + K,): log_sd (nq,), log_time_const (), reference (K,), gain (K,)."""
+    log_target, reference, varies = _log_target(residuals, variance, mask, settings, dt, tau_weight, gain_sd)
+
+    def curvature_at(p):
+        value, grad = jax.value_and_grad(log_target)(p)
+        return value, grad, jax.hessian(log_target)(p), None
+
+    p = newton_mode(curvature_at, lambda _, p: log_target(p), start, None, tol=FIT_TOL)[0].mean
+    nq = residuals.shape[2]
     return p[:nq], p[nq], reference, p[nq + 1:] * varies
 
 
 def _moment_start(residuals, mask, n_settings):
-    """BFGS start: the residuals' rms as s, τ = 1 s, no gains."""
+    """The fit's start: the residuals' rms as s, τ = 1 s, no gains."""
     m = mask[..., None]
     rms = jnp.sqrt(jnp.sum(m * residuals ** 2, (0, 1)) / jnp.maximum(jnp.sum(m), 1.0)) + 1e-9
     return jnp.concatenate([jnp.log(rms), jnp.zeros(1 + n_settings)])
 
 
 @jax.jit
-def _fit_jit(residuals, variance, mask, settings, dt):
-    return _fit(residuals, variance, mask, settings, dt, _moment_start(residuals, mask, settings.shape[1]))
+def _fit_jit(residuals, variance, mask, settings, dt, gain_sd):
+    return _fit(residuals, variance, mask, settings, dt, _moment_start(residuals, mask, settings.shape[1]),
+                gain_sd=gain_sd)
 
 
 def fit_model_error(residuals: np.ndarray, mask: np.ndarray, settings: np.ndarray, dt: float,
-                    variance: np.ndarray | None = None) -> ModelError:
+                    variance: np.ndarray | None = None, gain_sd: float = GAIN_SD) -> ModelError:
     """Estimate the discrepancy from open-loop residuals (R, T, nq) with mask (R, T), settings (R, K)
-    and the predictive's own variance (R, T, nq) rad² (None: 0)."""
+    and the predictive's own variance (R, T, nq) rad² (None: 0); gain_sd as in `_log_target`."""
     residuals = jnp.asarray(np.asarray(residuals, np.float64))
     variance = jnp.zeros_like(residuals) if variance is None else jnp.asarray(np.asarray(variance, np.float64))
     log_sd, log_tau, reference, gain = _fit_jit(residuals, variance, jnp.asarray(np.asarray(mask, np.float64)),
-                                                jnp.asarray(np.asarray(settings, np.float64)), float(dt))
+                                                jnp.asarray(np.asarray(settings, np.float64)), float(dt),
+                                                float(gain_sd))
     return ModelError(np.exp(np.asarray(log_sd)), float(np.exp(log_tau)), np.asarray(reference), np.asarray(gain))
 
 
@@ -207,7 +236,7 @@ def _refit(model: TwinModel, s: ModelErrorState, z) -> ModelErrorState:
     """Once MIN_WINDOWS are recorded: every recorded window predicted again open loop by REFIT_DRAWS
     of the equally weighted particles z (M, D) (the posterior now, every M / REFIT_DRAWS-th; sensor
     noise included), and the model error refitted on their residuals from the predictive mean
-    above the predictive's own variance (BFGS from the last fit where known; τ under `_fit`'s
+    above the predictive's own variance (from the last fit where known; τ under `_log_target`'s
     prior, since windows are short)."""
     z = z[::max(1, z.shape[0] // REFIT_DRAWS)][:REFIT_DRAWS]
 
