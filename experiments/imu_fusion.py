@@ -110,9 +110,11 @@ def record(robot: Robot, truth: dict, policy: Policy, task: Task, seed: int, est
 
 def windows(robot: Robot, run, readings, samples: int) -> list[dict]:
     """A run as whole twin windows of `samples` rows cut by the shared cutter (`data.trajectory_windows`):
-    row k the state before command k, the command, and the IMU's reading at that state (hook row k + 1)."""
+    row k the state before command k, the command, and the IMU's reading at that state (hook row k + 1;
+    the last state's reading is never taken, so its row is left out)."""
     cols = {n: robot.layout.sensors.columns([n]) for n in (GYRO, ACCEL)}
-    traj = Trajectory(t=np.arange(len(run.u)) * robot.dt, q=run.q_meas, qd=run.qd_meas, ctrl=run.u,
+    n = len(readings) - 1
+    traj = Trajectory(t=np.arange(n) * robot.dt, q=run.q_meas[:n], qd=run.qd_meas[:n], ctrl=run.u[:n],
                       sensors={name: readings[1:, c] for name, c in cols.items()})
     return trajectory_windows([traj], samples, samples, robot.dt, final=False)
 

@@ -36,7 +36,7 @@ from twin_bayes.inference import whole_log
 from twin_bayes.inference.store import save_posterior
 from twin_bayes.sim.actuators import SERVO_TORQUE_OFF
 
-CLASSES = ("xl330_coulomb", "xl330_stribeck", "xl330_load")
+CLASSES = ("xl330", "xl330_coulomb", "xl330_stribeck", "xl330_load")
 FIT_KP, TEST_KP = (100, 200), 400
 # The published identification (Rhoban bam) on the four kp = 400 logs, and its optimiser budget.
 PUBLISHED = {"coulomb_viscous_mae": 0.0631, "richest_mae": 0.0266, "cmaes_trials": 100_000,
