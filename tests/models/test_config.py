@@ -328,3 +328,18 @@ def test_sensor_parameter_of_an_unknown_sensor_is_a_config_error(tmp_path):
     data["parameters"]["bias_x:torso_gyr"] = {"dist": "normal", "loc": 0.0, "scale": 0.02}
     with pytest.raises(ConfigError, match=r"parameters: .*bias_x:torso_gyr.*bias_x:torso_gyro"):
         load_config(write(tmp_path, data))
+
+
+def test_a_model_with_other_numbers_keeps_its_design_and_pytree_structure():
+    """`with_numbers` replaces traced numbers only: the design (jit's static key) and the pytree
+    structure stay, so compiled code takes the new model as it is."""
+    import jax
+    import numpy as np
+    model = TwinModel(load_config("arm2"))
+    one = model.with_numbers(max_stages=np.ones_like(model.numbers.max_stages))
+    assert one.design is model.design and int(one.numbers.max_stages) == 1 < int(model.numbers.max_stages)
+    assert jax.tree.structure(one) == jax.tree.structure(model)
+    others = [f for f in model.numbers._fields if f != "max_stages"]
+    assert all(getattr(one.numbers, f) is getattr(model.numbers, f) for f in others)
+    with pytest.raises(ValueError):
+        model.with_numbers(no_such_number=1)

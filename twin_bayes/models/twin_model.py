@@ -232,6 +232,11 @@ class TwinModel:
         m.cfg, m.design, m.numbers = None, design, children[0]
         return m
 
+    def with_numbers(self, **changes) -> "TwinModel":
+        """The same design with some of its traced numbers (`Numbers` fields) replaced: jitted code runs it
+        with the executables it compiled for this model."""
+        return type(self).tree_unflatten(self.design, (self.numbers._replace(**changes),))
+
     def __getattr__(self, name):     # the design's fields read as the model's own
         if name in Design._fields:
             return getattr(self.__dict__["design"], name)

@@ -58,8 +58,7 @@ def warmup(cfg, robot_counts, horizon_s: float, model=None) -> dict:
     twins, tempered = [first], set()
     # The tempered phase with no stage allowed past its first reweighting: the same executable (the
     # model's numbers are traced), without the minutes its stages run from the prior.
-    no_stages = m.numbers._replace(max_stages=np.ones_like(m.numbers.max_stages))
-    compile_only = type(m).tree_unflatten(m.design, (no_stages,))
+    compile_only = m.with_numbers(max_stages=np.ones_like(m.numbers.max_stages))
     for n in robot_counts:
         start = time.perf_counter()
         twins += [Twin(cfg, m) for _ in range(n - len(twins))]
