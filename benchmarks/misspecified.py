@@ -123,7 +123,8 @@ def main(argv=None):
         print(f"seed {seed}: {r['wall_s']:.0f} s, kappa {r['temper_final']:.2f}, held-out cov90 "
               f"{h['with']['coverage_90']:.2f} (without model error {h['without']['coverage_90']:.2f}), "
               f"params covered {sum(p['covered'] for p in r['params'].values())}/{len(r['params'])}", flush=True)
-    pooled = {name: {f"coverage_{c}": float(np.mean(np.concatenate([np.ravel(x) for r in rows for x in r["_hits"][name][c]])))
+    pooled = {name: {f"coverage_{c}": float(np.mean(np.concatenate([np.ravel(x) for r in rows
+                                                                    for x in r["_hits"][name][c]])))
                      for c in ("50", "90")} for name in ("with", "without")}
     for r in rows:
         del r["_hits"]
@@ -133,7 +134,8 @@ def main(argv=None):
                      "truth": truth.params[n]} for n in model.param_names}
     out = {"benchmark": "misspecified", "command": command(),
            "machine": machine(compilation_cache_dir=cache, load_average_at_start=load_start),
-           "config": cfg.name, "truth": str(args.truth.relative_to(REPO)) if args.truth.is_relative_to(REPO) else str(args.truth),
+           "config": cfg.name,
+           "truth": str(args.truth.relative_to(REPO)) if args.truth.is_relative_to(REPO) else str(args.truth),
            "settings": {"seeds": args.seeds, "seconds": args.seconds, "held_out_s": args.held_out,
                         "window_s": cfg.inference.window_s, "quantiles": QUANTILES},
            "held_out_q": pooled, "target": {"coverage_90": [0.85, 0.95], "coverage_50": [0.40, 0.60]},

@@ -271,9 +271,11 @@ def fit_sysid(cfg, model, data, truth: dict, variant: str, segment_steps: int, m
     iters = log.getvalue().count("\n")
     return {"wall_s": wall, "segments": len(starts), "residuals": int(sum(r.size for r in res_star)),
             "estimate": {nme: float(x[i]) for i, nme in enumerate(model.param_names)},
-            "interval": {nme: [float(x[i] - half[i]), float(x[i] + half[i])] for i, nme in enumerate(model.param_names)},
+            "interval": {nme: [float(x[i] - half[i]), float(x[i] + half[i])]
+                         for i, nme in enumerate(model.param_names)},
             "half_width": {nme: float(half[i]) for i, nme in enumerate(model.param_names)},
-            "at_bound": {nme: bool(np.isclose(x[i], params[nme].min_value[0]) or np.isclose(x[i], params[nme].max_value[0]))
+            "at_bound": {nme: bool(np.isclose(x[i], params[nme].min_value[0])
+                                   or np.isclose(x[i], params[nme].max_value[0]))
                          for i, nme in enumerate(model.param_names)},
             "cost_at_estimate": cost_opt, "cost_at_truth": cost_truth,
             "local_minimum": bool(cost_truth < cost_opt),
@@ -304,7 +306,8 @@ def summarise(rows: list[dict], tool: str, names) -> dict:
     cov = coverage_stats([p["covered"] for p in per])
     # twin-bayes: runs that compiled nothing (JAX's nested compile events overlap, so subtracting
     # them from a compiling run's wall time is not a wall time); the first run compiles.
-    walls = [r[tool]["wall_s"] for r in rows if r[tool].get("compile_s", 0.0) < 1.0] or [r[tool]["wall_s"] for r in rows]
+    walls = ([r[tool]["wall_s"] for r in rows if r[tool].get("compile_s", 0.0) < 1.0]
+             or [r[tool]["wall_s"] for r in rows])
     return {"median_rel_err": float(np.median([p["rel_err"] for p in per])),
             "mean_rel_err": float(np.mean([p["rel_err"] for p in per])),
             "coverage90": cov,
@@ -419,7 +422,8 @@ def main(argv=None):
                   f"{s['median_wall_s']:>8.2f}")
         for k, v in r["ratios"].items():
             print(f"{case:<6} {k:<30} err x{v['median_rel_err'] or float('nan'):.2f}  "
-                  f"coverage x{v['coverage90'] or float('nan'):.2f} ({v['coverage90_difference']:+.2f})  wall x{v['wall_time'] or float('nan'):.1f}")
+                  f"coverage x{v['coverage90'] or float('nan'):.2f} ({v['coverage90_difference']:+.2f})  "
+                  f"wall x{v['wall_time'] or float('nan'):.1f}")
     print(f"twin-bayes wall time excludes its one-off JIT compile. JSON: {args.out}")
 
 

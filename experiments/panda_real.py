@@ -120,7 +120,8 @@ def parameter_table(twin, n: int = 4000, seed: int = 0):
     ident = identification_table(names, np.asarray(prior_z)[:, :p], unconstrained, summary)
     nominal = model.robot.nominal()
     table = {name: {"published": nominal[name], **row, "sd": float(post[:, i].std()),
-                    "prior_q05": float(np.quantile(prior[:, i], 0.05)), "prior_q95": float(np.quantile(prior[:, i], 0.95))}
+                    "prior_q05": float(np.quantile(prior[:, i], 0.05)),
+                    "prior_q95": float(np.quantile(prior[:, i], 0.95))}
              for i, (name, row) in enumerate(ident["parameters"].items())}
     return table, correlations(unconstrained)[1], ident["confounded_pairs"], post
 

@@ -17,8 +17,9 @@ scores. Recorded here:
 - the four held-out kp = 400 logs predicted whole by the service (the `predict` query with each log's
   settings): MAE of the median and band coverage, with the range a calibrated twin's coverage of these
   four logs would fall in (`twin_bayes.cli.evaluate_recordings` on the service's posterior snapshot), next
-  to the whole-log fit of `experiments/xl330_real.py`; by the streamed posterior, and, where the config consolidates (`inference.consolidate_after_s`), by
-  the posterior the service consolidated once the stream paused (`service.consolidate`).
+  to the whole-log fit of `experiments/xl330_real.py`; by the streamed posterior, and, where the config
+  consolidates (`inference.consolidate_after_s`), by the posterior the service consolidated once the
+  stream paused (`service.consolidate`).
 
 Writes experiments/results/xl330_online.json and .png (xl330_online_<config>.json for another config).
 """

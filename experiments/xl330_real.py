@@ -8,9 +8,10 @@ Reproduces the study of README "A real robot: the XL330 servo":
 Per model class (config): the whole-recording fit of `twin_bayes.inference.whole_log` on the eight
 kp = 100 and kp = 200 logs (each simulated open loop from its first state, as the evaluation does; wall
 time, simulator evaluations), the model error of `twin_bayes.inference.discrepancy` learned from those
-logs' cross-validated residuals (each log predicted by the mode refitted without it), then the published evaluation on the four kp = 400 logs: each log simulated whole from
-its first entry's position and speed under its recorded goals, no resets; MAE of the posterior-mean
-prediction, coverage of the 50 % / 90 % predictive bands (with and without the model error), CRPS.
+logs' cross-validated residuals (each log predicted by the mode refitted without it), then the published
+evaluation on the four kp = 400 logs: each log simulated whole from its first entry's position and speed
+under its recorded goals, no resets; MAE of the posterior-mean prediction, coverage of the 50 % / 90 %
+predictive bands (with and without the model error), CRPS.
 Writes `experiments/results/xl330_real.json` and PNG plots next to it. Logs are read from
 `../shared/data/bam_xl330` (see `twin_bayes.data.shared`); nothing from there is written here.
 """

@@ -19,7 +19,9 @@ import warnings
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
-COMMAND_MODULES: tuple[str, ...] = ("twin_bayes.service.commands", "twin_bayes.service.robot_commands", "twin_bayes.service.ros2_commands", "twin_bayes.policy.commands", "twin_bayes.service.warmup")
+COMMAND_MODULES: tuple[str, ...] = ("twin_bayes.service.commands", "twin_bayes.service.robot_commands",
+                                    "twin_bayes.service.ros2_commands", "twin_bayes.policy.commands",
+                                    "twin_bayes.service.warmup")
 NUTS_WARMUP = 300
 NUTS_SAMPLES = 300
 #: fit options (argparse dest) that apply to some engines only -> those engines
@@ -205,7 +207,8 @@ def cmd_fit(args) -> int:
                "parameters": {n: {k: stats[n][k] for k in ("mean", "sd", "q05", "q95", "r_hat", "ess_bulk")}
                               for n in twin.model.names}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    rows = [(n, v["mean"], v["sd"], v["q05"], v["q95"], v["r_hat"], v["ess_bulk"]) for n, v in summary["parameters"].items()]
+    rows = [(n, v["mean"], v["sd"], v["q05"], v["q95"], v["r_hat"], v["ess_bulk"])
+            for n, v in summary["parameters"].items()]
     fed = f"{len(windows)} windows"
     if engine == "whole-log":
         fed = f"{len(trajs)} recordings" if args.horizon is None else f"{info['segments']} segments of {args.horizon} s"

@@ -101,7 +101,8 @@ def test_demo_emulated_robot_through_the_service_to_the_report(tmp_path):
     out = run.stdout
     assert "(ok, tolerance" in out
     robot = json.loads(out.split("robot done: ", 1)[1].splitlines()[0])
-    assert robot["chunks"] == robot["acked"] == 6 and robot["rejected"] == 0   # the window's 251 samples in chunks of 50
+    # the window's 251 samples in chunks of 50
+    assert robot["chunks"] == robot["acked"] == 6 and robot["rejected"] == 0
     assert "posterior after 1 window(s)" in out
     table = out.split("truths inside the 90% interval", 1)[1]   # after the live view's tables
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines() if line.startswith("│")]

@@ -70,7 +70,8 @@ def test_trajectory_stores_readonly_float64():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"q": np.ones((20, 1)) * np.where(np.arange(20) % 7 == 5, np.nan, 1)[:, None]}, r"q has NaN at rows \[5, 12, 19\]"),
+        ({"q": np.ones((20, 1)) * np.where(np.arange(20) % 7 == 5, np.nan, 1)[:, None]},
+         r"q has NaN at rows \[5, 12, 19\]"),
         ({"qd": np.full((20, 2), np.inf)}, r"qd has inf at rows \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, \.\.\. \(20 rows\)\]"),
         ({"t": np.r_[np.arange(5), 4, np.arange(6, 20)] * 0.005}, "t not strictly increasing at row 5"),
         ({"ctrl": np.zeros((19, 1))}, "ctrl has 19 rows but t has 20"),

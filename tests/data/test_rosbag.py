@@ -36,7 +36,8 @@ def test_round_trip_in_both_storages(tmp_path, storage):
 def write_bag(path, joint_msgs, command_msgs, command_type=FLOAT_ARRAY, sensors=None):
     """joint_msgs: (stamp_ns, names, position, velocity[, effort]); command_msgs: (stamp_ns, names, values);
     sensors: {topic: [(stamp_ns, message)]}, a topic of its first message's type (Imu, WrenchStamped)."""
-    JointState, Header, Time = TS.types[JOINT_STATE], TS.types["std_msgs/msg/Header"], TS.types["builtin_interfaces/msg/Time"]
+    JointState, Header, Time = (TS.types[JOINT_STATE], TS.types["std_msgs/msg/Header"],
+                                TS.types["builtin_interfaces/msg/Time"])
     Float64MultiArray, Layout = TS.types[FLOAT_ARRAY], TS.types["std_msgs/msg/MultiArrayLayout"]
 
     def joint_state(stamp, names, position, velocity, effort=()):
@@ -225,7 +226,8 @@ def test_the_command_lines_imu_mapping_is_parsed_and_checked(tmp_path):
     assert parse_sensor_topics(["/imu=angular_velocity:torso_gyro,linear_acceleration:torso_accel",
                              "/imu/orientation=orientation:torso_quat"]) == IMU_MAP
     for spec, message in (("/imu", "expected TOPIC=FIELD:SENSOR"), ("=orientation:q", "expected TOPIC"),
-                          ("/imu=angular_velocity:", "expected TOPIC"), ("/imu=gyro:torso_gyro", "unknown field 'gyro'"),
+                          ("/imu=angular_velocity:", "expected TOPIC"),
+                          ("/imu=gyro:torso_gyro", "unknown field 'gyro'"),
                           ("/imu=orientation:a,orientation:b", "field orientation given twice")):
         with pytest.raises(ValueError, match=re.escape(message)):
             parse_sensor_topics([spec])

@@ -88,7 +88,8 @@ def test_model_error_is_saved_with_the_posterior_and_widens_the_loaded_twins_ban
     assert np.all(wide.q[-1, -1] - wide.q[0, -1] > plain.q[-1, -1] - plain.q[0, -1])
     twin.model_error = None
     save_posterior(twin, tmp_path)                     # a posterior without one leaves no stale file
-    assert not (tmp_path / MODEL_ERROR).exists() and load_posterior(Twin(small_cfg, model), tmp_path).model_error is None
+    assert (not (tmp_path / MODEL_ERROR).exists()
+            and load_posterior(Twin(small_cfg, model), tmp_path).model_error is None)
     (tmp_path / MODEL_ERROR).write_text('{"sd_rad": [0.01, -1.0], "time_const_s": 0.3, "reference_settings": [], '
                                         '"settings_exponents": []}')
     with pytest.raises(ValueError, match="model_error.json: .*> 0"):

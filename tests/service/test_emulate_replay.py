@@ -22,7 +22,8 @@ from twin_bayes.sim.emulator import emulate, excitation
 from twin_bayes.sim.robot import ROBOTS_DIR
 from twin_bayes.sim.truth import Misspecification
 
-MISSPECIFIED_ARM2 = ROBOTS_DIR / "arm2" / "truths" / "misspecified.toml"   # not a twin config: kept out of robots/*/*.toml
+# not a twin config: kept out of robots/*/*.toml
+MISSPECIFIED_ARM2 = ROBOTS_DIR / "arm2" / "truths" / "misspecified.toml"
 
 
 def stream_of(peer):

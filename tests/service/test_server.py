@@ -303,7 +303,8 @@ def test_duplicates_shuffled_give_the_same_posterior_and_the_service_publishes(c
     """Single pass vs. every chunk three times in shuffled order: stored once, identical posterior.
     Also: prediction scored by the next window, maintenance alert, queries."""
     results = {}
-    for name, order in (("once", list(range(N_CHUNKS))), ("shuffled", random.Random(1).sample(list(range(N_CHUNKS)) * 3, 3 * N_CHUNKS))):
+    for name, order in (("once", list(range(N_CHUNKS))),
+                        ("shuffled", random.Random(1).sample(list(range(N_CHUNKS)) * 3, 3 * N_CHUNKS))):
         retain = 3 if name == "once" else None     # keep the 3 newest chunks once all before are applied
         svc = start(cfg, model, tmp_path, name=name,
                     worker=WorkerSettings(checkpoints=tmp_path / f"{name}-ckpt", retain_chunks=retain))
@@ -550,7 +551,8 @@ def test_the_service_learns_the_model_error_of_a_misspecified_robot_and_checkpoi
     n_chunks = n_windows * per_window + 1
     traj = emulate(model.robot, truth.params, n_chunks * CHUNK * model.robot.dt, seed=5,
                    noise=truth.noise or None, misspecified=truth.misspecified)
-    chunks = [protocol.telemetry(RID, k, *(getattr(traj, f)[k * CHUNK:(k + 1) * CHUNK] for f in ("t", "q", "qd", "ctrl")))
+    chunks = [protocol.telemetry(RID, k, *(getattr(traj, f)[k * CHUNK:(k + 1) * CHUNK]
+                                           for f in ("t", "q", "qd", "ctrl")))
               for k in range(n_chunks)]
     with serving(cfg, model, tmp_path, name="misspecified") as (svc, _):
         with TwinClient(svc.endpoints["query"], timeout_s=60) as client:

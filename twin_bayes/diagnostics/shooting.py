@@ -45,7 +45,8 @@ def score(draws: np.ndarray, mean: np.ndarray, observed: np.ndarray) -> dict:
     if per_draw.shape[0] < 2:      # a point prediction: no bands; its CRPS is its absolute error
         abs_err = np.abs(per_draw[0] - observed)
         return {"segments": int(observed.shape[0]), "steps": int(observed.shape[1]),
-                "rmse_end": np.sqrt(np.mean(end ** 2, axis=0)).tolist(), "mae_end": np.mean(np.abs(end), axis=0).tolist(),
+                "rmse_end": np.sqrt(np.mean(end ** 2, axis=0)).tolist(),
+                "mae_end": np.mean(np.abs(end), axis=0).tolist(),
                 "coverage50": None, "coverage90": None, "coverage90_end": None,
                 "crps": np.mean(abs_err, axis=(0, 1)).tolist(), "rmse_end_all": float(np.sqrt(np.mean(end ** 2))),
                 "coverage50_all": None, "coverage90_all": None, "crps_all": float(np.mean(abs_err))}

@@ -98,7 +98,8 @@ class TwinState(NamedTuple):
     step_size (): the tempered moves' step; surprise: the drift detector's baseline;
     autocorrelation: the residuals' autocorrelation (κ, the likelihood's temper); model_error: the
     learned model error of predictions and the recent windows it is learned from
-    (`inference.discrepancy`; updates carry it through); pending: refused windows; key: PRNG key; version (): accepted updates (plus restores);
+    (`inference.discrepancy`; updates carry it through); pending: refused windows; key: PRNG key;
+    version (): accepted updates (plus restores);
     applied_seq (): last telemetry chunk applied (−1: none; kept by the service);
     stale (): the last update was refused; reason (): why (index into REASONS).
     """

@@ -178,8 +178,9 @@ def newton_mode(curvature_at, target, z0, aux0, max_iter: int = 100, tol: float 
     more linearisation would only confirm it; near a mode, as in streaming, this saves one per
     window); after a step that climbed by less than min_gain (a target whose curvature model stays poor,
     as through contacts, can climb by ever smaller steps while its decrement stays large); or when no
-    trial step climbs at the largest damping. The search ends when every problem has stopped. The curvature of each problem's last point linearised before it stopped gives its
-    covariance (aux is that of the last linearisation of all).
+    trial step climbs at the largest damping. The search ends when every problem has stopped. The curvature
+    of each problem's last point linearised before it stopped gives its covariance (aux is that of the last
+    linearisation of all).
     """
     dampings = jnp.asarray(DAMPINGS)
 

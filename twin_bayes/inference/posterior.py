@@ -77,7 +77,8 @@ class Posterior:
             mean = float(self.weights @ x)
             sd = float(np.sqrt(max(self.weights @ (x - mean) ** 2, 0.0)))
             qv = weighted_quantiles(x, self.weights, quantiles)
-            out[name] = {"mean": mean, "sd": sd, **{f"q{int(round(q * 100)):02d}": float(v) for q, v in zip(quantiles, qv)}}
+            out[name] = {"mean": mean, "sd": sd,
+                         **{f"q{int(round(q * 100)):02d}": float(v) for q, v in zip(quantiles, qv)}}
         return out
 
     def resample(self, rng: np.random.Generator, n: int | None = None) -> np.ndarray:

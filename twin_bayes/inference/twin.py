@@ -205,7 +205,8 @@ class Twin:
         elif name == "svi":
             res = batch.fit_svi(self.model, key, stacked, **kwargs)
         elif name == "smc":
-            res = batch.fit_smc(self.model, key, stacked, kwargs.pop("particles", self.cfg.inference.particles), **kwargs)
+            res = batch.fit_smc(self.model, key, stacked, kwargs.pop("particles", self.cfg.inference.particles),
+                                **kwargs)
         elif name in ("stream", "whole-log"):
             raise ValueError(f"{name} is not a batch fit of windows: use update() window by window (stream) "
                              "or inference.whole_log.fit_twin on whole recordings (whole-log)")

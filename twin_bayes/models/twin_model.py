@@ -376,8 +376,9 @@ class TwinModel:
 
         Returns (q (S, L, nq), qd (S, L, nv), readings (S, L, R)), their Jacobians in z ((S, L, nq, D),
         (S, L, nv, D), (S, L, R, D); zero in the noise scales), and the sensitivity of the observed
-        predictions to each segment's start state (S, L·C, nq + nv), laid out as `Window.state_jac`. The start-state tangents shift every
-        segment's start at once; segments are independent, so each sees only its own.
+        predictions to each segment's start state (S, L·C, nq + nv), laid out as `Window.state_jac`. The
+        start-state tangents shift every segment's start at once; segments are independent, so each sees
+        only its own.
         """
         r, d, p = self.robot, z.shape[0], len(self.free_idx)
         q0, qd0, u = self._segments(w)[:3]

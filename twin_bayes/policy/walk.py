@@ -6,7 +6,8 @@ reads the measured state and, through its own (nominal) model's kinematics, the 
 pelvis's pitch and roll and the feet. One leg stands, the other swings; they swap every `step_s`
 (a phase clock: the humanoid's feet are points, so a step's time, not a heel strike, is the event).
 Torques (N·m; the command is τ / gear, clipped to ±0.4):
-    torso:  τ_t = (kp·(0 − roll) − kd·ω_x, kp·(lean − pitch) − kd·ω_y, kp_yaw·(0 − yaw) − kd_yaw·ω_z)
+    torso:  τ_t = (kp·(0 − roll) − kd·ω_x, kp·(lean − pitch) − kd·ω_y,
+                   kp_yaw·(0 − yaw) − kd_yaw·ω_z)
             about the world axes (ω: the torso's world angular velocity), the torque the hips put on the
             pelvis;
     swing hip, in the world: flexion  φ_s = swing_flex + cd·(c_x − p_x) + cv·v_x,

@@ -139,8 +139,8 @@ class Subscriber:
 
     topics: prefixes such as 'posterior/', 'prediction/arm2/', 'health/', 'alert/' ('' = all).
     On the first message and after every gap, if `client` is given, yields one snapshot
-    Event per robot seen so far (in any message or health report; resync=True). `dropped` counts messages missed. Sequence
-    numbers count all topics, so gaps are only detectable when subscribed to everything
+    Event per robot seen so far (in any message or health report; resync=True). `dropped` counts messages
+    missed. Sequence numbers count all topics, so gaps are only detectable when subscribed to everything
     (topics=('',)); a filtered subscriber resyncs on its first message only.
     """
 

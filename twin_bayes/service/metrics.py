@@ -138,7 +138,8 @@ class ServiceMetrics:
     def query_body(self) -> dict[str, Any]:
         """The `metrics` query's counters (docs/PROTOCOL.md), read from the registry."""
         rejected = self._by(self.rejections, "code", socket="ingest")
-        query_rejected = {f"query_rejected:{k}": v for k, v in self._by(self.rejections, "code", socket="query").items()}
+        query_rejected = {f"query_rejected:{k}": v
+                          for k, v in self._by(self.rejections, "code", socket="query").items()}
         with self._lock:
             recent = np.asarray(self._recent)
         updates = sum(int(s.value) for f in self.update_latency.collect() for s in f.samples

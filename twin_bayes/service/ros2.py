@@ -49,8 +49,9 @@ class BridgeSettings:
     orientation; {}: to the twin's one observed gyro and accelerometer) and wrench: {geometry_msgs/WrenchStamped
     topic: {field: MJCF sensor}} (fields force, torque; {}: to the twin's one observed force and torque sensor) and
     pose: {geometry_msgs/PoseStamped topic: {field: MJCF sensor}} (motion capture: fields position, orientation;
-    {}: to the twin's one observed framepos and framequat), sent as `sensor:<name>` fields, as is, always, the reading of each observed sensor a JointState feeds
-    (`jointpos`, `jointvel`, `jointactuatorfrc`, `actuatorfrc`: its joint's position, velocity or effort);
+    {}: to the twin's one observed framepos and framequat), sent as `sensor:<name>` fields, as is, always,
+    the reading of each observed sensor a JointState feeds (`jointpos`, `jointvel`, `jointactuatorfrc`,
+    `actuatorfrc`: its joint's position, velocity or effort);
     chunk_samples: samples per telemetry chunk (default 0.1 s worth); max_gap_s: joint states further
     apart start a new grid; first_seq: number of the first chunk (default: the service's highest
     stored + 1, asked at `query`, else 0); idle_flush_s: a partial chunk is sent after this long

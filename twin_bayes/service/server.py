@@ -342,7 +342,8 @@ class TwinService:
         return jsonable({"status": "degraded" if problems else "ok", "problems": problems,
                          "uptime_s": time.time() - self.started, "pub_seq": self.pub_seq,
                          "robots": robots, "checkpoint": self.worker.checkpoint_status,
-                         "preload": self.worker.preload_status, "alerts": [a for r in robots.values() for a in r["alerts"]]})
+                         "preload": self.worker.preload_status,
+                         "alerts": [a for r in robots.values() for a in r["alerts"]]})
 
     def metrics(self) -> dict[str, Any]:
         """Counters from `metrics_registry` (messages, rejections by code, stored chunks/samples, queries,

@@ -190,9 +190,9 @@ def channels(model, q, qd, readings) -> dict[str, np.ndarray]:
 def measured_channels(model, q, qd, readings, mask=None) -> dict[str, np.ndarray]:
     """What was measured after a start state, per channel (`channels`), aligned with a prediction from that state
     under the commands that follow. From rows 0 … T − 1 (row 0 the start) of q (T, nq), qd (T, nv) and readings
-    (T, R): q (T − 1, nq), qd (T − 1, nv) of rows 1 …, readings of rows 0 … T − 2 (read under each command). NaN
-    (not scored) where mask (T,) is 0 (padding) and in a delayed sensor's first rows, which the prediction holds at
-    the start (`TwinModel.scored_readings`)."""
+    (T, R): q (T − 1, nq), qd (T − 1, nv) of rows 1 …, readings of rows 0 … T − 2 (read under each command).
+    NaN (not scored) where mask (T,) is 0 (padding) and in a delayed sensor's first rows, which the prediction
+    holds at the start (`TwinModel.scored_readings`)."""
     ok = np.ones(len(q), bool) if mask is None else np.asarray(mask) != 0
     state, reading = ok[1:, None], ok[:-1, None] & model.scored_readings(len(q) - 1)
     return channels(model, np.where(state, q[1:], np.nan), np.where(state, qd[1:], np.nan),
@@ -292,7 +292,8 @@ class Worker:
         self._checkpointed_at = -float("inf")
         self._unsaved = False     # windows applied since the last checkpoint
         self._rounds = 0
-        self._busy: deque[tuple[float, float]] = deque()    # (end, duration) s of turns and idle work, the last LOAD_WINDOW_S
+        # (end, duration) s of turns and idle work, the last LOAD_WINDOW_S
+        self._busy: deque[tuple[float, float]] = deque()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="twin-inference", daemon=True)
         batch, threads = parallelism()
@@ -401,7 +402,8 @@ class Worker:
         try:
             for robots in designs.values():
                 twin = robots[0].twin
-                status["designs"].append(warmup(twin.cfg, sorted({1, len(robots)}), self.settings.horizon_s, twin.model))
+                status["designs"].append(warmup(twin.cfg, sorted({1, len(robots)}), self.settings.horizon_s,
+                                                twin.model))
         except Exception as e:  # serving goes on; executables then load on first use
             log.exception("preload failed")
             status["error"] = f"{type(e).__name__}: {e}"
