@@ -46,10 +46,9 @@ def setup_jax():
     warnings.filterwarnings("ignore")
     import jax
     jax.config.update("jax_enable_x64", True)
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/twin-bayes/jax"))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return jax, cache
+    from twin_bayes.compiled import enable_cache
+    enable_cache()                                  # the persistent cache as the service and CLI use it
+    return jax, jax.config.jax_compilation_cache_dir
 
 
 class CompileMeter:

@@ -96,12 +96,14 @@ def tokens(session) -> set[str]:
     return {str(r.ok.key_expr) for r in session.liveliness().get("@ros2_lv/0/**") if r.ok is not None}
 
 
-def wait_for_subscriptions(session, n: int = 2) -> set[str]:
-    """The bridge's liveliness tokens once its n subscriptions are announced (declared after them)."""
+def wait_for_subscriptions(session, n: int = 2, bridge: Ros2Bridge | None = None) -> set[str]:
+    """The bridge's liveliness tokens once its n subscriptions and a publisher (declared after them) are
+    announced; given the bridge, once every one of its publishers is (their tokens arrive one by one)."""
+    publishers = len(bridge.outputs) if bridge is not None else 1
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         found = tokens(session)
-        if sum("/MS/" in t for t in found) >= n and any("/MP/" in t for t in found):
+        if sum("/MS/" in t for t in found) >= n and sum("/MP/" in t for t in found) >= publishers:
             return found
         time.sleep(0.05)
     raise AssertionError(f"bridge not announced: {tokens(session)}")
@@ -144,7 +146,7 @@ def test_joint_states_become_acked_chunks_on_the_grid_and_bad_samples_are_counte
     q = np.c_[np.sin(np.arange(n) * 0.01), np.cos(np.arange(n) * 0.01)]
     qd = np.c_[np.arange(n) * 0.1, -np.arange(n) * 0.1]
     with bridging(endpoint, peer.endpoint, pub_addr) as bridge:
-        announced = wait_for_subscriptions(session)
+        announced = wait_for_subscriptions(session, bridge=bridge)
         js, cmd = key("/joint_states", keys.JOINT_STATE), key("/twin/commands", keys.FLOAT_ARRAY)
         for k in range(n):
             session.put(cmd, command([k, -k]))
