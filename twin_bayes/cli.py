@@ -60,7 +60,7 @@ def check_engine_options(args: argparse.Namespace, engine: str) -> None:
 
 def use_compilation_cache() -> None:
     """JAX's persistent compilation cache for the commands that run JAX (~/.cache/twin-bayes/jax unless
-    $JAX_COMPILATION_CACHE_DIR says otherwise; executables that took 0.5 s or more to compile), set
+    $JAX_COMPILATION_CACHE_DIR says otherwise; every executable, as `compiled.enable_cache` keeps), set
     through the environment that JAX reads when it is first imported, so that commands that never
     import JAX do not import it for this."""
     if "jax" in sys.modules:
@@ -68,7 +68,7 @@ def use_compilation_cache() -> None:
         enable_cache()
         return
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "twin-bayes" / "jax"))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def _print(obj, as_json: bool, table=None) -> None:
