@@ -6,7 +6,7 @@ The study runs as its own process: the script sizes XLA's intra-op pool before J
 floating humanoid's contact model compiled for the fit, which no other test compiles: marked `first`, so
 that it runs beside the other tests rather than alone after them (`tests/conftest.py`). In the default
 suite since every compile is cached (`twin_bayes.compiled.enable_cache`): `.ci/run` on a clean clone,
-this test included (305 s), took 22 minutes on 2 cores (docs/TESTING.md). The full study is
+this test included (289-306 s), took 22-26 minutes on 2 cores (docs/TESTING.md). The full study is
 `experiments/humanoid_walk.py`.
 """
 import json
