@@ -21,7 +21,8 @@ def enable_cache() -> None:
     Sub-second compiles too: a process compiles hundreds of small programs besides its phases (an SVI
     test alone caches 273), each pytest worker and subprocess compiled them again, and a process
     that drops its executables (`release_compiled_code`) recompiled them. Cached, the default test
-    suite on 2 cores went from 1503 s to 1277 s with the short walking study added (docs/TESTING.md)."""
+    suite on 2 cores took 1277-1482 s with the short walking study added, 1503 s without it before
+    (docs/TESTING.md)."""
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "twin-bayes" / "jax"))
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
