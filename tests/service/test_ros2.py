@@ -98,8 +98,9 @@ def tokens(session) -> set[str]:
 
 def wait_for_subscriptions(session, n: int = 2, bridge: Ros2Bridge | None = None) -> set[str]:
     """The bridge's liveliness tokens once its n subscriptions and a publisher (declared after them) are
-    announced; given the bridge, once every one of its publishers is (their tokens arrive one by one)."""
-    publishers = len(bridge.outputs) if bridge is not None else 1
+    announced; given the bridge, once every subscription and publisher it declares is (their tokens
+    arrive one by one)."""
+    n, publishers = (len(bridge.inputs), len(bridge.outputs)) if bridge is not None else (n, 1)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         found = tokens(session)
@@ -425,7 +426,7 @@ def test_ros2_robot_into_the_service_advances_the_posterior_and_predictions_come
     with TwinService(settings, {"arm-1": service_model}) as service:
         ends = service.endpoints
         with bridging(endpoint, ends["ingest"], ends["pub"], ends["query"]) as bridge:
-            wait_for_subscriptions(session)
+            wait_for_subscriptions(session, bridge=bridge)
             js, cmd = key("/joint_states", keys.JOINT_STATE), key("/twin/commands", keys.FLOAT_ARRAY)
             for k in range(len(traj.t)):
                 session.put(cmd, command(traj.ctrl[k]))
@@ -476,7 +477,7 @@ def serve_joint_states(ros, tmp_path: Path, config: str, states: list[list[bytes
         ends = service.endpoints
         with bridging(endpoint, ends["ingest"], ends["pub"], ends["query"], config=config, wrench=wrench,
                       pose=pose) as bridge:
-            wait_for_subscriptions(session, 2 + len(wrench or {}) + len(pose or {}))
+            wait_for_subscriptions(session, bridge=bridge)
             js, cmd = key("/joint_states", keys.JOINT_STATE), key("/twin/commands", keys.FLOAT_ARRAY)
             for k, payloads in enumerate(states):
                 session.put(cmd, command([k, -k]))
